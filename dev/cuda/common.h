@@ -1,0 +1,81 @@
+/*
+Helpers for the dev/cuda kernel benches: random inputs, result validation against a CPU
+reference, and event timing (median of repeats after warm-up).
+*/
+#pragma once
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+#include <vector>
+#include <algorithm>
+#include "../../llmc/cuda_common.cuh"
+
+// deterministic xorshift so every run draws the same inputs for a given seed
+static unsigned long long dev_rng_state = 1337;
+inline float rand_uniform() {  // [0,1)
+    dev_rng_state ^= dev_rng_state >> 12; dev_rng_state ^= dev_rng_state << 25; dev_rng_state ^= dev_rng_state >> 27;
+    return (float)((dev_rng_state * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
+}
+inline float* make_random_float(size_t n, float lo = -1.0f, float hi = 1.0f) {
+    float* a = (float*)malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) a[i] = lo + (hi - lo) * rand_uniform();
+    return a;
+}
+
+// copy a host fp32 array to a fresh device array of type T
+template <typename T>
+T* to_device(const float* h, size_t n) {
+    std::vector<T> tmp(n);
+    for (size_t i = 0; i < n; i++) tmp[i] = (T)h[i];
+    T* d;
+    cudaCheck(cudaMalloc(&d, n * sizeof(T)));
+    cudaCheck(cudaMemcpy(d, tmp.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
+}
+
+// poison a device buffer (NaN bytes) so unwritten outputs fail validation
+inline void poison(void* d, size_t bytes) { cudaCheck(cudaMemset(d, 0xff, bytes)); }
+
+// compares a device result with the CPU reference by max relative error; exits on failure
+template <typename T>
+void validate_result(const T* d_result, const float* ref, const char* name, size_t n, float tol) {
+    std::vector<T> out(n);
+    cudaCheck(cudaMemcpy(out.data(), d_result, n * sizeof(T), cudaMemcpyDeviceToHost));
+    double max_ref = 0.0, max_err = 0.0, num = 0.0, den = 0.0;
+    size_t nbad = 0;
+    for (size_t i = 0; i < n; i++) max_ref = fmax(max_ref, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        double o = (double)(float)out[i], r = ref[i];
+        double err = fabs(o - r);
+        if (!(err <= tol * (fabs(r) + 0.1 * max_ref))) {  // NaN fails too
+            if (nbad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", name, i, o, r);
+            nbad++;
+        }
+        max_err = fmax(max_err, err);
+        num += (o - r) * (o - r); den += r * r;
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1.0));
+    printf("  %-12s rel L2 err %.3e  max abs err %.3e  (tol %.1e) %s\n", name, rel, max_err, tol, nbad ? "FAIL" : "ok");
+    if (nbad) { printf("%s: %zu of %zu elements out of tolerance\n", name, nbad, n); exit(EXIT_FAILURE); }
+}
+
+// median time in ms of `repeats` runs of f after `warmup` runs, by CUDA events
+template <typename F>
+float benchmark_kernel(int warmup, int repeats, F f) {
+    for (int i = 0; i < warmup; i++) f();
+    cudaCheck(cudaDeviceSynchronize());
+    cudaEvent_t start, stop;
+    cudaCheck(cudaEventCreate(&start)); cudaCheck(cudaEventCreate(&stop));
+    std::vector<float> times;
+    for (int i = 0; i < repeats; i++) {
+        cudaCheck(cudaEventRecord(start));
+        f();
+        cudaCheck(cudaEventRecord(stop));
+        cudaCheck(cudaEventSynchronize(stop));
+        float ms; cudaCheck(cudaEventElapsedTime(&ms, start, stop));
+        times.push_back(ms);
+    }
+    cudaCheck(cudaEventDestroy(start)); cudaCheck(cudaEventDestroy(stop));
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}

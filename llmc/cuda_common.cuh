@@ -1,0 +1,59 @@
+/*
+Shared CUDA helpers: error-check macros, the bf16/fp32 storage types, and small
+conversions every kernel uses. Kernels are templated on their storage type `floatX`
+(float or __nv_bfloat16) and always accumulate in fp32.
+*/
+#pragma once
+#include <stdio.h>
+#include <stdlib.h>
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublasLt.h>
+#include <nvtx3/nvToolsExt.h>
+
+// ----------------------------------------------------------------------------
+// error checking: every CUDA / cuBLAS call and every launch goes through one of these
+
+inline void cuda_check(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(err));
+        exit(EXIT_FAILURE);
+    }
+}
+#define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
+
+inline void cublas_check(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "[cuBLAS ERROR] %d at %s:%d\n", (int)status, file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define cublasCheck(status) (cublas_check((status), __FILE__, __LINE__))
+
+// after every kernel launch
+#define cudaLaunchCheck() (cuda_check(cudaGetLastError(), __FILE__, __LINE__))
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// ----------------------------------------------------------------------------
+// storage types: kernels load/store floatX, compute in float
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T> inline cudaDataType_t cuda_dtype();
+template <> inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
+template <> inline cudaDataType_t cuda_dtype<bf16>() { return CUDA_R_16BF; }
+
+// NVTX range that closes at the end of the scope, so an Nsight timeline reads like the code
+struct NvtxRange {
+    NvtxRange(const char* name) { nvtxRangePushA(name); }
+    ~NvtxRange() { nvtxRangePop(); }
+};
+#define NVTX_RANGE_FN() NvtxRange nvtx_range_fn(__func__)

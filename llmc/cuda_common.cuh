@@ -57,3 +57,47 @@ struct NvtxRange {
     ~NvtxRange() { nvtxRangePop(); }
 };
 #define NVTX_RANGE_FN() NvtxRange nvtx_range_fn(__func__)
+
+// ----------------------------------------------------------------------------
+// reductions in a fixed order: the same inputs and launch shape give the same bits on every
+// run (no float atomics), which bit-exact resume relies on
+
+template <typename T>
+__device__ __forceinline__ T warp_reduce_sum(T v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;  // every lane holds the warp's sum
+}
+
+__device__ __forceinline__ float warp_reduce_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Sum over a 1D block; every thread gets the result. blockDim.x must be a multiple of 32 (at
+// most 1024) and every thread of the block must call it: it synchronises.
+template <typename T>
+__device__ inline T block_reduce_sum(T v) {
+    __shared__ T warp_sums[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+    v = warp_reduce_sum(v);
+    __syncthreads();  // an earlier call in the same kernel may still be reading warp_sums
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? warp_sums[lane] : (T)0;
+    return warp_reduce_sum(v);
+}
+
+// out[0] = (accumulate ? out[0] : 0) + sum(in[0..n)), one block, summed in double in a fixed
+// order. The second pass of every two-pass deterministic reduction (partials -> scalar).
+// Kernels in headers are `static` (or templates) so several translation units can include them.
+static __global__ void deterministic_sum_kernel(float* out, const float* in, int n, bool accumulate) {
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += (double)in[i];
+    acc = block_reduce_sum(acc);
+    if (threadIdx.x == 0) out[0] = (float)((accumulate ? (double)out[0] : 0.0) + acc);
+}
+
+inline void deterministic_sum(float* out, const float* in, int n, bool accumulate, cudaStream_t stream) {
+    deterministic_sum_kernel<<<1, 1024, 0, stream>>>(out, in, n, accumulate);
+    cudaLaunchCheck();
+}

@@ -1,0 +1,82 @@
+/*
+The JSON-lines training log (SPEC §8): one object per optimizer update, and one with
+"eval": true per evaluation. Terms a mode does not compute are written as null.
+Each line is flushed so a crashed run keeps its log.
+*/
+#pragma once
+#include <math.h>
+#include <string>
+#include <vector>
+#include "utils.h"
+
+struct Logger {
+    FILE* fp = nullptr;
+    std::string path;
+};
+
+inline void logger_open(Logger* lg, const std::string& path, bool append) {
+    lg->path = path;
+    lg->fp = fopenCheck(path.c_str(), append ? "a" : "w");
+}
+
+inline void logger_close(Logger* lg) { if (lg->fp) fclose_check(lg->fp, lg->path.c_str()); lg->fp = nullptr; }
+
+// a number, or null when NAN (a term the mode does not compute)
+inline std::string json_num(double x) {
+    if (isnan(x)) return "null";
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%.9g", x);
+    return buf;
+}
+
+struct StepLog {
+    long long step; double lr, loss, kl, sparsity, mse, ds_mse, l0, grad_norm, tokens_per_s;
+    long long alive;  // -1 unless an alive window closed at this step
+};
+
+inline void logger_log_step(Logger* lg, const StepLog& s) {
+    if (!lg->fp) return;
+    fprintf(lg->fp, "{\"step\": %lld, \"lr\": %s, \"loss\": %s, \"kl\": %s, \"sparsity\": %s, \"mse\": %s, \"ds_mse\": %s, "
+                    "\"l0\": %s, \"grad_norm\": %s, \"tokens_per_s\": %s",
+            s.step, json_num(s.lr).c_str(), json_num(s.loss).c_str(), json_num(s.kl).c_str(), json_num(s.sparsity).c_str(),
+            json_num(s.mse).c_str(), json_num(s.ds_mse).c_str(), json_num(s.l0).c_str(), json_num(s.grad_norm).c_str(),
+            json_num(s.tokens_per_s).c_str());
+    if (s.alive >= 0) fprintf(lg->fp, ", \"alive_train\": %lld", s.alive);
+    fprintf(lg->fp, "}\n");
+    fflush(lg->fp);
+}
+
+// SPEC §6 metrics over the eval rows
+struct EvalMetrics {
+    double ce_clean = NAN, ce_spliced = NAN, kl = NAN, l0 = NAN, explained_variance = NAN, top1_agree = NAN, mse = NAN;
+    long long alive = -1, dead = -1, alive_train = -1, tokens = 0;
+    std::vector<double> ds_mse;  // per downstream layer (e2e+ds)
+};
+
+inline void logger_log_eval(Logger* lg, long long step, const EvalMetrics& e) {
+    if (!lg->fp) return;
+    fprintf(lg->fp, "{\"eval\": true, \"step\": %lld, \"tokens\": %lld, \"ce_clean\": %s, \"ce_spliced\": %s, \"ce_increase\": %s, "
+                    "\"kl\": %s, \"l0\": %s, \"explained_variance\": %s, \"top1_agree\": %s, \"mse\": %s, \"alive\": %lld, \"dead\": %lld",
+            step, e.tokens, json_num(e.ce_clean).c_str(), json_num(e.ce_spliced).c_str(), json_num(e.ce_spliced - e.ce_clean).c_str(),
+            json_num(e.kl).c_str(), json_num(e.l0).c_str(), json_num(e.explained_variance).c_str(), json_num(e.top1_agree).c_str(),
+            json_num(e.mse).c_str(), e.alive, e.dead);
+    if (e.alive_train >= 0) fprintf(lg->fp, ", \"alive_train\": %lld", e.alive_train);
+    if (!e.ds_mse.empty()) {
+        fprintf(lg->fp, ", \"ds_mse\": [");
+        for (size_t i = 0; i < e.ds_mse.size(); i++) fprintf(lg->fp, "%s%s", i ? ", " : "", json_num(e.ds_mse[i]).c_str());
+        fprintf(lg->fp, "]");
+    }
+    fprintf(lg->fp, "}\n");
+    fflush(lg->fp);
+}
+
+inline void print_eval(long long step, const EvalMetrics& e, int first_ds_layer) {
+    printf("---- eval at step %lld over %lld tokens ----\n", step, e.tokens);
+    printf("  CE clean       %.4f\n  CE spliced     %.4f\n  CE increase    %.4f\n", e.ce_clean, e.ce_spliced, e.ce_spliced - e.ce_clean);
+    printf("  KL             %.5f\n  L0             %.2f\n  expl. variance %.4f\n  top-1 agree    %.4f\n  MSE            %.6g\n",
+           e.kl, e.l0, e.explained_variance, e.top1_agree, e.mse);
+    printf("  alive / dead   %lld / %lld (eval rows)\n", e.alive, e.dead);
+    if (e.alive_train >= 0) printf("  alive (train)  %lld (last completed window)\n", e.alive_train);
+    for (size_t i = 0; i < e.ds_mse.size(); i++) printf("  ds MSE L%-5zu  %.6g\n", first_ds_layer + i, e.ds_mse[i]);
+    printf("--------------------------------------------\n");
+}

@@ -1,0 +1,242 @@
+/*
+The SAE on the host, shared by both trainers: its parameter block (fp32 master copies,
+one allocation: W_enc (C,D), b_enc (D), W_dec (D,C) raw, b_dec (C)), the library's init
+(SPEC §3), the SAELens export and --init-sae import (SPEC §8), and the training state
+that makes --resume bit-exact (raw params, Adam m and v, step, data position, alive window).
+*/
+#pragma once
+#include <math.h>
+#include <stdint.h>
+#include <string>
+#include <vector>
+#include "utils.h"
+#include "json.h"
+#include "safetensors.h"
+#include "train_config.h"
+
+#define NUM_SAE_TENSORS 4
+struct SAE {
+    int C = 0, D = 0;
+    size_t sizes[NUM_SAE_TENSORS];
+    size_t num_parameters = 0;
+    std::vector<float> memory;   // the block: W_enc, b_enc, W_dec, b_dec
+    float* W_enc = nullptr;      // (C, D)
+    float* b_enc = nullptr;      // (D)
+    float* W_dec = nullptr;      // (D, C) raw; rows normalised in every forward
+    float* b_dec = nullptr;      // (C)
+};
+static const char* SAE_TENSOR_NAMES[NUM_SAE_TENSORS] = {"W_enc", "b_enc", "W_dec", "b_dec"};
+
+inline void sae_allocate(SAE* sae, int C, int D) {
+    sae->C = C; sae->D = D;
+    sae->sizes[0] = (size_t)C * D; sae->sizes[1] = D; sae->sizes[2] = (size_t)D * C; sae->sizes[3] = C;
+    sae->num_parameters = sae->sizes[0] + sae->sizes[1] + sae->sizes[2] + sae->sizes[3];
+    sae->memory.assign(sae->num_parameters, 0.0f);
+    sae->W_enc = sae->memory.data();
+    sae->b_enc = sae->W_enc + sae->sizes[0];
+    sae->W_dec = sae->b_enc + sae->sizes[1];
+    sae->b_dec = sae->W_dec + sae->sizes[2];
+}
+
+inline std::vector<int64_t> sae_tensor_shape(const SAE* sae, int i) {
+    if (i == 0) return {sae->C, sae->D};
+    if (i == 1) return {sae->D};
+    if (i == 2) return {sae->D, sae->C};
+    return {sae->C};
+}
+
+// ----------------------------------------------------------------------------
+// init: nn.Linear defaults, then an orthogonal W_dec (SPEC §3)
+
+inline double rng_uniform01(uint64_t* st) { return (double)(splitmix64(st) >> 11) * (1.0 / 9007199254740992.0); }
+
+inline void sae_init_random(SAE* sae, uint64_t seed) {
+    int C = sae->C, D = sae->D;
+    uint64_t st = seed * 0x9E3779B97F4A7C15ULL + 0x5AE;
+    float be = 1.0f / sqrtf((float)C), bd = 1.0f / sqrtf((float)D);
+    for (size_t i = 0; i < sae->sizes[0]; i++) sae->W_enc[i] = (float)((2.0 * rng_uniform01(&st) - 1.0) * be);
+    for (int i = 0; i < D; i++) sae->b_enc[i] = (float)((2.0 * rng_uniform01(&st) - 1.0) * be);
+    for (int i = 0; i < C; i++) sae->b_dec[i] = (float)((2.0 * rng_uniform01(&st) - 1.0) * bd);
+    // W_dec (D, C) with orthonormal columns: Gaussian matrix, then modified Gram-Schmidt over
+    // its C columns (the Q of a QR with positive diagonal, which is what orthogonal_ returns
+    // up to column signs). Columns are gathered so each inner loop is contiguous.
+    std::vector<double> cols((size_t)C * D);  // cols[j*D + i] = W_dec[i][j]
+    for (size_t k = 0; k < cols.size(); k += 2) {  // Box-Muller
+        double u1 = rng_uniform01(&st), u2 = rng_uniform01(&st);
+        double r = sqrt(-2.0 * log(u1 > 1e-300 ? u1 : 1e-300));
+        cols[k] = r * cos(2 * M_PI * u2);
+        if (k + 1 < cols.size()) cols[k + 1] = r * sin(2 * M_PI * u2);
+    }
+    if (D < C) printf("warning: d_sae %d < d_in %d: W_dec rows are made orthonormal instead of its columns\n", D, C);
+    int ncols = D >= C ? C : D;  // if D < C orthonormalise the rows (the transpose), as orthogonal_ does
+    int len = D >= C ? D : C;
+    if (D < C) {  // regather as rows
+        std::vector<double> rows((size_t)C * D);
+        for (int i = 0; i < D; i++) for (int j = 0; j < C; j++) rows[(size_t)i * C + j] = cols[(size_t)j * D + i];
+        cols.swap(rows);
+    }
+    // classical Gram-Schmidt applied twice ("CGS2"): as accurate as the modified form, and
+    // each projection is parallel over the previous columns
+    std::vector<double> dots(ncols);
+    for (int j = 0; j < ncols; j++) {
+        double* v = &cols[(size_t)j * len];
+        for (int pass = 0; pass < 2; pass++) {
+            #pragma omp parallel for schedule(static)
+            for (int k = 0; k < j; k++) {
+                const double* q = &cols[(size_t)k * len];
+                double dot = 0.0;
+                for (int i = 0; i < len; i++) dot += q[i] * v[i];
+                dots[k] = dot;
+            }
+            #pragma omp parallel for schedule(static)
+            for (int i = 0; i < len; i++) {
+                double acc = v[i];
+                for (int k = 0; k < j; k++) acc -= dots[k] * cols[(size_t)k * len + i];
+                v[i] = acc;
+            }
+        }
+        double nrm = 0.0;
+        for (int i = 0; i < len; i++) nrm += v[i] * v[i];
+        nrm = sqrt(nrm);
+        for (int i = 0; i < len; i++) v[i] /= nrm;
+    }
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < C; j++)
+            sae->W_dec[(size_t)i * C + j] = (float)(D >= C ? cols[(size_t)j * D + i] : cols[(size_t)i * C + j]);
+}
+
+// ----------------------------------------------------------------------------
+// SAELens export (SPEC §8): W_dec written normalised, so a plain forward reproduces ours
+
+inline void sae_normalized_decoder(const SAE* sae, std::vector<float>& out) {
+    int C = sae->C;
+    out.resize((size_t)sae->D * C);
+    for (int r = 0; r < sae->D; r++) {
+        const float* row = sae->W_dec + (size_t)r * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += row[i] * row[i];
+        float nrm = fmaxf(sqrtf(ss), 1e-12f);
+        for (int i = 0; i < C; i++) out[(size_t)r * C + i] = row[i] / nrm;
+    }
+}
+
+inline void sae_export(const SAE* sae, const std::string& dir, const TrainConfig& cfg, const std::string& model_name,
+                       long long step, const std::vector<float>* sparsity = nullptr) {
+    make_dir(dir);
+    std::vector<float> W_dec_norm;
+    sae_normalized_decoder(sae, W_dec_norm);
+    std::vector<StWriteEntry> t = {
+        {"W_enc", sae_tensor_shape(sae, 0), sae->W_enc}, {"b_enc", sae_tensor_shape(sae, 1), sae->b_enc},
+        {"W_dec", sae_tensor_shape(sae, 2), W_dec_norm.data()}, {"b_dec", sae_tensor_shape(sae, 3), sae->b_dec}};
+    safetensors_write(dir + "/sae_weights.safetensors", t, {{"format", "pt"}});
+    if (sparsity) safetensors_write(dir + "/sparsity.safetensors", {{"sparsity", {sae->D}, sparsity->data()}}, {{"format", "pt"}});
+    std::string tmp = dir + "/cfg.json.tmp";
+    FILE* fp = fopenCheck(tmp.c_str(), "w");
+    fprintf(fp, "{\n");
+    fprintf(fp, "  \"d_in\": %d,\n  \"d_sae\": %d,\n  \"dtype\": \"float32\",\n  \"device\": \"cpu\",\n", sae->C, sae->D);
+    fprintf(fp, "  \"architecture\": \"standard\",\n  \"apply_b_dec_to_input\": false,\n  \"normalize_activations\": \"none\",\n");
+    fprintf(fp, "  \"metadata\": {\n");
+    fprintf(fp, "    \"sae_lens_version\": \"6.0.0\",\n    \"sae_lens_training_version\": \"6.0.0\",\n");
+    fprintf(fp, "    \"model_name\": \"%s\",\n", json_escape(model_name).c_str());
+    fprintf(fp, "    \"hook_name\": \"blocks.%d.hook_resid_pre\",\n    \"hook_layer\": %d,\n", cfg.layer, cfg.layer);
+    fprintf(fp, "    \"context_size\": %d,\n    \"prepend_bos\": false,\n", cfg.seq_len);
+    fprintf(fp, "    \"model_from_pretrained_kwargs\": {\"center_writing_weights\": true, \"center_unembed\": false, "
+                "\"fold_ln\": true, \"fold_value_biases\": true}\n");
+    fprintf(fp, "  },\n");
+    fprintf(fp, "  \"training\": {\"engine\": \"sae.c\", \"mode\": \"%s\", \"sparsity_coeff\": %.9g, \"kl_coeff\": %.9g, "
+                "\"mse_coeff\": %.9g, \"ds_coeff\": %.9g, \"lr\": %.9g, \"batch\": %d, \"seq_len\": %d, \"grad_accum\": %d, "
+                "\"samples\": %lld, \"steps_done\": %lld, \"seed\": %llu}\n",
+            mode_name(cfg.mode), cfg.sparsity_coeff, cfg.kl_coeff, cfg.mse_coeff, cfg.ds_coeff, cfg.lr, cfg.batch, cfg.seq_len,
+            cfg.grad_accum, cfg.samples, step, cfg.seed);
+    fprintf(fp, "}\n");
+    fclose_check(fp, tmp.c_str());
+    rename_check(tmp, dir + "/cfg.json");
+}
+
+// --init-sae DIR: shapes come from the tensors; cfg.json, if there, must agree
+inline void sae_load(SAE* sae, const std::string& dir, int expect_C) {
+    std::string path = dir + "/sae_weights.safetensors";
+    SafeTensors st;
+    safetensors_open(&st, path);
+    const StTensorInfo* we = safetensors_find(&st, "W_enc");
+    if (!we) die("'%s': missing tensor 'W_enc'", path.c_str());
+    if (we->shape.size() != 2) die("'%s': W_enc has shape %s, expected [d_in, d_sae]", path.c_str(), shape_str(we->shape).c_str());
+    int C = (int)we->shape[0], D = (int)we->shape[1];
+    if (C != expect_C) die("'%s': W_enc is [%d, %d] but the model's d_model is %d", path.c_str(), C, D, expect_C);
+    sae_allocate(sae, C, D);
+    float* dst[NUM_SAE_TENSORS] = {sae->W_enc, sae->b_enc, sae->W_dec, sae->b_dec};
+    for (int i = 0; i < NUM_SAE_TENSORS; i++) safetensors_read(&st, SAE_TENSOR_NAMES[i], sae_tensor_shape(sae, i), dst[i]);
+    std::string cfg_path = dir + "/cfg.json";
+    if (file_exists(cfg_path)) {
+        JsonValue root;
+        if (!json_parse(read_text_file(cfg_path), root) || root.kind != JsonValue::OBJECT) die("'%s' is not valid JSON", cfg_path.c_str());
+        const JsonValue* d_in = root.get("d_in");
+        const JsonValue* d_sae = root.get("d_sae");
+        if ((d_in && d_in->kind == JsonValue::NUMBER && (int)d_in->num != C) || (d_sae && d_sae->kind == JsonValue::NUMBER && (int)d_sae->num != D))
+            die("'%s' says d_in/d_sae differ from the tensors' [%d, %d]", cfg_path.c_str(), C, D);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// training state: everything --resume needs to continue bit-exactly
+
+struct TrainState {
+    long long step = 0;            // updates done
+    long long rows_consumed = 0;   // training data position
+    long long alive_tokens = 0;    // tokens in the current alive window
+    std::vector<float> alive_fired;  // (D) 1 if the feature fired in the current window
+};
+
+inline void train_state_save(const std::string& dir, const SAE* sae, const float* m, const float* v, const TrainState& ts,
+                             const TrainConfig& cfg) {
+    make_dir(dir);
+    std::vector<StWriteEntry> t;
+    const float* p = sae->memory.data();
+    size_t off = 0;
+    for (int i = 0; i < NUM_SAE_TENSORS; i++) {
+        t.push_back({SAE_TENSOR_NAMES[i], sae_tensor_shape(sae, i), p + off});
+        t.push_back({std::string("adam_m.") + SAE_TENSOR_NAMES[i], sae_tensor_shape(sae, i), m + off});
+        t.push_back({std::string("adam_v.") + SAE_TENSOR_NAMES[i], sae_tensor_shape(sae, i), v + off});
+        off += sae->sizes[i];
+    }
+    t.push_back({"alive_fired", {sae->D}, ts.alive_fired.data()});
+    safetensors_write(dir + "/train_state.safetensors", t,
+                      {{"step", std::to_string(ts.step)}, {"rows_consumed", std::to_string(ts.rows_consumed)},
+                       {"alive_tokens", std::to_string(ts.alive_tokens)}, {"layer", std::to_string(cfg.layer)},
+                       {"mode", mode_name(cfg.mode)}, {"batch", std::to_string(cfg.batch)}, {"seq_len", std::to_string(cfg.seq_len)},
+                       {"grad_accum", std::to_string(cfg.grad_accum)}, {"seed", std::to_string(cfg.seed)},
+                       {"shuffle", std::to_string(cfg.shuffle)}});
+}
+
+// restores into an SAE already allocated at the right shape; checks the run is the same kind
+inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* v, TrainState* ts, const TrainConfig& cfg) {
+    std::string path = dir + "/train_state.safetensors";
+    SafeTensors st;
+    safetensors_open(&st, path);
+    auto meta = [&](const char* key) -> std::string {
+        for (const auto& kv : st.metadata) if (kv.first == key) return kv.second;
+        die("'%s': missing metadata '%s'", path.c_str(), key);
+    };
+    const StTensorInfo* we = safetensors_find(&st, "W_enc");
+    if (!we || we->shape.size() != 2 || we->shape[0] != sae->C || we->shape[1] != sae->D)
+        die("'%s': the saved SAE is not [%d, %d] (check --dict-size / --dict-ratio and --model)", path.c_str(), sae->C, sae->D);
+    struct { const char* key; long long want; } same[] = {
+        {"layer", cfg.layer}, {"batch", cfg.batch}, {"seq_len", cfg.seq_len}, {"grad_accum", cfg.grad_accum},
+        {"seed", (long long)cfg.seed}, {"shuffle", cfg.shuffle}};
+    for (const auto& s : same)
+        if (std::stoll(meta(s.key)) != s.want) die("'%s' was saved with %s %s, this run has %lld", path.c_str(), s.key, meta(s.key).c_str(), s.want);
+    if (meta("mode") != mode_name(cfg.mode)) die("'%s' was saved with mode %s, this run has %s", path.c_str(), meta("mode").c_str(), mode_name(cfg.mode));
+    size_t off = 0;
+    for (int i = 0; i < NUM_SAE_TENSORS; i++) {
+        auto shape = sae_tensor_shape(sae, i);
+        safetensors_read(&st, SAE_TENSOR_NAMES[i], shape, sae->memory.data() + off);
+        safetensors_read(&st, std::string("adam_m.") + SAE_TENSOR_NAMES[i], shape, m + off);
+        safetensors_read(&st, std::string("adam_v.") + SAE_TENSOR_NAMES[i], shape, v + off);
+        off += sae->sizes[i];
+    }
+    ts->alive_fired.assign(sae->D, 0.0f);
+    safetensors_read(&st, "alive_fired", {sae->D}, ts->alive_fired.data());
+    ts->step = std::stoll(meta("step"));
+    ts->rows_consumed = std::stoll(meta("rows_consumed"));
+    ts->alive_tokens = std::stoll(meta("alive_tokens"));
+}

@@ -1,0 +1,91 @@
+/*
+Host utilities shared by both trainers: checked file I/O and allocation, and `die(...)`,
+which prints one line a user can act on and exits non-zero. No error is swallowed.
+*/
+#pragma once
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdarg.h>
+#include <string.h>
+#include <errno.h>
+#include <stdint.h>
+#include <string>
+#include <sys/stat.h>
+
+[[noreturn]] inline void die(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(EXIT_FAILURE);
+}
+
+inline FILE* fopen_check(const char* path, const char* mode, const char* file, int line) {
+    FILE* fp = fopen(path, mode);
+    if (fp == NULL) die("could not open '%s' (mode %s): %s [%s:%d]", path, mode, strerror(errno), file, line);
+    return fp;
+}
+#define fopenCheck(path, mode) fopen_check(path, mode, __FILE__, __LINE__)
+
+inline void fread_check(void* ptr, size_t size, size_t nmemb, FILE* fp, const char* what, const char* file, int line) {
+    size_t got = fread(ptr, size, nmemb, fp);
+    if (got != nmemb) die("'%s' is truncated: expected %zu more bytes [%s:%d]", what, size * nmemb, file, line);
+}
+#define freadCheck(ptr, size, nmemb, fp, what) fread_check(ptr, size, nmemb, fp, what, __FILE__, __LINE__)
+
+inline void fwrite_check(const void* ptr, size_t size, size_t nmemb, FILE* fp, const char* what, const char* file, int line) {
+    if (fwrite(ptr, size, nmemb, fp) != nmemb) die("write to '%s' failed: %s [%s:%d]", what, strerror(errno), file, line);
+}
+#define fwriteCheck(ptr, size, nmemb, fp, what) fwrite_check(ptr, size, nmemb, fp, what, __FILE__, __LINE__)
+
+inline void fclose_check(FILE* fp, const char* what) {
+    if (fclose(fp) != 0) die("closing '%s' failed: %s", what, strerror(errno));
+}
+
+inline void* malloc_check(size_t size, const char* file, int line) {
+    void* p = malloc(size);
+    if (p == NULL && size > 0) die("out of host memory allocating %zu bytes [%s:%d]", size, file, line);
+    return p;
+}
+#define mallocCheck(size) malloc_check(size, __FILE__, __LINE__)
+
+inline bool file_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+inline long long file_size(const char* path) {
+    struct stat st;
+    if (stat(path, &st) != 0) die("could not stat '%s': %s", path, strerror(errno));
+    return (long long)st.st_size;
+}
+
+inline void make_dir(const std::string& dir) {
+    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) die("could not create directory '%s': %s", dir.c_str(), strerror(errno));
+}
+
+// files are written to path.tmp and renamed, so a crash never leaves a half-written file
+inline void rename_check(const std::string& from, const std::string& to) {
+    if (rename(from.c_str(), to.c_str()) != 0) die("could not rename '%s' to '%s': %s", from.c_str(), to.c_str(), strerror(errno));
+}
+
+inline std::string read_text_file(const std::string& path) {
+    FILE* fp = fopenCheck(path.c_str(), "rb");
+    std::string s;
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), fp)) > 0) s.append(buf, n);
+    fclose(fp);
+    return s;
+}
+
+// splitmix64: a small, fully specified generator, so permutations are the same on every machine
+inline uint64_t splitmix64(uint64_t* state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+

@@ -101,3 +101,22 @@ inline void deterministic_sum(float* out, const float* in, int n, bool accumulat
     deterministic_sum_kernel<<<1, 1024, 0, stream>>>(out, in, n, accumulate);
     cudaLaunchCheck();
 }
+
+// ----------------------------------------------------------------------------
+// 128-bit packed loads/stores for elementwise kernels (4 floats or 8 bf16 per access). The
+// pointer must be 16-byte aligned: launchers check is_aligned16() and fall back to a scalar
+// kernel otherwise.
+#include <stdint.h>
+
+template <typename T>
+struct alignas(16) Packed128 {
+    static constexpr int size = 16 / sizeof(T);
+    T v[size];
+    __device__ __forceinline__ T& operator[](int i) { return v[i]; }
+    __device__ __forceinline__ const T& operator[](int i) const { return v[i]; }
+};
+template <typename T>
+__device__ __forceinline__ Packed128<T> load128(const T* p) { return *reinterpret_cast<const Packed128<T>*>(p); }
+template <typename T>
+__device__ __forceinline__ void store128(T* p, const Packed128<T>& x) { *reinterpret_cast<Packed128<T>*>(p) = x; }
+inline bool is_aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }

@@ -79,3 +79,54 @@ float benchmark_kernel(int warmup, int repeats, F f) {
     std::sort(times.begin(), times.end());
     return times[times.size() / 2];
 }
+
+// ----------------------------------------------------------------------------
+// helpers for benches that run every check before deciding (one GPU run shows every failure)
+
+// validate_result's test (|gpu - cpu| <= tol·(|cpu| + 0.1·max|cpu|), NaN fails), but returns
+// whether it passed instead of exiting; poisoned or unwritten outputs fail it the same way
+template <typename T>
+bool check_result(const T* d_result, const float* ref, const char* name, size_t n, float tol) {
+    std::vector<T> out(n);
+    cudaCheck(cudaMemcpy(out.data(), d_result, n * sizeof(T), cudaMemcpyDeviceToHost));
+    double max_ref = 0.0, max_err = 0.0, num = 0.0, den = 0.0;
+    size_t nbad = 0;
+    for (size_t i = 0; i < n; i++) max_ref = fmax(max_ref, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        double o = (double)(float)out[i], r = ref[i];
+        double err = fabs(o - r);
+        if (!(err <= tol * (fabs(r) + 0.1 * max_ref))) {
+            if (nbad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", name, i, o, r);
+            nbad++;
+        }
+        if (!(err <= max_err)) max_err = err;  // keeps a NaN visible in the printout
+        num += (o - r) * (o - r); den += r * r;
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1.0));
+    printf("  %-28s rel L2 err %.3e  max abs err %.3e  (tol %.1e) %s\n", name, rel, max_err, tol,
+           nbad ? "FAIL" : "ok");
+    if (nbad) printf("  %s: %zu of %zu elements out of tolerance\n", name, nbad, n);
+    return nbad == 0;
+}
+
+// round a host array through storage type T (identity for float), so a CPU reference sees
+// exactly the inputs the GPU sees
+template <typename T>
+void round_to_storage(float* h, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = (float)(T)h[i];
+}
+
+// copy a device array of type T back to host floats
+template <typename T>
+std::vector<float> from_device(const T* d, size_t n) {
+    std::vector<T> tmp(n);
+    cudaCheck(cudaMemcpy(tmp.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; i++) out[i] = (float)tmp[i];
+    return out;
+}
+
+// the name printed for a storage type
+template <typename T> inline const char* type_name();
+template <> inline const char* type_name<float>() { return "fp32"; }
+template <> inline const char* type_name<bf16>() { return "bf16"; }

@@ -51,6 +51,13 @@ inline std::vector<std::string> glob_files(const std::string& pattern, const cha
     return out;
 }
 
+inline bool glob_matches(const std::string& pattern) {
+    glob_t g;
+    bool any = glob(pattern.c_str(), 0, nullptr, &g) == 0 && g.gl_pathc > 0;
+    globfree(&g);
+    return any;
+}
+
 inline void shard_open(Shard* s, const std::string& path, int vocab_size) {
     s->path = path;
     long long size = file_size(path.c_str());

@@ -1,0 +1,850 @@
+/*
+train_gpt2_sae_cpu: the readable fp32 CPU reference of the e2e SAE trainer.
+
+Trains a sparse autoencoder at blocks.L.hook_resid_pre of a frozen GPT-2 in one of three
+modes (local, e2e, e2e+ds), exactly as ../shared/SPEC.md specifies. It favours clarity over
+speed: plain loops with the same function names and argument order as the CUDA kernels in
+the llmc/ .cuh files, so the two can be read side by side. OpenMP parallelises only over independent
+outputs, so every run is bit-reproducible whatever the thread count.
+
+Build and run:
+    make train_gpt2_sae_cpu
+    ./train_gpt2_sae_cpu --help
+Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (frozen model).
+*/
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <string>
+#include <vector>
+#include "llmc/utils.h"        // defines: die, fopenCheck, mallocCheck, splitmix64
+#include "llmc/safetensors.h"  // defines: safetensors_open/read/write
+#include "llmc/gpt2_load.h"    // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
+#include "llmc/dataloader.h"   // defines: DataLoader, dataloader_init/next_batch/get_rows
+#include "llmc/schedule.h"     // defines: lr_at_step
+#include "llmc/train_config.h" // defines: TrainConfig, parse_args, check_config_against_model
+#include "llmc/sae_io.h"       // defines: SAE, sae_init_random, sae_export, sae_load, train_state_save/load
+#include "llmc/logger.h"       // defines: Logger, StepLog, EvalMetrics, print_eval
+
+// ----------------------------------------------------------------------------
+// GPT-2 layer passes, fp32. N = B*T rows. Backward passes compute activation gradients only.
+
+void encoder_forward(float* out, const int* inp, const float* wte, const float* wpe, int B, int T, int C) {
+    // out (B,T,C), inp (B,T), wte (V,C), wpe (maxT,C)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float* o = out + ((size_t)b * T + t) * C;
+            const float* we = wte + (size_t)inp[b * T + t] * C;
+            const float* pe = wpe + (size_t)t * C;
+            for (int i = 0; i < C; i++) o[i] = we[i] + pe[i];
+        }
+}
+
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight, const float* bias, int N, int C) {
+    // out (N,C), mean (N), rstd (N); biased variance, eps 1e-5 as GPT-2
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        float m = 0.0f;
+        for (int i = 0; i < C; i++) m += x[i];
+        m /= C;
+        float v = 0.0f;
+        for (int i = 0; i < C; i++) v += (x[i] - m) * (x[i] - m);
+        v /= C;
+        float s = 1.0f / sqrtf(v + 1e-5f);
+        float* o = out + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] = (x[i] - m) * s * weight[i] + bias[i];
+        if (mean) mean[n] = m;
+        if (rstd) rstd[n] = s;
+    }
+}
+
+// with xhat = (x - mean) * rstd and g = dout * weight:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+void layernorm_backward_dinp(float* dinp, const float* dout, const float* inp, const float* weight, const float* mean,
+                             const float* rstd, int N, int C) {
+    // dinp (N,C) += ...
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* x = inp + (size_t)n * C;
+        const float* dy = dout + (size_t)n * C;
+        float m = mean[n], s = rstd[n];
+        float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+        for (int i = 0; i < C; i++) {
+            float xhat = (x[i] - m) * s;
+            float g = dy[i] * weight[i];
+            dnorm_mean += g;
+            dnorm_norm_mean += g * xhat;
+        }
+        dnorm_mean /= C;
+        dnorm_norm_mean /= C;
+        float* dx = dinp + (size_t)n * C;
+        for (int i = 0; i < C; i++) {
+            float xhat = (x[i] - m) * s;
+            float g = dy[i] * weight[i];
+            dx[i] += s * (g - dnorm_mean - xhat * dnorm_norm_mean);
+        }
+    }
+}
+
+// tiled so a block of weight rows stays in cache while every input row passes over it
+// (the LM head's weight is 50257 x C: streaming it once per token would be memory-bound)
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {
+    // out (N,OC) = inp (N,C) . weight (OC,C)^T + bias (OC)
+    const int OB = 64;
+    #pragma omp parallel for schedule(dynamic)
+    for (int ob = 0; ob < OC; ob += OB) {
+        int oe = ob + OB < OC ? ob + OB : OC;
+        for (int n = 0; n < N; n++) {
+            const float* x = inp + (size_t)n * C;
+            for (int o = ob; o < oe; o++) {
+                const float* w = weight + (size_t)o * C;
+                float acc = 0.0f;
+                #pragma omp simd reduction(+ : acc)
+                for (int i = 0; i < C; i++) acc += x[i] * w[i];
+                out[(size_t)n * OC + o] = acc + (bias ? bias[o] : 0.0f);
+            }
+        }
+    }
+}
+
+void matmul_backward_dinp(float* dinp, const float* dout, const float* weight, int N, int C, int OC, bool accumulate) {
+    // dinp (N,C) (+)= dout (N,OC) . weight (OC,C); a block of rows of dinp stays in cache per weight pass
+    const int NB = 32;
+    #pragma omp parallel for schedule(dynamic)
+    for (int nb = 0; nb < N; nb += NB) {
+        int ne = nb + NB < N ? nb + NB : N;
+        if (!accumulate) memset(dinp + (size_t)nb * C, 0, (size_t)(ne - nb) * C * sizeof(float));
+        for (int o = 0; o < OC; o++) {
+            const float* w = weight + (size_t)o * C;
+            for (int n = nb; n < ne; n++) {
+                float d = dout[(size_t)n * OC + o];
+                if (d == 0.0f) continue;
+                float* dx = dinp + (size_t)n * C;
+                for (int i = 0; i < C; i++) dx[i] += d * w[i];
+            }
+        }
+    }
+}
+
+void attention_forward(float* out, float* att, const float* inp, int B, int T, int C, int NH) {
+    // out (B,T,C), att (B,NH,T,T) softmax probabilities (0 above the diagonal), inp (B,T,3C) = q,k,v
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const float* q = inp + ((size_t)b * T + t) * 3 * C + h * hs;
+                float* a = att + (((size_t)b * NH + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* k = inp + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    float dot = 0.0f;
+                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+                    a[t2] = dot * scale;
+                    maxv = fmaxf(maxv, a[t2]);
+                }
+                float sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+                for (int t2 = 0; t2 <= t; t2++) a[t2] /= sum;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float* o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* v = inp + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += a[t2] * v[i];
+                }
+            }
+}
+
+// per (b,h,t): datt = dout . v; softmax backward dpre = att * (datt - sum(att * datt));
+// dq = scale * dpre . k, dk += scale * dpre^T q, dv += att^T dout
+void attention_backward(float* dinp, float* datt_buf, const float* dout, const float* inp, const float* att, int B, int T, int C, int NH) {
+    // dinp (B,T,3C) overwritten; datt_buf (B,NH,T) scratch; dout (B,T,C); inp (B,T,3C); att (B,NH,T,T)
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) memset(dinp + ((size_t)b * T + t) * 3 * C, 0, (size_t)3 * C * sizeof(float));
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            float* datt = datt_buf + ((size_t)b * NH + h) * T;
+            for (int t = 0; t < T; t++) {
+                const float* a = att + (((size_t)b * NH + h) * T + t) * T;
+                const float* dy = dout + ((size_t)b * T + t) * C + h * hs;
+                const float* q = inp + ((size_t)b * T + t) * 3 * C + h * hs;
+                float* dq = dinp + ((size_t)b * T + t) * 3 * C + h * hs;
+                float sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float* v = inp + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    float* dv = dinp + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    float d = 0.0f;
+                    for (int i = 0; i < hs; i++) { d += dy[i] * v[i]; dv[i] += a[t2] * dy[i]; }
+                    datt[t2] = d;
+                    sum += a[t2] * d;
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float dpre = a[t2] * (datt[t2] - sum) * scale;
+                    const float* k = inp + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    float* dk = dinp + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    for (int i = 0; i < hs; i++) { dq[i] += dpre * k[i]; dk[i] += dpre * q[i]; }
+                }
+            }
+        }
+}
+
+#define GELU_SCALING_FACTOR 0.7978845608028654f  // sqrt(2/pi)
+void gelu_forward(float* out, const float* inp, int n) {
+    #pragma omp parallel for
+    for (int i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x)));
+    }
+}
+
+void gelu_backward(float* dinp, const float* inp, const float* dout, int n) {
+    // dinp = dout * gelu'(inp)
+    #pragma omp parallel for
+    for (int i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
+        float th = tanhf(u);
+        float sech2 = 1.0f - th * th;
+        float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = dout[i] * local;
+    }
+}
+
+void residual_forward(float* out, const float* inp1, const float* inp2, int n) {
+    for (int i = 0; i < n; i++) out[i] = inp1[i] + inp2[i];
+}
+
+// ----------------------------------------------------------------------------
+// GPT-2 blocks and head
+
+// what one block keeps for its backward pass
+struct BlockActs {
+    std::vector<float> inp, ln1, ln1_mean, ln1_rstd, qkv, atty, att, attproj, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj;
+};
+
+void block_acts_allocate(BlockActs* a, int B, int T, int C, int NH) {
+    size_t N = (size_t)B * T;
+    a->inp.resize(N * C); a->ln1.resize(N * C); a->ln1_mean.resize(N); a->ln1_rstd.resize(N);
+    a->qkv.resize(N * 3 * C); a->atty.resize(N * C); a->att.resize((size_t)B * NH * T * T); a->attproj.resize(N * C);
+    a->res2.resize(N * C); a->ln2.resize(N * C); a->ln2_mean.resize(N); a->ln2_rstd.resize(N);
+    a->fch.resize(N * 4 * C); a->fch_gelu.resize(N * 4 * C); a->fcproj.resize(N * C);
+}
+
+size_t block_acts_floats(int B, int T, int C, int NH) {
+    size_t N = (size_t)B * T;
+    return N * C * 8 + N * 4 + N * 3 * C + N * 8 * C + (size_t)B * NH * T * T;
+}
+
+void block_forward(const GPT2* model, int l, BlockActs* a, const float* inp, float* out, int B, int T) {
+    // inp, out (B,T,C); out may alias inp
+    const GPT2Weights& w = model->params;
+    int C = model->config.channels, NH = model->config.num_heads, N = B * T;
+    memcpy(a->inp.data(), inp, (size_t)N * C * sizeof(float));
+    layernorm_forward(a->ln1.data(), a->ln1_mean.data(), a->ln1_rstd.data(), a->inp.data(), w.ln1w + l * C, w.ln1b + l * C, N, C);
+    matmul_forward(a->qkv.data(), a->ln1.data(), w.qkvw + (size_t)l * 3 * C * C, w.qkvb + l * 3 * C, N, C, 3 * C);
+    attention_forward(a->atty.data(), a->att.data(), a->qkv.data(), B, T, C, NH);
+    matmul_forward(a->attproj.data(), a->atty.data(), w.attprojw + (size_t)l * C * C, w.attprojb + l * C, N, C, C);
+    residual_forward(a->res2.data(), a->inp.data(), a->attproj.data(), N * C);
+    layernorm_forward(a->ln2.data(), a->ln2_mean.data(), a->ln2_rstd.data(), a->res2.data(), w.ln2w + l * C, w.ln2b + l * C, N, C);
+    matmul_forward(a->fch.data(), a->ln2.data(), w.fcw + (size_t)l * 4 * C * C, w.fcb + l * 4 * C, N, C, 4 * C);
+    gelu_forward(a->fch_gelu.data(), a->fch.data(), N * 4 * C);
+    matmul_forward(a->fcproj.data(), a->fch_gelu.data(), w.fcprojw + (size_t)l * C * 4 * C, w.fcprojb + l * C, N, 4 * C, C);
+    residual_forward(out, a->res2.data(), a->fcproj.data(), N * C);
+}
+
+// scratch for the block backward, sized once
+struct BlockGrads {
+    std::vector<float> dres2, dfch, dln, datty, dqkv, datt;
+};
+
+void block_backward(const GPT2* model, int l, const BlockActs* a, BlockGrads* g, const float* dout, float* dinp, int B, int T) {
+    // dout (B,T,C) gradient wrt the block output; dinp (B,T,C) overwritten (may alias dout)
+    const GPT2Weights& w = model->params;
+    int C = model->config.channels, NH = model->config.num_heads, N = B * T;
+    g->dres2.assign(dout, dout + (size_t)N * C);
+    g->dfch.resize((size_t)N * 4 * C); g->dln.resize((size_t)N * C); g->datty.resize((size_t)N * C);
+    g->dqkv.resize((size_t)N * 3 * C); g->datt.resize((size_t)B * NH * T);
+    // MLP: out = res2 + fcproj(gelu(fc(ln2(res2))))
+    matmul_backward_dinp(g->dfch.data(), g->dres2.data(), w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false);
+    gelu_backward(g->dfch.data(), a->fch.data(), g->dfch.data(), N * 4 * C);
+    matmul_backward_dinp(g->dln.data(), g->dfch.data(), w.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, false);
+    layernorm_backward_dinp(g->dres2.data(), g->dln.data(), a->res2.data(), w.ln2w + l * C, a->ln2_mean.data(), a->ln2_rstd.data(), N, C);
+    // attention: res2 = inp + attproj(attn(qkv(ln1(inp))))
+    matmul_backward_dinp(g->datty.data(), g->dres2.data(), w.attprojw + (size_t)l * C * C, N, C, C, false);
+    attention_backward(g->dqkv.data(), g->datt.data(), g->datty.data(), a->qkv.data(), a->att.data(), B, T, C, NH);
+    matmul_backward_dinp(g->dln.data(), g->dqkv.data(), w.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, false);
+    memcpy(dinp, g->dres2.data(), (size_t)N * C * sizeof(float));
+    layernorm_backward_dinp(dinp, g->dln.data(), a->inp.data(), w.ln1w + l * C, a->ln1_mean.data(), a->ln1_rstd.data(), N, C);
+}
+
+// final LayerNorm and the LM head, tied to the *uncentred* token embedding (SPEC §2)
+void lm_head_forward(const GPT2* model, float* logits, float* lnf, float* lnf_mean, float* lnf_rstd, const float* resid, int N) {
+    // logits (N,V), lnf (N,C), resid (N,C)
+    const GPT2Weights& w = model->params;
+    int C = model->config.channels, V = model->config.vocab_size;
+    layernorm_forward(lnf, lnf_mean, lnf_rstd, resid, w.lnfw, w.lnfb, N, C);
+    matmul_forward(logits, lnf, w.wte_unembed, nullptr, N, C, V);
+}
+
+void lm_head_backward(const GPT2* model, float* dresid, float* dlnf, const float* dlogits, const float* resid, const float* lnf_mean,
+                      const float* lnf_rstd, int N) {
+    // dresid (N,C) overwritten; dlnf (N,C) scratch; dlogits (N,V)
+    const GPT2Weights& w = model->params;
+    int C = model->config.channels, V = model->config.vocab_size;
+    matmul_backward_dinp(dlnf, dlogits, w.wte_unembed, N, C, V, false);
+    memset(dresid, 0, (size_t)N * C * sizeof(float));
+    layernorm_backward_dinp(dresid, dlnf, resid, w.lnfw, lnf_mean, lnf_rstd, N, C);
+}
+
+// ----------------------------------------------------------------------------
+// the SAE (SPEC §3)
+
+void sae_decoder_normalize(float* W_dec_norm, float* inv_norm, const float* W_dec, int D, int C) {
+    // W_dec_norm (D,C) = each row / max(||row||, 1e-12); inv_norm (D) = 1 / that
+    #pragma omp parallel for
+    for (int d = 0; d < D; d++) {
+        const float* w = W_dec + (size_t)d * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += w[i] * w[i];
+        float nrm = fmaxf(sqrtf(ss), 1e-12f);
+        inv_norm[d] = 1.0f / nrm;
+        for (int i = 0; i < C; i++) W_dec_norm[(size_t)d * C + i] = w[i] / nrm;
+    }
+}
+
+// y = w / ||w||: dw = (dy - y (y . dy)) / ||w||; below the 1e-12 floor y = w / 1e-12 and dw = dy / 1e-12
+void sae_decoder_normalize_backward(float* dW_dec, const float* dW_dec_norm, const float* W_dec_norm, const float* W_dec,
+                                    const float* inv_norm, int D, int C) {
+    // dW_dec (D,C) += ...
+    #pragma omp parallel for
+    for (int d = 0; d < D; d++) {
+        const float* y = W_dec_norm + (size_t)d * C;
+        const float* dy = dW_dec_norm + (size_t)d * C;
+        const float* w = W_dec + (size_t)d * C;
+        float ss = 0.0f;
+        for (int i = 0; i < C; i++) ss += w[i] * w[i];
+        bool floored = sqrtf(ss) <= 1e-12f;
+        float dot = 0.0f;
+        for (int i = 0; i < C; i++) dot += y[i] * dy[i];
+        for (int i = 0; i < C; i++)
+            dW_dec[(size_t)d * C + i] += floored ? dy[i] * inv_norm[d] : (dy[i] - y[i] * dot) * inv_norm[d];
+    }
+}
+
+void sae_encoder_forward(float* c, const float* x, const float* W_enc, const float* b_enc, int N, int C, int D) {
+    // c (N,D) = relu(x (N,C) . W_enc (C,D) + b_enc (D))
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float* row = c + (size_t)n * D;
+        for (int d = 0; d < D; d++) row[d] = 0.0f;
+        for (int i = 0; i < C; i++) {
+            float xi = x[(size_t)n * C + i];
+            const float* w = W_enc + (size_t)i * D;
+            for (int d = 0; d < D; d++) row[d] += xi * w[d];
+        }
+        for (int d = 0; d < D; d++) row[d] = fmaxf(row[d] + b_enc[d], 0.0f);
+    }
+}
+
+void sae_decoder_forward(float* x_hat, const float* c, const float* W_dec_norm, const float* b_dec, int N, int C, int D) {
+    // x_hat (N,C) = c (N,D) . W_dec_norm (D,C) + b_dec (C); zero activations skipped
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        float* o = x_hat + (size_t)n * C;
+        for (int i = 0; i < C; i++) o[i] = 0.0f;
+        for (int d = 0; d < D; d++) {
+            float cd = c[(size_t)n * D + d];
+            if (cd == 0.0f) continue;
+            const float* w = W_dec_norm + (size_t)d * C;
+            for (int i = 0; i < C; i++) o[i] += cd * w[i];
+        }
+        for (int i = 0; i < C; i++) o[i] += b_dec[i];
+    }
+}
+
+// SAE backward from dx_hat (N,C). With pre = x W_enc + b_enc, c = relu(pre), x_hat = c W_dec_norm + b_dec:
+//   dW_dec_norm = c^T dx_hat, db_dec = sum_n dx_hat, dc = dx_hat W_dec_norm^T + l1_scale (d|c|/dc = 1 for c > 0),
+//   dpre = dc * [c > 0] (abs'(0) = relu'(0) = 0 in torch), db_enc = sum_n dpre, dW_enc = x^T dpre.
+// grads accumulate (+=) across micro-batches. dW_dec_norm_buf (D,C) and dpre_buf (N,D) are scratch.
+void sae_backward(SAE* grads, float* dW_dec_norm_buf, float* dpre_buf, const SAE* sae, const float* W_dec_norm, const float* inv_norm,
+                  const float* x, const float* c, const float* dx_hat, float l1_scale, int N) {
+    int C = sae->C, D = sae->D;
+    #pragma omp parallel for
+    for (int i = 0; i < C; i++) {
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) acc += dx_hat[(size_t)n * C + i];
+        grads->b_dec[i] += acc;
+    }
+    #pragma omp parallel for
+    for (int d = 0; d < D; d++) {
+        float* dy = dW_dec_norm_buf + (size_t)d * C;
+        for (int i = 0; i < C; i++) dy[i] = 0.0f;
+        for (int n = 0; n < N; n++) {
+            float cd = c[(size_t)n * D + d];
+            if (cd == 0.0f) continue;
+            for (int i = 0; i < C; i++) dy[i] += cd * dx_hat[(size_t)n * C + i];
+        }
+    }
+    sae_decoder_normalize_backward(grads->W_dec, dW_dec_norm_buf, W_dec_norm, sae->W_dec, inv_norm, D, C);
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const float* g = dx_hat + (size_t)n * C;
+        for (int d = 0; d < D; d++) {
+            float cd = c[(size_t)n * D + d];
+            float dpre = 0.0f;
+            if (cd > 0.0f) {
+                const float* w = W_dec_norm + (size_t)d * C;
+                float acc = 0.0f;
+                for (int i = 0; i < C; i++) acc += g[i] * w[i];
+                dpre = acc + l1_scale;
+            }
+            dpre_buf[(size_t)n * D + d] = dpre;
+        }
+    }
+    #pragma omp parallel for
+    for (int d = 0; d < D; d++) {
+        float acc = 0.0f;
+        for (int n = 0; n < N; n++) acc += dpre_buf[(size_t)n * D + d];
+        grads->b_enc[d] += acc;
+    }
+    #pragma omp parallel for
+    for (int i = 0; i < C; i++) {
+        float* dw = grads->W_enc + (size_t)i * D;
+        for (int n = 0; n < N; n++) {
+            float xi = x[(size_t)n * C + i];
+            const float* dp = dpre_buf + (size_t)n * D;
+            for (int d = 0; d < D; d++) dw[d] += xi * dp[d];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// losses (SPEC §4)
+
+// KL(clean || spliced) per row, summed; overwrites logits_spliced with grad_scale * (p_spliced - p_clean)
+double kl_forward_backward(float* logits_spliced, const float* logits_clean, float grad_scale, int N, int V) {
+    double total = 0.0;
+    #pragma omp parallel for reduction(+ : total)
+    for (int n = 0; n < N; n++) {
+        float* ls = logits_spliced + (size_t)n * V;
+        const float* lc = logits_clean + (size_t)n * V;
+        float ms = -INFINITY, mc = -INFINITY;
+        for (int v = 0; v < V; v++) { ms = fmaxf(ms, ls[v]); mc = fmaxf(mc, lc[v]); }
+        double ss = 0.0, sc = 0.0;
+        for (int v = 0; v < V; v++) { ss += exp((double)(ls[v] - ms)); sc += exp((double)(lc[v] - mc)); }
+        float lse_s = ms + (float)log(ss), lse_c = mc + (float)log(sc);
+        double kl = 0.0;
+        for (int v = 0; v < V; v++) {
+            float lpc = lc[v] - lse_c, lps = ls[v] - lse_s;
+            float pc = expf(lpc), ps = expf(lps);
+            kl += (double)pc * (double)(lpc - lps);
+            ls[v] = grad_scale * (ps - pc);
+        }
+        total += kl;
+    }
+    return total;
+}
+
+// next-token CE within each row (targets are the row's own tokens 1..T-1): sum over B*(T-1) positions
+double ce_sum(const float* logits, const int* tokens, int B, int T, int V) {
+    double total = 0.0;
+    #pragma omp parallel for collapse(2) reduction(+ : total)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T - 1; t++) {
+            const float* l = logits + ((size_t)b * T + t) * V;
+            float m = -INFINITY;
+            for (int v = 0; v < V; v++) m = fmaxf(m, l[v]);
+            double s = 0.0;
+            for (int v = 0; v < V; v++) s += exp((double)(l[v] - m));
+            total += (double)m + log(s) - (double)l[tokens[b * T + t + 1]];
+        }
+    return total;
+}
+
+// sum of (a - b)^2; if da, da += grad_scale * 2 (a - b)
+double mse_forward_backward(float* da, const float* a, const float* b, size_t n, float grad_scale) {
+    double total = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        float diff = a[i] - b[i];
+        total += (double)diff * diff;
+        if (da) da[i] += grad_scale * 2.0f * diff;
+    }
+    return total;
+}
+
+// ----------------------------------------------------------------------------
+// the engine: frozen GPT-2, the SAE, its gradients and Adam state, and the activations
+
+struct MicroLosses {
+    double kl = NAN, sparsity = NAN, mse = NAN, ds_mse = NAN, l0 = NAN, loss = NAN;
+};
+
+struct Engine {
+    TrainConfig cfg;
+    GPT2 model;
+    SAE sae, grads;
+    std::vector<float> adam_m, adam_v;
+    int B = 0, T = 0, C = 0, V = 0, NH = 0, D = 0, L = 0, n_layer = 0;
+    // activations of one micro-batch (B rows at most)
+    std::vector<float> resid, x, c, x_hat, W_dec_norm, inv_norm, dpre, dW_dec_norm, dx_hat, dresid;
+    std::vector<float> logits_clean, logits_spliced, lnf, lnf_mean, lnf_rstd, dlnf;
+    std::vector<BlockActs> spliced_acts;           // blocks L..n_layer-1 of the spliced run
+    BlockActs scratch_acts;                        // blocks run without a backward
+    BlockGrads block_grads;
+    std::vector<std::vector<float>> ds_clean;      // clean resid_pre_k, k = L+1..n_layer-1
+    std::vector<std::vector<float>> ds_spliced;    // spliced resid_pre_k, the same k
+    std::vector<float> fired;                      // (D) features that fired in the last forward
+};
+
+void engine_init(Engine* e, const TrainConfig& cfg, int B) {
+    e->cfg = cfg;
+    const GPT2Config& mc = e->model.config;
+    e->B = B; e->T = cfg.seq_len; e->C = mc.channels; e->V = mc.vocab_size; e->NH = mc.num_heads;
+    e->n_layer = mc.num_layers; e->L = cfg.layer; e->D = e->sae.D;
+    size_t N = (size_t)B * e->T, C = e->C, D = e->D, V = e->V;
+    sae_allocate(&e->grads, e->C, e->D);
+    e->adam_m.assign(e->sae.num_parameters, 0.0f);
+    e->adam_v.assign(e->sae.num_parameters, 0.0f);
+    e->resid.resize(N * C); e->x.resize(N * C); e->c.resize(N * D); e->x_hat.resize(N * C);
+    e->W_dec_norm.resize(D * C); e->inv_norm.resize(D); e->dpre.resize(N * D); e->dW_dec_norm.resize(D * C);
+    e->dx_hat.resize(N * C); e->dresid.resize(N * C); e->dlnf.resize(N * C); e->fired.assign(D, 0.0f);
+    e->lnf.resize(N * C); e->lnf_mean.resize(N); e->lnf_rstd.resize(N);
+    bool downstream = cfg.mode != MODE_LOCAL;
+    e->logits_clean.resize(N * V); e->logits_spliced.resize(N * V);  // eval needs them in every mode
+    block_acts_allocate(&e->scratch_acts, B, e->T, e->C, e->NH);
+    if (downstream) {
+        e->spliced_acts.resize(e->n_layer - e->L);
+        for (auto& a : e->spliced_acts) block_acts_allocate(&a, B, e->T, e->C, e->NH);
+    }
+    int K = e->n_layer - 1 - e->L;
+    e->ds_clean.assign(K > 0 ? K : 0, std::vector<float>(N * C));
+    e->ds_spliced.assign(K > 0 ? K : 0, std::vector<float>(N * C));
+    size_t floats = N * C * 9 + N * D * 2 + D * C * 2 + D + 2 * N * V + N * 2 + 3 * e->sae.num_parameters +
+                    block_acts_floats(B, e->T, e->C, e->NH) * (1 + (downstream ? e->n_layer - e->L : 0)) + (K > 0 ? 2 * K : 0) * N * C;
+    printf("allocated: GPT-2 %.1f MiB, SAE params+grads+Adam %.1f MiB, activations %.1f MiB\n",
+           e->model.num_parameters * 4.0 / (1 << 20), 4.0 * e->sae.num_parameters * 4.0 / (1 << 20), floats * 4.0 / (1 << 20));
+}
+
+// runs GPT-2 blocks [from, to) over resid in place, without keeping activations
+void gpt2_blocks_forward(Engine* e, float* resid, int from, int to, int B) {
+    for (int l = from; l < to; l++) block_forward(&e->model, l, &e->scratch_acts, resid, resid, B, e->T);
+}
+
+// the SAE input: the centred residual entering block L
+void forward_to_sae(Engine* e, const int* tokens, int B) {
+    const GPT2Weights& w = e->model.params;
+    encoder_forward(e->x.data(), tokens, w.wte, w.wpe, B, e->T, e->C);
+    gpt2_blocks_forward(e, e->x.data(), 0, e->L, B);
+}
+
+void sae_forward(Engine* e, int B) {
+    int N = B * e->T;
+    sae_decoder_normalize(e->W_dec_norm.data(), e->inv_norm.data(), e->sae.W_dec, e->D, e->C);
+    sae_encoder_forward(e->c.data(), e->x.data(), e->sae.W_enc, e->sae.b_enc, N, e->C, e->D);
+    sae_decoder_forward(e->x_hat.data(), e->c.data(), e->W_dec_norm.data(), e->sae.b_dec, N, e->C, e->D);
+}
+
+// clean run from x to the logits, keeping the residuals the e2e+ds terms compare against
+void clean_forward(Engine* e, int B) {
+    int N = B * e->T;
+    std::vector<float>& r = e->resid;
+    memcpy(r.data(), e->x.data(), (size_t)N * e->C * sizeof(float));
+    for (int l = e->L; l < e->n_layer; l++) {
+        if (l > e->L) memcpy(e->ds_clean[l - e->L - 1].data(), r.data(), (size_t)N * e->C * sizeof(float));
+        block_forward(&e->model, l, &e->scratch_acts, r.data(), r.data(), B, e->T);
+    }
+    lm_head_forward(&e->model, e->logits_clean.data(), e->lnf.data(), nullptr, nullptr, r.data(), N);
+}
+
+// spliced run from x_hat to the logits; with_grad keeps every block's activations
+void spliced_forward(Engine* e, int B, bool with_grad) {
+    int N = B * e->T;
+    std::vector<float>& r = e->resid;
+    memcpy(r.data(), e->x_hat.data(), (size_t)N * e->C * sizeof(float));
+    for (int l = e->L; l < e->n_layer; l++) {
+        if (l > e->L) memcpy(e->ds_spliced[l - e->L - 1].data(), r.data(), (size_t)N * e->C * sizeof(float));
+        BlockActs* a = with_grad ? &e->spliced_acts[l - e->L] : &e->scratch_acts;
+        block_forward(&e->model, l, a, r.data(), r.data(), B, e->T);
+    }
+    lm_head_forward(&e->model, e->logits_spliced.data(), e->lnf.data(), e->lnf_mean.data(), e->lnf_rstd.data(), r.data(), N);
+}
+
+float count_l0_and_fired(Engine* e, int N) {
+    long long nz = 0;
+    for (size_t i = 0; i < (size_t)N * e->D; i++)
+        if (e->c[i] > 0.0f) { nz++; e->fired[i % e->D] = 1.0f; }
+    return (float)nz / N;
+}
+
+// one micro-batch: forward, losses, backward into e->grads (+=), everything scaled by 1/accum
+MicroLosses micro_step(Engine* e, const int* tokens, int accum) {
+    const TrainConfig& cfg = e->cfg;
+    int B = e->B, T = e->T, C = e->C, N = B * T;
+    MicroLosses out;
+    forward_to_sae(e, tokens, B);
+    sae_forward(e, B);
+    double l1 = 0.0;
+    for (size_t i = 0; i < (size_t)N * e->D; i++) l1 += e->c[i];  // c >= 0
+    out.sparsity = l1 / N / C;
+    out.l0 = count_l0_and_fired(e, N);
+    std::fill(e->dx_hat.begin(), e->dx_hat.end(), 0.0f);
+    out.loss = cfg.sparsity_coeff * out.sparsity;
+    // MSE(x_hat, x) is logged in every mode; it is part of the loss only in local mode
+    float mse_scale = cfg.mode == MODE_LOCAL ? (float)(cfg.mse_coeff / ((double)N * C * accum)) : 0.0f;
+    out.mse = mse_forward_backward(cfg.mode == MODE_LOCAL ? e->dx_hat.data() : nullptr, e->x_hat.data(), e->x.data(), (size_t)N * C, mse_scale) / ((double)N * C);
+    if (cfg.mode == MODE_LOCAL) out.loss += cfg.mse_coeff * out.mse;
+    if (cfg.mode != MODE_LOCAL) {
+        clean_forward(e, B);
+        spliced_forward(e, B, true);
+        out.kl = kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), (float)(cfg.kl_coeff / ((double)N * accum)), N, e->V) / N;
+        out.loss += cfg.kl_coeff * out.kl;
+        // backward: LM head, then blocks n_layer-1..L; the downstream MSE terms enter at resid_pre_k
+        lm_head_backward(&e->model, e->dresid.data(), e->dlnf.data(), e->logits_spliced.data(), e->resid.data(), e->lnf_mean.data(),
+                         e->lnf_rstd.data(), N);
+        int K = e->n_layer - 1 - e->L;
+        double ds_total = 0.0;
+        for (int l = e->n_layer - 1; l >= e->L; l--) {
+            const BlockActs* a = &e->spliced_acts[l - e->L];
+            block_backward(&e->model, l, a, &e->block_grads, e->dresid.data(), e->dresid.data(), B, T);
+            if (l > e->L) {
+                // dresid is now the gradient wrt resid_pre_l, where the e2e+ds term for layer l enters
+                bool use = cfg.mode == MODE_E2E_DS;
+                float scale = use ? (float)(cfg.ds_coeff / K / ((double)N * C * accum)) : 0.0f;
+                ds_total += mse_forward_backward(use ? e->dresid.data() : nullptr, e->ds_spliced[l - e->L - 1].data(),
+                                                 e->ds_clean[l - e->L - 1].data(), (size_t)N * C, scale) / ((double)N * C);
+            }
+        }
+        if (K > 0) out.ds_mse = ds_total / K;
+        if (cfg.mode == MODE_E2E_DS) out.loss += cfg.ds_coeff * out.ds_mse;
+        for (size_t i = 0; i < (size_t)N * C; i++) e->dx_hat[i] += e->dresid[i];
+    }
+    sae_backward(&e->grads, e->dW_dec_norm.data(), e->dpre.data(), &e->sae, e->W_dec_norm.data(), e->inv_norm.data(), e->x.data(),
+                 e->c.data(), e->dx_hat.data(), (float)(cfg.sparsity_coeff / ((double)N * C * accum)), N);
+    return out;
+}
+
+// global-norm clipping as torch.nn.utils.clip_grad_norm_, then Adam(W) exactly as PyTorch (SPEC §5).
+// returns the total norm before clipping
+double adamw_update(Engine* e, double lr, long long t) {
+    const TrainConfig& cfg = e->cfg;
+    size_t n = e->sae.num_parameters;
+    float* g = e->grads.memory.data();
+    float* p = e->sae.memory.data();
+    // torch: norm of the per-tensor norms
+    double total_sq = 0.0;
+    for (size_t i = 0; i < n; i++) total_sq += (double)g[i] * g[i];
+    float total = (float)sqrt(total_sq);
+    float clip = fminf(1.0f, (float)cfg.max_grad_norm / (total + 1e-6f));
+    double beta1 = 0.9, beta2 = 0.999;
+    float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
+    float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t));
+    float decay = (float)(1.0 - lr * cfg.weight_decay);
+    float* m = e->adam_m.data();
+    float* v = e->adam_v.data();
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * clip;
+        if (cfg.weight_decay > 0) p[i] *= decay;
+        m[i] = 0.9f * m[i] + 0.1f * gi;
+        v[i] = 0.999f * v[i] + 0.001f * gi * gi;
+        float denom = sqrtf(v[i]) / bc2_sqrt + 1e-8f;
+        p[i] -= step_size * (m[i] / denom);
+    }
+    return total;
+}
+
+// ----------------------------------------------------------------------------
+// eval (SPEC §6) on the first eval_samples rows of the val data
+
+EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train) {
+    EvalMetrics m;
+    int T = e->T, C = e->C, D = e->D;
+    int K = e->n_layer - 1 - e->L;
+    double ce_c = 0, ce_s = 0, kl = 0, l0 = 0, ev = 0, agree = 0, mse = 0;
+    std::vector<double> ds(K > 0 ? K : 0, 0.0);
+    std::vector<float> fired(D, 0.0f);
+    std::vector<int> tokens((size_t)e->B * T);
+    long long tokens_seen = 0;
+    for (int row = 0; row < eval_rows; row += e->B) {
+        int B = std::min(e->B, eval_rows - row);
+        int N = B * T;
+        dataloader_get_rows(val, row, B, tokens.data());
+        forward_to_sae(e, tokens.data(), B);
+        sae_forward(e, B);
+        for (size_t i = 0; i < (size_t)N * D; i++) if (e->c[i] > 0.0f) { l0 += 1; fired[i % D] = 1.0f; }
+        // explained variance against the mean of x over this batch's tokens
+        std::vector<double> xmean(C, 0.0);
+        for (int n = 0; n < N; n++) for (int i = 0; i < C; i++) xmean[i] += e->x[(size_t)n * C + i];
+        for (int i = 0; i < C; i++) xmean[i] /= N;
+        for (int n = 0; n < N; n++) {
+            double num = 0, den = 0;
+            for (int i = 0; i < C; i++) {
+                double xi = e->x[(size_t)n * C + i], d = e->x_hat[(size_t)n * C + i] - xi;
+                num += d * d;
+                den += (xi - xmean[i]) * (xi - xmean[i]);
+                mse += d * d;
+            }
+            ev += 1.0 - num / den;
+        }
+        clean_forward(e, B);
+        spliced_forward(e, B, false);
+        for (int k = 0; k < K; k++)
+            ds[k] += mse_forward_backward(nullptr, e->ds_spliced[k].data(), e->ds_clean[k].data(), (size_t)N * C, 0.0f);
+        ce_c += ce_sum(e->logits_clean.data(), tokens.data(), B, T, e->V);
+        ce_s += ce_sum(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+        for (int n = 0; n < N; n++) {
+            const float* lc = e->logits_clean.data() + (size_t)n * e->V;
+            const float* ls = e->logits_spliced.data() + (size_t)n * e->V;
+            int ac = 0, as = 0;
+            for (int v = 1; v < e->V; v++) { if (lc[v] > lc[ac]) ac = v; if (ls[v] > ls[as]) as = v; }
+            agree += ac == as;
+        }
+        kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
+        tokens_seen += N;
+    }
+    long long ce_positions = (long long)eval_rows * (T - 1);
+    m.tokens = tokens_seen;
+    m.ce_clean = ce_c / ce_positions;
+    m.ce_spliced = ce_s / ce_positions;
+    m.kl = kl / tokens_seen;
+    m.l0 = l0 / tokens_seen;
+    m.explained_variance = ev / tokens_seen;
+    m.top1_agree = agree / tokens_seen;
+    m.mse = mse / ((double)tokens_seen * C);
+    m.alive = 0;
+    for (float f : fired) m.alive += f > 0.0f;
+    m.dead = D - m.alive;
+    m.alive_train = alive_train;
+    for (int k = 0; k < K; k++) m.ds_mse.push_back(ds[k] / ((double)tokens_seen * C));
+    return m;
+}
+
+// ----------------------------------------------------------------------------
+// main: the training loop
+
+#ifndef TESTING
+static double now_seconds() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char** argv) {
+    TrainConfig cfg = parse_args(argc, argv, false);
+    Engine e;
+    gpt2_load(&e.model, cfg.model);
+    const GPT2Config& mc = e.model.config;
+    printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred)\n",
+           e.model.source.c_str(), mc.num_layers, mc.num_heads, mc.channels, mc.vocab_size, mc.max_seq_len, e.model.num_parameters);
+    check_config_against_model(cfg, mc.num_layers, mc.max_seq_len);
+    if (!cfg.init_sae.empty()) {
+        sae_load(&e.sae, cfg.init_sae, mc.channels);
+        printf("SAE from %s: d_in %d, d_sae %d\n", cfg.init_sae.c_str(), e.sae.C, e.sae.D);
+    } else {
+        sae_allocate(&e.sae, mc.channels, config_d_sae(cfg, mc.channels));
+        sae_init_random(&e.sae, cfg.seed);
+    }
+    print_config(cfg, e.sae.C, e.sae.D);
+    DataLoader train_loader, val_loader;
+    // eval needs --val data; without it (and no default shards) training runs without eval
+    bool have_val = cfg.eval_samples > 0 && (cfg.val_given || glob_matches(cfg.val));
+    if (cfg.eval_samples > 0 && !have_val)
+        printf("note: no eval data at the default --val '%s' (scripts/download_starter_pack.sh gets it): eval skipped\n", cfg.val.c_str());
+    if (!cfg.eval_only) dataloader_init(&train_loader, cfg.train, "--train", cfg.batch, cfg.seq_len, mc.vocab_size, cfg.shuffle, cfg.seed);
+    if (have_val) dataloader_init(&val_loader, cfg.val, "--val", 1, cfg.seq_len, mc.vocab_size, false, 0);
+    int eval_rows = have_val ? (int)std::min<long long>(cfg.eval_samples, val_loader.num_rows) : 0;
+    engine_init(&e, cfg, cfg.batch);
+
+    TrainState ts;
+    ts.alive_fired.assign(e.D, 0.0f);
+    if (!cfg.resume.empty()) {
+        train_state_load(cfg.resume, &e.sae, e.adam_m.data(), e.adam_v.data(), &ts, cfg);
+        train_loader.rows_consumed = ts.rows_consumed;
+        e.fired = ts.alive_fired;
+        printf("resumed from %s at step %lld\n", cfg.resume.c_str(), ts.step);
+    }
+    make_dir(cfg.out);
+    Logger logger;
+    logger_open(&logger, cfg.log, !cfg.resume.empty());
+    long long eff_batch = (long long)cfg.batch * cfg.grad_accum;
+    long long W = cfg.warmup_samples / eff_batch, S = cfg.samples / eff_batch;
+    long long last_alive = -1;
+    auto run_eval = [&](long long step) {
+        if (!eval_rows) return;
+        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive);
+        print_eval(step, m, cfg.layer + 1);
+        logger_log_eval(&logger, step, m);
+    };
+    if (cfg.eval_only) {
+        if (!eval_rows) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
+        run_eval(0);
+        logger_close(&logger);
+        return 0;
+    }
+    auto save = [&](long long step) {
+        ts.step = step;
+        ts.rows_consumed = train_loader.rows_consumed;
+        ts.alive_fired = e.fired;
+        train_state_save(cfg.out, &e.sae, e.adam_m.data(), e.adam_v.data(), ts, cfg);
+        sae_export(&e.sae, cfg.out, cfg, e.model.source, step);
+        printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
+    };
+    if (ts.step == 0) run_eval(0);
+    std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
+    long long last_eval_samples = ts.step * eff_batch;
+    long long step = ts.step;
+    while (step < S && (cfg.max_steps < 0 || step < cfg.max_steps)) {
+        double t0 = now_seconds();
+        std::fill(e.grads.memory.begin(), e.grads.memory.end(), 0.0f);
+        MicroLosses sum;
+        sum.kl = sum.sparsity = sum.mse = sum.ds_mse = sum.l0 = sum.loss = 0.0;
+        for (int a = 0; a < cfg.grad_accum; a++) {
+            dataloader_next_batch(&train_loader, tokens.data());
+            MicroLosses ml = micro_step(&e, tokens.data(), cfg.grad_accum);
+            sum.kl += ml.kl; sum.sparsity += ml.sparsity; sum.mse += ml.mse; sum.ds_mse += ml.ds_mse; sum.l0 += ml.l0; sum.loss += ml.loss;
+        }
+        double A = cfg.grad_accum;
+        if (!isfinite(sum.loss)) die("loss is %f at step %lld: training diverged (try a lower --lr); nothing was saved", sum.loss, step + 1);
+        double lr = lr_at_step(cfg.lr, step, W, S, cfg.min_lr_factor);
+        double gnorm = adamw_update(&e, lr, step + 1);
+        step++;
+        ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
+        long long alive_now = -1;
+        if (ts.alive_tokens >= cfg.alive_window) {
+            alive_now = 0;
+            for (float f : e.fired) alive_now += f > 0.0f;
+            last_alive = alive_now;
+            std::fill(e.fired.begin(), e.fired.end(), 0.0f);
+            ts.alive_tokens = 0;
+        }
+        double dt = now_seconds() - t0;
+        double tps = cfg.batch * cfg.seq_len * A / dt;
+        StepLog sl = {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps, alive_now};
+        logger_log_step(&logger, sl);
+        printf("step %5lld/%lld | loss %.6f | kl %s | sparsity %.5f | mse %.6f | L0 %.1f | gnorm %.4f | lr %.3e | %.0f tok/s%s\n", step, S,
+               sl.loss, json_num(sl.kl).c_str(), sl.sparsity, sl.mse, sl.l0, gnorm, lr, tps,
+               alive_now >= 0 ? (" | alive " + std::to_string(alive_now)).c_str() : "");
+        bool last = step == S || step == cfg.max_steps;
+        if (cfg.save_every > 0 && step % cfg.save_every == 0 && !last) save(step);
+        if (cfg.eval_every > 0 && step * eff_batch - last_eval_samples >= cfg.eval_every && !last) {
+            run_eval(step);
+            last_eval_samples = step * eff_batch;
+        }
+    }
+    run_eval(step);
+    save(step);
+    logger_close(&logger);
+    dataloader_free(&train_loader);
+    if (have_val) dataloader_free(&val_loader);
+    gpt2_free(&e.model);
+    return 0;
+}
+#endif

@@ -812,7 +812,8 @@ int main(int argc, char** argv) {
             sum.kl += ml.kl; sum.sparsity += ml.sparsity; sum.mse += ml.mse; sum.ds_mse += ml.ds_mse; sum.l0 += ml.l0; sum.loss += ml.loss;
         }
         double A = cfg.grad_accum;
-        if (!isfinite(sum.loss)) die("loss is %f at step %lld: training diverged (try a lower --lr); nothing was saved", sum.loss, step + 1);
+        if (!isfinite(sum.loss)) die("loss is %f at step %lld: NaN/Inf in the model or SAE, or training diverged (try a lower --lr); "
+                                           "nothing was saved", sum.loss, step + 1);
         double lr = lr_at_step(cfg.lr, step, W, S, cfg.min_lr_factor);
         double gnorm = adamw_update(&e, lr, step + 1);
         step++;

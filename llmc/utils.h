@@ -62,8 +62,13 @@ inline long long file_size(const char* path) {
     return (long long)st.st_size;
 }
 
+// mkdir -p
 inline void make_dir(const std::string& dir) {
-    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) die("could not create directory '%s': %s", dir.c_str(), strerror(errno));
+    for (size_t i = 1; i <= dir.size(); i++) {
+        if (i < dir.size() && dir[i] != '/') continue;
+        std::string part = dir.substr(0, i);
+        if (mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) die("could not create directory '%s': %s", part.c_str(), strerror(errno));
+    }
 }
 
 // files are written to path.tmp and renamed, so a crash never leaves a half-written file

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test binary from the repo root and prints one closing line:
+#   N passed, N failed, N skipped
+# counting Catch2 test cases. A binary that exits 77 skipped as a whole (the GPU tests
+# without a GPU): its test cases count as skipped, never as passed.
+set -u
+cd "$(dirname "$0")/.."
+passed=0; failed=0; skipped=0
+run() {  # name, command...
+    local name=$1; shift
+    local log="build/test_logs/$name.log"
+    mkdir -p build/test_logs
+    "$@" >"$log" 2>&1
+    local rc=$?
+    local cases p f
+    # Catch2: "All tests passed (A assertions in N test cases)" or "test cases: N | P passed | F failed"
+    if grep -q "All tests passed" "$log"; then
+        p=$(grep -o "in [0-9]* test case" "$log" | tail -1 | grep -o "[0-9]*"); f=0
+    else
+        p=$(grep -o "| *[0-9]* passed" "$log" | head -1 | grep -o "[0-9]*"); p=${p:-0}
+        f=$(grep -o "| *[0-9]* failed" "$log" | head -1 | grep -o "[0-9]*"); f=${f:-0}
+    fi
+    if [ $rc -eq 77 ]; then
+        cases=$(grep -o "skipped [0-9]* test case" "$log" | grep -o "[0-9]*" | head -1)
+        skipped=$((skipped + ${cases:-1}))
+        echo "SKIP $name: $(grep -m1 -i "skip" "$log")"
+        return
+    fi
+    if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi  # crashed or failed outside a test case
+    passed=$((passed + p)); failed=$((failed + f))
+    if [ $rc -eq 0 ]; then echo "PASS $name ($p test cases)"; else echo "FAIL $name ($f failed, see $log)"; tail -30 "$log"; fi
+}
+run cpu ./test_cpu
+run tokenizer ./test_tokenizer
+if [ -x ./test_gpt2_sae ]; then run gpu ./test_gpt2_sae; fi
+if [ -f test/test_starter_pack.sh ]; then run starter_pack bash test/test_starter_pack.sh; fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ $failed -eq 0 ]

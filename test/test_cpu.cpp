@@ -1,0 +1,501 @@
+/*
+Tests for train_gpt2_sae_cpu against the PyTorch reference (scripts/reference.py).
+
+Build and run from the repo root (make test does both):
+    make test_cpu && ./test_cpu
+The reference outputs are generated at test time with Debian's /usr/bin/python3 + torch into
+build/ref/<name>/ (random GPT-2, token shards, initial SAE, expected tensors).
+
+What is compared against what, and why the tolerances are what they are:
+- single passes (each layer, then the whole micro-batch in each mode): our fp32 loops against
+  torch fp32. Both round every op to fp32 but sum in different orders, so they differ by a few
+  ulps per op, amplified through at most a dozen ops: max |ours - torch| <= 2e-5 * max |torch|
+  (measured ~1e-6). A wrong index or a missing term shows as 1e-2 or worse.
+- 10 Adam updates with accumulation 2 and clipping active: the log and the final parameters.
+  Adam divides by sqrt(v), which turns a 1e-6 relative gradient difference into a similar
+  relative update difference; over 10 steps of lr 1e-3 the parameters move ~1e-2, so
+  parameter differences stay under 1e-4 * max|param| and loss terms under 1e-4 relative.
+- loading: F16/BF16 and prefixed HF files, and llm.c .bin, give the same model exactly.
+- resume: 4 steps + resume for 6 gives bit-identical log terms and state to 10 straight steps.
+- bad input: each rejected with a clear one-line message, exit code 1, nothing written.
+*/
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
+
+#define TESTING
+#include "../train_gpt2_sae_cpu.cpp"
+
+#include <sys/wait.h>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static const std::string REF_ROOT = "build/ref";
+
+// generates (once per test run) the reference outputs for a named config
+static std::string reference(const std::string& name, const std::string& args) {
+    static std::map<std::string, std::string> done;
+    std::string dir = REF_ROOT + "/" + name;
+    if (done.count(name)) return dir;
+    std::string cmd = "mkdir -p " + REF_ROOT + " && /usr/bin/python3 scripts/reference.py --out " + dir + " " + args + " > " + dir + ".log 2>&1";
+    int rc = system(cmd.c_str());
+    if (rc != 0) FAIL("scripts/reference.py failed (see " << dir << ".log): " << cmd);
+    done[name] = dir;
+    return dir;
+}
+
+struct RunResult { int code; std::string out; };
+
+static RunResult run_cmd(const std::string& cmd) {
+    std::string full = cmd + " 2>&1";
+    FILE* p = popen(full.c_str(), "r");
+    REQUIRE(p != nullptr);
+    std::string out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    int st = pclose(p);
+    return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+static std::vector<float> read_tensor(const std::string& path, const std::string& name) {
+    SafeTensors st;
+    safetensors_open(&st, path);
+    const StTensorInfo* t = safetensors_find(&st, name);
+    if (!t) FAIL("no tensor " << name << " in " << path);
+    return safetensors_read_vec(&st, name, t->shape);
+}
+
+// max |a - b| / max |b|: the error relative to the tensor's scale
+static double rel_err(const float* a, const std::vector<float>& b) {
+    double maxb = 0, maxd = 0;
+    for (size_t i = 0; i < b.size(); i++) {
+        maxb = std::max(maxb, (double)fabsf(b[i]));
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= maxd)) maxd = std::isnan(d) ? INFINITY : d;
+    }
+    return maxd / (maxb > 0 ? maxb : 1.0);
+}
+static double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+    REQUIRE(a.size() == b.size());
+    return rel_err(a.data(), b);
+}
+
+#define CHECK_CLOSE(ours, theirs, tol, what) do { double e_ = rel_err(ours, theirs); INFO(what << " rel err " << e_); CHECK(e_ <= (tol)); } while (0)
+
+static const double PASS_TOL = 2e-5;   // single passes (see the top comment)
+static const double STEPS_TOL = 1e-4;  // after 10 Adam updates
+
+static const char* REF_ARGS_COMMON = "--n-layer 3 --n-head 2 --d-model 32 --vocab 97 --max-t 16 --layer 1 --dict-size 64 "
+                                     "--batch 2 --seq-len 8 --grad-accum 2 --steps 10 --lr 1e-3 --warmup-samples 8 --samples 200";
+
+static std::string ref_for_mode(const std::string& mode) {
+    return reference(mode == "e2e+ds" ? "e2e_ds" : mode, std::string(REF_ARGS_COMMON) + " --mode " + mode);
+}
+
+// an engine on the reference model and SAE, configured like the reference run
+static void engine_from_ref(Engine* e, const std::string& dir, const std::string& mode, int accum = 2) {
+    const char* argv_mode = mode.c_str();
+    const char* argv[] = {"test", "--mode", argv_mode, "--layer", "1", "--batch", "2", "--seq-len", "8", "--grad-accum",
+                          accum == 2 ? "2" : "1"};
+    TrainConfig cfg = parse_args(11, (char**)argv, false);
+    gpt2_load(&e->model, dir + "/model.safetensors");
+    sae_load(&e->sae, dir + "/init_sae", e->model.config.channels);
+    engine_init(e, cfg, cfg.batch);
+}
+
+static std::vector<int> ref_tokens(const std::string& dir, int rows, int T) {
+    DataLoader dl;
+    dataloader_init(&dl, dir + "/train.bin", "--train", 1, T, 1 << 16, false, 0);
+    std::vector<int> tok((size_t)rows * T);
+    dataloader_get_rows(&dl, 0, rows, tok.data());
+    dataloader_free(&dl);
+    return tok;
+}
+
+// ----------------------------------------------------------------------------
+// single layers
+
+TEST_CASE("each GPT-2 layer pass matches PyTorch", "[layers]") {
+    std::string dir = ref_for_mode("e2e");
+    std::string lp = dir + "/layers.safetensors";
+    Engine e;
+    engine_from_ref(&e, dir, "e2e");
+    int B = 2, T = 8, C = 32, NH = 2, V = 97, N = B * T;
+    auto t = [&](const char* n) { return read_tensor(lp, n); };
+
+    SECTION("layernorm forward and backward") {
+        auto inp = t("ln_inp"), w = t("ln_w"), b = t("ln_b"), dout = t("ln_dout");
+        std::vector<float> out(N * C), mean(N), rstd(N), dinp(N * C, 0.0f);
+        layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N, C);
+        layernorm_backward_dinp(dinp.data(), dout.data(), inp.data(), w.data(), mean.data(), rstd.data(), N, C);
+        CHECK_CLOSE(out, t("ln_out"), PASS_TOL, "ln_out");
+        CHECK_CLOSE(dinp, t("ln_dinp"), PASS_TOL, "ln_dinp");
+    }
+    SECTION("matmul forward and backward") {
+        auto inp = t("mm_inp"), w = t("mm_w"), b = t("mm_b"), dout = t("mm_dout");
+        int OC = 4 * C;
+        std::vector<float> out(N * OC), dinp(N * C);
+        matmul_forward(out.data(), inp.data(), w.data(), b.data(), N, C, OC);
+        matmul_backward_dinp(dinp.data(), dout.data(), w.data(), N, C, OC, false);
+        CHECK_CLOSE(out, t("mm_out"), PASS_TOL, "mm_out");
+        CHECK_CLOSE(dinp, t("mm_dinp"), PASS_TOL, "mm_dinp");
+    }
+    SECTION("attention forward and backward") {
+        auto qkv = t("att_qkv"), dout = t("att_dout");
+        std::vector<float> out(N * C), att((size_t)B * NH * T * T), dqkv(N * 3 * C), datt((size_t)B * NH * T);
+        attention_forward(out.data(), att.data(), qkv.data(), B, T, C, NH);
+        attention_backward(dqkv.data(), datt.data(), dout.data(), qkv.data(), att.data(), B, T, C, NH);
+        CHECK_CLOSE(out, t("att_out"), PASS_TOL, "att_out");
+        CHECK_CLOSE(dqkv, t("att_dqkv"), PASS_TOL, "att_dqkv");
+    }
+    SECTION("gelu forward and backward") {
+        auto inp = t("gelu_inp"), dout = t("gelu_dout");
+        std::vector<float> out(inp.size()), dinp(inp.size());
+        gelu_forward(out.data(), inp.data(), (int)inp.size());
+        gelu_backward(dinp.data(), inp.data(), dout.data(), (int)inp.size());
+        CHECK_CLOSE(out, t("gelu_out"), PASS_TOL, "gelu_out");
+        CHECK_CLOSE(dinp, t("gelu_dinp"), PASS_TOL, "gelu_dinp");
+    }
+    SECTION("a whole block of the centred model, forward and backward") {
+        auto inp = t("block_inp"), dout = t("block_dout");
+        std::vector<float> out(N * C), dinp(N * C);
+        BlockActs a;
+        BlockGrads g;
+        block_acts_allocate(&a, B, T, C, NH);
+        block_forward(&e.model, 0, &a, inp.data(), out.data(), B, T);
+        block_backward(&e.model, 0, &a, &g, dout.data(), dinp.data(), B, T);
+        CHECK_CLOSE(out, t("block_out"), PASS_TOL, "block_out");
+        CHECK_CLOSE(dinp, t("block_dinp"), PASS_TOL, "block_dinp");
+    }
+    SECTION("KL value and gradient wrt the spliced logits") {
+        auto lc = t("kl_logits_clean"), ls = t("kl_logits_spliced");
+        double kl = kl_forward_backward(ls.data(), lc.data(), 1.0f / N, N, V) / N;
+        CHECK(fabs(kl - t("kl_value")[0]) <= PASS_TOL * fabs(t("kl_value")[0]));
+        CHECK_CLOSE(ls, t("kl_dlogits"), PASS_TOL, "kl_dlogits");
+    }
+    SECTION("final LayerNorm and LM head (uncentred wte) backward") {
+        auto inp = t("head_inp"), dl = t("head_dlogits");
+        std::vector<float> logits(N * V), lnf(N * C), mean(N), rstd(N), dinp(N * C), dlnf(N * C);
+        lm_head_forward(&e.model, logits.data(), lnf.data(), mean.data(), rstd.data(), inp.data(), N);
+        lm_head_backward(&e.model, dinp.data(), dlnf.data(), dl.data(), inp.data(), mean.data(), rstd.data(), N);
+        CHECK_CLOSE(dinp, t("head_dinp"), PASS_TOL, "head_dinp");
+    }
+}
+
+// ----------------------------------------------------------------------------
+// one micro-batch in each mode
+
+static void check_single_pass(const std::string& mode) {
+    std::string dir = ref_for_mode(mode);
+    std::string ep = dir + "/expected.safetensors";
+    auto t = [&](const std::string& n) { return read_tensor(ep, n); };
+    Engine e;
+    engine_from_ref(&e, dir, mode, 1);  // accum 1: gradients of the micro-batch loss itself
+    std::vector<int> tok = ref_tokens(dir, 2, 8);
+    MicroLosses ml = micro_step(&e, tok.data(), 1);
+    CHECK_CLOSE(e.x, t("sae_in"), PASS_TOL, "sae_in (centred residual)");
+    CHECK_CLOSE(e.c, t("c"), PASS_TOL, "c");
+    CHECK_CLOSE(e.x_hat, t("x_hat"), PASS_TOL, "x_hat");
+    auto scalar = [&](double ours, const char* name) {
+        double ref = t(name)[0];
+        INFO(mode << " " << name << ": ours " << ours << " torch " << ref);
+        CHECK(fabs(ours - ref) <= PASS_TOL * fabs(ref) + 1e-9);
+    };
+    scalar(ml.sparsity, "sparsity");
+    scalar(ml.mse, "mse");
+    scalar(ml.l0, "l0");
+    scalar(ml.loss, "loss");
+    if (mode != "local") {
+        scalar(ml.kl, "kl");
+        scalar(ml.ds_mse, "ds_mse");
+    }
+    const char* gn[4] = {"grad_W_enc", "grad_b_enc", "grad_W_dec", "grad_b_dec"};
+    float* gp[4] = {e.grads.W_enc, e.grads.b_enc, e.grads.W_dec, e.grads.b_dec};
+    for (int i = 0; i < 4; i++) CHECK_CLOSE(gp[i], t(gn[i]), PASS_TOL, mode << " " << gn[i]);
+    // logits and the eval metrics on the same rows (every mode's eval runs both branches)
+    DataLoader dl;
+    dataloader_init(&dl, dir + "/train.bin", "--val", 1, 8, 97, false, 0);
+    EvalMetrics m = evaluate(&e, &dl, 2, -1);
+    dataloader_free(&dl);
+    clean_forward(&e, 2);
+    spliced_forward(&e, 2, false);
+    CHECK_CLOSE(e.logits_clean, t("logits_clean"), PASS_TOL, "logits_clean");
+    CHECK_CLOSE(e.logits_spliced, t("logits_spliced"), PASS_TOL, "logits_spliced");
+    scalar(m.ce_clean, "ce_clean");
+    scalar(m.ce_spliced, "ce_spliced");
+    scalar(m.explained_variance, "explained_variance");
+    scalar(m.top1_agree, "top1_agree");
+    scalar(m.l0, "l0");
+    scalar(m.kl, "kl");
+}
+
+TEST_CASE("local mode: one micro-batch matches PyTorch", "[pass]") { check_single_pass("local"); }
+TEST_CASE("e2e mode: one micro-batch matches PyTorch", "[pass]") { check_single_pass("e2e"); }
+TEST_CASE("e2e+ds mode: one micro-batch matches PyTorch", "[pass]") { check_single_pass("e2e+ds"); }
+
+// ----------------------------------------------------------------------------
+// ten optimizer steps through the real command line
+
+static std::string trainer_cmd(const std::string& dir, const std::string& mode, const std::string& out, const std::string& extra) {
+    return "./train_gpt2_sae_cpu --model " + dir + "/model.safetensors --train " + dir + "/train.bin --val " + dir +
+           "/val.bin --layer 1 --mode " + mode + " --batch 2 --seq-len 8 --grad-accum 2 --lr 1e-3 --warmup-samples 8 --samples 200 "
+           "--max-grad-norm 0.1 --shuffle 0 --init-sae " + dir + "/init_sae --eval-samples 0 --out " + out + " " + extra;
+}
+
+// the training lines of a JSON-lines log, as parsed objects
+static std::vector<JsonValue> read_log(const std::string& path) {
+    std::ifstream f(path);
+    REQUIRE(f.good());
+    std::vector<JsonValue> lines;
+    std::string line;
+    while (std::getline(f, line)) {
+        JsonValue v;
+        REQUIRE(json_parse(line, v));
+        if (!v.get("eval")) lines.push_back(v);
+    }
+    return lines;
+}
+
+static void check_ten_steps(const std::string& mode) {
+    std::string dir = ref_for_mode(mode);
+    std::string ep = dir + "/expected.safetensors";
+    std::string out = "build/test_out/steps_" + std::string(mode == "e2e+ds" ? "e2e_ds" : mode);
+    run_cmd("rm -rf " + out);
+    RunResult r = run_cmd(trainer_cmd(dir, mode, out, "--max-steps 10"));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    auto log = read_log(out + "/log.jsonl");
+    REQUIRE(log.size() == 10);
+    std::vector<std::string> keys = {"loss", "sparsity", "mse", "l0", "grad_norm", "lr"};
+    if (mode != "local") { keys.push_back("kl"); keys.push_back("ds_mse"); }
+    int clipped = 0;
+    for (const std::string& k : keys) {
+        auto ref = read_tensor(ep, "steps_" + k);
+        REQUIRE(ref.size() == 10);
+        for (int s = 0; s < 10; s++) {
+            const JsonValue* v = log[s].get(k);
+            REQUIRE(v != nullptr);
+            REQUIRE(v->kind == JsonValue::NUMBER);
+            INFO(mode << " step " << s + 1 << " " << k << ": ours " << v->num << " torch " << ref[s]);
+            CHECK(fabs(v->num - ref[s]) <= STEPS_TOL * fabs(ref[s]) + 1e-12);
+            if (k == "grad_norm" && ref[s] > 0.1) clipped++;
+        }
+    }
+    CHECK(clipped > 0);  // the run must exercise clipping
+    const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
+    for (const char* n : names)
+        CHECK_CLOSE(read_tensor(out + "/train_state.safetensors", n), read_tensor(ep, std::string("final_") + n), STEPS_TOL, mode << " final " << n);
+}
+
+TEST_CASE("local mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("local"); }
+TEST_CASE("e2e mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("e2e"); }
+TEST_CASE("e2e+ds mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("e2e+ds"); }
+
+// ----------------------------------------------------------------------------
+// loading
+
+TEST_CASE("HF safetensors in F16/BF16 with the transformer. prefix, and llm.c .bin, load the same model", "[load]") {
+    std::string f32 = ref_for_mode("e2e");
+    std::string bf = reference("bf16_prefixed", std::string(REF_ARGS_COMMON) + " --mode e2e --model-dtype bf16 --prefix transformer.");
+    std::string f16 = reference("f16", std::string(REF_ARGS_COMMON) + " --mode e2e --model-dtype f16");
+    GPT2 a, b;
+    SECTION("llm.c .bin equals the safetensors file, parameter for parameter") {
+        gpt2_load(&a, f32 + "/model.safetensors");
+        gpt2_load(&b, f32 + "/model.bin");
+        REQUIRE(a.num_parameters == b.num_parameters);
+        CHECK(memcmp(a.params_memory, b.params_memory, a.num_parameters * sizeof(float)) == 0);
+    }
+    SECTION("bf16 with prefix: the reference's logits, computed from the rounded weights, are reproduced") {
+        for (const std::string& dir : {bf, f16}) {
+            Engine e;
+            const char* argv[] = {"test", "--layer", "1", "--batch", "2", "--seq-len", "8"};
+            TrainConfig cfg = parse_args(7, (char**)argv, false);
+            gpt2_load(&e.model, dir + "/model.safetensors");
+            sae_load(&e.sae, dir + "/init_sae", e.model.config.channels);
+            engine_init(&e, cfg, 2);
+            std::vector<int> tok = ref_tokens(dir, 2, 8);
+            forward_to_sae(&e, tok.data(), 2);
+            sae_forward(&e, 2);
+            clean_forward(&e, 2);
+            spliced_forward(&e, 2, false);
+            CHECK_CLOSE(e.logits_clean, read_tensor(dir + "/expected.safetensors", "logits_clean"), PASS_TOL, dir << " logits_clean");
+            CHECK_CLOSE(e.logits_spliced, read_tensor(dir + "/expected.safetensors", "logits_spliced"), PASS_TOL, dir << " logits_spliced");
+            gpt2_free(&e.model);
+        }
+    }
+    if (a.params_memory) gpt2_free(&a);
+    if (b.params_memory) gpt2_free(&b);
+}
+
+// ----------------------------------------------------------------------------
+// resume
+
+TEST_CASE("resume after 4 steps continues bit-exactly", "[resume]") {
+    std::string dir = ref_for_mode("e2e+ds");
+    std::string full = "build/test_out/resume_full", part = "build/test_out/resume_part";
+    run_cmd("rm -rf " + full + " " + part);
+    for (const char* shuffle : {"0", "1"}) {
+        std::string extra = std::string("--shuffle ") + shuffle + " ";
+        // --shuffle appears twice: the later value wins in our parser, as for any repeated flag
+        RunResult r1 = run_cmd(trainer_cmd(dir, "e2e+ds", full, extra + "--max-steps 10"));
+        REQUIRE(r1.code == 0);
+        RunResult r2 = run_cmd(trainer_cmd(dir, "e2e+ds", part, extra + "--max-steps 4"));
+        REQUIRE(r2.code == 0);
+        RunResult r3 = run_cmd(trainer_cmd(dir, "e2e+ds", part, extra + "--max-steps 10 --resume " + part));
+        INFO(r3.out);
+        REQUIRE(r3.code == 0);
+        auto a = read_log(full + "/log.jsonl"), b = read_log(part + "/log.jsonl");
+        REQUIRE(a.size() == 10);
+        REQUIRE(b.size() == 10);
+        for (int s = 0; s < 10; s++)
+            for (const char* k : {"step", "lr", "loss", "kl", "sparsity", "mse", "ds_mse", "l0", "grad_norm"}) {
+                INFO("shuffle " << shuffle << " step " << s + 1 << " " << k);
+                CHECK(a[s].get(k)->num == b[s].get(k)->num);
+            }
+        SafeTensors sa, sb;
+        safetensors_open(&sa, full + "/train_state.safetensors");
+        safetensors_open(&sb, part + "/train_state.safetensors");
+        for (const auto& ti : sa.tensors) {
+            auto x = safetensors_read_vec(&sa, ti.name, ti.shape), y = safetensors_read_vec(&sb, ti.name, ti.shape);
+            INFO(ti.name);
+            CHECK(memcmp(x.data(), y.data(), x.size() * 4) == 0);
+        }
+        run_cmd("rm -rf " + full + " " + part);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// bad input: a clear one-line error, exit code 1, nothing written
+
+static void expect_rejected(const std::string& args, const std::string& message_part) {
+    std::string out = "build/test_out/bad";
+    run_cmd("rm -rf " + out);
+    std::string dir = ref_for_mode("e2e");
+    RunResult r = run_cmd("./train_gpt2_sae_cpu --layer 1 --batch 2 --seq-len 8 --eval-samples 0 --out " + out + " " + args);
+    INFO("args: " << args << "\noutput:\n" << r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("error: ") != std::string::npos);
+    CHECK(r.out.find(message_part) != std::string::npos);
+    CHECK(!file_exists(out + "/sae_weights.safetensors"));
+    CHECK(!file_exists(out + "/train_state.safetensors"));
+}
+
+TEST_CASE("bad input is rejected with a clear message and nothing written", "[errors]") {
+    std::string dir = ref_for_mode("e2e");
+    std::string bad = "build/test_out/badfiles";
+    run_cmd("rm -rf " + bad + " && mkdir -p " + bad);
+    std::string good = "--model " + dir + "/model.safetensors --train " + dir + "/train.bin ";
+    auto write_bytes = [&](const std::string& name, const std::string& bytes) {
+        std::ofstream f(bad + "/" + name, std::ios::binary);
+        f << bytes;
+    };
+    std::string model = read_text_file(dir + "/model.safetensors");
+    std::string shard = read_text_file(dir + "/train.bin");
+
+    SECTION("truncated safetensors") {
+        write_bytes("trunc.safetensors", model.substr(0, model.size() - 100));
+        expect_rejected("--model " + bad + "/trunc.safetensors --train " + dir + "/train.bin", "truncated");
+    }
+    SECTION("corrupt safetensors header") {
+        std::string m = model;
+        m[10] = '#';
+        write_bytes("corrupt.safetensors", m);
+        expect_rejected("--model " + bad + "/corrupt.safetensors --train " + dir + "/train.bin", "corrupt.safetensors");
+    }
+    SECTION("header length past the end of the file") {
+        std::string m = model.substr(0, 8) + "{}";
+        m[7] = 0x7f;
+        write_bytes("hlen.safetensors", m);
+        expect_rejected("--model " + bad + "/hlen.safetensors --train " + dir + "/train.bin", "header length");
+    }
+    SECTION("missing tensor") {
+        // the reference writes a model without ln_f: use the SAE file, which has no GPT-2 tensors
+        expect_rejected("--model " + dir + "/init_sae/sae_weights.safetensors --train " + dir + "/train.bin", "wte.weight");
+    }
+    SECTION("wrong shape: an SAE whose d_in is not the model's") {
+        std::string other = reference("wide", "--n-layer 3 --n-head 2 --d-model 48 --vocab 97 --max-t 16 --layer 1 --dict-size 64 --steps 1");
+        expect_rejected(good + "--init-sae " + other + "/init_sae", "d_model is 32");
+    }
+    SECTION("wrong magic in a token shard") {
+        std::string s = shard;
+        s[0] = 0;
+        write_bytes("magic.bin", s);
+        expect_rejected("--model " + dir + "/model.safetensors --train " + bad + "/magic.bin", "bad magic");
+    }
+    SECTION("truncated token shard") {
+        write_bytes("trunc.bin", shard.substr(0, shard.size() - 3));
+        expect_rejected("--model " + dir + "/model.safetensors --train " + bad + "/trunc.bin", "truncated or corrupt");
+    }
+    SECTION("token past the vocabulary") {
+        std::string s = shard;
+        s[1024 + 2 * 5] = (char)0xff;  // token 5 becomes >= 255 > V = 97
+        write_bytes("oov.bin", s);
+        expect_rejected("--model " + dir + "/model.safetensors --train " + bad + "/oov.bin", "position 5 is outside the vocabulary");
+    }
+    SECTION("--layer out of range") { expect_rejected(good + "--layer 3", "--layer 3 is out of range"); }
+    SECTION("e2e+ds at the last layer") { expect_rejected(good + "--mode e2e+ds --layer 2", "e2e+ds needs a downstream layer"); }
+    SECTION("empty glob") { expect_rejected("--model " + dir + "/model.safetensors --train '" + bad + "/nothing_*.bin'", "matches no files"); }
+    SECTION("flag out of range") { expect_rejected(good + "--lr -1", "--lr -1 is out of range"); }
+    SECTION("unknown flag") { expect_rejected(good + "--bogus 1", "unknown flag '--bogus'"); }
+    SECTION("missing default model") { expect_rejected("--train " + dir + "/train.bin", "download_starter_pack.sh"); }
+    SECTION("llm.c checkpoint with a bad magic") {
+        std::string b = read_text_file(dir + "/model.bin");
+        write_bytes("bad.bin", b.substr(0, 4096));  // truncated, magic intact
+        expect_rejected("--model " + bad + "/bad.bin --train " + dir + "/train.bin", "truncated or corrupt");
+    }
+}
+
+TEST_CASE("NaN in the loss stops the run without writing", "[errors]") {
+    std::string dir = ref_for_mode("e2e");
+    // a model with one NaN in ln_f makes the very first loss NaN
+    std::string bad = "build/test_out/nanmodel";
+    run_cmd("rm -rf " + bad + " && mkdir -p " + bad);
+    SafeTensors st;
+    safetensors_open(&st, dir + "/model.safetensors");
+    std::vector<std::vector<float>> data;
+    std::vector<StWriteEntry> entries;
+    for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
+    for (size_t i = 0; i < st.tensors.size(); i++) {
+        if (st.tensors[i].name == "ln_f.weight") data[i][0] = NAN;
+        entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
+    }
+    safetensors_write(bad + "/model.safetensors", entries);
+    run_cmd("cp " + dir + "/config.json " + bad + "/");
+    std::string out = "build/test_out/nan";
+    run_cmd("rm -rf " + out);
+    std::string cmd = trainer_cmd(dir, "e2e", out, "--max-steps 3");
+    cmd.replace(cmd.find(dir + "/model.safetensors"), (dir + "/model.safetensors").size(), bad + "/model.safetensors");
+    RunResult r = run_cmd(cmd);
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("error: loss is nan at step 1") != std::string::npos);
+    CHECK(!file_exists(out + "/sae_weights.safetensors"));
+    CHECK(!file_exists(out + "/train_state.safetensors"));
+}
+
+TEST_CASE("schedule: warmup starts at 0, cosine ends at min_lr_factor", "[schedule]") {
+    CHECK(lr_at_step(1e-3, 0, 10, 100, 0.1) == 0.0);
+    CHECK(lr_at_step(1e-3, 5, 10, 100, 0.1) == Approx(5e-4).epsilon(1e-15));
+    CHECK(lr_at_step(1e-3, 10, 10, 100, 0.1) == Approx(1e-3).epsilon(1e-15));
+    CHECK(lr_at_step(1e-3, 55, 10, 100, 0.1) == Approx(1e-3 * (0.1 + 0.9 * 0.5)).epsilon(1e-12));
+    CHECK(lr_at_step(1e-3, 100, 10, 100, 0.1) == Approx(1e-4).epsilon(1e-12));
+    CHECK(lr_at_step(1e-3, 0, 0, 100, 0.1) == Approx(1e-3).epsilon(1e-15));
+}
+
+TEST_CASE("SAE init: orthonormal W_dec columns and nn.Linear ranges", "[init]") {
+    SAE s;
+    sae_allocate(&s, 16, 40);
+    sae_init_random(&s, 7);
+    for (int a = 0; a < 16; a++)
+        for (int b = 0; b < 16; b++) {
+            double dot = 0;
+            for (int i = 0; i < 40; i++) dot += (double)s.W_dec[i * 16 + a] * s.W_dec[i * 16 + b];
+            CHECK(fabs(dot - (a == b ? 1.0 : 0.0)) < 1e-6);
+        }
+    for (size_t i = 0; i < s.sizes[0]; i++) CHECK(fabsf(s.W_enc[i]) <= 0.25f);  // 1/sqrt(16)
+    for (int i = 0; i < 16; i++) CHECK(fabsf(s.b_dec[i]) <= 1.0f / sqrtf(40.0f));
+}

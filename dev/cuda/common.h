@@ -130,3 +130,67 @@ std::vector<float> from_device(const T* d, size_t n) {
 template <typename T> inline const char* type_name();
 template <> inline const char* type_name<float>() { return "fp32"; }
 template <> inline const char* type_name<bf16>() { return "bf16"; }
+
+// ----------------------------------------------------------------------------
+// big random inputs filled on the device (no host generation or copy at 400M elements), which
+// the host can regenerate element by element: value i depends only on (seed, i), and both sides
+// compute it with the same integer hash and one correctly rounded fmaf, so they agree bit for bit
+
+__host__ __device__ inline float hash_uniform(unsigned long long seed, size_t i, float lo, float hi) {
+    unsigned long long z = seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)i;  // splitmix64 of (seed, i)
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    const float u = (float)(z >> 40) * (1.0f / 16777216.0f);  // 24 bits: exact in float, [0, 1)
+    return fmaf(hi - lo, u, lo);
+}
+
+// relu_shift > 0 gives ReLU-like data: max(0, value - relu_shift), mostly zeros
+template <typename T>
+__global__ void fill_random_kernel(T* out, size_t n, unsigned long long seed, float lo, float hi, float relu_shift) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = hash_uniform(seed, i, lo, hi);
+        if (relu_shift > 0.0f) x = fmaxf(x - relu_shift, 0.0f);
+        out[i] = from_float<T>(x);
+    }
+}
+template <typename T>
+void fill_random(T* d, size_t n, unsigned long long seed, float lo, float hi, float relu_shift = 0.0f) {
+    fill_random_kernel<<<(unsigned)std::min(ceil_div(n, (size_t)256), (size_t)65536), 256>>>(d, n, seed, lo, hi, relu_shift);
+    cudaLaunchCheck();
+}
+// the value fill_random stored at index i, as a float (rounded through T)
+template <typename T>
+float host_random(size_t i, unsigned long long seed, float lo, float hi, float relu_shift = 0.0f) {
+    float x = hash_uniform(seed, i, lo, hi);
+    if (relu_shift > 0.0f) x = fmaxf(x - relu_shift, 0.0f);
+    return (float)(T)x;
+}
+template <typename T>
+std::vector<float> host_random_array(size_t n, unsigned long long seed, float lo, float hi, float relu_shift = 0.0f) {
+    std::vector<float> h(n);
+    for (size_t i = 0; i < n; i++) h[i] = host_random<T>(i, seed, lo, hi, relu_shift);
+    return h;
+}
+
+// check_result with an absolute floor: |gpu - cpu| <= atol + rtol·|cpu| (NaN fails), for results
+// whose error is absolute by nature (a difference of nearly equal probabilities, a small KL)
+template <typename T>
+bool check_result_atol(const T* d_result, const float* ref, const char* name, size_t n, float rtol, float atol) {
+    std::vector<T> out(n);
+    cudaCheck(cudaMemcpy(out.data(), d_result, n * sizeof(T), cudaMemcpyDeviceToHost));
+    double max_err = 0.0;
+    size_t nbad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double o = (double)(float)out[i], r = ref[i];
+        double err = fabs(o - r);
+        if (!(err <= atol + rtol * fabs(r))) {
+            if (nbad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", name, i, o, r);
+            nbad++;
+        }
+        if (!(err <= max_err)) max_err = err;
+    }
+    printf("  %-28s max abs err %.3e  (rtol %.1e atol %.1e) %s\n", name, max_err, rtol, atol, nbad ? "FAIL" : "ok");
+    if (nbad) printf("  %s: %zu of %zu elements out of tolerance\n", name, nbad, n);
+    return nbad == 0;
+}

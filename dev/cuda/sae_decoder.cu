@@ -1,0 +1,471 @@
+/*
+SAE kernels around the matmuls, llmc/sae.cuh: decoder normalisation forward and backward, the
+L1 + ReLU backward, bias-gradient column sums, and the sparsity / L0 / fired statistics. CPU
+references in plain loops (double inside), checks of every kernel on poisoned outputs, timing at
+the paper's shape (N = 8192 tokens, C = 768, D = 46080).
+
+Build and run:
+  cd dev/cuda && make sae_decoder
+  ./sae_decoder          CPU self-test, then every GPU check (fp32 and bf16), then timings
+  ./sae_decoder cpu      CPU self-test only (runs without a GPU): finite-difference checks of
+                         the normalisation backward and the L1 + ReLU backward references
+Variants (L1 + ReLU backward only; the other kernels have one version, the llmc one):
+  1  llmc: one element per thread per grid-stride step, scalar loads
+  2  one 16-byte pack (4 fp32 / 8 bf16) per thread per step, scalar tail; needs 16-byte
+     aligned pointers (falls back to 1 otherwise); fewer, wider memory instructions
+Checks, each shape chosen to leave partial warps / blocks / packs:
+  normalise  (D,C) = (1,1) (37,100) (1000,768) (46080,768), one all-zero row and one row of
+             norm 1e-13 < eps in each (the clamp branch); backward out of place and in place
+  L1+ReLU    (N,D) = (1,1) (3,1000) (37,4099) (256,46080), in place too; (8192,46080) sampled rows
+  colsum     (N,OC) = (1,1) (7,33) (37,4099) (1000,768) (256,46080) (8192,768) (8192,46080),
+             overwrite and accumulate, and bit-identical on a second run
+  stats      (N,D) = (1,1) (3,1000) (37,4099) (256,46080) (8192,46080): l1 and l0 accumulated
+             onto nonzero values, fired flags OR-ed onto preset ones, alive count
+Tolerances: fp32 outputs 1e-5 relative (reference in double; the GPU sums in fp32 in another
+order); bf16 outputs 1e-2 (inputs are bf16 on both sides, so one output rounding of 2^-9
+remains); counts and flags exact. Exit code 1 on any mismatch.
+*/
+#include <string.h>
+#include "common.h"
+#include "../../llmc/sae.cuh"
+
+// ----------------------------------------------------------------------------
+// CPU references
+
+void sae_decoder_normalize_cpu(float* W_dec_norm, float* inv_norm, const float* W_dec, int D, int C) {
+    for (int d = 0; d < D; d++) {
+        const float* w = W_dec + (size_t)d * C;
+        double sum_sq = 0.0;
+        for (int i = 0; i < C; i++) sum_sq += (double)w[i] * w[i];
+        double norm = fmax(sqrt(sum_sq), 1e-12);
+        for (int i = 0; i < C; i++) W_dec_norm[(size_t)d * C + i] = (float)(w[i] / norm);
+        inv_norm[d] = (float)(1.0 / norm);
+    }
+}
+
+// dw = (dy − y (y·dy)) / ||w|| if ||w|| > eps, else dy / eps  (derivation in llmc/sae.cuh)
+void sae_decoder_normalize_backward_cpu(float* dW_dec, const float* dW_dec_norm, const float* W_dec, int D, int C) {
+    for (int d = 0; d < D; d++) {
+        const float* w = W_dec + (size_t)d * C;
+        const float* dy = dW_dec_norm + (size_t)d * C;
+        double sum_sq = 0.0, w_dot_dy = 0.0;
+        for (int i = 0; i < C; i++) { sum_sq += (double)w[i] * w[i]; w_dot_dy += (double)w[i] * dy[i]; }
+        double norm = sqrt(sum_sq);
+        bool above = norm > 1e-12;
+        double n = above ? norm : 1e-12;
+        double y_dot_dy = above ? w_dot_dy / n : 0.0;
+        for (int i = 0; i < C; i++) dW_dec[(size_t)d * C + i] = (float)((dy[i] - (w[i] / n) * y_dot_dy) / n);
+    }
+}
+
+void sae_l1_relu_backward_cpu(float* dpre, const float* dc, const float* c, float l1_scale, size_t n) {
+    for (size_t i = 0; i < n; i++) dpre[i] = c[i] > 0.0f ? dc[i] + l1_scale : 0.0f;
+}
+
+void bias_grad_colsum_cpu(float* dbias, const float* dout, int N, int OC, bool accumulate) {
+    std::vector<double> sum(OC, 0.0);
+    for (int n = 0; n < N; n++)  // rows outer: streams through dout once
+        for (int j = 0; j < OC; j++) sum[j] += dout[(size_t)n * OC + j];
+    for (int j = 0; j < OC; j++) dbias[j] = (float)((accumulate ? dbias[j] : 0.0) + sum[j]);
+}
+
+// l1 += Σ|c|, l0 += count(c > 0), fired[d] |= any(c[:,d] > 0)
+void sae_sparsity_l0_cpu(double* l1, double* l0, unsigned int* fired, const float* c, int N, int D) {
+    for (int n = 0; n < N; n++)
+        for (int d = 0; d < D; d++) {
+            float v = c[(size_t)n * D + d];
+            *l1 += fabs(v);
+            if (v > 0.0f) { *l0 += 1.0; fired[d] = 1u; }
+        }
+}
+
+// ----------------------------------------------------------------------------
+// CPU self-test: the backward references against central finite differences in double
+
+// L(w) = Σ_i r_i · y_i(w), y = w / max(||w||, eps); dL/dw is the normalisation backward of dy = r
+static double normalize_loss(const double* w, const float* r, int C) {
+    double sum_sq = 0.0, L = 0.0;
+    for (int i = 0; i < C; i++) sum_sq += w[i] * w[i];
+    double n = fmax(sqrt(sum_sq), 1e-12);
+    for (int i = 0; i < C; i++) L += r[i] * (w[i] / n);
+    return L;
+}
+
+int cpu_self_test() {
+    int failures = 0;
+    const int C = 13;
+    // rows: ordinary, tiny (norm 4e-14 < eps: the clamp branch), all zero
+    const double scales[3] = {1.0, 1e-14, 0.0};
+    for (int r = 0; r < 3; r++) {
+        std::vector<float> w(C), dy(C), dw(C);
+        for (int i = 0; i < C; i++) { w[i] = (float)(scales[r] * (rand_uniform() * 2.0 - 1.0)); dy[i] = rand_uniform() * 2.0f - 1.0f; }
+        sae_decoder_normalize_backward_cpu(dw.data(), dy.data(), w.data(), 1, C);
+        double max_rel = 0.0;
+        for (int i = 0; i < C; i++) {
+            std::vector<double> wp(w.begin(), w.end()), wm(w.begin(), w.end());
+            double h = scales[r] > 0.1 ? 1e-6 : 1e-17;  // inside the branch's region (linear there for the small rows)
+            wp[i] += h; wm[i] -= h;
+            double fd = (normalize_loss(wp.data(), dy.data(), C) - normalize_loss(wm.data(), dy.data(), C)) / (2.0 * h);
+            max_rel = fmax(max_rel, fabs(fd - dw[i]) / (fabs(fd) + 1e-30 + 1e-3 * fabs(dw[i])));
+        }
+        bool ok = max_rel < 1e-5;
+        printf("  cpu normalize backward vs finite differences, row norm scale %g: max rel err %.2e %s\n", scales[r], max_rel, ok ? "ok" : "FAIL");
+        failures += !ok;
+    }
+    // L1 + ReLU: L(pre) = Σ dc·relu(pre) + l1_scale·Σ|relu(pre)|, pre away from 0 so FD is clean
+    {
+        const int n = 64;
+        const float l1_scale = 0.37f;
+        std::vector<float> pre(n), c(n), dc(n), dpre(n);
+        for (int i = 0; i < n; i++) {
+            pre[i] = (rand_uniform() < 0.5f ? -1.0f : 1.0f) * (0.1f + rand_uniform());
+            c[i] = fmaxf(pre[i], 0.0f);
+            dc[i] = rand_uniform() * 2.0f - 1.0f;
+        }
+        sae_l1_relu_backward_cpu(dpre.data(), dc.data(), c.data(), l1_scale, n);
+        double max_err = 0.0;
+        for (int i = 0; i < n; i++) {
+            auto L = [&](double p) { double ci = fmax(p, 0.0); return dc[i] * ci + l1_scale * fabs(ci); };
+            double h = 1e-4, fd = (L(pre[i] + h) - L(pre[i] - h)) / (2 * h);
+            max_err = fmax(max_err, fabs(fd - dpre[i]));
+        }
+        bool ok = max_err < 1e-6;
+        printf("  cpu l1+relu backward vs finite differences: max abs err %.2e %s\n", max_err, ok ? "ok" : "FAIL");
+        failures += !ok;
+    }
+    return failures;
+}
+
+// ----------------------------------------------------------------------------
+// variant 2 of the L1 + ReLU backward
+
+// one 16-byte pack per thread per grid-stride step; the last n % P elements by block 0
+template <typename floatX>
+__global__ void sae_l1_relu_backward_kernel2(floatX* dpre, const floatX* dc, const floatX* c, float l1_scale, size_t n) {
+    constexpr int P = Packed128<floatX>::size;
+    const size_t num_packs = n / P;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x; p < num_packs; p += stride) {
+        const Packed128<floatX> c_pack = load128(c + p * P), dc_pack = load128(dc + p * P);
+        Packed128<floatX> out;
+        #pragma unroll
+        for (int k = 0; k < P; k++) out[k] = from_float<floatX>(to_float(c_pack[k]) > 0.0f ? to_float(dc_pack[k]) + l1_scale : 0.0f);
+        store128(dpre + p * P, out);
+    }
+    if (blockIdx.x == 0) {
+        for (size_t i = num_packs * P + threadIdx.x; i < n; i += blockDim.x)
+            dpre[i] = from_float<floatX>(to_float(c[i]) > 0.0f ? to_float(dc[i]) + l1_scale : 0.0f);
+    }
+}
+
+template <typename floatX>
+void l1_relu_variant(int variant, floatX* dpre, const floatX* dc, const floatX* c, float l1_scale, int N, int D) {
+    const size_t n = (size_t)N * D;
+    if (variant == 2 && is_aligned16(dpre) && is_aligned16(dc) && is_aligned16(c)) {
+        const size_t packs = std::max(n / Packed128<floatX>::size, (size_t)1);
+        const unsigned grid = (unsigned)std::min(ceil_div(packs, (size_t)512), (size_t)(1 << 20));
+        sae_l1_relu_backward_kernel2<<<grid, 512>>>(dpre, dc, c, l1_scale, n);
+        cudaLaunchCheck();
+    } else {
+        sae_l1_relu_backward(dpre, dc, c, l1_scale, N, D, 0);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// GPU checks
+
+template <typename T>
+T* device_alloc(size_t n) {
+    T* d;
+    cudaCheck(cudaMalloc(&d, std::max(n, (size_t)1) * sizeof(T)));
+    return d;
+}
+
+template <typename floatX>
+int check_normalize(int D, int C, float tol) {
+    int failures = 0;
+    const size_t n = (size_t)D * C;
+    std::vector<float> W = host_random_array<float>(n, 11 + D, -1.0f, 1.0f);
+    if (D >= 2) {  // row 0 all zero, row 1 of norm ~1e-13: both take the clamp at eps
+        for (int i = 0; i < C; i++) { W[i] = 0.0f; W[(size_t)C + i] *= 1e-13f / sqrtf((float)C); }
+    }
+    std::vector<float> dy = host_random_array<float>(n, 12 + D, -1.0f, 1.0f);
+    std::vector<float> ref_norm(n), ref_inv(D), ref_dw(n);
+    sae_decoder_normalize_cpu(ref_norm.data(), ref_inv.data(), W.data(), D, C);
+    sae_decoder_normalize_backward_cpu(ref_dw.data(), dy.data(), W.data(), D, C);
+
+    float* d_W = to_device<float>(W.data(), n);
+    float* d_dy = to_device<float>(dy.data(), n);
+    floatX* d_norm = device_alloc<floatX>(n);
+    float* d_inv = device_alloc<float>(D);
+    float* d_dw = device_alloc<float>(n);
+    poison(d_norm, n * sizeof(floatX)); poison(d_inv, D * sizeof(float)); poison(d_dw, n * sizeof(float));
+    char name[96];
+    sae_decoder_normalize(d_norm, d_inv, d_W, D, C, 0);
+    snprintf(name, sizeof(name), "normalize D=%d C=%d", D, C);
+    failures += !check_result(d_norm, ref_norm.data(), name, n, tol);
+    snprintf(name, sizeof(name), "inv_norm D=%d C=%d", D, C);
+    failures += !check_result_atol(d_inv, ref_inv.data(), name, D, 1e-5f, 0.0f);
+    // backward is fp32 whatever floatX is. dy − y(y·dy) can cancel, so each element may be off
+    // by a few ulp of the row's max|dy|/norm (1e-6 of it allowed) on top of 1e-5 relative
+    std::vector<float> row_scale(D);
+    for (int d = 0; d < D; d++) {
+        float m = 0.0f;
+        for (int i = 0; i < C; i++) m = fmaxf(m, fabsf(dy[(size_t)d * C + i]));
+        row_scale[d] = m * ref_inv[d];
+    }
+    auto check_bwd = [&](const float* d_out, const char* what) {
+        std::vector<float> out = from_device(d_out, n);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            float r = ref_dw[i];
+            if (!(fabsf(out[i] - r) <= 1e-5f * fabsf(r) + 1e-6f * row_scale[i / C])) {
+                if (bad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", what, i, out[i], r);
+                bad++;
+            }
+        }
+        printf("  %-28s %s\n", what, bad ? "FAIL" : "ok");
+        return bad == 0;
+    };
+    sae_decoder_normalize_backward(d_dw, d_dy, d_W, d_inv, D, C, 0);
+    snprintf(name, sizeof(name), "norm bwd D=%d C=%d", D, C);
+    failures += !check_bwd(d_dw, name);
+    sae_decoder_normalize_backward(d_dy, d_dy, d_W, d_inv, D, C, 0);  // in place
+    snprintf(name, sizeof(name), "norm bwd in-place D=%d C=%d", D, C);
+    failures += !check_bwd(d_dy, name);
+    cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_dy)); cudaCheck(cudaFree(d_norm)); cudaCheck(cudaFree(d_inv)); cudaCheck(cudaFree(d_dw));
+    return failures;
+}
+
+// c is ReLU-like (about 10% nonzero), dc small as real gradients are, l1_scale = 1.5/(N_paper·C)/2
+const float L1_SCALE = (float)(1.5 / (8192.0 * 768.0) / 2.0);
+
+template <typename floatX>
+int check_l1_relu(int variant, int N, int D, float tol) {
+    int failures = 0;
+    const size_t n = (size_t)N * D;
+    floatX* d_c = device_alloc<floatX>(n);
+    floatX* d_dc = device_alloc<floatX>(n);
+    floatX* d_dpre = device_alloc<floatX>(n);
+    fill_random(d_c, n, 21, -1.0f, 1.0f, 0.8f);
+    fill_random(d_dc, n, 22, -2e-6f, 2e-6f);
+    poison(d_dpre, n * sizeof(floatX));
+    std::vector<float> c = host_random_array<floatX>(n, 21, -1.0f, 1.0f, 0.8f);
+    std::vector<float> dc = host_random_array<floatX>(n, 22, -2e-6f, 2e-6f);
+    std::vector<float> ref(n);
+    sae_l1_relu_backward_cpu(ref.data(), dc.data(), c.data(), L1_SCALE, n);
+    char name[96];
+    l1_relu_variant(variant, d_dpre, d_dc, d_c, L1_SCALE, N, D);
+    snprintf(name, sizeof(name), "l1relu v%d N=%d D=%d", variant, N, D);
+    failures += !check_result(d_dpre, ref.data(), name, n, tol);
+    l1_relu_variant(variant, d_dc, d_dc, d_c, L1_SCALE, N, D);  // in place
+    snprintf(name, sizeof(name), "l1relu v%d in-place N=%d", variant, N);
+    failures += !check_result(d_dc, ref.data(), name, n, tol);
+    cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_dc)); cudaCheck(cudaFree(d_dpre));
+    return failures;
+}
+
+template <typename floatX>
+int check_colsum(int N, int OC, float tol) {
+    int failures = 0;
+    const size_t n = (size_t)N * OC;
+    floatX* d_dout = device_alloc<floatX>(n);
+    fill_random(d_dout, n, 31 + OC, -1.0f, 1.0f);
+    std::vector<float> dout = host_random_array<floatX>(n, 31 + OC, -1.0f, 1.0f);
+    std::vector<float> init = host_random_array<float>(OC, 32, -5.0f, 5.0f);
+    std::vector<float> ref(OC), ref_acc(init);
+    bias_grad_colsum_cpu(ref.data(), dout.data(), N, OC, false);
+    bias_grad_colsum_cpu(ref_acc.data(), dout.data(), N, OC, true);
+    float* d_dbias = device_alloc<float>(OC);
+    char name[96];
+    poison(d_dbias, OC * sizeof(float));
+    bias_grad_colsum(d_dbias, d_dout, N, OC, false, 0);
+    snprintf(name, sizeof(name), "colsum N=%d OC=%d", N, OC);
+    failures += !check_result(d_dbias, ref.data(), name, OC, tol);
+    std::vector<float> first(OC);
+    cudaCheck(cudaMemcpy(first.data(), d_dbias, OC * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(d_dbias, init.data(), OC * sizeof(float), cudaMemcpyHostToDevice));
+    bias_grad_colsum(d_dbias, d_dout, N, OC, true, 0);
+    snprintf(name, sizeof(name), "colsum acc N=%d OC=%d", N, OC);
+    failures += !check_result(d_dbias, ref_acc.data(), name, OC, tol);
+    bias_grad_colsum(d_dbias, d_dout, N, OC, false, 0);  // determinism: same bits as the first run
+    std::vector<float> second(OC);
+    cudaCheck(cudaMemcpy(second.data(), d_dbias, OC * sizeof(float), cudaMemcpyDeviceToHost));
+    bool same = memcmp(first.data(), second.data(), OC * sizeof(float)) == 0;
+    printf("  %-28s %s\n", "colsum bit-identical rerun", same ? "ok" : "FAIL");
+    failures += !same;
+    cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_dbias));
+    return failures;
+}
+
+template <typename floatX>
+int check_stats(int N, int D, float tol) {
+    int failures = 0;
+    const size_t n = (size_t)N * D;
+    floatX* d_c = device_alloc<floatX>(n);
+    fill_random(d_c, n, 41 + N, -1.0f, 1.0f, 0.9f);  // ~5% nonzero: at small N many features stay unfired
+    std::vector<float> c = host_random_array<floatX>(n, 41 + N, -1.0f, 1.0f, 0.9f);
+    // preset flags on every 7th feature: must survive (OR, never cleared)
+    std::vector<unsigned int> fired_ref(D);
+    for (int d = 0; d < D; d++) fired_ref[d] = d % 7 == 3 ? 1u : 0u;
+    unsigned int* d_fired = device_alloc<unsigned int>(D);
+    cudaCheck(cudaMemcpy(d_fired, fired_ref.data(), D * sizeof(unsigned int), cudaMemcpyHostToDevice));
+    double l1_ref = 0.5, l0_ref = 2.0;  // accumulated onto these
+    sae_sparsity_l0_cpu(&l1_ref, &l0_ref, fired_ref.data(), c.data(), N, D);
+    int alive_ref = 0;
+    for (int d = 0; d < D; d++) alive_ref += fired_ref[d] != 0u;
+
+    float* d_sums = device_alloc<float>(2);  // l1, l0
+    int* d_alive = device_alloc<int>(1);
+    const float init[2] = {0.5f, 2.0f};
+    cudaCheck(cudaMemcpy(d_sums, init, sizeof(init), cudaMemcpyHostToDevice));
+    poison(d_alive, sizeof(int));
+    sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0);
+    sae_count_alive(d_alive, d_fired, D, 0);
+    float sums[2];
+    int alive;
+    std::vector<unsigned int> fired(D);
+    cudaCheck(cudaMemcpy(sums, d_sums, sizeof(sums), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(&alive, d_alive, sizeof(int), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(fired.data(), d_fired, D * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    int bad_flags = 0;
+    for (int d = 0; d < D; d++) bad_flags += (fired[d] != 0u) != (fired_ref[d] != 0u);
+    bool ok_l1 = fabs(sums[0] - l1_ref) <= tol * fabs(l1_ref);
+    bool ok_l0 = fabs(sums[1] - l0_ref) <= 1e-6 * l0_ref;  // exact below 2^24 (float), else one rounding
+    bool ok_alive = alive == alive_ref && bad_flags == 0;
+    printf("  stats N=%d D=%d: l1 %.8g (cpu %.8g) %s, l0 %.8g (cpu %.8g) %s, alive %d (cpu %d, %d flags differ) %s\n", N, D,
+           sums[0], l1_ref, ok_l1 ? "ok" : "FAIL", sums[1], l0_ref, ok_l0 ? "ok" : "FAIL", alive, alive_ref, bad_flags,
+           ok_alive ? "ok" : "FAIL");
+    failures += !ok_l1 + !ok_l0 + !ok_alive;
+    // determinism: a second accumulation from the same start gives the same bits
+    float again[2];
+    cudaCheck(cudaMemcpy(d_sums, init, sizeof(init), cudaMemcpyHostToDevice));
+    sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0);
+    cudaCheck(cudaMemcpy(again, d_sums, sizeof(again), cudaMemcpyDeviceToHost));
+    bool same = memcmp(sums, again, sizeof(sums)) == 0;
+    printf("  %-28s %s\n", "stats bit-identical rerun", same ? "ok" : "FAIL");
+    failures += !same;
+    cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_fired)); cudaCheck(cudaFree(d_sums)); cudaCheck(cudaFree(d_alive));
+    return failures;
+}
+
+// the L1 + ReLU backward at the full paper shape: too big for a full host regeneration, so
+// compare a sample of whole rows (first, last, and 62 spread over the middle)
+template <typename floatX>
+int check_l1_relu_sampled(int variant, int N, int D, float tol) {
+    const size_t n = (size_t)N * D;
+    floatX* d_c = device_alloc<floatX>(n);
+    floatX* d_dc = device_alloc<floatX>(n);
+    floatX* d_dpre = device_alloc<floatX>(n);
+    fill_random(d_c, n, 51, -1.0f, 1.0f, 0.8f);
+    fill_random(d_dc, n, 52, -2e-6f, 2e-6f);
+    poison(d_dpre, n * sizeof(floatX));
+    l1_relu_variant(variant, d_dpre, d_dc, d_c, L1_SCALE, N, D);
+    int failures = 0;
+    std::vector<float> ref(D);
+    for (int k = 0; k < 64; k++) {
+        const int row = k == 63 ? N - 1 : (int)((long long)k * (N - 1) / 63);
+        for (int d = 0; d < D; d++) {
+            size_t i = (size_t)row * D + d;
+            float ci = host_random<floatX>(i, 51, -1.0f, 1.0f, 0.8f), dci = host_random<floatX>(i, 52, -2e-6f, 2e-6f);
+            ref[d] = ci > 0.0f ? dci + L1_SCALE : 0.0f;
+        }
+        char name[96];
+        snprintf(name, sizeof(name), "l1relu v%d N=%d row %d", variant, N, row);
+        if (k == 0 || k == 63) {
+            failures += !check_result(d_dpre + (size_t)row * D, ref.data(), name, D, tol);
+        } else {  // quiet for the middle rows unless they fail
+            std::vector<float> out = from_device(d_dpre + (size_t)row * D, D);
+            int bad = 0;
+            for (int d = 0; d < D; d++) bad += !(fabs(out[d] - ref[d]) <= tol * (fabs(ref[d]) + 0.1f * (L1_SCALE + 2e-6f)));
+            if (bad) { printf("  %s: %d mismatches FAIL\n", name, bad); failures++; }
+        }
+    }
+    cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_dc)); cudaCheck(cudaFree(d_dpre));
+    return failures;
+}
+
+// big: also the full paper-shape checks (host regeneration of 377M elements; done for bf16,
+// the training type, to keep the run short)
+template <typename floatX>
+int run_checks(float tol, bool big) {
+    int failures = 0;
+    const int norm_shapes[][2] = {{1, 1}, {37, 100}, {1000, 768}, {46080, 768}};
+    for (auto& s : norm_shapes) failures += check_normalize<floatX>(s[0], s[1], tol);
+    const int nd_shapes[][2] = {{1, 1}, {3, 1000}, {37, 4099}, {256, 46080}};
+    for (int variant = 1; variant <= 2; variant++)
+        for (auto& s : nd_shapes) failures += check_l1_relu<floatX>(variant, s[0], s[1], tol);
+    for (int variant = 1; variant <= 2; variant++) failures += check_l1_relu_sampled<floatX>(variant, 8192, 46080, tol);
+    const int colsum_shapes[][2] = {{1, 1}, {7, 33}, {37, 4099}, {1000, 768}, {256, 46080}, {8192, 768}};
+    for (auto& s : colsum_shapes) failures += check_colsum<floatX>(s[0], s[1], 1e-5f);  // fp32 sums whatever floatX
+    if (big) failures += check_colsum<floatX>(8192, 46080, 1e-5f);
+    const int stats_shapes[][2] = {{1, 1}, {3, 1000}, {37, 4099}, {256, 46080}};
+    for (auto& s : stats_shapes) failures += check_stats<floatX>(s[0], s[1], 1e-5f);
+    if (big) failures += check_stats<floatX>(8192, 46080, 1e-5f);
+    return failures;
+}
+
+// ----------------------------------------------------------------------------
+// timing at the paper shape; GB/s counts each input read once and each output written once,
+// against ~3.0 TB/s (H100 device-to-device copy, bytes read + written)
+
+template <typename floatX>
+void run_benchmarks() {
+    const int N = 8192, C = 768, D = 46080;
+    const size_t nd = (size_t)N * D, dc_ = (size_t)D * C;
+    const size_t X = sizeof(floatX);
+    floatX *d_c = device_alloc<floatX>(nd), *d_dc = device_alloc<floatX>(nd), *d_dpre = device_alloc<floatX>(nd);
+    floatX* d_W_norm = device_alloc<floatX>(dc_);
+    float *d_W = device_alloc<float>(dc_), *d_dW = device_alloc<float>(dc_), *d_dW_out = device_alloc<float>(dc_);
+    float* d_inv = device_alloc<float>(D);
+    float* d_bias = device_alloc<float>(D);
+    float* d_sums = device_alloc<float>(2);
+    unsigned int* d_fired = device_alloc<unsigned int>(D);
+    fill_random(d_c, nd, 61, -1.0f, 1.0f, 0.9f);
+    fill_random(d_dc, nd, 62, -1e-6f, 1e-6f);
+    fill_random(d_W, dc_, 63, -1.0f, 1.0f);
+    fill_random(d_dW, dc_, 64, -1.0f, 1.0f);
+    cudaCheck(cudaMemset(d_fired, 0, D * sizeof(unsigned int)));
+    cudaCheck(cudaMemset(d_sums, 0, 2 * sizeof(float)));
+    auto report = [](const char* what, float ms, double bytes) {
+        printf("  %-34s %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", what, ms, bytes / (ms / 1e3) / 1e9, 100.0 * bytes / (ms / 1e3) / 3.0e12);
+    };
+    float ms;
+    ms = benchmark_kernel(3, 20, [&] { sae_decoder_normalize(d_W_norm, d_inv, d_W, D, C, 0); });
+    report("normalize fwd (D,C)", ms, dc_ * (4.0 + X) + D * 4.0);
+    ms = benchmark_kernel(3, 20, [&] { sae_decoder_normalize_backward(d_dW_out, d_dW, d_W, d_inv, D, C, 0); });
+    report("normalize bwd (D,C)", ms, dc_ * 12.0 + D * 4.0);
+    for (int variant = 1; variant <= 2; variant++) {
+        char what[64];
+        snprintf(what, sizeof(what), "l1+relu bwd v%d (N,D)", variant);
+        ms = benchmark_kernel(3, 20, [&] { l1_relu_variant(variant, d_dpre, d_dc, d_c, L1_SCALE, N, D); });
+        report(what, ms, nd * 3.0 * X);
+    }
+    ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, D, false, 0); });
+    report("colsum db_enc (N,D)", ms, nd * (double)X + D * 4.0);
+    ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, C, false, 0); });
+    report("colsum db_dec (N,C)", ms, (double)N * C * X + C * 4.0);
+    ms = benchmark_kernel(3, 20, [&] { sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0); });
+    report("sparsity/l0/fired (N,D)", ms, nd * (double)X + D * 4.0);
+    cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_dc)); cudaCheck(cudaFree(d_dpre)); cudaCheck(cudaFree(d_W_norm));
+    cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_dW)); cudaCheck(cudaFree(d_dW_out)); cudaCheck(cudaFree(d_inv)); cudaCheck(cudaFree(d_bias));
+    cudaCheck(cudaFree(d_sums)); cudaCheck(cudaFree(d_fired));
+}
+
+int main(int argc, char** argv) {
+    const bool cpu_only = argc > 1 && strcmp(argv[1], "cpu") == 0;
+    printf("CPU self-test:\n");
+    int failures = cpu_self_test();
+    if (!cpu_only) {
+        printf("fp32:\n");
+        failures += run_checks<float>(1e-5f, false);
+        printf("bf16:\n");
+        failures += run_checks<bf16>(1e-2f, true);
+        printf("timing, N=8192 C=768 D=46080, fp32:\n");
+        run_benchmarks<float>();
+        printf("timing, bf16:\n");
+        run_benchmarks<bf16>();
+    }
+    printf("sae_decoder: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,111 @@
+/*
+Optimiser (SPEC §5): the global gradient norm over all SAE parameters, and one fused kernel per
+parameter tensor that clips the gradient by that norm and applies PyTorch's Adam(W) update.
+Everything here is fp32: SAE master weights, gradients and Adam m, v.
+
+Per step:
+    global_norm_squared(norm_sq, dW_enc, C*D, false, s);   // first tensor overwrites
+    global_norm_squared(norm_sq, db_enc, D, true, s);      // the rest accumulate
+    ... dW_dec, db_dec ...
+    adamw_scalars(t, lr, beta1, beta2, &step_size, &bc2_sqrt);
+    adamw_update(W_enc, m_W_enc, v_W_enc, dW_enc, C*D, lr, beta1, beta2, step_size, bc2_sqrt,
+                 eps, weight_decay, norm_sq, max_grad_norm, s);     // and the other three
+    copy norm_sq to the host once for the log: grad_norm = sqrt(norm_sq)
+The norm partials live in a static device array: call from one stream at a time.
+*/
+#pragma once
+#include <math.h>
+#include <algorithm>
+#include "cuda_common.cuh"
+
+// ----------------------------------------------------------------------------
+// global gradient norm, squared, deterministic
+
+#define GLOBAL_NORM_BLOCK_SIZE 512
+#define GLOBAL_NORM_MAX_BLOCKS 1024
+static __device__ float global_norm_partials[GLOBAL_NORM_MAX_BLOCKS];
+
+static __global__ void global_norm_squared_kernel(float* partials, const float* g, size_t n) {
+    float sum_sq = 0.0f;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) sum_sq += g[i] * g[i];
+    sum_sq = block_reduce_sum(sum_sq);
+    if (threadIdx.x == 0) partials[blockIdx.x] = sum_sq;
+}
+
+// out[0] = (accumulate ? out[0] : 0) + Σ g²; g (n) fp32. Same bits on every run for a given n.
+inline void global_norm_squared(float* out, const float* g, size_t n, bool accumulate, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (n == 0) {
+        if (!accumulate) cudaCheck(cudaMemsetAsync(out, 0, sizeof(float), stream));
+        return;
+    }
+    const int grid = (int)std::min(ceil_div(n, (size_t)GLOBAL_NORM_BLOCK_SIZE), (size_t)GLOBAL_NORM_MAX_BLOCKS);
+    float* partials;
+    cudaCheck(cudaGetSymbolAddress((void**)&partials, global_norm_partials));
+    global_norm_squared_kernel<<<grid, GLOBAL_NORM_BLOCK_SIZE, 0, stream>>>(partials, g, n);
+    cudaLaunchCheck();
+    deterministic_sum(out, partials, grid, accumulate, stream);
+}
+
+// ----------------------------------------------------------------------------
+// clipped Adam(W) update
+
+// Scalar factors of update number t (1 for the first update), in double as PyTorch computes
+// them in Python: step_size = lr / (1 − β1^t), bc2_sqrt = sqrt(1 − β2^t).
+inline void adamw_scalars(int t, double lr, double beta1, double beta2, double* step_size, double* bc2_sqrt) {
+    *step_size = lr / (1.0 - pow(beta1, (double)t));
+    *bc2_sqrt = sqrt(1.0 - pow(beta2, (double)t));
+}
+
+// Per element, in PyTorch's order (torch.optim.Adam/AdamW, foreach path, torch 2.x):
+//   clip_grad_norm_: coef = max_norm / (total + 1e-6), clamped to <= 1, g *= coef (always;
+//                    a NaN total gives NaN, as torch.clamp does)
+//   AdamW decay:     p *= 1 − lr·wd               (decay_factor, 1 exactly when wd = 0)
+//   m.lerp_(g, 1−β1): m = m + (1−β1)(g − m)      (torch's lerp for a weight < 0.5)
+//   v = β2 v + (1−β2) g²                           (mul_ then addcmul_)
+//   p += −step_size · m / (sqrt(v)/bc2_sqrt + eps) (addcdiv_ with denom = sqrt(v)/bc2_sqrt + eps)
+// The scalars arrive rounded to float, as PyTorch rounds its Python-float scalars.
+static __global__ void adamw_update_kernel(float* params, float* m, float* v, const float* grads, size_t n,
+                                           float one_minus_beta1, float beta2, float one_minus_beta2,
+                                           float step_size, float bc2_sqrt, float eps, float decay_factor,
+                                           const float* grad_norm_sq, float max_grad_norm) {
+    float clip = 1.0f;
+    if (grad_norm_sq != nullptr) {
+        const float coef = max_grad_norm / (sqrtf(*grad_norm_sq) + 1e-6f);
+        clip = coef > 1.0f ? 1.0f : coef;
+    }
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float g = grads[i] * clip;
+        float mi = m[i], vi = v[i];
+        mi = mi + one_minus_beta1 * (g - mi);
+        vi = vi * beta2;
+        vi = vi + one_minus_beta2 * g * g;
+        const float denom = sqrtf(vi) / bc2_sqrt + eps;
+        const float p = __fmul_rn(params[i], decay_factor);  // rounded on its own, as torch's p.mul_() is
+        params[i] = p - step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// params, m, v (n) fp32 updated in place; grads (n) fp32 read only (clipping is applied on the
+// fly, grads are not rescaled in memory). lr, beta1, beta2, eps, weight_decay: the optimiser's
+// settings (pass the config's doubles: 1 − β is formed in double, as in PyTorch);
+// step_size, bc2_sqrt from adamw_scalars for this update; grad_norm_sq (device scalar) = Σ g²
+// over ALL SAE parameters from global_norm_squared; NULL or max_grad_norm <= 0 turns clipping off.
+inline void adamw_update(float* params, float* m, float* v, const float* grads, size_t n,
+                         double lr, double beta1, double beta2, double step_size, double bc2_sqrt,
+                         double eps, double weight_decay, const float* grad_norm_sq, double max_grad_norm,
+                         cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (n == 0) return;
+    const int block_size = 512;
+    const size_t grid = std::min(ceil_div(n, (size_t)block_size), (size_t)(1 << 16));
+    const float* norm_sq = max_grad_norm > 0.0 ? grad_norm_sq : nullptr;
+    adamw_update_kernel<<<(unsigned)grid, block_size, 0, stream>>>(
+        params, m, v, grads, n, (float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), (float)step_size,
+        (float)bc2_sqrt, (float)eps, (float)(1.0 - lr * weight_decay), norm_sq, (float)max_grad_norm);
+    cudaLaunchCheck();
+}

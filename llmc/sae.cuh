@@ -1,0 +1,279 @@
+/*
+SAE kernels (SPEC §3, the sparsity term of §4, L0 and alive of §6): everything around the
+SAE's four matmuls. The matmuls themselves go through matmul_cublaslt (llmc/matmul.cuh); this
+file holds the decoder normalisation and its backward, the L1 + ReLU backward, the bias
+gradients, and the sparsity / L0 / fired statistics.
+
+Shapes: N = B*T tokens, C = d_in, D = d_sae.
+  W_enc (C,D) b_enc (D) W_dec (D,C) raw b_dec (C), all fp32 masters (grads and Adam state too).
+  W_dec_norm (D,C) floatX: the row-normalised dictionary the decoder matmul reads.
+  x (N,C), c (N,D), x_hat (N,C): floatX activations.
+
+Dtypes in bf16 mode: c, dc and dpre (N,D) are all floatX (bf16): at N=8192, D=46080 each is
+377M elements, 755 MB in bf16 instead of 1.5 GB in fp32. The L1 + ReLU backward computes in
+fp32 and rounds once on store. Bias gradients and statistics always accumulate in fp32.
+
+The matmuls, in row-major terms (cuBLAS is column-major: a row-major (R,K) matrix is a
+column-major (K,R) one, so row-major out = A·B is column-major outᵀ = Bᵀ·Aᵀ):
+  encoder  c (N,D)          = relu(x (N,C) · W_enc (C,D) + b_enc)   no transpose of W_enc
+           column-major: cᵀ (D,N) = W_enc_cm (D,C) · x_cm (C,N); m=D n=N k=C, both ops N,
+           lda=D ldb=C ldc=D, bias b_enc along m -> epilogue RELU_BIAS
+  decoder  x_hat (N,C)      = c (N,D) · W_dec_norm (D,C) + b_dec
+           column-major: m=C n=N k=D, A = W_dec_norm (op N, lda=C), B = c (op N, ldb=D),
+           bias b_dec along m -> epilogue BIAS
+  backward dc (N,D)         = dx_hat (N,C) · W_dec_normᵀ           m=D n=N k=C, A = W_dec_norm op T (lda=C), B = dx_hat op N (ldb=C)
+           dW_dec_norm (D,C) = cᵀ · dx_hat   (fp32 out)            m=C n=D k=N, A = dx_hat op N (lda=C), B = c op T (ldb=D)
+           dW_enc (C,D)     = xᵀ · dpre     (fp32 out, accumulate) m=D n=C k=N, A = dpre op N (lda=D), B = x op T (ldb=C)
+           db_enc = colsum(dpre), db_dec = colsum(dx_hat)          bias_grad_colsum below
+           dW_dec = sae_decoder_normalize_backward(dW_dec_norm)
+Those wrappers are left to the trainer: they are one matmul_cublaslt call each. Note that
+cuBLASLt's bias has the output's type: in bf16 mode b_enc / b_dec need a bf16 copy for the
+epilogues, or the matmul writes without bias and add_bias_relu_inplace (below) adds the fp32
+bias in a separate pass (dev/cuda/sae_encoder_forward.cu times both shapes of that).
+
+Determinism: no float atomics anywhere in this file. Reductions to scalars write one partial
+per block into a static device array and sum the partials in a fixed order
+(deterministic_sum), so the same inputs give the same bits on every run. The static scratch
+makes sae_sparsity_l0 safe to call from one stream at a time only.
+*/
+#pragma once
+#include <algorithm>
+#include "cuda_common.cuh"
+
+#define SAE_NORM_EPS 1e-12f  // F.normalize's eps: rows are divided by max(||row||, eps)
+
+// ----------------------------------------------------------------------------
+// decoder normalisation: W_dec_norm = W_dec with each row divided by max(||row||, 1e-12)
+
+// One warp per row: C (768) is 24 elements per lane, and the row's sum of squares is one warp
+// reduction. The division mirrors F.normalize (x / max(norm, eps)), so fp32 mode matches
+// PyTorch to rounding of the norm's summation order.
+template <typename floatX>
+__global__ void sae_decoder_normalize_kernel(floatX* W_dec_norm, float* inv_norm, const float* W_dec, int D, int C) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= D) return;  // row is the same for all 32 lanes: whole warps leave together
+    const float* w = W_dec + (size_t)row * C;
+    float sum_sq = 0.0f;
+    for (int i = lane; i < C; i += 32) sum_sq += w[i] * w[i];
+    sum_sq = warp_reduce_sum(sum_sq);
+    const float norm = fmaxf(sqrtf(sum_sq), SAE_NORM_EPS);
+    floatX* y = W_dec_norm + (size_t)row * C;
+    for (int i = lane; i < C; i += 32) y[i] = from_float<floatX>(w[i] / norm);
+    if (lane == 0) inv_norm[row] = 1.0f / norm;
+}
+
+// W_dec_norm (D,C) floatX out; inv_norm (D) fp32 out, 1/max(||row||, eps), kept for the backward;
+// W_dec (D,C) fp32 raw in
+template <typename floatX>
+void sae_decoder_normalize(floatX* W_dec_norm, float* inv_norm, const float* W_dec, int D, int C, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    const int block_size = 256;  // 8 rows per block
+    sae_decoder_normalize_kernel<<<ceil_div(D, block_size / 32), block_size, 0, stream>>>(W_dec_norm, inv_norm, W_dec, D, C);
+    cudaLaunchCheck();
+}
+
+// Backward of y = w / n, n = max(||w||, eps), one row w at a time.
+//   ||w|| > eps:  dn/dw = w/||w|| = y, so dy_i/dw_j = (δ_ij − y_i y_j) / n and
+//                 dw = (dy − y (y·dy)) / n
+//   ||w|| <= eps: n = eps is a constant, dw = dy / eps
+// Both cases are dw = (dy − [||w|| > eps] · y (y·dy)) · inv_norm with y = w · inv_norm.
+// The norm is recomputed here (the row is read anyway for w·dy) to decide the branch exactly.
+// In place (dW_dec == dW_dec_norm) is fine: element i is read and then written by one lane.
+static __global__ void sae_decoder_normalize_backward_kernel(float* dW_dec, const float* dW_dec_norm, const float* W_dec,
+                                                             const float* inv_norm, int D, int C) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= D) return;
+    const float* w = W_dec + (size_t)row * C;
+    const float* dy = dW_dec_norm + (size_t)row * C;
+    float* dw = dW_dec + (size_t)row * C;
+    float sum_sq = 0.0f, w_dot_dy = 0.0f;
+    for (int i = lane; i < C; i += 32) {
+        sum_sq += w[i] * w[i];
+        w_dot_dy += w[i] * dy[i];
+    }
+    sum_sq = warp_reduce_sum(sum_sq);
+    w_dot_dy = warp_reduce_sum(w_dot_dy);
+    const float inv = inv_norm[row];
+    const float y_dot_dy = sqrtf(sum_sq) > SAE_NORM_EPS ? w_dot_dy * inv : 0.0f;
+    for (int i = lane; i < C; i += 32) {
+        const float y = w[i] * inv;
+        dw[i] = (dy[i] - y * y_dot_dy) * inv;
+    }
+}
+
+// dW_dec (D,C) fp32 out (overwritten, not accumulated); dW_dec_norm (D,C) fp32 in, may equal
+// dW_dec; W_dec (D,C) fp32 raw; inv_norm (D) from sae_decoder_normalize of the same W_dec
+inline void sae_decoder_normalize_backward(float* dW_dec, const float* dW_dec_norm, const float* W_dec, const float* inv_norm,
+                                           int D, int C, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    const int block_size = 256;
+    sae_decoder_normalize_backward_kernel<<<ceil_div(D, block_size / 32), block_size, 0, stream>>>(dW_dec, dW_dec_norm, W_dec, inv_norm, D, C);
+    cudaLaunchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// bias (+ ReLU) as a separate pass
+
+// out (N,OC) = [relu](out + bias) in place, bias fp32 (OC). The encoder's c = relu(x·W_enc + b_enc)
+// and the decoder's + b_dec are meant to be matmul epilogues (RELU_BIAS / BIAS, no extra pass);
+// this is the fallback for when an epilogue cannot be used, e.g. to add the fp32 master bias to a
+// bf16 matmul output (cuBLASLt wants the bias in the output's type). One pass over (N,OC).
+template <typename floatX>
+__global__ void add_bias_relu_inplace_kernel(floatX* out, const float* bias, size_t n, int OC, bool relu) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float v = to_float(out[i]) + bias[i % OC];
+        out[i] = from_float<floatX>(relu && v < 0.0f ? 0.0f : v);  // a NaN stays NaN, as in torch.relu
+    }
+}
+
+template <typename floatX>
+void add_bias_relu_inplace(floatX* out, const float* bias, int N, int OC, bool relu, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    const size_t n = (size_t)N * OC;
+    if (n == 0) return;
+    const int block_size = 512;
+    const size_t grid = std::min(ceil_div(n, (size_t)block_size), (size_t)(1 << 20));
+    add_bias_relu_inplace_kernel<<<(unsigned)grid, block_size, 0, stream>>>(out, bias, n, OC, relu);
+    cudaLaunchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// backward through the sparsity term and the ReLU
+
+// sparsity = λ/(N·C) · Σ|c| (per micro-batch, then / grad_accum), so d sparsity/dc = l1_scale ·
+// sign(c) with l1_scale = λ/(N·C)/grad_accum; c >= 0 after the ReLU and torch's sign(0) = 0, so
+// the L1 term adds l1_scale where c > 0. The ReLU passes gradient where its output c > 0
+// (torch's threshold_backward), so both share one mask:
+//   dpre = (dc + l1_scale) · [c > 0]
+// Elementwise, in place allowed (dpre == dc): each element is read then written by one thread.
+template <typename floatX>
+__global__ void sae_l1_relu_backward_kernel(floatX* dpre, const floatX* dc, const floatX* c, float l1_scale, size_t n) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float ci = to_float(c[i]);
+        dpre[i] = from_float<floatX>(ci > 0.0f ? to_float(dc[i]) + l1_scale : 0.0f);
+    }
+}
+
+// dpre (N,D) out, dc (N,D) in (may equal dpre), c (N,D) the encoder output; all floatX.
+// l1_scale = sparsity_coeff / (N·C) / grad_accum, computed in double on the host.
+template <typename floatX>
+void sae_l1_relu_backward(floatX* dpre, const floatX* dc, const floatX* c, float l1_scale, int N, int D, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    const size_t n = (size_t)N * D;
+    if (n == 0) return;
+    const int block_size = 512;
+    const size_t grid = std::min(ceil_div(n, (size_t)block_size), (size_t)(1 << 20));  // grid-stride covers the rest
+    sae_l1_relu_backward_kernel<<<(unsigned)grid, block_size, 0, stream>>>(dpre, dc, c, l1_scale, n);
+    cudaLaunchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// bias gradients: dbias[j] (+)= Σ_n dout[n, j], deterministic
+
+// One block owns 32 columns and all N rows: threadIdx.x picks the column (a warp reads 32
+// consecutive elements of a row), threadIdx.y one of 32 row lanes (rows y, y+32, ...). The 32
+// row-lane partials are then added in a fixed order, so no atomics and no second kernel.
+// D = 46080 gives 1440 blocks of 1024 threads, enough to keep every SM streaming.
+#define COLSUM_ROWS 32
+template <typename floatX>
+__global__ void bias_grad_colsum_kernel(float* dbias, const floatX* dout, int N, int OC, bool accumulate) {
+    __shared__ float partial[COLSUM_ROWS][33];  // +1 pad: the column read below hits distinct banks
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    float sum = 0.0f;
+    if (col < OC) {
+        #pragma unroll 4
+        for (int row = threadIdx.y; row < N; row += COLSUM_ROWS) sum += to_float(dout[(size_t)row * OC + col]);
+    }
+    partial[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < OC) {
+        float total = 0.0f;
+        for (int k = 0; k < COLSUM_ROWS; k++) total += partial[k][threadIdx.x];
+        dbias[col] = accumulate ? dbias[col] + total : total;
+    }
+}
+
+// dbias (OC) fp32 out, overwritten or (accumulate) added to; dout (N,OC) floatX.
+// Used for db_enc = colsum(dpre) (N,D) and db_dec = colsum(dx_hat) (N,C).
+template <typename floatX>
+void bias_grad_colsum(float* dbias, const floatX* dout, int N, int OC, bool accumulate, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (OC == 0) return;
+    dim3 block(32, COLSUM_ROWS);
+    bias_grad_colsum_kernel<<<ceil_div(OC, 32), block, 0, stream>>>(dbias, dout, N, OC, accumulate);
+    cudaLaunchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// sparsity statistics: Σ|c|, count(c > 0), and which features fired
+
+// Grid (ceil(D/256), R): thread owns column d and rows blockIdx.y, +R, ... so it can OR its
+// fired flag locally and store it once. Each block writes its L1 and L0 partials; a second
+// one-block kernel adds them in a fixed order. The L0 partial is a count held in a float: exact
+// while a block sees fewer than 2^24 elements (256·N/R; 95k at the paper shape).
+#define SAE_STATS_BLOCK 256
+#define SAE_STATS_MAX_PARTIALS 4096
+static __device__ float sae_l1_partials[SAE_STATS_MAX_PARTIALS];
+static __device__ float sae_l0_partials[SAE_STATS_MAX_PARTIALS];
+
+template <typename floatX>
+__global__ void sae_sparsity_l0_kernel(float* l1_partials, float* l0_partials, unsigned int* fired, const floatX* c, int N, int D) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    float l1 = 0.0f;
+    unsigned int l0 = 0;
+    if (col < D) {
+        #pragma unroll 4
+        for (int row = blockIdx.y; row < N; row += gridDim.y) {
+            const float v = to_float(c[(size_t)row * D + col]);
+            l1 += fabsf(v);
+            l0 += v > 0.0f ? 1u : 0u;
+        }
+        if (l0 > 0) fired[col] = 1u;  // plain store of the same value: no race on the result
+    }
+    l1 = block_reduce_sum(l1);
+    l0 = block_reduce_sum(l0);
+    if (threadIdx.x == 0) {
+        const int b = blockIdx.y * gridDim.x + blockIdx.x;
+        l1_partials[b] = l1;
+        l0_partials[b] = (float)l0;
+    }
+}
+
+// l1_sum += Σ|c|, l0_sum += count(c > 0): device scalars, accumulated (zero them at the start of
+// an accumulation window); fired (D): set to 1 where the feature was > 0 on any token, never
+// cleared here (zero it at the start of an alive window). c (N,D) floatX. No host sync.
+// sparsity = l1_sum / (N·C) per micro-batch, L0 = l0_sum / N.
+template <typename floatX>
+void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c, int N, int D, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (N == 0 || D == 0) return;
+    const int grid_x = ceil_div(D, SAE_STATS_BLOCK);
+    // rows split so that the partials fit; depends only on the shape, so the sum order is fixed
+    const int grid_y = std::max(1, std::min(N, SAE_STATS_MAX_PARTIALS / grid_x));
+    if (grid_x > SAE_STATS_MAX_PARTIALS) { fprintf(stderr, "sae_sparsity_l0: D = %d too large\n", D); exit(EXIT_FAILURE); }
+    float *l1_partials, *l0_partials;
+    cudaCheck(cudaGetSymbolAddress((void**)&l1_partials, sae_l1_partials));
+    cudaCheck(cudaGetSymbolAddress((void**)&l0_partials, sae_l0_partials));
+    sae_sparsity_l0_kernel<<<dim3(grid_x, grid_y), SAE_STATS_BLOCK, 0, stream>>>(l1_partials, l0_partials, fired, c, N, D);
+    cudaLaunchCheck();
+    deterministic_sum(l1_sum, l1_partials, grid_x * grid_y, true, stream);
+    deterministic_sum(l0_sum, l0_partials, grid_x * grid_y, true, stream);
+}
+
+static __global__ void sae_count_alive_kernel(int* alive, const unsigned int* fired, int D) {
+    int count = 0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) count += fired[i] != 0u ? 1 : 0;
+    count = block_reduce_sum(count);
+    if (threadIdx.x == 0) alive[0] = count;
+}
+
+// alive[0] = number of features with fired != 0 (overwritten); fired (D) from sae_sparsity_l0
+inline void sae_count_alive(int* alive, const unsigned int* fired, int D, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    sae_count_alive_kernel<<<1, 1024, 0, stream>>>(alive, fired, D);
+    cudaLaunchCheck();
+}

@@ -25,76 +25,11 @@ What is compared against what, and why the tolerances are what they are:
 #define TESTING
 #include "../train_gpt2_sae_cpu.cpp"
 
-#include <sys/wait.h>
-#include <fstream>
-#include <map>
-#include <sstream>
 
-// ----------------------------------------------------------------------------
-// helpers
-
-static const std::string REF_ROOT = "build/ref";
-
-// generates (once per test run) the reference outputs for a named config
-static std::string reference(const std::string& name, const std::string& args) {
-    static std::map<std::string, std::string> done;
-    std::string dir = REF_ROOT + "/" + name;
-    if (done.count(name)) return dir;
-    std::string cmd = "mkdir -p " + REF_ROOT + " && /usr/bin/python3 scripts/reference.py --out " + dir + " " + args + " > " + dir + ".log 2>&1";
-    int rc = system(cmd.c_str());
-    if (rc != 0) FAIL("scripts/reference.py failed (see " << dir << ".log): " << cmd);
-    done[name] = dir;
-    return dir;
-}
-
-struct RunResult { int code; std::string out; };
-
-static RunResult run_cmd(const std::string& cmd) {
-    std::string full = cmd + " 2>&1";
-    FILE* p = popen(full.c_str(), "r");
-    REQUIRE(p != nullptr);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    int st = pclose(p);
-    return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-static std::vector<float> read_tensor(const std::string& path, const std::string& name) {
-    SafeTensors st;
-    safetensors_open(&st, path);
-    const StTensorInfo* t = safetensors_find(&st, name);
-    if (!t) FAIL("no tensor " << name << " in " << path);
-    return safetensors_read_vec(&st, name, t->shape);
-}
-
-// max |a - b| / max |b|: the error relative to the tensor's scale
-static double rel_err(const float* a, const std::vector<float>& b) {
-    double maxb = 0, maxd = 0;
-    for (size_t i = 0; i < b.size(); i++) {
-        maxb = std::max(maxb, (double)fabsf(b[i]));
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= maxd)) maxd = std::isnan(d) ? INFINITY : d;
-    }
-    return maxd / (maxb > 0 ? maxb : 1.0);
-}
-static double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-    REQUIRE(a.size() == b.size());
-    return rel_err(a.data(), b);
-}
-
-#define CHECK_CLOSE(ours, theirs, tol, what) do { double e_ = rel_err(ours, theirs); INFO(what << " rel err " << e_); CHECK(e_ <= (tol)); } while (0)
+#include "test_common.h"
 
 static const double PASS_TOL = 2e-5;   // single passes (see the top comment)
 static const double STEPS_TOL = 1e-4;  // after 10 Adam updates
-
-static const char* REF_ARGS_COMMON = "--n-layer 3 --n-head 2 --d-model 32 --vocab 97 --max-t 16 --layer 1 --dict-size 64 "
-                                     "--batch 2 --seq-len 8 --grad-accum 2 --steps 10 --lr 1e-3 --warmup-samples 8 --samples 200";
-
-static std::string ref_for_mode(const std::string& mode) {
-    return reference(mode == "e2e+ds" ? "e2e_ds" : mode, std::string(REF_ARGS_COMMON) + " --mode " + mode);
-}
 
 // an engine on the reference model and SAE, configured like the reference run
 static void engine_from_ref(Engine* e, const std::string& dir, const std::string& mode, int accum = 2) {
@@ -105,15 +40,6 @@ static void engine_from_ref(Engine* e, const std::string& dir, const std::string
     gpt2_load(&e->model, dir + "/model.safetensors");
     sae_load(&e->sae, dir + "/init_sae", e->model.config.channels);
     engine_init(e, cfg, cfg.batch);
-}
-
-static std::vector<int> ref_tokens(const std::string& dir, int rows, int T) {
-    DataLoader dl;
-    dataloader_init(&dl, dir + "/train.bin", "--train", 1, T, 1 << 16, false, 0);
-    std::vector<int> tok((size_t)rows * T);
-    dataloader_get_rows(&dl, 0, rows, tok.data());
-    dataloader_free(&dl);
-    return tok;
 }
 
 // ----------------------------------------------------------------------------
@@ -240,60 +166,9 @@ TEST_CASE("e2e+ds mode: one micro-batch matches PyTorch", "[pass]") { check_sing
 // ----------------------------------------------------------------------------
 // ten optimizer steps through the real command line
 
-static std::string trainer_cmd(const std::string& dir, const std::string& mode, const std::string& out, const std::string& extra) {
-    return "./train_gpt2_sae_cpu --model " + dir + "/model.safetensors --train " + dir + "/train.bin --val " + dir +
-           "/val.bin --layer 1 --mode " + mode + " --batch 2 --seq-len 8 --grad-accum 2 --lr 1e-3 --warmup-samples 8 --samples 200 "
-           "--max-grad-norm 0.1 --shuffle 0 --init-sae " + dir + "/init_sae --eval-samples 0 --out " + out + " " + extra;
-}
-
-// the training lines of a JSON-lines log, as parsed objects
-static std::vector<JsonValue> read_log(const std::string& path) {
-    std::ifstream f(path);
-    REQUIRE(f.good());
-    std::vector<JsonValue> lines;
-    std::string line;
-    while (std::getline(f, line)) {
-        JsonValue v;
-        REQUIRE(json_parse(line, v));
-        if (!v.get("eval")) lines.push_back(v);
-    }
-    return lines;
-}
-
-static void check_ten_steps(const std::string& mode) {
-    std::string dir = ref_for_mode(mode);
-    std::string ep = dir + "/expected.safetensors";
-    std::string out = "build/test_out/steps_" + std::string(mode == "e2e+ds" ? "e2e_ds" : mode);
-    run_cmd("rm -rf " + out);
-    RunResult r = run_cmd(trainer_cmd(dir, mode, out, "--max-steps 10"));
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    auto log = read_log(out + "/log.jsonl");
-    REQUIRE(log.size() == 10);
-    std::vector<std::string> keys = {"loss", "sparsity", "mse", "l0", "grad_norm", "lr"};
-    if (mode != "local") { keys.push_back("kl"); keys.push_back("ds_mse"); }
-    int clipped = 0;
-    for (const std::string& k : keys) {
-        auto ref = read_tensor(ep, "steps_" + k);
-        REQUIRE(ref.size() == 10);
-        for (int s = 0; s < 10; s++) {
-            const JsonValue* v = log[s].get(k);
-            REQUIRE(v != nullptr);
-            REQUIRE(v->kind == JsonValue::NUMBER);
-            INFO(mode << " step " << s + 1 << " " << k << ": ours " << v->num << " torch " << ref[s]);
-            CHECK(fabs(v->num - ref[s]) <= STEPS_TOL * fabs(ref[s]) + 1e-12);
-            if (k == "grad_norm" && ref[s] > 0.1) clipped++;
-        }
-    }
-    CHECK(clipped > 0);  // the run must exercise clipping
-    const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
-    for (const char* n : names)
-        CHECK_CLOSE(read_tensor(out + "/train_state.safetensors", n), read_tensor(ep, std::string("final_") + n), STEPS_TOL, mode << " final " << n);
-}
-
-TEST_CASE("local mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("local"); }
-TEST_CASE("e2e mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("e2e"); }
-TEST_CASE("e2e+ds mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("e2e+ds"); }
+TEST_CASE("local mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("./train_gpt2_sae_cpu", "local", "", STEPS_TOL, "cpu"); }
+TEST_CASE("e2e mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("./train_gpt2_sae_cpu", "e2e", "", STEPS_TOL, "cpu"); }
+TEST_CASE("e2e+ds mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("./train_gpt2_sae_cpu", "e2e+ds", "", STEPS_TOL, "cpu"); }
 
 // ----------------------------------------------------------------------------
 // loading
@@ -334,39 +209,7 @@ TEST_CASE("HF safetensors in F16/BF16 with the transformer. prefix, and llm.c .b
 // ----------------------------------------------------------------------------
 // resume
 
-TEST_CASE("resume after 4 steps continues bit-exactly", "[resume]") {
-    std::string dir = ref_for_mode("e2e+ds");
-    std::string full = "build/test_out/resume_full", part = "build/test_out/resume_part";
-    run_cmd("rm -rf " + full + " " + part);
-    for (const char* shuffle : {"0", "1"}) {
-        std::string extra = std::string("--shuffle ") + shuffle + " ";
-        // --shuffle appears twice: the later value wins in our parser, as for any repeated flag
-        RunResult r1 = run_cmd(trainer_cmd(dir, "e2e+ds", full, extra + "--max-steps 10"));
-        REQUIRE(r1.code == 0);
-        RunResult r2 = run_cmd(trainer_cmd(dir, "e2e+ds", part, extra + "--max-steps 4"));
-        REQUIRE(r2.code == 0);
-        RunResult r3 = run_cmd(trainer_cmd(dir, "e2e+ds", part, extra + "--max-steps 10 --resume " + part));
-        INFO(r3.out);
-        REQUIRE(r3.code == 0);
-        auto a = read_log(full + "/log.jsonl"), b = read_log(part + "/log.jsonl");
-        REQUIRE(a.size() == 10);
-        REQUIRE(b.size() == 10);
-        for (int s = 0; s < 10; s++)
-            for (const char* k : {"step", "lr", "loss", "kl", "sparsity", "mse", "ds_mse", "l0", "grad_norm"}) {
-                INFO("shuffle " << shuffle << " step " << s + 1 << " " << k);
-                CHECK(a[s].get(k)->num == b[s].get(k)->num);
-            }
-        SafeTensors sa, sb;
-        safetensors_open(&sa, full + "/train_state.safetensors");
-        safetensors_open(&sb, part + "/train_state.safetensors");
-        for (const auto& ti : sa.tensors) {
-            auto x = safetensors_read_vec(&sa, ti.name, ti.shape), y = safetensors_read_vec(&sb, ti.name, ti.shape);
-            INFO(ti.name);
-            CHECK(memcmp(x.data(), y.data(), x.size() * 4) == 0);
-        }
-        run_cmd("rm -rf " + full + " " + part);
-    }
-}
+TEST_CASE("resume after 4 steps continues bit-exactly", "[resume]") { check_resume("./train_gpt2_sae_cpu", ""); }
 
 // ----------------------------------------------------------------------------
 // bad input: a clear one-line error, exit code 1, nothing written
@@ -467,7 +310,7 @@ TEST_CASE("NaN in the loss stops the run without writing", "[errors]") {
     run_cmd("cp " + dir + "/config.json " + bad + "/");
     std::string out = "build/test_out/nan";
     run_cmd("rm -rf " + out);
-    std::string cmd = trainer_cmd(dir, "e2e", out, "--max-steps 3");
+    std::string cmd = trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 3");
     cmd.replace(cmd.find(dir + "/model.safetensors"), (dir + "/model.safetensors").size(), bad + "/model.safetensors");
     RunResult r = run_cmd(cmd);
     INFO(r.out);

@@ -298,3 +298,91 @@ TEST_CASE("bad text and bad ids: one line, exit 1") {
     REQUIRE(code2 == 1);
     REQUIRE(msg2.find("50257") != std::string::npos);
 }
+
+// ----------------------------------------------------------------------------
+// dev/data/prepare_text (built by `make prepare_text`): the shipped tinyshakespeare shards
+
+static const char* EXPECT_DIR = "../shared/models/tinyshakespeare-gpt2-4L256";
+
+TEST_CASE("prepare_text reproduces the published tinyshakespeare shards byte for byte") {
+    INFO("needs ./prepare_text: run make prepare_text");
+    REQUIRE(access("./prepare_text", X_OK) == 0);
+    std::string prefix = tmp().file("shards/tinyshakespeare");
+    std::string cmd = std::string("./prepare_text -o ") + prefix + " --encoder " + ENCODER + " --vocab " + VOCAB + " " +
+                      SHAKESPEARE + " > " + tmp().file("prepare.log");
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    for (const char* split : {"train", "val"}) {
+        INFO(split);
+        std::string ours = tokenizer_read_file((prefix + "_" + split + ".bin").c_str());
+        std::string theirs = tokenizer_read_file((std::string(EXPECT_DIR) + "/tinyshakespeare_" + split + ".bin").c_str());
+        bool identical = ours == theirs;
+        REQUIRE(identical);
+        REQUIRE(!std::filesystem::exists(prefix + "_" + split + ".bin.tmp"));
+    }
+    // 338,029 tokens = 338,025 plain + 7,222 <|endoftext|> - 7,221 "\n" "\n" pairs that became
+    // one "\n\n" token at document ends + 3 more for the "\n\n" added after the last document
+    std::string val = tokenizer_read_file((prefix + "_val.bin").c_str());
+    const int32_t* header = (const int32_t*)val.data();
+    REQUIRE(header[0] == 20240520);
+    REQUIRE(header[1] == 1);
+    REQUIRE(header[2] == 33802);  // floor(0.1 * 338029)
+}
+
+TEST_CASE("prepare_text: bad input gives one line and exit 1, and writes nothing") {
+    REQUIRE(access("./prepare_text", X_OK) == 0);
+    std::string prefix = tmp().file("bad/out");
+    auto run = [&](const std::string& args) {
+        std::string err = tmp().file("prepare_err.txt");
+        int rc = std::system(("./prepare_text -o " + prefix + " --encoder " + ENCODER + " --vocab " + VOCAB + " " + args +
+                              " > /dev/null 2> " + err).c_str());
+        std::ifstream f(err);
+        std::string msg((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        return std::make_pair(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, msg);
+    };
+    std::string missing = tmp().file("no_such_text.txt");
+    auto [rc1, msg1] = run(missing);
+    INFO(msg1);
+    REQUIRE(rc1 == 1);
+    REQUIRE(msg1.find(missing) != std::string::npos);
+
+    std::string latin1 = tmp().file("latin1.txt");
+    write_file(latin1, "caf\xE9\n");
+    auto [rc2, msg2] = run(latin1);
+    INFO(msg2);
+    REQUIRE(rc2 == 1);
+    REQUIRE(msg2.find(latin1) != std::string::npos);
+
+    auto [rc3, msg3] = run(std::string("--val-fraction 1.5 ") + SHAKESPEARE);
+    INFO(msg3);
+    REQUIRE(rc3 == 1);
+    REQUIRE(msg3.find("--val-fraction") != std::string::npos);
+
+    REQUIRE(!std::filesystem::exists(tmp().file("bad")));
+}
+
+TEST_CASE("prepare_text: documents, separators and the val cut on a small file") {
+    REQUIRE(access("./prepare_text", X_OK) == 0);
+    std::string in = tmp().file("small.txt"), prefix = tmp().file("small/out");
+    write_file(in, "one\n\ntwo\n\n\n\nthree\n");  // "\n\n\n\n" leaves an empty document: dropped
+    std::string cmd = "./prepare_text -o " + prefix + " --val-fraction 0.25 --encoder " + ENCODER + " --vocab " + VOCAB + " " +
+                      in + " > /dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    std::vector<int> expect;
+    for (const char* doc : {"one\n\n", "two\n\n", "three\n\n\n"}) {
+        expect.push_back(50256);
+        std::vector<int> ids = tokenizer_encode(&gpt2(), doc);
+        expect.insert(expect.end(), ids.begin(), ids.end());
+    }
+    std::vector<int> got;
+    size_t n_val = 0;
+    for (const char* split : {"val", "train"}) {
+        std::string b = tokenizer_read_file((prefix + "_" + split + ".bin").c_str());
+        REQUIRE(b.size() >= 1024);
+        int32_t n = ((const int32_t*)b.data())[2];
+        REQUIRE(b.size() == 1024 + 2 * (size_t)n);
+        if (std::string(split) == "val") n_val = n;
+        for (int32_t i = 0; i < n; i++) got.push_back(((const uint16_t*)(b.data() + 1024))[i]);
+    }
+    REQUIRE(got == expect);
+    REQUIRE(n_val == expect.size() / 4);
+}

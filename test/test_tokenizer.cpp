@@ -319,8 +319,8 @@ TEST_CASE("prepare_text reproduces the published tinyshakespeare shards byte for
         REQUIRE(identical);
         REQUIRE(!std::filesystem::exists(prefix + "_" + split + ".bin.tmp"));
     }
-    // 338,029 tokens = 338,025 plain + 7,222 <|endoftext|> - 7,221 "\n" "\n" pairs that became
-    // one "\n\n" token at document ends + 3 more for the "\n\n" added after the last document
+    // 7,222 documents, 338,029 tokens in all (not 338,025 + 7,222: a "\n\n" that ends a
+    // document is one token, where inside running text it was "\n" "\n")
     std::string val = tokenizer_read_file((prefix + "_val.bin").c_str());
     const int32_t* header = (const int32_t*)val.data();
     REQUIRE(header[0] == 20240520);

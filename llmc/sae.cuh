@@ -13,23 +13,25 @@ Dtypes in bf16 mode: c, dc and dpre (N,D) are all floatX (bf16): at N=8192, D=46
 377M elements, 755 MB in bf16 instead of 1.5 GB in fp32. The L1 + ReLU backward computes in
 fp32 and rounds once on store. Bias gradients and statistics always accumulate in fp32.
 
-The matmuls, in row-major terms (cuBLAS is column-major: a row-major (R,K) matrix is a
-column-major (K,R) one, so row-major out = A·B is column-major outᵀ = Bᵀ·Aᵀ):
-  encoder  c (N,D)          = relu(x (N,C) · W_enc (C,D) + b_enc)   no transpose of W_enc
-           column-major: cᵀ (D,N) = W_enc_cm (D,C) · x_cm (C,N); m=D n=N k=C, both ops N,
-           lda=D ldb=C ldc=D, bias b_enc along m -> epilogue RELU_BIAS
-  decoder  x_hat (N,C)      = c (N,D) · W_dec_norm (D,C) + b_dec
-           column-major: m=C n=N k=D, A = W_dec_norm (op N, lda=C), B = c (op N, ldb=D),
-           bias b_dec along m -> epilogue BIAS
-  backward dc (N,D)         = dx_hat (N,C) · W_dec_normᵀ           m=D n=N k=C, A = W_dec_norm op T (lda=C), B = dx_hat op N (ldb=C)
-           dW_dec_norm (D,C) = cᵀ · dx_hat   (fp32 out)            m=C n=D k=N, A = dx_hat op N (lda=C), B = c op T (ldb=D)
-           dW_enc (C,D)     = xᵀ · dpre     (fp32 out, accumulate) m=D n=C k=N, A = dpre op N (lda=D), B = x op T (ldb=C)
-           db_enc = colsum(dpre), db_dec = colsum(dx_hat)          bias_grad_colsum below
-           dW_dec = sae_decoder_normalize_backward(dW_dec_norm)
+The matmuls, in matmul_cublaslt's row-major terms (D (m,n) = op(A) (m,k) · op(B) (k,n); transA
+means A is stored (k,m), transB that B is stored (n,k)). W_enc is stored (C,D) = [in, out], so
+unlike nn.Linear's [out, in] weights it is used without a transpose:
+  encoder   c (N,D)           = relu(x (N,C) · W_enc (C,D) + b_enc)  m=N n=D k=C, RELU_BIAS
+  decoder   x_hat (N,C)       = c (N,D) · W_dec_norm (D,C) + b_dec   m=N n=C k=D, BIAS
+  backward  dc (N,D)          = dx_hat (N,C) · W_dec_normᵀ          m=N n=D k=C, transB
+            dW_dec_norm (D,C) = cᵀ · dx_hat            (fp32 out)    m=D n=C k=N, transA, accumulate
+            dW_enc (C,D)      = xᵀ · dpre              (fp32 out)    m=C n=D k=N, transA, accumulate
+            db_enc = colsum(dpre), db_dec = colsum(dx_hat)          bias_grad_colsum below
+            dW_dec = sae_decoder_normalize_backward(dW_dec_norm)    once per update (it is linear
+                     in dW_dec_norm, and W_dec is fixed within an update)
+(cuBLAS itself is column-major: a row-major (R,K) matrix is a column-major (K,R) one, so the
+encoder is cᵀ (D,N) = W_enc_cm (D,C) · xᵀ (C,N) with lda = D, ldb = C, ldc = D, both ops N, and
+the bias runs along cuBLAS's m = D; dev/cuda/sae_encoder_forward.cu checks that layout, with the
+bias added by add_bias_relu_inplace, and through matmul_cublaslt's RELU_BIAS epilogue.)
 Those wrappers are left to the trainer: they are one matmul_cublaslt call each. Note that
 cuBLASLt's bias has the output's type: in bf16 mode b_enc / b_dec need a bf16 copy for the
 epilogues, or the matmul writes without bias and add_bias_relu_inplace (below) adds the fp32
-bias in a separate pass (dev/cuda/sae_encoder_forward.cu times both shapes of that).
+bias in a separate pass (dev/cuda/sae_encoder_forward.cu times that pass).
 
 Determinism: no float atomics anywhere in this file. Reductions to scalars write one partial
 per block into a static device array and sum the partials in a fixed order
@@ -68,6 +70,7 @@ __global__ void sae_decoder_normalize_kernel(floatX* W_dec_norm, float* inv_norm
 template <typename floatX>
 void sae_decoder_normalize(floatX* W_dec_norm, float* inv_norm, const float* W_dec, int D, int C, cudaStream_t stream) {
     NVTX_RANGE_FN();
+    if (D == 0) return;
     const int block_size = 256;  // 8 rows per block
     sae_decoder_normalize_kernel<<<ceil_div(D, block_size / 32), block_size, 0, stream>>>(W_dec_norm, inv_norm, W_dec, D, C);
     cudaLaunchCheck();
@@ -108,6 +111,7 @@ static __global__ void sae_decoder_normalize_backward_kernel(float* dW_dec, cons
 inline void sae_decoder_normalize_backward(float* dW_dec, const float* dW_dec_norm, const float* W_dec, const float* inv_norm,
                                            int D, int C, cudaStream_t stream) {
     NVTX_RANGE_FN();
+    if (D == 0) return;
     const int block_size = 256;
     sae_decoder_normalize_backward_kernel<<<ceil_div(D, block_size / 32), block_size, 0, stream>>>(dW_dec, dW_dec_norm, W_dec, inv_norm, D, C);
     cudaLaunchCheck();

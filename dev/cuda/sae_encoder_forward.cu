@@ -3,18 +3,22 @@ SAE encoder forward, c (N,D) = relu(x (N,C) · W_enc (C,D) + b_enc (D)), done as
 matmul plus a pass for the bias and the ReLU. Checks the layout (W_enc row-major (C,D) is used
 without a transpose: in cuBLAS's column-major terms cᵀ = W_enc_cm · xᵀ with m = D, n = N, k = C,
 lda = D, ldb = C, ldc = D) and llmc's add_bias_relu_inplace, and times what the extra pass costs.
-The trainer's path is cuBLASLt's RELU_BIAS epilogue (llmc/matmul.cuh, no extra pass), measured in
-dev/cuda/matmul.cu; this bench gives the cost it saves.
+The trainer's path is variant 3, cuBLASLt's RELU_BIAS epilogue through llmc/matmul.cuh (no extra
+pass, the bias in the output's type as the trainer's cast copy of b_enc).
 
 Build and run:
   cd dev/cuda && make sae_encoder_forward
   ./sae_encoder_forward         GPU checks (fp32 and bf16), then timings
   ./sae_encoder_forward cpu     CPU self-test only (no GPU needed)
-Variants (after cublasGemmEx writes x·W_enc into c):
-  1  bias and ReLU as two separate passes (add_bias_relu_inplace without ReLU, then a ReLU kernel)
-  2  llmc: bias + ReLU fused in one pass (add_bias_relu_inplace with relu)
-Checks: (N,C,D) = (37,100,1000) (5,768,4099) in full, (8192,768,46080) on 16 rows; c poisoned
-first. Tolerance per element: rtol · (Σ_k |x_k W_kj| + |b_j|) with rtol 1e-5 (fp32: cuBLAS in true
+Variants:
+  1  cublasGemmEx writes x·W_enc into c, then bias and ReLU as two separate passes
+     (add_bias_relu_inplace without ReLU, then a ReLU kernel)
+  2  cublasGemmEx, then bias + ReLU fused in one pass (add_bias_relu_inplace with relu)
+  3  the trainer's call: matmul_cublaslt(c, x, W_enc, b_enc, N, D, C, no transposes, RELU_BIAS)
+     with b_enc cast to floatX (run on the 16-byte aligned shapes only: cuBLASLt may have no
+     algorithm for odd row strides, and this bench should not die on that)
+Checks: (N,C,D) = (37,100,1000) (5,768,4099) (variants 1, 2) and (64,768,4096) (all) in full,
+(8192,768,46080) on 16 rows (all); c poisoned first. Tolerance per element: rtol · (Σ_k |x_k W_kj| + |b_j|) with rtol 1e-5 (fp32: cuBLAS in true
 fp32 sums in another order than the double reference) or 8e-3 (bf16: the matmul output and the
 biased value are each rounded to bf16, 2^-9 relative each). Exit code 1 on any mismatch.
 */
@@ -22,6 +26,7 @@ biased value are each rounded to bf16, 2^-9 relative each). Exit code 1 on any m
 #include <cublas_v2.h>
 #include "common.h"
 #include "../../llmc/sae.cuh"
+#include "../../llmc/matmul.cuh"
 
 // ----------------------------------------------------------------------------
 // CPU reference for one token: c (D) and the magnitude Σ_k |x_k W_kj| + |b_j| for the tolerance
@@ -79,6 +84,13 @@ __global__ void relu_inplace_kernel(floatX* out, size_t n) {
     }
 }
 
+// the trainer's encoder: one cuBLASLt call, bias (D) of the output's type, ReLU in the epilogue
+template <typename floatX>
+void encoder_cublaslt(floatX* c, const floatX* x, const floatX* W_enc, const floatX* b_enc_x, int N, int C, int D) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    matmul_cublaslt(c, x, W_enc, b_enc_x, N, D, C, false, false, t, t, false, CUBLASLT_EPILOGUE_RELU_BIAS, nullptr, 0);
+}
+
 template <typename floatX>
 void bias_relu_variant(int variant, floatX* c, const float* b_enc, int N, int D) {
     if (variant == 1) {
@@ -105,11 +117,18 @@ int check_encoder(int variant, int N, int C, int D, int sample_rows, float rtol)
     fill_random(d_W, (size_t)C * D, 702, -w_range, w_range);
     fill_random(d_b, (size_t)D, 703, -w_range, w_range);
     poison(d_c, (size_t)N * D * sizeof(floatX));
-    encoder_matmul(d_c, d_x, d_W, N, C, D);
-    bias_relu_variant(variant, d_c, d_b, N, D);
+    floatX* d_b_x = device_alloc<floatX>(D);  // variant 3's bias, in the output's type
+    fill_random(d_b_x, (size_t)D, 703, -w_range, w_range);
+    if (variant == 3) {
+        encoder_cublaslt(d_c, d_x, d_W, d_b_x, N, C, D);
+    } else {
+        encoder_matmul(d_c, d_x, d_W, N, C, D);
+        bias_relu_variant(variant, d_c, d_b, N, D);
+    }
 
     std::vector<float> W = host_random_array<floatX>((size_t)C * D, 702, -w_range, w_range);
-    std::vector<float> b = host_random_array<float>(D, 703, -w_range, w_range);
+    std::vector<float> b = variant == 3 ? host_random_array<floatX>(D, 703, -w_range, w_range)
+                                        : host_random_array<float>(D, 703, -w_range, w_range);
     std::vector<float> x(C), c_ref(D), mag(D);
     const int rows = sample_rows > 0 ? sample_rows : N;
     size_t bad = 0, positive = 0;
@@ -131,16 +150,19 @@ int check_encoder(int variant, int N, int C, int D, int sample_rows, float rtol)
     }
     printf("  encoder v%d N=%d C=%d D=%d (%d rows, %.0f%% of c > 0): max abs err %.2e %s\n", variant, N, C, D, rows,
            100.0 * positive / ((double)rows * D), max_err, bad ? "FAIL" : "ok");
-    cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_c));
+    cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_b_x));
     return bad > 0;
 }
 
 template <typename floatX>
 int run_checks(float rtol) {
     int failures = 0;
-    for (int variant = 1; variant <= 2; variant++) {
-        failures += check_encoder<floatX>(variant, 37, 100, 1000, 0, rtol);
-        failures += check_encoder<floatX>(variant, 5, 768, 4099, 0, rtol);
+    for (int variant = 1; variant <= 3; variant++) {
+        if (variant != 3) {
+            failures += check_encoder<floatX>(variant, 37, 100, 1000, 0, rtol);
+            failures += check_encoder<floatX>(variant, 5, 768, 4099, 0, rtol);
+        }
+        failures += check_encoder<floatX>(variant, 64, 768, 4096, 0, rtol);
         failures += check_encoder<floatX>(variant, 8192, 768, 46080, 16, rtol);
     }
     return failures;
@@ -156,19 +178,24 @@ void run_benchmarks() {
     floatX* d_x = device_alloc<floatX>((size_t)N * C);
     floatX* d_W = device_alloc<floatX>((size_t)C * D);
     float* d_b = device_alloc<float>(D);
+    floatX* d_b_x = device_alloc<floatX>(D);
     floatX* d_c = device_alloc<floatX>(nd);
     fill_random(d_x, (size_t)N * C, 1, -2.0f, 2.0f);
     fill_random(d_W, (size_t)C * D, 2, -0.036f, 0.036f);
     fill_random(d_b, (size_t)D, 3, -0.036f, 0.036f);
+    fill_random(d_b_x, (size_t)D, 3, -0.036f, 0.036f);
     float ms = benchmark_kernel(2, 10, [&] { encoder_matmul(d_c, d_x, d_W, N, C, D); });
-    printf("  %s matmul x·W_enc             %8.3f ms  %7.1f TFLOP/s\n", type_name<floatX>(), ms, 2.0 * N * C * D / (ms / 1e3) / 1e12);
+    printf("  %s cublasGemmEx x·W_enc       %8.3f ms  %7.1f TFLOP/s\n", type_name<floatX>(), ms, 2.0 * N * C * D / (ms / 1e3) / 1e12);
+    ms = benchmark_kernel(2, 10, [&] { encoder_cublaslt(d_c, d_x, d_W, d_b_x, N, C, D); });
+    printf("  %s v3 cuBLASLt RELU_BIAS      %8.3f ms  %7.1f TFLOP/s (matmul + bias + relu)\n", type_name<floatX>(), ms,
+           2.0 * N * C * D / (ms / 1e3) / 1e12);
     for (int variant = 1; variant <= 2; variant++) {
         const double bytes = (variant == 1 ? 4.0 : 2.0) * nd * X;  // each pass reads and writes c
         ms = benchmark_kernel(3, 20, [&] { bias_relu_variant(variant, d_c, d_b, N, D); });
         printf("  %s bias+relu v%d (%s)  %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", type_name<floatX>(), variant,
                variant == 1 ? "two passes" : "one pass  ", ms, bytes / (ms / 1e3) / 1e9, 100.0 * bytes / (ms / 1e3) / 3.0e12);
     }
-    cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_c));
+    cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_b_x));
 }
 
 int main(int argc, char** argv) {
@@ -177,6 +204,7 @@ int main(int argc, char** argv) {
     int failures = cpu_self_test();
     if (!cpu_only) {
         cublasCheck(cublasCreate(&cublas_handle));
+        matmul_init();
         printf("fp32:\n");
         failures += run_checks<float>(1e-5f);
         printf("bf16:\n");
@@ -185,6 +213,7 @@ int main(int argc, char** argv) {
         run_benchmarks<float>();
         run_benchmarks<bf16>();
         cublasCheck(cublasDestroy(cublas_handle));
+        matmul_destroy();
     }
     printf("sae_encoder_forward: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
     return failures ? 1 : 0;

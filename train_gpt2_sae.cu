@@ -583,6 +583,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
     Engine<floatX> e;
     e.host_model = host_model;
     e.host_sae = host_sae;
+    sae_bind(&e.host_sae);  // the copy's pointers must point into its own block
     DataLoader train_loader, val_loader;
     const GPT2Config& mc = host_model.config;
     bool have_val = cfg.eval_samples > 0 && (cfg.val_given || glob_matches(cfg.val));

@@ -27,15 +27,20 @@ struct SAE {
 };
 static const char* SAE_TENSOR_NAMES[NUM_SAE_TENSORS] = {"W_enc", "b_enc", "W_dec", "b_dec"};
 
+// points W_enc..b_dec into the block; call again after copying an SAE (the copy has its own block)
+inline void sae_bind(SAE* sae) {
+    sae->W_enc = sae->memory.data();
+    sae->b_enc = sae->W_enc + sae->sizes[0];
+    sae->W_dec = sae->b_enc + sae->sizes[1];
+    sae->b_dec = sae->W_dec + sae->sizes[2];
+}
+
 inline void sae_allocate(SAE* sae, int C, int D) {
     sae->C = C; sae->D = D;
     sae->sizes[0] = (size_t)C * D; sae->sizes[1] = D; sae->sizes[2] = (size_t)D * C; sae->sizes[3] = C;
     sae->num_parameters = sae->sizes[0] + sae->sizes[1] + sae->sizes[2] + sae->sizes[3];
     sae->memory.assign(sae->num_parameters, 0.0f);
-    sae->W_enc = sae->memory.data();
-    sae->b_enc = sae->W_enc + sae->sizes[0];
-    sae->W_dec = sae->b_enc + sae->sizes[1];
-    sae->b_dec = sae->W_dec + sae->sizes[2];
+    sae_bind(sae);
 }
 
 inline std::vector<int64_t> sae_tensor_shape(const SAE* sae, int i) {

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""
+dev/compare_runs.py -- how closely two training runs agree: their JSON-lines logs (every loss
+term of every step) and their exported SAEs (sae_weights.safetensors). Used to compare
+train_gpt2_sae (fp32 or bf16) with train_gpt2_sae_cpu on the same model, data and initial SAE.
+
+    python3 dev/compare_runs.py RUN_A RUN_B [--tol 1e-4]
+
+Prints, per term, the largest relative difference over the steps, and per tensor
+max|a-b| / max|b|; exits 1 if any exceeds --tol. Needs numpy only.
+"""
+import argparse
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+DT = {"F32": np.float32, "F16": np.float16}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = np.frombuffer(data[a:b], dtype=DT[v["dtype"]]).reshape(v["shape"]).astype(np.float64)
+    return out
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip() and "eval" not in json.loads(line)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--tol", type=float, default=1e-4)
+    args = p.parse_args()
+    worst = 0.0
+    la, lb = read_log(os.path.join(args.a, "log.jsonl")), read_log(os.path.join(args.b, "log.jsonl"))
+    if len(la) != len(lb):
+        sys.exit(f"logs differ in length: {len(la)} vs {len(lb)} steps")
+    for key in ["loss", "kl", "sparsity", "mse", "ds_mse", "l0", "grad_norm", "lr"]:
+        pairs = [(x.get(key), y.get(key)) for x, y in zip(la, lb) if x.get(key) is not None and y.get(key) is not None]
+        if not pairs:
+            continue
+        err = max(abs(x - y) / max(abs(y), 1e-30) for x, y in pairs)
+        worst = max(worst, err)
+        print(f"  log {key:10s} max rel diff over {len(pairs)} steps: {err:.3e}")
+    sa = read_safetensors(os.path.join(args.a, "sae_weights.safetensors"))
+    sb = read_safetensors(os.path.join(args.b, "sae_weights.safetensors"))
+    for k in ["W_enc", "b_enc", "W_dec", "b_dec"]:
+        err = np.abs(sa[k] - sb[k]).max() / max(np.abs(sb[k]).max(), 1e-30)
+        worst = max(worst, err)
+        print(f"  SAE {k:10s} max|a-b|/max|b|: {err:.3e}")
+    print(f"worst {worst:.3e} (tol {args.tol:g}): {'OK' if worst <= args.tol else 'EXCEEDS'}")
+    sys.exit(0 if worst <= args.tol else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ reference, and event timing (median of repeats after warm-up).
 #include <math.h>
 #include <vector>
 #include <algorithm>
+#include <thread>
 #include "../../llmc/cuda_common.cuh"
 
 // deterministic xorshift so every run draws the same inputs for a given seed
@@ -166,10 +167,19 @@ float host_random(size_t i, unsigned long long seed, float lo, float hi, float r
     if (relu_shift > 0.0f) x = fmaxf(x - relu_shift, 0.0f);
     return (float)(T)x;
 }
+// the whole array, on all host cores (each element depends only on its index, so any split gives
+// the same result; 377M elements take seconds on one core)
 template <typename T>
 std::vector<float> host_random_array(size_t n, unsigned long long seed, float lo, float hi, float relu_shift = 0.0f) {
     std::vector<float> h(n);
-    for (size_t i = 0; i < n; i++) h[i] = host_random<T>(i, seed, lo, hi, relu_shift);
+    auto fill = [&](size_t begin, size_t end) {
+        for (size_t i = begin; i < end; i++) h[i] = host_random<T>(i, seed, lo, hi, relu_shift);
+    };
+    const size_t num_threads = n < (1u << 20) ? 1 : std::min<size_t>(32, std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> threads;
+    for (size_t t = 1; t < num_threads; t++) threads.emplace_back(fill, n * t / num_threads, n * (t + 1) / num_threads);
+    fill(0, n / num_threads);
+    for (auto& th : threads) th.join();
     return h;
 }
 

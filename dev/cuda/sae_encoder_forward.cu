@@ -18,9 +18,10 @@ Variants:
      with b_enc cast to floatX (run on the 16-byte aligned shapes only: cuBLASLt may have no
      algorithm for odd row strides, and this bench should not die on that)
 Checks: (N,C,D) = (37,100,1000) (5,768,4099) (variants 1, 2) and (64,768,4096) (all) in full,
-(8192,768,46080) on 8 rows (all); c poisoned first. Tolerance per element: rtol · (Σ_k |x_k W_kj| + |b_j|) with rtol 1e-5 (fp32: cuBLAS in true
-fp32 sums in another order than the double reference) or 8e-3 (bf16: the matmul output and the
-biased value are each rounded to bf16, 2^-9 relative each). Exit code 1 on any mismatch.
+(8192,768,46080) on 8 rows (all); c poisoned first. Tolerance per element:
+rtol · (Σ_k |x_k W_kj| + |b_j|) with rtol 1e-5 (fp32: cuBLAS in true fp32 sums in another order
+than the double reference) or 8e-3 (bf16: the matmul output and the biased value are each
+rounded to bf16, 2^-9 relative each). Exit code 1 on any mismatch.
 */
 #include <string.h>
 #include <cublas_v2.h>

@@ -89,15 +89,32 @@ void layernorm_backward_dinp(float* dinp, const float* dout, const float* inp, c
     }
 }
 
-// tiled so a block of weight rows stays in cache while every input row passes over it
-// (the LM head's weight is 50257 x C: streaming it once per token would be memory-bound)
+// tiled so a block of weight rows stays in cache while every input row passes over it (the LM
+// head's weight is 50257 x C: streaming it once per token would be memory-bound), and four
+// tokens share each load of a weight row
 void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N, int C, int OC) {
     // out (N,OC) = inp (N,C) . weight (OC,C)^T + bias (OC)
     const int OB = 64;
     #pragma omp parallel for schedule(dynamic)
     for (int ob = 0; ob < OC; ob += OB) {
         int oe = ob + OB < OC ? ob + OB : OC;
-        for (int n = 0; n < N; n++) {
+        int n = 0;
+        for (; n + 4 <= N; n += 4) {
+            const float* x0 = inp + (size_t)n * C;
+            const float *x1 = x0 + C, *x2 = x1 + C, *x3 = x2 + C;
+            for (int o = ob; o < oe; o++) {
+                const float* w = weight + (size_t)o * C;
+                float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+                #pragma omp simd reduction(+ : a0, a1, a2, a3)
+                for (int i = 0; i < C; i++) { a0 += x0[i] * w[i]; a1 += x1[i] * w[i]; a2 += x2[i] * w[i]; a3 += x3[i] * w[i]; }
+                float bo = bias ? bias[o] : 0.0f;
+                out[(size_t)n * OC + o] = a0 + bo;
+                out[(size_t)(n + 1) * OC + o] = a1 + bo;
+                out[(size_t)(n + 2) * OC + o] = a2 + bo;
+                out[(size_t)(n + 3) * OC + o] = a3 + bo;
+            }
+        }
+        for (; n < N; n++) {
             const float* x = inp + (size_t)n * C;
             for (int o = ob; o < oe; o++) {
                 const float* w = weight + (size_t)o * C;
@@ -111,17 +128,29 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
 }
 
 void matmul_backward_dinp(float* dinp, const float* dout, const float* weight, int N, int C, int OC, bool accumulate) {
-    // dinp (N,C) (+)= dout (N,OC) . weight (OC,C); a block of rows of dinp stays in cache per weight pass
-    const int NB = 32;
+    // dinp (N,C) (+)= dout (N,OC) . weight (OC,C); a block of rows of dinp stays in cache per
+    // weight pass, and four weight rows are folded into each pass over a row of dinp
+    const int NB = 16;
     #pragma omp parallel for schedule(dynamic)
     for (int nb = 0; nb < N; nb += NB) {
         int ne = nb + NB < N ? nb + NB : N;
         if (!accumulate) memset(dinp + (size_t)nb * C, 0, (size_t)(ne - nb) * C * sizeof(float));
-        for (int o = 0; o < OC; o++) {
+        int o = 0;
+        for (; o + 4 <= OC; o += 4) {
+            const float* w0 = weight + (size_t)o * C;
+            const float *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+            for (int n = nb; n < ne; n++) {
+                const float* d = dout + (size_t)n * OC + o;
+                float d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
+                float* dx = dinp + (size_t)n * C;
+                #pragma omp simd
+                for (int i = 0; i < C; i++) dx[i] += d0 * w0[i] + d1 * w1[i] + d2 * w2[i] + d3 * w3[i];
+            }
+        }
+        for (; o < OC; o++) {
             const float* w = weight + (size_t)o * C;
             for (int n = nb; n < ne; n++) {
                 float d = dout[(size_t)n * OC + o];
-                if (d == 0.0f) continue;
                 float* dx = dinp + (size_t)n * C;
                 for (int i = 0; i < C; i++) dx[i] += d * w[i];
             }

@@ -47,6 +47,9 @@ struct TrainConfig {
     std::string precision = "fp32";
     int device = 0;
     bool eval_only = false;
+    std::string dump_features;    // folder for the per-feature frequency and top activations
+    long long dump_tokens = 100000;
+    int dump_topk = 10;
 };
 
 inline void print_usage(const char* prog, bool gpu) {
@@ -83,6 +86,9 @@ inline void print_usage(const char* prog, bool gpu) {
     printf("  --eval-samples N        eval rows from --val [500]\n");
     printf("  --alive-window N        tokens per training alive window [500000]\n");
     printf("  --eval-only             with --init-sae: evaluate and exit\n");
+    printf("  --dump-features DIR     after training (or --eval-only): per-feature frequency and top activations\n");
+    printf("  --dump-tokens N         val tokens streamed for --dump-features [100000]\n");
+    printf("  --dump-topk K           top activations kept per feature [10]\n");
     if (gpu) {
         printf("  --precision P           bf16 | fp32 [bf16]\n");
         printf("  --device N              CUDA device [0]\n");
@@ -158,6 +164,9 @@ inline TrainConfig parse_args(int argc, char** argv, bool gpu) {
         else if (f == "--eval-every") c.eval_every = parse_int_flag(fl, v, 0, BIG);
         else if (f == "--eval-samples") c.eval_samples = (int)parse_int_flag(fl, v, 0, 1 << 24);
         else if (f == "--alive-window") c.alive_window = parse_int_flag(fl, v, 1, BIG);
+        else if (f == "--dump-features") c.dump_features = v;
+        else if (f == "--dump-tokens") c.dump_tokens = parse_int_flag(fl, v, 1, BIG);
+        else if (f == "--dump-topk") c.dump_topk = (int)parse_int_flag(fl, v, 1, 32);
         else if (f == "--precision") {
             c.precision = v;
             if (gpu ? (c.precision != "fp32" && c.precision != "bf16") : c.precision != "fp32")

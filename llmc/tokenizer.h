@@ -36,8 +36,8 @@ ends the program with a one-line error, as Python's str would refuse it too).
 
 // GPT-2's pre-tokenisation pattern, from openai/gpt-2 src/encoder.py:
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-// with each class spelled out so that PCRE2 agrees with Python's `regex` module on every code
-// point (test/test_tokenizer.cpp checks all of U+0000..U+10FFFF):
+// with each class spelled out so that PCRE2 agrees with Python's `regex` module on every
+// code point (test/test_tokenizer.cpp checks every code point of planes 0-3 and 14):
 // - \s: `regex` uses Unicode's White_Space property; PCRE2's \s also takes U+180E.
 // - \p{L}, \p{N}: PCRE2 10.42 has Unicode 14 tables, `regex` 2022.10 has Unicode 15; the
 //   ranges below are the letters and numbers Unicode 15 added (harmless with newer PCRE2).
@@ -45,10 +45,13 @@ ends the program with a one-line error, as Python's str would refuse it too).
 #define GPT2_L "\\p{L}\\x{1123F}-\\x{11240}\\x{11F02}\\x{11F04}-\\x{11F10}\\x{11F12}-\\x{11F33}\\x{1342F}\\x{13441}-\\x{13446}" \
                "\\x{1B132}\\x{1B155}\\x{1DF25}-\\x{1DF2A}\\x{1E030}-\\x{1E06D}\\x{1E4D0}-\\x{1E4EB}\\x{2B739}\\x{31350}-\\x{323AF}"
 #define GPT2_N "\\p{N}\\x{11F50}-\\x{11F59}\\x{1D2C0}-\\x{1D2D3}\\x{1E4F0}-\\x{1E4F9}"
-static const char* GPT2_SPLIT_PATTERN =
+static const char* const GPT2_SPLIT_PATTERN =
     "'s|'t|'re|'ve|'m|'ll|'d| ?[" GPT2_L "]+| ?[" GPT2_N "]+| ?[^" GPT2_WS GPT2_L GPT2_N "]+"
     "|[" GPT2_WS "]+(?![^" GPT2_WS "])|[" GPT2_WS "]+";
-static const char* GPT2_EOT_STRING = "<|endoftext|>";
+#undef GPT2_WS
+#undef GPT2_L
+#undef GPT2_N
+static const char* const GPT2_EOT_STRING = "<|endoftext|>";
 
 struct Tokenizer {
     int vocab_size = 0;
@@ -99,7 +102,7 @@ static inline std::string tokenizer_read_file(const char* path) {
 // ----------------------------------------------------------------------------
 // UTF-8
 
-static inline void utf8_append(std::string& out, uint32_t cp) {
+static inline void tokenizer_utf8_append(std::string& out, uint32_t cp) {
     if (cp < 0x80) {
         out += (char)cp;
     } else if (cp < 0x800) {
@@ -119,7 +122,7 @@ static inline void utf8_append(std::string& out, uint32_t cp) {
 
 // Decodes one code point at s[*i], advancing *i; returns -1 on an invalid sequence (overlong,
 // surrogate, > U+10FFFF, truncated), the same strictness as Python's and PCRE2's UTF-8 checks.
-static inline int32_t utf8_next(const std::string& s, size_t* i) {
+static inline int32_t tok_utf8_next(const std::string& s, size_t* i) {
     const unsigned char* p = (const unsigned char*)s.data() + *i;
     size_t left = s.size() - *i;
     uint32_t c = p[0];
@@ -141,11 +144,11 @@ static inline int32_t utf8_next(const std::string& s, size_t* i) {
 }
 
 // Byte offset of the first invalid UTF-8 sequence in s, or s.size() if s is valid.
-static inline size_t utf8_invalid_offset(const std::string& s) {
+static inline size_t tokenizer_utf8_invalid_offset(const std::string& s) {
     size_t i = 0;
     while (i < s.size()) {
         size_t at = i;
-        if (utf8_next(s, &i) < 0) return at;
+        if (tok_utf8_next(s, &i) < 0) return at;
     }
     return s.size();
 }
@@ -156,7 +159,7 @@ static inline size_t utf8_invalid_offset(const std::string& s) {
 // map to themselves, the other 68 bytes to 256, 257, ... in byte order. We invert it: code
 // point -> byte, -1 for code points that are not in the alphabet.
 
-static inline void gpt2_unicode_to_byte(int* cp_to_byte /* [324] */) {
+static inline void tok_gpt2_unicode_to_byte(int* cp_to_byte /* [324] */) {
     for (int cp = 0; cp < 324; cp++) cp_to_byte[cp] = -1;
     int n = 0;
     for (int b = 0; b < 256; b++) {
@@ -166,11 +169,11 @@ static inline void gpt2_unicode_to_byte(int* cp_to_byte /* [324] */) {
 }
 
 // A token string in the byte-encoder alphabet (UTF-8) -> raw bytes; false if it is not one.
-static inline bool gpt2_token_to_bytes(const std::string& s, const int* cp_to_byte, std::string* out) {
+static inline bool tok_gpt2_token_to_bytes(const std::string& s, const int* cp_to_byte, std::string* out) {
     out->clear();
     size_t i = 0;
     while (i < s.size()) {
-        int32_t cp = utf8_next(s, &i);
+        int32_t cp = tok_utf8_next(s, &i);
         if (cp < 0 || cp >= 324 || cp_to_byte[cp] < 0) return false;
         *out += (char)cp_to_byte[cp];
     }
@@ -181,22 +184,22 @@ static inline bool gpt2_token_to_bytes(const std::string& s, const int* cp_to_by
 // encoder.json: one flat JSON object {"token": id, ...}. A minimal parser for exactly that
 // shape; anything else is reported with the file name and byte offset.
 
-struct JsonCursor {
+struct TokJsonCursor {
     const std::string& s;
     size_t i;
     const char* path;
 };
 
-static inline void json_fail(const JsonCursor& c, const char* what) {
+static inline void tok_json_fail(const TokJsonCursor& c, const char* what) {
     tokenizer_die("%s: not a GPT-2 encoder.json (%s at byte %zu)", c.path, what, c.i);
 }
 
-static inline void json_skip_ws(JsonCursor& c) {
+static inline void tok_json_skip_ws(TokJsonCursor& c) {
     while (c.i < c.s.size() && (c.s[c.i] == ' ' || c.s[c.i] == '\t' || c.s[c.i] == '\n' || c.s[c.i] == '\r')) c.i++;
 }
 
-static inline uint32_t json_hex4(JsonCursor& c) {
-    if (c.i + 4 > c.s.size()) json_fail(c, "truncated \\u escape");
+static inline uint32_t tok_json_hex4(TokJsonCursor& c) {
+    if (c.i + 4 > c.s.size()) tok_json_fail(c, "truncated \\u escape");
     uint32_t v = 0;
     for (int k = 0; k < 4; k++) {
         char h = c.s[c.i++];
@@ -204,21 +207,21 @@ static inline uint32_t json_hex4(JsonCursor& c) {
         if (h >= '0' && h <= '9') v |= h - '0';
         else if (h >= 'a' && h <= 'f') v |= h - 'a' + 10;
         else if (h >= 'A' && h <= 'F') v |= h - 'A' + 10;
-        else json_fail(c, "bad \\u escape");
+        else tok_json_fail(c, "bad \\u escape");
     }
     return v;
 }
 
-static inline std::string json_string(JsonCursor& c) {
-    if (c.i >= c.s.size() || c.s[c.i] != '"') json_fail(c, "expected a string");
+static inline std::string tok_json_string(TokJsonCursor& c) {
+    if (c.i >= c.s.size() || c.s[c.i] != '"') tok_json_fail(c, "expected a string");
     c.i++;
     std::string out;
     while (true) {
-        if (c.i >= c.s.size()) json_fail(c, "unterminated string");
+        if (c.i >= c.s.size()) tok_json_fail(c, "unterminated string");
         char ch = c.s[c.i++];
         if (ch == '"') break;
         if (ch != '\\') { out += ch; continue; }
-        if (c.i >= c.s.size()) json_fail(c, "unterminated string");
+        if (c.i >= c.s.size()) tok_json_fail(c, "unterminated string");
         char e = c.s[c.i++];
         switch (e) {
             case '"': out += '"'; break;
@@ -230,30 +233,30 @@ static inline std::string json_string(JsonCursor& c) {
             case 'r': out += '\r'; break;
             case 't': out += '\t'; break;
             case 'u': {
-                uint32_t cp = json_hex4(c);
+                uint32_t cp = tok_json_hex4(c);
                 if (cp >= 0xD800 && cp <= 0xDBFF) {  // surrogate pair: \uD83D\uDE00
-                    if (c.i + 2 > c.s.size() || c.s[c.i] != '\\' || c.s[c.i + 1] != 'u') json_fail(c, "lone surrogate");
+                    if (c.i + 2 > c.s.size() || c.s[c.i] != '\\' || c.s[c.i + 1] != 'u') tok_json_fail(c, "lone surrogate");
                     c.i += 2;
-                    uint32_t lo = json_hex4(c);
-                    if (lo < 0xDC00 || lo > 0xDFFF) json_fail(c, "bad surrogate pair");
+                    uint32_t lo = tok_json_hex4(c);
+                    if (lo < 0xDC00 || lo > 0xDFFF) tok_json_fail(c, "bad surrogate pair");
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                    json_fail(c, "lone surrogate");
+                    tok_json_fail(c, "lone surrogate");
                 }
-                utf8_append(out, cp);
+                tokenizer_utf8_append(out, cp);
                 break;
             }
-            default: json_fail(c, "bad escape");
+            default: tok_json_fail(c, "bad escape");
         }
     }
     return out;
 }
 
-static inline long json_int(JsonCursor& c) {
+static inline long tok_json_int(TokJsonCursor& c) {
     size_t start = c.i;
     long v = 0;
     while (c.i < c.s.size() && c.s[c.i] >= '0' && c.s[c.i] <= '9' && c.i - start < 9) v = v * 10 + (c.s[c.i++] - '0');
-    if (c.i == start) json_fail(c, "expected a non-negative integer id");
+    if (c.i == start) tok_json_fail(c, "expected a non-negative integer id");
     return v;
 }
 
@@ -262,33 +265,33 @@ static inline long json_int(JsonCursor& c) {
 
 static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path, const char* vocab_bpe_path) {
     int cp_to_byte[324];
-    gpt2_unicode_to_byte(cp_to_byte);
+    tok_gpt2_unicode_to_byte(cp_to_byte);
 
     // encoder.json -> token_bytes[id], and raw bytes -> id for resolving merges below
     std::string js = tokenizer_read_file(encoder_json_path);
-    JsonCursor c{js, 0, encoder_json_path};
+    TokJsonCursor c{js, 0, encoder_json_path};
     std::vector<std::pair<std::string, long>> entries;
-    json_skip_ws(c);
-    if (c.i >= js.size() || js[c.i] != '{') json_fail(c, "expected '{'");
+    tok_json_skip_ws(c);
+    if (c.i >= js.size() || js[c.i] != '{') tok_json_fail(c, "expected '{'");
     c.i++;
-    json_skip_ws(c);
-    if (c.i < js.size() && js[c.i] == '}') json_fail(c, "empty object");
+    tok_json_skip_ws(c);
+    if (c.i < js.size() && js[c.i] == '}') tok_json_fail(c, "empty object");
     while (true) {
-        json_skip_ws(c);
-        std::string key = json_string(c);
-        json_skip_ws(c);
-        if (c.i >= js.size() || js[c.i] != ':') json_fail(c, "expected ':'");
+        tok_json_skip_ws(c);
+        std::string key = tok_json_string(c);
+        tok_json_skip_ws(c);
+        if (c.i >= js.size() || js[c.i] != ':') tok_json_fail(c, "expected ':'");
         c.i++;
-        json_skip_ws(c);
-        long id = json_int(c);
+        tok_json_skip_ws(c);
+        long id = tok_json_int(c);
         entries.emplace_back(std::move(key), id);
-        json_skip_ws(c);
+        tok_json_skip_ws(c);
         if (c.i < js.size() && js[c.i] == ',') { c.i++; continue; }
         if (c.i < js.size() && js[c.i] == '}') { c.i++; break; }
-        json_fail(c, "expected ',' or '}'");
+        tok_json_fail(c, "expected ',' or '}'");
     }
-    json_skip_ws(c);
-    if (c.i != js.size()) json_fail(c, "trailing data");
+    tok_json_skip_ws(c);
+    if (c.i != js.size()) tok_json_fail(c, "trailing data");
 
     // ids must be exactly 0..n-1, each once, so token_bytes is a dense table
     int n = (int)entries.size();
@@ -308,7 +311,7 @@ static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path,
             continue;
         }
         std::string raw;
-        if (!gpt2_token_to_bytes(e.first, cp_to_byte, &raw) || raw.empty())
+        if (!tok_gpt2_token_to_bytes(e.first, cp_to_byte, &raw) || raw.empty())
             tokenizer_die("%s: not a GPT-2 encoder.json (token for id %d is not in GPT-2's byte alphabet)", encoder_json_path, id);
         tok->token_bytes[id] = raw;
         bytes_to_id[raw] = id;
@@ -336,8 +339,8 @@ static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path,
         size_t sp = line.find(' ');
         std::string left_raw, right_raw;
         if (sp == std::string::npos || sp == 0 || sp + 1 == line.size() || line.find(' ', sp + 1) != std::string::npos ||
-            !gpt2_token_to_bytes(line.substr(0, sp), cp_to_byte, &left_raw) ||
-            !gpt2_token_to_bytes(line.substr(sp + 1), cp_to_byte, &right_raw))
+            !tok_gpt2_token_to_bytes(line.substr(0, sp), cp_to_byte, &left_raw) ||
+            !tok_gpt2_token_to_bytes(line.substr(sp + 1), cp_to_byte, &right_raw))
             tokenizer_die("%s: not a GPT-2 vocab.bpe (line %d is not a merge \"left right\")", vocab_bpe_path, line_no);
         auto l = bytes_to_id.find(left_raw), r = bytes_to_id.find(right_raw), m = bytes_to_id.find(left_raw + right_raw);
         if (l == bytes_to_id.end() || r == bytes_to_id.end() || m == bytes_to_id.end())
@@ -415,7 +418,7 @@ static inline void tokenizer_bpe_word(const Tokenizer* tok, const char* s, size_
 template <typename Fn>
 static inline void tokenizer_split_each(const Tokenizer* tok, const std::string& text, Fn fn) {
     if (!tok->re) tokenizer_die("tokenizer: encode called before tokenizer_load");
-    size_t bad = utf8_invalid_offset(text);
+    size_t bad = tokenizer_utf8_invalid_offset(text);
     if (bad != text.size()) tokenizer_die("tokenizer: text is not valid UTF-8 (byte offset %zu)", bad);
     // Every character is in \s, \p{L}, \p{N} or their complement, so the pattern matches at
     // every position: anchored matching from the end of the previous match gives the same

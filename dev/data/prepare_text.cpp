@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
     std::vector<int> tokens;
     for (const std::string& path : inputs) {
         std::string text = read_text_file(path);
-        size_t bad = utf8_invalid_offset(text);
+        size_t bad = tokenizer_utf8_invalid_offset(text);
         if (bad != text.size()) die("'%s' is not UTF-8 text (invalid byte at offset %zu)", path.c_str(), bad);
         size_t before = tokens.size(), docs = 0, pos = 0;
         while (pos <= text.size()) {

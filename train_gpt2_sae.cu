@@ -725,6 +725,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
 
 // loads the model and the SAE on the host, then runs in the chosen precision
 int train_main(int argc, char** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, true);
     int ndev = 0;
     cudaError_t err = cudaGetDeviceCount(&ndev);

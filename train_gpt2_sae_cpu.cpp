@@ -767,6 +767,7 @@ static double now_seconds() {
 }
 
 int main(int argc, char** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, false);
     Engine e;
     gpt2_load(&e.model, cfg.model);

@@ -77,7 +77,7 @@ struct Tokenizer {
 // ----------------------------------------------------------------------------
 // errors: one line naming the file, then exit(1)
 
-static inline void tokenizer_die(const char* fmt, ...) {
+[[noreturn]] static inline void tokenizer_die(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "error: ");
@@ -190,7 +190,7 @@ struct TokJsonCursor {
     const char* path;
 };
 
-static inline void tok_json_fail(const TokJsonCursor& c, const char* what) {
+[[noreturn]] static inline void tok_json_fail(const TokJsonCursor& c, const char* what) {
     tokenizer_die("%s: not a GPT-2 encoder.json (%s at byte %zu)", c.path, what, c.i);
 }
 

@@ -33,6 +33,7 @@ run() {  # name, command...
 run cpu ./test_cpu
 run tokenizer ./test_tokenizer
 if [ -x ./test_gpt2_sae ]; then run gpu ./test_gpt2_sae; fi
-if [ -f test/test_starter_pack.sh ]; then run starter_pack bash test/test_starter_pack.sh; fi
+run starter_pack bash test/test_starter_pack.sh
+run openwebtext /usr/bin/python3 test/test_openwebtext.py
 echo "$passed passed, $failed failed, $skipped skipped"
 [ $failed -eq 0 ]

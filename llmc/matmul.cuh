@@ -1,0 +1,249 @@
+/*
+Matrix multiplication through cuBLASLt: one general row-major wrapper (plus a strided-batched
+one for attention), and the two GPT-2 shapes: matmul_forward (nn.Linear) and
+matmul_backward_dinp (its activation gradient; GPT-2 is frozen, so no weight gradients here).
+
+Row-major API, column-major cuBLAS. Every matrix in this codebase is row-major. A row-major
+(r,c) matrix with row stride ld is, byte for byte, the column-major (c,r) matrix with leading
+dimension ld, i.e. its transpose. So for the row-major problem
+    D (m,n) = op(A) (m,k) · op(B) (k,n)
+we ask cuBLAS for the column-major problem
+    Dᵀ (n,m) = op(B)ᵀ (n,k) · op(A)ᵀ (k,m)
+with the operands swapped (our B is cuBLAS's first operand, our A its second), the same
+transpose flags, and M = n, N = m, K = k. A bias of length n (one per output column, as in
+nn.Linear) is then cuBLAS's per-row bias, which is what its BIAS epilogues add.
+
+Precision: compute type CUBLAS_COMPUTE_32F always, scale type fp32. For fp32 operands that is
+true fp32 FFMA (no TF32: fp32 mode must match PyTorch fp32 to ~1e-5); for bf16 operands it is
+tensor cores with fp32 accumulation. Supported types: bf16·bf16 -> bf16, bf16·bf16 -> fp32 (fp32
+weight gradients of the SAE from bf16 activations), fp32·fp32 -> fp32. The bias and the GELU aux
+matrix always have D's type (cuBLASLt's rule for these types).
+
+The cuBLASLt handle and its 32 MiB workspace are global (matmul_init / matmul_destroy). The
+workspace is shared by every call: matmuls on two streams must not run concurrently.
+*/
+#pragma once
+#include <type_traits>
+#include "cuda_common.cuh"
+#include "gelu.cuh"
+
+inline cublasLtHandle_t cublaslt_handle = NULL;
+inline void* cublaslt_workspace = NULL;
+inline constexpr size_t cublaslt_workspace_size = 32 * 1024 * 1024;
+
+inline void matmul_init() {
+    if (cublaslt_handle != NULL) return;
+    cublasCheck(cublasLtCreate(&cublaslt_handle));
+    cudaCheck(cudaMalloc(&cublaslt_workspace, cublaslt_workspace_size));
+}
+
+inline void matmul_destroy() {
+    if (cublaslt_handle == NULL) return;
+    cudaCheck(cudaFree(cublaslt_workspace));
+    cublasCheck(cublasLtDestroy(cublaslt_handle));
+    cublaslt_workspace = NULL;
+    cublaslt_handle = NULL;
+}
+
+// ----------------------------------------------------------------------------
+// helpers
+
+inline const char* matmul_type_name(cudaDataType_t t) {
+    return t == CUDA_R_32F ? "fp32" : t == CUDA_R_16BF ? "bf16" : "unsupported";
+}
+inline size_t matmul_type_size(cudaDataType_t t) { return t == CUDA_R_32F ? 4 : 2; }
+
+inline bool epilogue_has_bias(cublasLtEpilogue_t e) {
+    return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU_BIAS ||
+           e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+}
+inline bool epilogue_has_aux(cublasLtEpilogue_t e) {
+    return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+}
+inline bool epilogue_is_supported(cublasLtEpilogue_t e) {
+    return e == CUBLASLT_EPILOGUE_DEFAULT || e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU ||
+           e == CUBLASLT_EPILOGUE_RELU_BIAS || e == CUBLASLT_EPILOGUE_GELU || e == CUBLASLT_EPILOGUE_GELU_BIAS ||
+           e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+}
+
+// Largest power of two (<= 256) dividing every one of the byte offsets. cuBLASLt's heuristic
+// assumes 256-byte aligned operands unless told otherwise; telling it the real alignment (of the
+// pointer, its row stride and its batch stride) keeps it from picking a kernel that needs more.
+inline uint32_t matmul_alignment(const void* p, long long ld_bytes, long long stride_bytes) {
+    unsigned long long bits = (unsigned long long)(uintptr_t)p | (unsigned long long)ld_bytes |
+                              (unsigned long long)stride_bytes | 256ull;
+    uint32_t align = 1;
+    while ((bits & align) == 0) align <<= 1;
+    return align;
+}
+
+// all argument errors end the program with the shapes and types of the offending call
+#define matmul_fail(...) do { \
+    fprintf(stderr, "[matmul] "); fprintf(stderr, __VA_ARGS__); \
+    fprintf(stderr, " (m %d n %d k %d transA %d transB %d lda %d ldb %d ldd %d batch %d, %s x %s -> %s, epilogue %d, at %s:%d)\n", \
+            m, n, k, (int)transA, (int)transB, lda, ldb, ldd, batch, matmul_type_name(ab_type), \
+            matmul_type_name(ab_type), matmul_type_name(d_type), (int)epilogue, __FILE__, __LINE__); \
+    exit(EXIT_FAILURE); } while (0)
+
+// The one place cuBLASLt is called. Row-major, as documented at the top of this file:
+//   D (m,n) = epilogue(alpha · op(A) · op(B) + (accumulate ? D : 0) + bias)
+// op(A) = A (m,k), or Aᵀ when transA and A is stored (k,m); op(B) = B (k,n), or Bᵀ when transB
+// and B is stored (n,k). lda, ldb, ldd are the row strides (elements) of A, B, D as stored, 0 for
+// packed. With batch > 1, matrix i starts at a + i·strideA, etc. (elements).
+inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const void* bias, void* aux,
+                                 int m, int n, int k, bool transA, bool transB, int lda, int ldb, int ldd,
+                                 int batch, long long strideA, long long strideB, long long strideD,
+                                 cudaDataType_t ab_type, cudaDataType_t d_type, float alpha, bool accumulate,
+                                 cublasLtEpilogue_t epilogue, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (lda == 0) lda = transA ? m : k;
+    if (ldb == 0) ldb = transB ? k : n;
+    if (ldd == 0) ldd = n;
+    if (cublaslt_handle == NULL) matmul_fail("matmul_init() was not called");
+    bool types_ok = (ab_type == CUDA_R_32F && d_type == CUDA_R_32F) ||
+                    (ab_type == CUDA_R_16BF && (d_type == CUDA_R_16BF || d_type == CUDA_R_32F));
+    if (!types_ok) matmul_fail("unsupported type combination");
+    if (m < 0 || n < 0 || k < 0 || batch < 0) matmul_fail("negative size");
+    if (m == 0 || n == 0 || batch == 0) return;  // nothing to write
+    if (k == 0) matmul_fail("k == 0 is not supported");
+    if (lda < (transA ? m : k) || ldb < (transB ? k : n) || ldd < n) matmul_fail("row stride smaller than the row");
+    if (!epilogue_is_supported(epilogue)) matmul_fail("unsupported epilogue");
+    if (epilogue_has_bias(epilogue) != (bias != NULL)) matmul_fail("bias must be given exactly when the epilogue adds one");
+    if (epilogue_has_aux(epilogue) != (aux != NULL)) matmul_fail("aux must be given exactly when the epilogue stores one");
+    if (epilogue != CUBLASLT_EPILOGUE_DEFAULT && epilogue != CUBLASLT_EPILOGUE_BIAS && accumulate)
+        matmul_fail("accumulate with a ReLU/GELU epilogue would apply it to the sum");
+    if (epilogue != CUBLASLT_EPILOGUE_DEFAULT && batch > 1) matmul_fail("epilogues are not supported for batched matmuls");
+    if (epilogue_has_aux(epilogue) && (ldd != n || n % 8 != 0)) matmul_fail("the GELU aux matrix needs packed D with n %% 8 == 0");
+
+    // cuBLAS's first operand is our B, its second our A (see the top of the file)
+    cublasOperation_t op_first = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_second = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasLtMatmulDesc_t desc;
+    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+    if (bias != NULL) {
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    }
+    if (aux != NULL) {
+        int64_t aux_ld = n;  // aux has D's row-major (m,n) shape: column-major rows n
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+    }
+
+    // column-major layouts (rows, cols, ld) of the stored matrices
+    cublasLtMatrixLayout_t layout_first, layout_second, layout_d;
+    if (transB) cublasCheck(cublasLtMatrixLayoutCreate(&layout_first, ab_type, k, n, ldb));   // B stored (n,k)
+    else        cublasCheck(cublasLtMatrixLayoutCreate(&layout_first, ab_type, n, k, ldb));   // B stored (k,n)
+    if (transA) cublasCheck(cublasLtMatrixLayoutCreate(&layout_second, ab_type, m, k, lda));  // A stored (k,m)
+    else        cublasCheck(cublasLtMatrixLayoutCreate(&layout_second, ab_type, k, m, lda));  // A stored (m,k)
+    cublasCheck(cublasLtMatrixLayoutCreate(&layout_d, d_type, n, m, ldd));                    // D stored (m,n)
+    if (batch > 1) {
+        int32_t count = batch;
+        cublasLtMatrixLayout_t layouts[3] = {layout_first, layout_second, layout_d};
+        long long strides[3] = {strideB, strideA, strideD};
+        for (int i = 0; i < 3; i++) {
+            int64_t stride = strides[i];
+            cublasCheck(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+            cublasCheck(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+        }
+    }
+
+    cublasLtMatmulPreference_t pref;
+    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+    uint64_t max_ws = cublaslt_workspace_size;
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws, sizeof(max_ws)));
+    const long long ab_size = (long long)matmul_type_size(ab_type), d_size = (long long)matmul_type_size(d_type);
+    uint32_t align_first = matmul_alignment(b, ldb * ab_size, batch > 1 ? strideB * ab_size : 0);
+    uint32_t align_second = matmul_alignment(a, lda * ab_size, batch > 1 ? strideA * ab_size : 0);
+    uint32_t align_d = matmul_alignment(d, ldd * d_size, batch > 1 ? strideD * d_size : 0);
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first, sizeof(align_first)));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second, sizeof(align_second)));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
+
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int returned = 0;
+    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, desc, layout_first, layout_second,
+                                                           layout_d, layout_d, pref, 1, &heuristic, &returned);
+    if (status != CUBLAS_STATUS_SUCCESS || returned == 0)
+        matmul_fail("cuBLASLt found no algorithm (heuristic status %d, %d results; alignments %u/%u/%u bytes)",
+                    (int)status, returned, align_first, align_second, align_d);
+
+    // C and D are the same buffer: with accumulate, D = alpha·op(A)·op(B) + 1·D (+ bias)
+    const float beta = accumulate ? 1.0f : 0.0f;
+    cublasCheck(cublasLtMatmul(cublaslt_handle, desc, &alpha, b, layout_first, a, layout_second, &beta,
+                               d, layout_d, d, layout_d, &heuristic.algo,
+                               cublaslt_workspace, cublaslt_workspace_size, stream));
+
+    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+    cublasCheck(cublasLtMatrixLayoutDestroy(layout_first));
+    cublasCheck(cublasLtMatrixLayoutDestroy(layout_second));
+    cublasCheck(cublasLtMatrixLayoutDestroy(layout_d));
+    cublasCheck(cublasLtMatmulDescDestroy(desc));
+}
+#undef matmul_fail
+
+// ----------------------------------------------------------------------------
+// public launchers
+
+// D (m,n) = epilogue(op(A) (m,k) · op(B) (k,n) + bias) [+ D if accumulate], all row-major, packed.
+//   transA: A is stored (k,m) and used transposed; transB: B is stored (n,k) (nn.Linear weight).
+//   ab_type/d_type: CUDA_R_16BF/CUDA_R_16BF, CUDA_R_16BF/CUDA_R_32F or CUDA_R_32F/CUDA_R_32F.
+//   bias (n), of type d_type: non-NULL exactly for the *_BIAS epilogues.
+//   epilogue: CUBLASLT_EPILOGUE_DEFAULT, BIAS, RELU(_BIAS), GELU(_BIAS), GELU_AUX(_BIAS).
+//   aux (m,n), of type d_type: for GELU_AUX(_BIAS), receives the pre-GELU values; needs n % 8 == 0.
+//   accumulate: D += result (beta = 1); only with DEFAULT or BIAS (D = D + A·B + bias).
+inline void matmul_cublaslt(void* d, const void* a, const void* b, const void* bias, int m, int n, int k,
+                            bool transA, bool transB, cudaDataType_t ab_type, cudaDataType_t d_type,
+                            bool accumulate, cublasLtEpilogue_t epilogue, void* aux, cudaStream_t stream) {
+    matmul_cublaslt_core(d, a, b, bias, aux, m, n, k, transA, transB, 0, 0, 0, 1, 0, 0, 0,
+                         ab_type, d_type, 1.0f, accumulate, epilogue, stream);
+}
+
+// Strided batched, no epilogue: for i in [0,batch)
+//   D_i (m,n) = alpha · op(A_i) · op(B_i) [+ D_i if accumulate]
+// with A_i = a + i·strideA (elements) and row strides lda/ldb/ldd (0: packed). Used by attention,
+// whose per-head outputs are strided views into (B,T,C).
+inline void matmul_cublaslt_batched(void* d, const void* a, const void* b, int m, int n, int k,
+                                    bool transA, bool transB, int lda, int ldb, int ldd,
+                                    int batch, long long strideA, long long strideB, long long strideD,
+                                    cudaDataType_t ab_type, cudaDataType_t d_type, float alpha,
+                                    bool accumulate, cudaStream_t stream) {
+    matmul_cublaslt_core(d, a, b, NULL, NULL, m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB,
+                         strideD, ab_type, d_type, alpha, accumulate, CUBLASLT_EPILOGUE_DEFAULT, stream);
+}
+
+// In bf16, matmul_forward fuses GELU into the matmul (cuBLASLt's GELU_AUX_BIAS epilogue). In fp32
+// it never does: it runs gelu_forward (tanhf) so fp32 mode stays at PyTorch fidelity whatever
+// approximation cuBLASLt's epilogue uses (dev/cuda/matmul.cu measures the difference).
+inline bool matmul_fuse_gelu_bf16 = true;
+
+// nn.Linear: out (N,OC) = inp (N,C) · weightᵀ + bias, weight (OC,C), bias (OC) or NULL.
+// With pre_gelu (N,OC) given: pre_gelu = inp · weightᵀ + bias and out = gelu(pre_gelu).
+template <typename floatX>
+void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias,
+                    int N, int C, int OC, cudaStream_t stream, floatX* pre_gelu = NULL) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    if (pre_gelu == NULL) {
+        matmul_cublaslt(out, inp, weight, bias, N, OC, C, false, true, t, t, false,
+                        bias != NULL ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
+    } else if (std::is_same<floatX, bf16>::value && matmul_fuse_gelu_bf16 && OC % 8 == 0) {
+        matmul_cublaslt(out, inp, weight, bias, N, OC, C, false, true, t, t, false,
+                        bias != NULL ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, pre_gelu, stream);
+    } else {
+        matmul_cublaslt(pre_gelu, inp, weight, bias, N, OC, C, false, true, t, t, false,
+                        bias != NULL ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
+        gelu_forward(out, pre_gelu, (size_t)N * OC, stream);
+    }
+}
+
+// Activation gradient of nn.Linear: dinp (N,C) (+)= dout (N,OC) · weight (OC,C).
+template <typename floatX>
+void matmul_backward_dinp(floatX* dinp, const floatX* dout, const floatX* weight, int N, int C, int OC,
+                          bool accumulate, cudaStream_t stream) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    matmul_cublaslt(dinp, dout, weight, NULL, N, C, OC, false, false, t, t, accumulate,
+                    CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
+}

@@ -12,10 +12,12 @@ Variants:
      16-byte aligned; more bytes in flight per thread, so closer to DRAM bandwidth
 Checks, fp32 then bf16, each on a poisoned output: n of 1, 7 (all tail), 8 (exactly one pack)
 and 1,000,003 (odd: a partial last pack), with pointers aligned and offset by one element (which
-sends variant 2 down the scalar path), plus in-place forward. Inputs of the large size are uniform
-in [-6, 6], so both saturated tails and the curved middle are covered. Tolerances: fp32 1e-5 relative (tanhf
-is within a few ulp; the reference is double); bf16 1e-2 (inputs are rounded to bf16 first, so
-only the one output rounding, 2^-8 relative, remains). Exit code 1 on any mismatch.
+sends variant 2 down the scalar path), plus in-place forward. Inputs of the large size are
+uniform in [-6, 6], so both saturated tails and the curved middle are covered. Tolerances: fp32
+1e-5 relative (tanhf is within a few ulp; the reference is double); bf16 1e-2 (inputs are
+rounded to bf16 first, so only the one output rounding, 2^-8 relative, remains). Before any GPU
+work, the CPU backward itself is checked against finite differences of the CPU forward (this
+part also runs on a machine without a GPU). Exit code 1 on any mismatch.
 */
 #include <string.h>
 #include "common.h"

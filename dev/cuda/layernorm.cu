@@ -15,10 +15,11 @@ Checks, fp32 then bf16, all outputs poisoned first: rows x channels of 3x7 (fewe
 lanes), 37x101 (neither a multiple of 8 rows per block nor of 32 lanes), 130x768 (GPT-2 small)
 and 64x1600 (GPT-2 XL). Forward: out, mean, rstd, and out with mean/rstd NULL. Backward: dinp
 written (accumulate off), added to a random dinp (accumulate on), with mean/rstd NULL
-(recomputed), and in place (dinp == dout). Inputs have a nonzero mean (uniform in [-1.5, 2.5]) so
-the mean subtraction matters. Tolerances: fp32 1e-5 relative (fp32 sums of at most 1600 terms
+(recomputed), and in place (dinp == dout). Inputs have a nonzero mean (uniform in [-1.5, 2.5])
+so the mean subtraction matters. Tolerances: fp32 1e-5 relative (fp32 sums of at most 1600 terms
 against double); bf16 1e-2 (inputs rounded to bf16 first; one output rounding, 2^-8, remains).
-Exit code 1 on any mismatch.
+Before any GPU work, the CPU backward itself is checked against finite differences of the CPU
+forward (this part also runs on a machine without a GPU). Exit code 1 on any mismatch.
 */
 #include <string.h>
 #include "common.h"

@@ -22,6 +22,7 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include <string>
 #include <vector>
 #include <type_traits>
+#include <algorithm>
 #include "llmc/utils.h"          // defines: die, fopenCheck, mallocCheck
 #include "llmc/gpt2_load.h"      // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"     // defines: DataLoader, dataloader_init/next_batch/get_rows
@@ -641,6 +642,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
     long long step = ts.step, timed_steps = 0;
     PhaseTimes total_phases;
     double timed_seconds = 0.0;
+    std::vector<double> step_seconds;  // after warm-up, for the median
     while (step < S && (cfg.max_steps < 0 || step < cfg.max_steps)) {
         NvtxRange r("step");
         double t0 = now_seconds();
@@ -690,6 +692,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
         if (step - ts.step > 3) {  // after warm-up
             timed_steps++;
             timed_seconds += dt;
+            step_seconds.push_back(dt);
             for (int p = 0; p < NUM_PHASES; p++) total_phases.ms[p] += pt.ms[p];
         }
         StepLog sl = {step, lr, loss, kl, sparsity, mse, ds_mse, l0, gnorm, tps, alive_now};
@@ -706,8 +709,10 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
     if (timed_steps > 0) {
         double sum = 0;
         for (int p = 0; p < NUM_PHASES; p++) sum += total_phases.ms[p];
-        printf("---- time per step over %lld steps after warm-up: %.2f ms wall, %.0f tokens/s ----\n", timed_steps,
-               1000.0 * timed_seconds / timed_steps, timed_steps * (double)cfg.batch * cfg.seq_len * cfg.grad_accum / timed_seconds);
+        std::sort(step_seconds.begin(), step_seconds.end());
+        double median = step_seconds[step_seconds.size() / 2];
+        printf("---- time per step over %lld steps after warm-up: median %.2f ms wall (%.0f tokens/s), mean %.2f ms ----\n",
+               timed_steps, 1000.0 * median, (double)cfg.batch * cfg.seq_len * cfg.grad_accum / median, 1000.0 * timed_seconds / timed_steps);
         for (int p = 0; p < NUM_PHASES; p++)
             printf("  %-22s %8.3f ms  (%4.1f%%)\n", PHASE_NAMES[p], total_phases.ms[p] / timed_steps, 100.0 * total_phases.ms[p] / sum);
         size_t free_b, total_b;

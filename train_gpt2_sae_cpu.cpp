@@ -27,6 +27,7 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include "llmc/train_config.h" // defines: TrainConfig, parse_args, check_config_against_model
 #include "llmc/sae_io.h"       // defines: SAE, sae_init_random, sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"       // defines: Logger, StepLog, EvalMetrics, print_eval
+#include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add, feature_dump_write
 
 // ----------------------------------------------------------------------------
 // GPT-2 layer passes, fp32. N = B*T rows. Backward passes compute activation gradients only.
@@ -757,6 +758,32 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
 }
 
 // ----------------------------------------------------------------------------
+// --dump-features: per-feature firing frequency and top activations over the first val tokens
+
+void dump_features(Engine* e, const DataLoader* val, const TrainConfig& cfg) {
+    int T = e->T;
+    long long rows = std::min<long long>(val->num_rows, (cfg.dump_tokens + T - 1) / T);
+    FeatureDump fd;
+    feature_dump_init(&fd, e->D, cfg.dump_topk);
+    std::vector<int> tokens((size_t)e->B * T);
+    for (long long row = 0; row < rows; row += e->B) {
+        int B = (int)std::min<long long>(e->B, rows - row);
+        dataloader_get_rows(val, row, B, tokens.data());
+        forward_to_sae(e, tokens.data(), B);
+        sae_forward(e, B);
+        feature_dump_add(&fd, e->c.data(), B * T, row * T);
+    }
+    std::vector<std::string> shards;
+    for (const Shard& sh : val->shards) shards.push_back(sh.path);
+    feature_dump_write(&fd, cfg.dump_features, feature_dump_meta(cfg.val, shards, T, fd.tokens, e->D, cfg.dump_topk, cfg.layer,
+                                                                 e->model.source, mode_name(cfg.mode)));
+    long long alive = 0;
+    for (long long n : fd.fire_count) alive += n > 0;
+    printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)e->D,
+           cfg.dump_topk, fd.tokens, cfg.dump_features.c_str(), alive);
+}
+
+// ----------------------------------------------------------------------------
 // main: the training loop
 
 #ifndef TESTING
@@ -785,12 +812,13 @@ int main(int argc, char** argv) {
     print_config(cfg, e.sae.C, e.sae.D);
     DataLoader train_loader, val_loader;
     // eval needs --val data; without it (and no default shards) training runs without eval
-    bool have_val = cfg.eval_samples > 0 && (cfg.val_given || glob_matches(cfg.val));
+    bool have_val = (cfg.eval_samples > 0 || !cfg.dump_features.empty()) && (cfg.val_given || glob_matches(cfg.val));
     if (cfg.eval_samples > 0 && !have_val)
         printf("note: no eval data at the default --val '%s' (scripts/download_starter_pack.sh gets it): eval skipped\n", cfg.val.c_str());
     if (!cfg.eval_only) dataloader_init(&train_loader, cfg.train, "--train", cfg.batch, cfg.seq_len, mc.vocab_size, cfg.shuffle, cfg.seed);
     if (have_val) dataloader_init(&val_loader, cfg.val, "--val", 1, cfg.seq_len, mc.vocab_size, false, 0);
     int eval_rows = have_val ? (int)std::min<long long>(cfg.eval_samples, val_loader.num_rows) : 0;
+    if (!cfg.dump_features.empty() && !have_val) die("--dump-features needs --val data to stream through the SAE");
     engine_init(&e, cfg, cfg.batch);
 
     TrainState ts;
@@ -814,8 +842,9 @@ int main(int argc, char** argv) {
         logger_log_eval(&logger, step, m);
     };
     if (cfg.eval_only) {
-        if (!eval_rows) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
+        if (!eval_rows && cfg.dump_features.empty()) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
         run_eval(0);
+        if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
         logger_close(&logger);
         return 0;
     }
@@ -872,6 +901,7 @@ int main(int argc, char** argv) {
     }
     run_eval(step);
     save(step);
+    if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
     logger_close(&logger);
     dataloader_free(&train_loader);
     if (have_val) dataloader_free(&val_loader);

@@ -2,9 +2,10 @@
 The safetensors format (https://huggingface.co/docs/safetensors): an 8-byte little-endian
 header length, a JSON header {name: {dtype, shape, data_offsets}, "__metadata__": {...}},
 then the raw C-order little-endian data. We read F32, F16 and BF16 (converted to fp32) and
-write F32. The reader validates the whole header up front: offsets must tile the data
-exactly (no holes, overlaps or trailing bytes) and match each tensor's shape and dtype, so
-a corrupt or truncated file is rejected with a message naming it before anything is used.
+I64 / I32 (as int64), and write F32 (the default), I64 or I32. The reader validates the whole
+header up front: offsets must tile the data exactly (no holes, overlaps or trailing bytes) and
+match each tensor's shape and dtype, so a corrupt or truncated file is rejected with a message
+naming it before anything is used.
 */
 #pragma once
 #include <stdint.h>
@@ -181,13 +182,35 @@ inline std::vector<float> safetensors_read_vec(const SafeTensors* st, const std:
     return v;
 }
 
+// reads integer tensor `name` (I64, or I32 widened) into out (numel int64s); the shape must equal `shape`
+inline void safetensors_read_i64(const SafeTensors* st, const std::string& name, const std::vector<int64_t>& shape, int64_t* out) {
+    const StTensorInfo* t = safetensors_find(st, name);
+    if (!t) die("'%s': missing tensor '%s'", st->path.c_str(), name.c_str());
+    if (t->shape != shape)
+        die("'%s': tensor '%s' has shape %s, expected %s", st->path.c_str(), name.c_str(), shape_str(t->shape).c_str(), shape_str(shape).c_str());
+    if (t->dtype != "I64" && t->dtype != "I32")
+        die("'%s': tensor '%s' has dtype %s; expected I64 or I32", st->path.c_str(), name.c_str(), t->dtype.c_str());
+    size_t n = (t->end - t->begin) / safetensors_dtype_size(t->dtype);
+    FILE* fp = fopenCheck(st->path.c_str(), "rb");
+    if (fseeko(fp, (off_t)(st->data_start + t->begin), SEEK_SET) != 0) die("'%s': seek failed", st->path.c_str());
+    if (t->dtype == "I64") {
+        freadCheck(out, 8, n, fp, st->path.c_str());
+    } else {
+        std::vector<int32_t> buf(n);
+        freadCheck(buf.data(), 4, n, fp, st->path.c_str());
+        for (size_t i = 0; i < n; i++) out[i] = buf[i];
+    }
+    fclose(fp);
+}
+
 struct StWriteEntry {
     std::string name;
     std::vector<int64_t> shape;
-    const float* data;
+    const void* data;            // numel elements of dtype, host memory
+    std::string dtype = "F32";   // "F32", "I64" or "I32"; {name, shape, data} stays an F32 entry
 };
 
-// writes F32 tensors (in the given order) to path.tmp, then renames it over path
+// writes the tensors (in the given order) to path.tmp, then renames it over path
 inline void safetensors_write(const std::string& path, const std::vector<StWriteEntry>& tensors,
                               const std::vector<std::pair<std::string, std::string>>& metadata = {}) {
     std::string header = "{";
@@ -199,14 +222,19 @@ inline void safetensors_write(const std::string& path, const std::vector<StWrite
     }
     uint64_t off = 0;
     for (size_t i = 0; i < tensors.size(); i++) {
+        const std::string& dtype = tensors[i].dtype;
+        if (dtype != "F32" && dtype != "I64" && dtype != "I32")
+            die("safetensors_write '%s': tensor '%s' has dtype '%s'; only F32, I64 and I32 are written", path.c_str(),
+                tensors[i].name.c_str(), dtype.c_str());
         uint64_t n = 1;
         for (auto d : tensors[i].shape) n *= (uint64_t)d;
+        uint64_t bytes = n * (uint64_t)safetensors_dtype_size(dtype);
         std::string shp;
         for (size_t j = 0; j < tensors[i].shape.size(); j++) shp += (j ? "," : "") + std::to_string(tensors[i].shape[j]);
         if (header.size() > 1) header += ",";
-        header += "\"" + json_escape(tensors[i].name) + "\":{\"dtype\":\"F32\",\"shape\":[" + shp + "],\"data_offsets\":[" +
-                  std::to_string(off) + "," + std::to_string(off + 4 * n) + "]}";
-        off += 4 * n;
+        header += "\"" + json_escape(tensors[i].name) + "\":{\"dtype\":\"" + dtype + "\",\"shape\":[" + shp + "],\"data_offsets\":[" +
+                  std::to_string(off) + "," + std::to_string(off + bytes) + "]}";
+        off += bytes;
     }
     header += "}";
     while (header.size() % 8) header += ' ';  // keeps the data 8-byte aligned, as the reference writer does
@@ -220,7 +248,7 @@ inline void safetensors_write(const std::string& path, const std::vector<StWrite
     for (const auto& t : tensors) {
         size_t n = 1;
         for (auto d : t.shape) n *= (size_t)d;
-        fwriteCheck(t.data, 4, n, fp, tmp.c_str());
+        fwriteCheck(t.data, safetensors_dtype_size(t.dtype), n, fp, tmp.c_str());
     }
     fclose_check(fp, tmp.c_str());
     rename_check(tmp, path);

@@ -1,0 +1,263 @@
+"""
+Tests for scripts/report.py (the HTML report of a run and its --dump-features folder).
+
+Run from the repo root with Debian's python (numpy):
+    /usr/bin/python3 test/test_report.py -v
+(not `-m unittest test/...`: "test" is also the standard library's package name)
+
+Everything the report reads is written here with known contents: a 12-token encoder.json
+(with tokens that need HTML escaping, a newline and a two-byte UTF-8 character), one val shard
+of 4 rows of T = 8 tokens, a features.safetensors / features.json pair written the way
+llmc/feature_dump.h writes them (test/test_feature_dump.cpp checks that side), and a small
+log.jsonl with training and eval lines. The checks read the HTML as text: the decoded
+contexts with the activating token marked and its value, the row edges, the eval table, the
+SVG plots, the dead count, and that nothing is fetched from a network. Bad inputs must give one
+"error:" line and exit code 1. If Debian's chromium is installed, the page is also rendered to
+build/test_out/report_test.png (skipped without it).
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPORT = os.path.join(ROOT, "scripts", "report.py")
+
+# token id -> its spelling in encoder.json (GPT-2's byte-to-unicode map: Ġ is a space, Ċ a newline,
+# "Ã©" the two bytes of é)
+VOCAB = ["Hello", "Ġworld", "Ċ", "<", "script", ">", "Ġ&", "Ã©", "Ġthe", "Ġcat", "Ġsat", "<|endoftext|>"]
+T = 8
+ROWS = [
+    [0, 1, 8, 9, 10, 2, 0, 1],    # Hello world the cat sat \n Hello world
+    [3, 4, 5, 6, 7, 8, 9, 10],    # <script> &é the cat sat
+    [8, 9, 10, 2, 8, 9, 10, 11],  # the cat sat \n the cat sat <|endoftext|>
+    [0, 0, 0, 0, 0, 0, 0, 0],
+]
+D, K = 4, 3
+# feature 0 dead; 1 the most frequent (ties at 1.25 keep the earlier position first); 2 the
+# rarest, one firing; 3 in between
+FIRE_COUNT = [0, 16, 1, 5]
+TOP_VALUES = [[0, 0, 0], [2.5, 1.25, 1.25], [0.875, 0, 0], [3.0, 0.5, 0.25]]
+TOP_POS = [[-1, -1, -1], [9, 3, 20], [13, -1, -1], [4, 6, 17]]
+
+
+def write_safetensors(path, tensors, metadata):
+    """the layout llmc/safetensors.h writes: u64 header length, JSON header padded to 8, data"""
+    header, blobs, off = {"__metadata__": metadata}, [], 0
+    for name, arr in tensors:
+        dtype = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64"}[arr.dtype]
+        b = arr.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def write_shard(path, tokens):
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = [20240520, 1, len(tokens)]
+    with open(path, "wb") as f:
+        f.write(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def log_lines():
+    lines = [{"eval": True, "step": 0, "tokens": 32, "ce_clean": 3.25, "ce_spliced": 4.5, "ce_increase": 1.25, "kl": 1.5,
+              "l0": 40.5, "explained_variance": -0.5, "top1_agree": 0.25, "mse": 0.5, "alive": 4, "dead": 0}]
+    for s in range(1, 21):
+        lines.append({"step": s, "lr": 1e-3 * min(1.0, s / 5), "loss": 2.0 / s, "kl": 1.0 / s, "sparsity": 0.1 + 0.01 * s,
+                      "mse": 0.3, "ds_mse": None, "l0": 40.0 - s, "grad_norm": 0.5, "tokens_per_s": 1000.0,
+                      **({"alive_train": 3} if s % 10 == 0 else {})})
+    lines.append({"eval": True, "step": 20, "tokens": 32, "ce_clean": 3.25, "ce_spliced": 3.3125, "ce_increase": 0.0625,
+                  "kl": 0.0375, "l0": 12.5, "explained_variance": 0.875, "top1_agree": 0.75, "mse": 0.125, "alive": 3,
+                  "dead": 1, "alive_train": 3})
+    return lines
+
+
+class ReportTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="test_report_")
+        cls.tok = os.path.join(cls.tmp, "tok")
+        os.makedirs(cls.tok)
+        with open(os.path.join(cls.tok, "encoder.json"), "w", encoding="utf-8") as f:
+            json.dump({t: i for i, t in enumerate(VOCAB)}, f, ensure_ascii=False)
+        cls.shard = os.path.join(cls.tmp, "val_000.bin")
+        write_shard(cls.shard, [t for r in ROWS for t in r])
+        cls.features = os.path.join(cls.tmp, "dump")
+        cls.write_features(cls.features, [cls.shard])
+        cls.log = os.path.join(cls.tmp, "log.jsonl")
+        with open(cls.log, "w") as f:
+            f.write("".join(json.dumps(l) + "\n" for l in log_lines()))
+        cls.out = os.path.join(cls.tmp, "report.html")
+        r = cls.run_report(["--out", cls.out])
+        if r.returncode != 0:
+            raise AssertionError(f"report.py failed: {r.stderr}")
+        with open(cls.out, encoding="utf-8") as f:
+            cls.html = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    @classmethod
+    def write_features(cls, folder, shards, top_pos=TOP_POS, cwd=None):
+        os.makedirs(folder, exist_ok=True)
+        n = len(ROWS) * T
+        fires = np.array(FIRE_COUNT, dtype=np.int64)
+        freq = (fires / n).astype(np.float32)
+        write_safetensors(os.path.join(folder, "features.safetensors"),
+                          [("frequency", freq), ("log10_frequency", np.log10(freq.astype(np.float64) + 1e-10).astype(np.float32)),
+                           ("top_values", np.array(TOP_VALUES, dtype=np.float32)), ("top_pos", np.array(top_pos, dtype=np.int64)),
+                           ("fire_count", fires)],
+                          {"tokens": str(n), "d_sae": str(D), "topk": str(K)})
+        with open(os.path.join(folder, "features.json"), "w") as f:
+            json.dump({"val": os.path.join(cls.tmp, "val_*.bin"), "cwd": cwd or ROOT, "val_shards": shards, "seq_len": T, "n_tokens": n, "d_sae": D,
+                       "topk": K, "layer": 2, "hook_name": "blocks.2.hook_resid_pre", "model": "tiny/model.safetensors",
+                       "mode": "e2e"}, f)
+
+    @classmethod
+    def run_report(cls, extra, log=None, features=None, tokenizer=None):
+        cmd = [sys.executable, REPORT, "--log", log or cls.log, "--features", features or cls.features,
+               "--tokenizer", tokenizer or cls.tok, "--context", "6", "--n-features", "1"] + extra
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    def feature_block(self, d):
+        start = self.html.index(f'id="f{d}"')
+        end = self.html.find('<div class=feature', start + 1)
+        return self.html[start:end if end >= 0 else len(self.html)]
+
+    def test_contexts_decoded_and_highlighted(self):
+        # feature 1's top hit: row 1, t 1 ("script"), preceded by "<" from the row start; HTML escaped
+        f1 = self.feature_block(1)
+        self.assertIn('⟦</span>&lt;<mark', f1)
+        self.assertRegex(f1, r'<mark [^>]*title="token 4 at position 9: 2.5">script</mark><span class=val>2.5</span>')
+        # the 6 // 2 = 3 tokens after it, decoded (é from two bytes), then "…": the row goes on
+        self.assertIn("script</mark><span class=val>2.5</span>&gt; &amp;é<span class=edge>…</span>", f1)
+        # the two tied 1.25 hits, the earlier position (3) listed first
+        self.assertLess(f1.index("0:3"), f1.index("2:4"))
+        self.assertIn('title="token 9 at position 3: 1.25"> cat</mark>', f1)
+        # the newline is shown as a mark; position 20's context reaches its row's end (⟧)
+        self.assertIn(' the cat sat<span class=nl>↵</span><mark', f1)
+        self.assertIn('<span class=val>1.25</span> cat sat&lt;|endoftext|&gt;<span class=edge title="row end">⟧</span>', f1)
+        self.assertNotIn("<script", self.html)
+
+    def test_most_and_least_frequent_live_features(self):
+        self.assertIn("The 1 most frequent live features", self.html)
+        self.assertIn('id="f1"', self.html)  # most frequent (16 of 32 tokens)
+        self.assertIn('id="f2"', self.html)  # rarest live (1 of 32)
+        self.assertNotIn('id="f0"', self.html)  # dead: never shown
+        self.assertNotIn('id="f3"', self.html)  # neither extreme with --n-features 1
+        f2 = self.feature_block(2)
+        self.assertIn("fires on 1 token, 3.12%", f2)
+        self.assertRegex(f2, r'title="token 8 at position 13: 0.875"> the</mark><span class=val>0.875</span>')
+        self.assertEqual(f2.count("<mark"), 1)  # empty slots (-1) are not rows
+
+    def test_eval_table_and_plots(self):
+        table = self.html[self.html.index("<table class=metrics>"):]
+        table = table[:table.index("</table>")]
+        for header in ("CE clean", "CE spliced", "CE increase", "KL", "L0", "expl. var.", "top-1 agree", "alive", "dead"):
+            self.assertIn(f"<th>{header}</th>", table)
+        for cell in ("3.25", "3.312", "0.0625", "0.0375", "12.5", "0.875", "0.75", "40.5", "-0.5"):
+            self.assertIn(f"<td>{cell}</td>", table)
+        self.assertEqual(table.count("<tr>"), 3)  # header + 2 evals
+        # training curves for each non-null term, none for ds_mse (null throughout)
+        for title in ("loss (weighted total)", "KL (unweighted)", "sparsity L1/d_in (unweighted)", "MSE (unweighted)", "L0",
+                      "learning rate", "alive features (training window)", "CE increase (spliced − clean)", "L0 (eval)"):
+            self.assertIn(f"<title>{title}</title>", self.html)
+        self.assertNotIn("downstream MSE", self.html)
+        self.assertGreaterEqual(self.html.count("<svg"), 11)
+        self.assertIn("<polyline", self.html)
+
+    def test_frequency_histogram_and_dead(self):
+        self.assertIn("<b>1 dead</b>", self.html)
+        self.assertIn("log10 firing frequency of the 3 live features", self.html)
+        self.assertEqual(self.html.count('class="bar"'), 3)  # 3 live features in 3 different bins
+
+    def test_self_contained(self):
+        self.assertNotIn("http://", self.html)
+        self.assertNotIn("https://", self.html)
+        self.assertNotIn("<script", self.html)
+        self.assertNotIn("<link", self.html)
+        self.assertNotIn("src=", self.html)
+
+    def test_default_output_in_the_features_folder(self):
+        r = self.run_report([])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.isfile(os.path.join(self.features, "report.html")))
+
+    def test_relative_shard_paths(self):
+        # features.json lists shards as the trainer opened them; relative ones resolve against its cwd
+        d = os.path.join(self.tmp, "dump_relative")
+        self.write_features(d, ["val_000.bin"], cwd=self.tmp)
+        out = os.path.join(self.tmp, "relative.html")
+        r = self.run_report(["--out", out], features=d)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(out, encoding="utf-8") as f:
+            self.assertIn("script</mark>", f.read())
+
+    def expect_error(self, r, fragment):
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith("error: "), lines[0])
+        self.assertIn(fragment, lines[0])
+
+    def test_bad_inputs(self):
+        out = ["--out", os.path.join(self.tmp, "bad.html")]
+        self.expect_error(self.run_report(out, log=os.path.join(self.tmp, "nope.jsonl")), "nope.jsonl' not found")
+        bad_log = os.path.join(self.tmp, "bad.jsonl")
+        with open(bad_log, "w") as f:
+            f.write('{"step": 1, "loss": 1}\n{"step": 2, "loss"\n')
+        self.expect_error(self.run_report(out, log=bad_log), "line 2 is not JSON")
+        self.expect_error(self.run_report(out, features=os.path.join(self.tmp, "nodump")), "is not a folder")
+        self.expect_error(self.run_report(out, tokenizer=self.tmp), "encoder.json' not found")
+        # a shard that is not an llm.c shard, a missing shard, positions past the data, a truncated tensor file
+        junk = os.path.join(self.tmp, "junk.bin")
+        with open(junk, "wb") as f:
+            f.write(b"\0" * 2000)
+        d = os.path.join(self.tmp, "dump_junk")
+        self.write_features(d, [junk])
+        self.expect_error(self.run_report(out, features=d), "is not an llm.c token shard")
+        d = os.path.join(self.tmp, "dump_missing")
+        self.write_features(d, [os.path.join(self.tmp, "gone.bin")])
+        self.expect_error(self.run_report(out, features=d), "gone.bin' (listed in features.json) not found")
+        d = os.path.join(self.tmp, "dump_past")
+        self.write_features(d, [self.shard], top_pos=[[-1, -1, -1], [9, 3, 20], [99, -1, -1], [4, 6, 17]])
+        self.expect_error(self.run_report(out, features=d), "position 99")
+        d = os.path.join(self.tmp, "dump_trunc")
+        self.write_features(d, [self.shard])
+        p = os.path.join(d, "features.safetensors")
+        with open(p, "rb") as f:
+            raw = f.read()
+        with open(p, "wb") as f:
+            f.write(raw[:-8])
+        self.expect_error(self.run_report(out, features=d), "truncated")
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad.html")))
+
+    @unittest.skipUnless(shutil.which("chromium"), "chromium not installed (apt-get install chromium): no screenshot check")
+    def test_screenshot(self):
+        png = os.path.join(ROOT, "build", "test_out", "report_test.png")
+        os.makedirs(os.path.dirname(png), exist_ok=True)
+        if os.path.exists(png):
+            os.remove(png)
+        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400",
+                        f"--screenshot={png}", "file://" + self.out], capture_output=True, timeout=120)
+        self.assertTrue(os.path.isfile(png), "chromium wrote no screenshot")
+        with open(png, "rb") as f:
+            head = f.read(24)
+        self.assertEqual(head[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(struct.unpack(">II", head[16:24]), (1200, 2400))
+        self.assertGreater(os.path.getsize(png), 20000)  # a blank page compresses to a few KB
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -42,6 +42,8 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include "llmc/mse.cuh"          // defines: mse_forward_backward
 #include "llmc/adamw.cuh"        // defines: global_norm_squared, adamw_scalars, adamw_update
 #include "llmc/eval.cuh"         // defines: explained_variance_rows
+#include "llmc/feature_dump.h"   // defines: FeatureDump (host), feature_dump_write
+#include "llmc/feature_dump.cuh" // defines: feature_dump_add_gpu, feature_dump_reset_gpu, feature_dump_download
 
 // ----------------------------------------------------------------------------
 // one-block device allocation: a plan pass counts the bytes, then every pointer is carved out
@@ -158,6 +160,9 @@ struct Engine {
     float* stats;                         // device (NUM_STATS_FIXED + K)
     unsigned int *fired_train, *fired_eval;  // (D)
     int *alive_count, *agree_count;
+    unsigned long long* dump_fire_count;  // --dump-features state: (D), (D,K), (D,K); null without the flag
+    float* dump_top_values;
+    long long* dump_top_pos;
     float* staging;                       // fp32 upload buffer
     cudaEvent_t ev[NUM_PHASES + 1];
     bool time_phases = true;
@@ -198,6 +203,10 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     e->stats = a->take<float>(NUM_STATS_FIXED + e->K);
     e->fired_train = a->take<unsigned int>(D); e->fired_eval = a->take<unsigned int>(D);
     e->alive_count = a->take<int>(1); e->agree_count = a->take<int>(1);
+    size_t K = e->cfg.dump_features.empty() ? 0 : (size_t)e->cfg.dump_topk;
+    e->dump_fire_count = K ? a->take<unsigned long long>(D) : nullptr;
+    e->dump_top_values = K ? a->take<float>(D * K) : nullptr;
+    e->dump_top_pos = K ? a->take<long long>(D * K) : nullptr;
     size_t staging = P;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) staging = std::max(staging, e->host_model.param_sizes[i]);
     e->staging = a->take<float>(staging);
@@ -544,6 +553,41 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
 }
 
 // ----------------------------------------------------------------------------
+// --dump-features: per-feature firing frequency and top activations over the first val tokens,
+// kept on the device in (D,K) buffers, the same result as the CPU trainer's feature_dump_add
+
+template <typename floatX>
+void dump_features(Engine<floatX>* e, const DataLoader* val, const TrainConfig& cfg) {
+    NvtxRange r("dump_features");
+    int T = e->T, K = cfg.dump_topk;
+    long long rows = std::min<long long>(val->num_rows, (cfg.dump_tokens + T - 1) / T);
+    feature_dump_reset_gpu(e->dump_fire_count, e->dump_top_values, e->dump_top_pos, e->D, K, 0);
+    sae_prepare_weights(e);
+    std::vector<int> tokens((size_t)e->B * T);
+    long long n_tokens = 0;
+    for (long long row = 0; row < rows; row += e->B) {
+        int B = (int)std::min<long long>(e->B, rows - row);
+        dataloader_get_rows(val, row, B, tokens.data());
+        upload_rows(e, tokens.data(), B);
+        forward_to_sae(e, B);
+        sae_forward(e, B);
+        feature_dump_add_gpu(e->dump_fire_count, e->dump_top_values, e->dump_top_pos, e->c, B * T, e->D, K, row * T, 0);
+        n_tokens += (long long)B * T;
+    }
+    FeatureDump fd;
+    feature_dump_init(&fd, e->D, K);
+    feature_dump_download(&fd, e->dump_fire_count, e->dump_top_values, e->dump_top_pos, n_tokens);
+    std::vector<std::string> shards;
+    for (const Shard& sh : val->shards) shards.push_back(sh.path);
+    feature_dump_write(&fd, cfg.dump_features, feature_dump_meta(cfg.val, shards, T, n_tokens, e->D, K, cfg.layer,
+                                                                 e->host_model.source, mode_name(cfg.mode)));
+    long long alive = 0;
+    for (long long n : fd.fire_count) alive += n > 0;
+    printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)e->D, K,
+           n_tokens, cfg.dump_features.c_str(), alive);
+}
+
+// ----------------------------------------------------------------------------
 // checkpointing: device state <-> the host structures sae_io.h writes
 
 template <typename floatX>
@@ -587,12 +631,13 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
     sae_bind(&e.host_sae);  // the copy's pointers must point into its own block
     DataLoader train_loader, val_loader;
     const GPT2Config& mc = host_model.config;
-    bool have_val = cfg.eval_samples > 0 && (cfg.val_given || glob_matches(cfg.val));
+    bool have_val = (cfg.eval_samples > 0 || !cfg.dump_features.empty()) && (cfg.val_given || glob_matches(cfg.val));
     if (cfg.eval_samples > 0 && !have_val)
         printf("note: no eval data at the default --val '%s' (scripts/download_starter_pack.sh gets it): eval skipped\n", cfg.val.c_str());
     if (!cfg.eval_only) dataloader_init(&train_loader, cfg.train, "--train", cfg.batch, cfg.seq_len, mc.vocab_size, cfg.shuffle, cfg.seed);
     if (have_val) dataloader_init(&val_loader, cfg.val, "--val", 1, cfg.seq_len, mc.vocab_size, false, 0);
     int eval_rows = have_val ? (int)std::min<long long>(cfg.eval_samples, val_loader.num_rows) : 0;
+    if (!cfg.dump_features.empty() && !have_val) die("--dump-features needs --val data to stream through the SAE");
     engine_init(&e, cfg, cfg.batch);
 
     TrainState ts;
@@ -618,8 +663,9 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
         logger_log_eval(&logger, step, m);
     };
     if (cfg.eval_only) {
-        if (!eval_rows) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
+        if (!eval_rows && cfg.dump_features.empty()) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
         run_eval(0);
+        if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
         logger_close(&logger);
         engine_free(&e);
         return 0;
@@ -721,6 +767,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
     }
     run_eval(step);
     save(step);
+    if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
     logger_close(&logger);
     dataloader_free(&train_loader);
     if (have_val) dataloader_free(&val_loader);

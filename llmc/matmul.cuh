@@ -21,9 +21,19 @@ matrix always have D's type (cuBLASLt's rule for these types).
 
 The cuBLASLt handle and its 32 MiB workspace are global (matmul_init / matmul_destroy). The
 workspace is shared by every call: matmuls on two streams must not run concurrently.
+
+Plan cache: creating the descriptors and layouts and running cublasLtMatmulAlgoGetHeuristic costs
+tens of microseconds of host time per call, as much as a small GPT-2 matmul takes on the GPU. A
+training step repeats a few dozen distinct calls thousands of times, so each distinct call (every
+field the descriptors, layouts or heuristic see, alignments included) builds its plan once and
+keeps it until matmul_destroy(); a repeat only sets the bias / aux pointers and calls
+cublasLtMatmul. The heuristic sees exactly what it saw uncached, so it picks the same algorithm and
+the results are bit-identical (dev/cuda/matmul.cu checks this). Host code is single-threaded.
 */
 #pragma once
+#include <string.h>
 #include <type_traits>
+#include <unordered_map>
 #include "cuda_common.cuh"
 #include "gelu.cuh"
 
@@ -37,8 +47,11 @@ inline void matmul_init() {
     cudaCheck(cudaMalloc(&cublaslt_workspace, cublaslt_workspace_size));
 }
 
+inline void matmul_plan_cache_clear();
+
 inline void matmul_destroy() {
     if (cublaslt_handle == NULL) return;
+    matmul_plan_cache_clear();  // the plans belong to the handle
     cudaCheck(cudaFree(cublaslt_workspace));
     cublasCheck(cublasLtDestroy(cublaslt_handle));
     cublaslt_workspace = NULL;
@@ -75,6 +88,49 @@ inline uint32_t matmul_alignment(const void* p, long long ld_bytes, long long st
     uint32_t align = 1;
     while ((bits & align) == 0) align <<= 1;
     return align;
+}
+
+// ----------------------------------------------------------------------------
+// plan cache
+
+// Everything a plan depends on. alpha and beta (accumulate) are not here: they are arguments of
+// cublasLtMatmul, which the heuristic never sees. All fields are 8 bytes, so there is no padding
+// and bytewise equality and hashing are exact.
+struct MatmulPlanKey {
+    long long m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB, strideD;
+    long long ab_type, d_type, epilogue, align_first, align_second, align_d, align_bias, align_aux;
+    bool operator==(const MatmulPlanKey& o) const { return memcmp(this, &o, sizeof(*this)) == 0; }
+};
+struct MatmulPlanKeyHash {
+    size_t operator()(const MatmulPlanKey& key) const {  // FNV-1a over the bytes
+        const unsigned char* p = (const unsigned char*)&key;
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i < sizeof(key); i++) h = (h ^ p[i]) * 1099511628211ull;
+        return (size_t)h;
+    }
+};
+// the descriptor (without its per-call bias / aux pointers), the three layouts and the algorithm
+struct MatmulPlan {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t layout_first, layout_second, layout_d;
+    cublasLtMatmulAlgo_t algo;
+};
+
+inline std::unordered_map<MatmulPlanKey, MatmulPlan, MatmulPlanKeyHash> matmul_plans;
+inline bool matmul_plan_cache_enabled = true;  // false: build and destroy a plan per call (the uncached path, for benches)
+inline size_t matmul_plan_hits = 0, matmul_plan_misses = 0;
+inline constexpr size_t matmul_plan_cache_max = 1024;  // a training run needs a few dozen; past this, start over
+
+inline void matmul_plan_destroy(MatmulPlan& plan) {
+    cublasCheck(cublasLtMatrixLayoutDestroy(plan.layout_first));
+    cublasCheck(cublasLtMatrixLayoutDestroy(plan.layout_second));
+    cublasCheck(cublasLtMatrixLayoutDestroy(plan.layout_d));
+    cublasCheck(cublasLtMatmulDescDestroy(plan.desc));
+}
+
+inline void matmul_plan_cache_clear() {
+    for (auto& entry : matmul_plans) matmul_plan_destroy(entry.second);
+    matmul_plans.clear();
 }
 
 // all argument errors end the program with the shapes and types of the offending call
@@ -116,72 +172,93 @@ inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const vo
     if (epilogue_has_aux(epilogue) && (ldd != n || n % 8 != 0)) matmul_fail("the GELU aux matrix needs packed D with n %% 8 == 0");
 
     // cuBLAS's first operand is our B, its second our A (see the top of the file)
-    cublasOperation_t op_first = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t op_second = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasLtMatmulDesc_t desc;
-    cublasCheck(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
-    cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-    if (bias != NULL) {
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    }
-    if (aux != NULL) {
-        int64_t aux_ld = n;  // aux has D's row-major (m,n) shape: column-major rows n
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
-        cublasCheck(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
-    }
+    const long long ab_size = (long long)matmul_type_size(ab_type), d_size = (long long)matmul_type_size(d_type);
+    const uint32_t align_first = matmul_alignment(b, ldb * ab_size, batch > 1 ? strideB * ab_size : 0);
+    const uint32_t align_second = matmul_alignment(a, lda * ab_size, batch > 1 ? strideA * ab_size : 0);
+    const uint32_t align_d = matmul_alignment(d, ldd * d_size, batch > 1 ? strideD * d_size : 0);
+    const MatmulPlanKey key = {m, n, k, transA, transB, lda, ldb, ldd, batch, batch > 1 ? strideA : 0,
+                               batch > 1 ? strideB : 0, batch > 1 ? strideD : 0, ab_type, d_type, epilogue,
+                               align_first, align_second, align_d,
+                               // the epilogue pointers' alignments too, in case the heuristic looks at them
+                               bias != NULL ? matmul_alignment(bias, 0, 0) : 0, aux != NULL ? matmul_alignment(aux, n * d_size, 0) : 0};
+    auto found = matmul_plan_cache_enabled ? matmul_plans.find(key) : matmul_plans.end();
+    MatmulPlan plan;
+    if (found != matmul_plans.end()) {
+        plan = found->second;
+        matmul_plan_hits++;
+    } else {
+        matmul_plan_misses++;
+        cublasOperation_t op_first = transB ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasOperation_t op_second = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+        cublasCheck(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+        cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+        // the epilogue pointers are set before the heuristic runs, as they always were (it may look at them)
+        if (bias != NULL) {
+            cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        }
+        if (aux != NULL) {
+            int64_t aux_ld = n;  // aux has D's row-major (m,n) shape: column-major rows n
+            cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
+            cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+        }
 
-    // column-major layouts (rows, cols, ld) of the stored matrices
-    cublasLtMatrixLayout_t layout_first, layout_second, layout_d;
-    if (transB) cublasCheck(cublasLtMatrixLayoutCreate(&layout_first, ab_type, k, n, ldb));   // B stored (n,k)
-    else        cublasCheck(cublasLtMatrixLayoutCreate(&layout_first, ab_type, n, k, ldb));   // B stored (k,n)
-    if (transA) cublasCheck(cublasLtMatrixLayoutCreate(&layout_second, ab_type, m, k, lda));  // A stored (k,m)
-    else        cublasCheck(cublasLtMatrixLayoutCreate(&layout_second, ab_type, k, m, lda));  // A stored (m,k)
-    cublasCheck(cublasLtMatrixLayoutCreate(&layout_d, d_type, n, m, ldd));                    // D stored (m,n)
-    if (batch > 1) {
-        int32_t count = batch;
-        cublasLtMatrixLayout_t layouts[3] = {layout_first, layout_second, layout_d};
-        long long strides[3] = {strideB, strideA, strideD};
-        for (int i = 0; i < 3; i++) {
-            int64_t stride = strides[i];
-            cublasCheck(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
-            cublasCheck(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+        // column-major layouts (rows, cols, ld) of the stored matrices
+        if (transB) cublasCheck(cublasLtMatrixLayoutCreate(&plan.layout_first, ab_type, k, n, ldb));   // B stored (n,k)
+        else        cublasCheck(cublasLtMatrixLayoutCreate(&plan.layout_first, ab_type, n, k, ldb));   // B stored (k,n)
+        if (transA) cublasCheck(cublasLtMatrixLayoutCreate(&plan.layout_second, ab_type, m, k, lda));  // A stored (k,m)
+        else        cublasCheck(cublasLtMatrixLayoutCreate(&plan.layout_second, ab_type, k, m, lda));  // A stored (m,k)
+        cublasCheck(cublasLtMatrixLayoutCreate(&plan.layout_d, d_type, n, m, ldd));                    // D stored (m,n)
+        if (batch > 1) {
+            int32_t count = batch;
+            cublasLtMatrixLayout_t layouts[3] = {plan.layout_first, plan.layout_second, plan.layout_d};
+            long long strides[3] = {strideB, strideA, strideD};
+            for (int i = 0; i < 3; i++) {
+                int64_t stride = strides[i];
+                cublasCheck(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+                cublasCheck(cublasLtMatrixLayoutSetAttribute(layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+            }
+        }
+
+        cublasLtMatmulPreference_t pref;
+        cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+        uint64_t max_ws = cublaslt_workspace_size;
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws, sizeof(max_ws)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first, sizeof(align_first)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second, sizeof(align_second)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
+
+        cublasLtMatmulHeuristicResult_t heuristic;
+        int returned = 0;
+        cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, plan.desc, plan.layout_first, plan.layout_second,
+                                                               plan.layout_d, plan.layout_d, pref, 1, &heuristic, &returned);
+        cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+        if (status != CUBLAS_STATUS_SUCCESS || returned == 0)
+            matmul_fail("cuBLASLt found no algorithm (heuristic status %d, %d results; alignments %u/%u/%u bytes)",
+                        (int)status, returned, align_first, align_second, align_d);
+        plan.algo = heuristic.algo;
+        if (matmul_plan_cache_enabled) {
+            if (matmul_plans.size() >= matmul_plan_cache_max) matmul_plan_cache_clear();
+            matmul_plans.emplace(key, plan);
+        }
+    }
+    if (found != matmul_plans.end()) {  // a cached plan: only the pointers of this call change
+        if (bias != NULL) {
+            cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        }
+        if (aux != NULL) {
+            cublasCheck(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(aux)));
         }
     }
 
-    cublasLtMatmulPreference_t pref;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
-    uint64_t max_ws = cublaslt_workspace_size;
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws, sizeof(max_ws)));
-    const long long ab_size = (long long)matmul_type_size(ab_type), d_size = (long long)matmul_type_size(d_type);
-    uint32_t align_first = matmul_alignment(b, ldb * ab_size, batch > 1 ? strideB * ab_size : 0);
-    uint32_t align_second = matmul_alignment(a, lda * ab_size, batch > 1 ? strideA * ab_size : 0);
-    uint32_t align_d = matmul_alignment(d, ldd * d_size, batch > 1 ? strideD * d_size : 0);
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first, sizeof(align_first)));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second, sizeof(align_second)));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
-
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int returned = 0;
-    cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(cublaslt_handle, desc, layout_first, layout_second,
-                                                           layout_d, layout_d, pref, 1, &heuristic, &returned);
-    if (status != CUBLAS_STATUS_SUCCESS || returned == 0)
-        matmul_fail("cuBLASLt found no algorithm (heuristic status %d, %d results; alignments %u/%u/%u bytes)",
-                    (int)status, returned, align_first, align_second, align_d);
-
     // C and D are the same buffer: with accumulate, D = alpha·op(A)·op(B) + 1·D (+ bias)
     const float beta = accumulate ? 1.0f : 0.0f;
-    cublasCheck(cublasLtMatmul(cublaslt_handle, desc, &alpha, b, layout_first, a, layout_second, &beta,
-                               d, layout_d, d, layout_d, &heuristic.algo,
+    cublasCheck(cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, b, plan.layout_first, a, plan.layout_second, &beta,
+                               d, plan.layout_d, d, plan.layout_d, &plan.algo,
                                cublaslt_workspace, cublaslt_workspace_size, stream));
-
-    cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_first));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_second));
-    cublasCheck(cublasLtMatrixLayoutDestroy(layout_d));
-    cublasCheck(cublasLtMatmulDescDestroy(desc));
+    if (!matmul_plan_cache_enabled) matmul_plan_destroy(plan);
 }
 #undef matmul_fail
 

@@ -21,14 +21,21 @@ every size a multiple of 8 (m 40, n 56, k 32) and once with none (m 37, n 53, k 
     per-head output into (B,T,C)), and odd row/batch strides with gaps, alpha 0.5, with and
     without accumulate; the gaps must come back untouched
   - matmul_forward (no bias, bias, pre_gelu fused and unfused) and matmul_backward_dinp
+  - the plan cache: every matmul_cublaslt / batched check above runs three times, uncached, cached
+    (the plan may be built here) and cached again (must hit the cache), and the three outputs (aux
+    included) must agree bit for bit; and a cached plan reused with other bias / aux pointers must
+    read and write the new ones
 Tolerances: inputs are rounded to the operand type first, so products are exact in fp32 and only
 the fp32 accumulation (and the output rounding) differ from the double reference: 1e-5 relative
 for fp32 outputs, 1e-2 for bf16 outputs (output rounding 2^-8). cuBLASLt's own GELU epilogue
 is checked at 2e-3: its approximation is not documented (tanh-form or erf-form differ by up to
 4e-4); the max difference from our tanh GELU is printed. That is why fp32 matmul_forward never
 fuses GELU. Exit code 1 on any mismatch.
+Timing also reports the host time per call with and without the plan cache (tiny shape, so the
+GPU keeps up with the launches).
 */
 #include <string.h>
+#include <chrono>
 #include "common.h"
 #include "../../llmc/matmul.cuh"
 
@@ -64,6 +71,83 @@ void matmul_cpu(float* d, float* aux, const float* a, const float* b, const floa
 }
 
 // ----------------------------------------------------------------------------
+// plan cache: the same call uncached, cached, and cached again must give the same bits
+
+struct DeviceBytes { const void* p; size_t bytes; };
+static std::vector<unsigned char> snapshot(std::initializer_list<DeviceBytes> outs) {
+    std::vector<unsigned char> h;
+    for (const DeviceBytes& o : outs) {
+        size_t at = h.size();
+        h.resize(at + o.bytes);
+        cudaCheck(cudaMemcpy(h.data() + at, o.p, o.bytes, cudaMemcpyDeviceToHost));
+    }
+    return h;
+}
+static int cache_checks = 0, cache_failures = 0;
+// run() must reset every input it overwrites and call the matmul once
+template <typename F>
+int check_plan_cache(const char* name, F run, std::initializer_list<DeviceBytes> outs) {
+    matmul_plan_cache_enabled = false;
+    run();
+    std::vector<unsigned char> uncached = snapshot(outs);
+    matmul_plan_cache_enabled = true;
+    run();
+    std::vector<unsigned char> first = snapshot(outs);
+    const size_t hits = matmul_plan_hits;
+    run();
+    std::vector<unsigned char> cached = snapshot(outs);
+    const bool hit = matmul_plan_hits == hits + 1, same = uncached == first && first == cached;
+    cache_checks++;
+    if (!hit || !same) {
+        printf("  %s: plan cache %s%s FAIL\n", name, same ? "" : "changed the output bits ", hit ? "" : "missed on a repeat");
+        cache_failures++;
+        return 1;
+    }
+    return 0;
+}
+
+// one plan, two sets of pointers: the repeat (a cache hit) must use its own bias and aux
+int check_plan_pointer_rebind() {
+    printf("plan cache, one shape with two bias / aux buffers:\n");
+    const int m = 40, n = 64, k = 32;
+    float* a = make_random_float((size_t)m * k);
+    float* b = make_random_float((size_t)n * k);
+    float* bias1 = make_random_float(n);
+    float* bias2 = make_random_float(n, 2.0f, 3.0f);
+    round_to_storage<bf16>(a, (size_t)m * k); round_to_storage<bf16>(b, (size_t)n * k);
+    round_to_storage<bf16>(bias1, n); round_to_storage<bf16>(bias2, n);
+    bf16* d_a = to_device<bf16>(a, (size_t)m * k);
+    bf16* d_b = to_device<bf16>(b, (size_t)n * k);
+    bf16* d_bias[2] = {to_device<bf16>(bias1, n), to_device<bf16>(bias2, n)};
+    const float* h_bias[2] = {bias1, bias2};
+    int failures = 0;
+    bf16 *d_d[2], *d_aux[2];  // all four live at once, so set 2 cannot land at set 1's addresses
+    for (int i = 0; i < 2; i++) {
+        cudaCheck(cudaMalloc(&d_d[i], (size_t)m * n * sizeof(bf16)));
+        cudaCheck(cudaMalloc(&d_aux[i], (size_t)m * n * sizeof(bf16)));
+        poison(d_d[i], (size_t)m * n * sizeof(bf16)); poison(d_aux[i], (size_t)m * n * sizeof(bf16));
+    }
+    for (int i = 0; i < 2; i++) {
+        const size_t hits = matmul_plan_hits;
+        matmul_cublaslt(d_d[i], d_a, d_b, d_bias[i], m, n, k, false, true, CUDA_R_16BF, CUDA_R_16BF, false,
+                        CUBLASLT_EPILOGUE_GELU_AUX_BIAS, d_aux[i], 0);
+        const bool hit = matmul_plan_hits == hits + 1;
+        std::vector<float> ref(m * n), ref_aux(m * n);
+        matmul_cpu(ref.data(), ref_aux.data(), a, b, h_bias[i], m, n, k, false, true, false, ACT_GELU);
+        char name[64];
+        snprintf(name, sizeof(name), "set %d out (cache %s)", i + 1, hit ? "hit" : "miss");
+        failures += !check_result(d_d[i], ref.data(), name, (size_t)m * n, 1e-2f);  // bf16 output
+        snprintf(name, sizeof(name), "set %d aux", i + 1);
+        failures += !check_result(d_aux[i], ref_aux.data(), name, (size_t)m * n, 1e-2f);
+        if (i == 1 && !hit) { printf("  the repeat missed the cache FAIL\n"); failures++; }
+    }
+    for (int i = 0; i < 2; i++) { cudaCheck(cudaFree(d_d[i])); cudaCheck(cudaFree(d_aux[i])); }
+    cudaCheck(cudaFree(d_a)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_bias[0])); cudaCheck(cudaFree(d_bias[1]));
+    free(a); free(b); free(bias1); free(bias2);
+    return failures;
+}
+
+// ----------------------------------------------------------------------------
 // checks of matmul_cublaslt
 
 Act epilogue_act(cublasLtEpilogue_t e) {
@@ -91,19 +175,22 @@ int check_matmul(int m, int n, int k, bool transA, bool transB, bool accumulate,
     Tab* d_a = to_device<Tab>(a, an);
     Tab* d_b = to_device<Tab>(b, bn);
     Td* d_bias = to_device<Td>(bias, n);
-    Td* d_d = to_device<Td>(d0, dn);
-    Td* d_aux;
+    Td* d_d0 = to_device<Td>(d0, dn);
+    Td *d_d, *d_aux;
+    cudaCheck(cudaMalloc(&d_d, dn * sizeof(Td)));
     cudaCheck(cudaMalloc(&d_aux, dn * sizeof(Td)));
-    poison(d_aux, dn * sizeof(Td));
-    if (!accumulate) poison(d_d, dn * sizeof(Td));
-
-    matmul_cublaslt(d_d, d_a, d_b, has_bias ? d_bias : NULL, m, n, k, transA, transB, cuda_dtype<Tab>(),
-                    cuda_dtype<Td>(), accumulate, epilogue, has_aux ? d_aux : NULL, 0);
 
     char name[128];
     snprintf(name, sizeof(name), "%s->%s %dx%dx%d %c%c%s epi%d", type_name<Tab>(), type_name<Td>(), m, n, k,
              transA ? 'T' : 'N', transB ? 'T' : 'N', accumulate ? " acc" : "", (int)epilogue);
-    int failures = 0;
+    int failures = check_plan_cache(name, [&] {
+        poison(d_aux, dn * sizeof(Td));
+        if (accumulate) cudaCheck(cudaMemcpy(d_d, d_d0, dn * sizeof(Td), cudaMemcpyDeviceToDevice));
+        else poison(d_d, dn * sizeof(Td));
+        matmul_cublaslt(d_d, d_a, d_b, has_bias ? d_bias : NULL, m, n, k, transA, transB, cuda_dtype<Tab>(),
+                        cuda_dtype<Td>(), accumulate, epilogue, has_aux ? d_aux : NULL, 0);
+    }, {{d_d, dn * sizeof(Td)}, {d_aux, has_aux ? dn * sizeof(Td) : 0}});
+
     const float out_tol = act == ACT_GELU ? fmaxf(tol, 2e-3f) : tol;
     failures += !check_result(d_d, ref.data(), name, dn, out_tol);
     if (has_aux) {
@@ -119,7 +206,7 @@ int check_matmul(int m, int n, int k, bool transA, bool transB, bool accumulate,
         }
     }
     cudaCheck(cudaFree(d_a)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_bias));
-    cudaCheck(cudaFree(d_d)); cudaCheck(cudaFree(d_aux));
+    cudaCheck(cudaFree(d_d0)); cudaCheck(cudaFree(d_d)); cudaCheck(cudaFree(d_aux));
     free(a); free(b); free(bias); free(d0);
     return failures;
 }
@@ -150,14 +237,19 @@ int check_batched(int m, int n, int k, bool transA, bool transB, int lda, int ld
     }
     Tab* d_a = to_device<Tab>(a, an);
     Tab* d_b = to_device<Tab>(b, bn);
-    Td* d_d = to_device<Td>(d0, dn);
-    matmul_cublaslt_batched(d_d, d_a, d_b, m, n, k, transA, transB, lda, ldb, ldd, batch, sA, sB, sD,
-                            cuda_dtype<Tab>(), cuda_dtype<Td>(), alpha, accumulate, 0);
+    Td* d_d0 = to_device<Td>(d0, dn);
+    Td* d_d;
+    cudaCheck(cudaMalloc(&d_d, dn * sizeof(Td)));
     char name[128];
     snprintf(name, sizeof(name), "batched %s->%s %dx%dx%d %c%c x%d%s", type_name<Tab>(), type_name<Td>(), m, n, k,
              transA ? 'T' : 'N', transB ? 'T' : 'N', batch, accumulate ? " acc" : "");
-    int failures = !check_result(d_d, ref.data(), name, dn, tol);
-    cudaCheck(cudaFree(d_a)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_d));
+    int failures = check_plan_cache(name, [&] {
+        cudaCheck(cudaMemcpy(d_d, d_d0, dn * sizeof(Td), cudaMemcpyDeviceToDevice));  // the gaps must stay as d0
+        matmul_cublaslt_batched(d_d, d_a, d_b, m, n, k, transA, transB, lda, ldb, ldd, batch, sA, sB, sD,
+                                cuda_dtype<Tab>(), cuda_dtype<Td>(), alpha, accumulate, 0);
+    }, {{d_d, dn * sizeof(Td)}});
+    failures += !check_result(d_d, ref.data(), name, dn, tol);
+    cudaCheck(cudaFree(d_a)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_d0)); cudaCheck(cudaFree(d_d));
     free(a); free(b); free(d0);
     return failures;
 }
@@ -339,6 +431,31 @@ void bench_gpt2(int warmup, int repeats) {
     cudaCheck(cudaFree(dout)); cudaCheck(cudaFree(out)); cudaCheck(cudaFree(pre));
 }
 
+// host time per matmul_cublaslt call, cached and uncached: a 64x64x64 bf16 product with bias
+// (microseconds on the GPU), enqueued 2000 times, so the host is the bottleneck
+void bench_host_overhead() {
+    const int m = 64, n = 64, k = 64, calls = 2000;
+    bf16* a = device_random<bf16>((size_t)m * k, 15);
+    bf16* b = device_random<bf16>((size_t)n * k, 16);
+    bf16* bias = device_random<bf16>(n, 17);
+    bf16* d;
+    cudaCheck(cudaMalloc(&d, (size_t)m * n * sizeof(bf16)));
+    for (int cached = 0; cached <= 1; cached++) {
+        matmul_plan_cache_enabled = cached;
+        matmul_cublaslt(d, a, b, bias, m, n, k, false, true, CUDA_R_16BF, CUDA_R_16BF, false, CUBLASLT_EPILOGUE_BIAS, NULL, 0);
+        cudaCheck(cudaDeviceSynchronize());
+        auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < calls; i++)
+            matmul_cublaslt(d, a, b, bias, m, n, k, false, true, CUDA_R_16BF, CUDA_R_16BF, false, CUBLASLT_EPILOGUE_BIAS, NULL, 0);
+        double host_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / calls;
+        cudaCheck(cudaDeviceSynchronize());
+        double total_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() / calls;
+        printf("  host time per call, plan cache %-3s  %7.2f us enqueue, %7.2f us until done\n", cached ? "on" : "off", host_us, total_us);
+    }
+    matmul_plan_cache_enabled = true;
+    cudaCheck(cudaFree(a)); cudaCheck(cudaFree(b)); cudaCheck(cudaFree(bias)); cudaCheck(cudaFree(d));
+}
+
 // the LM head at the unpadded vocabulary: rows of 50257 bf16 are only 2-byte aligned
 void bench_lm_head_unpadded(int warmup, int repeats) {
     const int N = 8 * 1024, C = 768, V = 50257;
@@ -404,6 +521,8 @@ int main(int argc, char** argv) {
     failures += check_gpt2_wrappers<float>(false, 1e-5f);
     failures += check_gpt2_wrappers<bf16>(false, 1e-2f);
     if (!check_only) {
+        printf("host overhead of matmul_cublaslt:\n");
+        bench_host_overhead();
         printf("timing, GPT-2 small at B*T = 8192 (median of 10 in bf16, 3 in fp32):\n");
         bench_gpt2<bf16>(3, 10);
         bench_gpt2<float>(1, 3);
@@ -420,6 +539,9 @@ int main(int argc, char** argv) {
     if (!check_only) bench_lm_head_unpadded(3, 10);
     failures += check_gelu_epilogues<float, float>(1e-5f);
     failures += check_gelu_epilogues<bf16, float>(1e-5f);
+    failures += check_plan_pointer_rebind();
+    printf("plan cache: %d calls run uncached, cached and cached again: %d differ or missed %s (%zu plans built, %zu hits)\n",
+           cache_checks, cache_failures, cache_failures ? "FAIL" : "ok", matmul_plan_misses, matmul_plan_hits);
     matmul_destroy();
     printf("matmul: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
     return failures ? 1 : 0;

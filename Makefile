@@ -12,7 +12,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 
 .PHONY: all test clean
-all: train_gpt2_sae_cpu train_gpt2_sae test_cpu test_tokenizer test_gpt2_sae prepare_text
+all: train_gpt2_sae_cpu train_gpt2_sae test_cpu test_tokenizer test_feature_dump test_gpt2_sae prepare_text
 
 train_gpt2_sae_cpu: train_gpt2_sae_cpu.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
@@ -26,6 +26,9 @@ test_cpu: test/test_cpu.cpp train_gpt2_sae_cpu.cpp $(HOST_HEADERS)
 test_gpt2_sae: test/test_gpt2_sae.cu train_gpt2_sae.cu $(HOST_HEADERS) $(CUDA_HEADERS)
 	$(NVCC) $(NVCCFLAGS) $< $(CUDA_LIBS) -o $@
 
+test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS)
+	$(CXX) $(CXXFLAGS) $< -o $@
+
 test_tokenizer: test/test_tokenizer.cpp llmc/tokenizer.h
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
 
@@ -33,8 +36,8 @@ prepare_text: dev/data/prepare_text.cpp llmc/tokenizer.h
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
 
 # every test binary runs; test/run_tests.sh prints "N passed, N failed, N skipped" and fails on any failure
-test: train_gpt2_sae_cpu test_cpu test_tokenizer test_gpt2_sae train_gpt2_sae prepare_text
+test: train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_gpt2_sae train_gpt2_sae prepare_text
 	bash test/run_tests.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu test_cpu test_tokenizer test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_gpt2_sae prepare_text build

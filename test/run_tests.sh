@@ -13,8 +13,16 @@ run() {  # name, command...
     "$@" >"$log" 2>&1
     local rc=$?
     local cases p f
-    # Catch2: "All tests passed (A assertions in N test cases)" or "test cases: N | P passed | F failed"
-    if grep -q "All tests passed" "$log"; then
+    # Catch2: "All tests passed (A assertions in N test cases)" or "test cases: N | P passed | F failed";
+    # python unittest: "Ran N tests" then "OK" or "FAILED (failures=a, errors=b)"
+    if grep -q "^Ran [0-9]* test" "$log"; then
+        local ran bad sk
+        ran=$(grep -o "^Ran [0-9]*" "$log" | tail -1 | grep -o "[0-9]*")
+        bad=$(grep -o "failures=[0-9]*\|errors=[0-9]*" "$log" | grep -o "[0-9]*" | awk '{s+=$1} END {print s+0}')
+        sk=$(grep -o "skipped=[0-9]*" "$log" | tail -1 | grep -o "[0-9]*"); sk=${sk:-0}
+        f=$bad; p=$((ran - bad - sk)); skipped=$((skipped + sk))
+        [ "$sk" -gt 0 ] && echo "SKIP $name: $sk test(s): $(grep -m1 "skipped '" "$log")"
+    elif grep -q "All tests passed" "$log"; then
         p=$(grep -o "in [0-9]* test case" "$log" | tail -1 | grep -o "[0-9]*"); f=0
     else
         p=$(grep -o "| *[0-9]* passed" "$log" | head -1 | grep -o "[0-9]*"); p=${p:-0}
@@ -32,6 +40,8 @@ run() {  # name, command...
 }
 run cpu ./test_cpu
 run tokenizer ./test_tokenizer
+run feature_dump ./test_feature_dump
+run report /usr/bin/python3 test/test_report.py -v
 if [ -x ./test_gpt2_sae ]; then run gpu ./test_gpt2_sae; fi
 run starter_pack bash test/test_starter_pack.sh
 run openwebtext /usr/bin/python3 test/test_openwebtext.py

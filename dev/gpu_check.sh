@@ -5,7 +5,7 @@
 #   compute-sanitizer memcheck / racecheck / initcheck on short runs, train_gpt2_sae (fp32, bf16)
 #   against train_gpt2_sae_cpu on one model, data and SAE, and the dev/cuda kernel checks.
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
-# Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all]
+# Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final]
 #   core: GPU tests, e2e bf16 layer-6 benchmark, memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
 #   extra: the other sanitizer runs, modes, layers and precisions
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
@@ -73,6 +73,27 @@ if [ "$stage" = extra ] || [ "$stage" = all ]; then
     step initcheck_e2e_ds 150 compute-sanitizer --tool initcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision fp32 --out /tmp/san_init
     compare_mode local
     compare_mode e2e+ds
+fi
+if [ "$stage" = final ]; then  # one call after a change: everything that can move, in priority order
+    step test_gpt2_sae 200 ./test_gpt2_sae
+    make_paper_model
+    for mode in e2e local e2e+ds; do
+        step "bench_${mode/+/_}_bf16_L6" 90 ./train_gpt2_sae $bench_args --mode $mode --layer 6 --precision bf16 --max-steps 20 --out /tmp/b_$mode
+    done
+    step bench_e2e_bf16_L2 90 ./train_gpt2_sae $bench_args --mode e2e --layer 2 --precision bf16 --max-steps 15 --out /tmp/b4
+    step bench_e2e_bf16_L10 90 ./train_gpt2_sae $bench_args --mode e2e --layer 10 --precision bf16 --max-steps 15 --out /tmp/b5
+    compare_mode e2e; compare_mode local; compare_mode e2e+ds
+    # --dump-features on the GPU against the CPU trainer, same SAE and val rows
+    step dump_cpu 60 ./train_gpt2_sae_cpu $cmp_args --mode e2e --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_cpu --dump-tokens 8192 --out /tmp/dump_cpu_run
+    step dump_gpu 30 ./train_gpt2_sae $cmp_args --mode e2e --precision fp32 --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_gpu --dump-tokens 8192 --out /tmp/dump_gpu_run
+    step agree_dump 20 python3 dev/compare_features.py /tmp/dump_gpu /tmp/dump_cpu --tol 1e-4
+    memcheck e2e bf16
+    for mode in local e2e; do
+        step "racecheck_${mode}" 90 compute-sanitizer --tool racecheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision bf16 --out /tmp/san_r$mode
+        step "initcheck_${mode}" 90 compute-sanitizer --tool initcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision fp32 --out /tmp/san_i$mode
+    done
+    step dev_cuda 120 env TIMEOUT=25 bash dev/cuda/run_all.sh "$LOG/dev_cuda"
+    step bench_e2e_fp32_L6 60 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision fp32 --max-steps 7 --out /tmp/b6
 fi
 echo "=== summary"
 printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"

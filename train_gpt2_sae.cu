@@ -270,7 +270,7 @@ void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX*
     if (a->inp != inp) cudaCheck(cudaMemcpyAsync(a->inp, inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
     layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->inp, w.ln1w + l * C, w.ln1b + l * C, N, C, 0);
     matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, w.qkvb + l * 3 * C, N, C, 3 * C, 0);
-    attention_forward(a->atty, a->qkvr, a->att, a->qkv, B, e->T, C, e->NH, 0);
+    attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
     // res2 = inp + attproj(atty): the residual add rides on the matmul's accumulate
     cudaCheck(cudaMemcpyAsync(a->res2, a->inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
     matmul_cublaslt(a->res2, a->atty, w.attprojw + (size_t)l * C * C, w.attprojb + l * C, N, C, C, false, true,

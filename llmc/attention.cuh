@@ -4,19 +4,23 @@ matrix is materialised, which the backward reuses. Forward and activation-gradie
 
 inp (B,T,3C) holds q in [0,C), k in [C,2C), v in [2C,3C), head h at offset h*hs in each (hs =
 C/NH). Forward:
-  1. split the heads: q, k, v (B,NH,T,hs) each, contiguous, in qkvr (3,B,NH,T,hs)
+  1. split the heads: q, k, v (B,NH,T,hs) each, contiguous, in qkvr (3,B,NH,T,hs)   one kernel
   2. preatt (B,NH,T,T) = q·kᵀ                 one strided-batched matmul, into att
   3. att = softmax(preatt / sqrt(hs)) causal   in place; positions s > t are written as exact 0
-  4. out[:, :, h*hs:(h+1)*hs] = att_h · v_h    one batched matmul per head, writing straight into
-                                               the (B,T,C) layout (row stride C), so no unpermute
+  4. y (B,NH,T,hs) = att·v                     one strided-batched matmul, into scratch
+  5. out (B,T,C) = y with the heads merged     one kernel
 Backward (dout (B,T,C) -> dinp (B,T,3C)):
   dy = dout split into heads (B,NH,T,hs)       in scratch
   datt = dy·vᵀ,  dv = attᵀ·dy
   dpreatt = softmax backward of datt           in place in datt, scale included
   dq = dpreatt·k,  dk = dpreattᵀ·q
-  dinp = the heads of dq, dk, dv merged back into (B,T,3C)
+  dinp = the heads of dq, dk, dv merged back into (B,T,3C)   one kernel
+Every matmul is one call batched over all B·NH heads (a per-head output written straight into
+(B,T,C) would need a batch stride per b and another per h, which strided batching lacks: that
+was NH calls, each with its host overhead, for a merge that costs one pass over (B,T,C)).
 Matmuls use cuBLASLt with fp32 compute (no TF32). In bf16 the scores and probabilities are
-stored in bf16 between steps (as in llm.c), which costs accuracy on large logits.
+stored in bf16 between steps (as in llm.c), which costs accuracy on large logits. The masked
+upper triangle is computed and then zeroed (no causal skipping).
 */
 #pragma once
 #include <math.h>
@@ -24,45 +28,74 @@ stored in bf16 between steps (as in llm.c), which costs accuracy on large logits
 #include "matmul.cuh"
 
 // ----------------------------------------------------------------------------
-// head split/merge: (B,T,·) rows with row stride ld, head h at column h*hs  <->  (B,NH,T,hs)
+// head split/merge, `parts` tensors at once:
+//   rows (B,T,·) with row stride ld, part p's head h at column p*C + h*hs  <->  (parts,B,NH,T,hs)
+// One thread moves P consecutive elements of one head row: a 16-byte pack where the launcher
+// found every address aligned (hs, ld and both pointers), else one element.
 
-template <typename floatX>
-__global__ void split_heads_kernel(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int ld) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;  // index into out (B,NH,T,hs)
-    if (idx >= (size_t)B * NH * T * hs) return;
-    int d = (int)(idx % hs);
+template <int P, typename floatX>
+__device__ inline void copy_elems(floatX* dst, const floatX* src) {
+    if constexpr (P == 1) *dst = *src;
+    else store128(dst, load128(src));
+}
+
+// offset into the (B,T,·) rows of element d of head row (part, b, h, t), from its index in (parts,B,NH,T,hs)
+__device__ inline size_t head_row_offset(size_t idx, int B, int T, int NH, int hs, int ld) {
+    const int d = (int)(idx % hs);
     size_t r = idx / hs;
-    int t = (int)(r % T); r /= T;
-    int h = (int)(r % NH);
-    size_t b = r / NH;
-    out[idx] = inp[(b * T + t) * ld + (size_t)h * hs + d];
+    const int t = (int)(r % T); r /= T;
+    const int h = (int)(r % NH); r /= NH;
+    const size_t b = r % B, part = r / B;
+    return (b * T + t) * ld + (part * NH + h) * hs + d;
+}
+
+template <int P, typename floatX>
+__global__ void split_heads_kernel(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int parts, int ld) {
+    const size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;  // into out (parts,B,NH,T,hs)
+    if (idx >= (size_t)parts * B * NH * T * hs) return;
+    copy_elems<P>(out + idx, inp + head_row_offset(idx, B, T, NH, hs, ld));
+}
+
+template <int P, typename floatX>
+__global__ void merge_heads_kernel(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int parts, int ld) {
+    const size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * P;  // into inp (parts,B,NH,T,hs)
+    if (idx >= (size_t)parts * B * NH * T * hs) return;
+    copy_elems<P>(out + head_row_offset(idx, B, T, NH, hs, ld), inp + idx);
 }
 
 template <typename floatX>
-__global__ void merge_heads_kernel(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int ld) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;  // index into inp (B,NH,T,hs)
-    if (idx >= (size_t)B * NH * T * hs) return;
-    int d = (int)(idx % hs);
-    size_t r = idx / hs;
-    int t = (int)(r % T); r /= T;
-    int h = (int)(r % NH);
-    size_t b = r / NH;
-    out[(b * T + t) * ld + (size_t)h * hs + d] = inp[idx];
+bool heads_packable(const void* a, const void* b, int hs, int ld) {
+    constexpr int P = Packed128<floatX>::size;
+    return hs % P == 0 && ld % P == 0 && is_aligned16(a) && is_aligned16(b);
 }
 
+// out (parts,B,NH,T,hs) <- inp rows (B,T,·) with row stride ld (>= parts·C)
 template <typename floatX>
-void split_heads(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int ld, cudaStream_t stream) {
-    size_t n = (size_t)B * NH * T * hs;
+void split_heads(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int parts, int ld, cudaStream_t stream) {
+    constexpr int P = Packed128<floatX>::size;
+    const size_t n = (size_t)parts * B * NH * T * hs;
     if (n == 0) return;
-    split_heads_kernel<<<(unsigned)ceil_div(n, (size_t)256), 256, 0, stream>>>(out, inp, B, T, NH, hs, ld);
+    const int block_size = 256;
+    if (heads_packable<floatX>(out, inp, hs, ld)) {
+        split_heads_kernel<P><<<(unsigned)ceil_div(n / P, (size_t)block_size), block_size, 0, stream>>>(out, inp, B, T, NH, hs, parts, ld);
+    } else {
+        split_heads_kernel<1><<<(unsigned)ceil_div(n, (size_t)block_size), block_size, 0, stream>>>(out, inp, B, T, NH, hs, parts, ld);
+    }
     cudaLaunchCheck();
 }
 
+// out rows (B,T,·) with row stride ld <- inp (parts,B,NH,T,hs); columns past parts·C untouched
 template <typename floatX>
-void merge_heads(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int ld, cudaStream_t stream) {
-    size_t n = (size_t)B * NH * T * hs;
+void merge_heads(floatX* out, const floatX* inp, int B, int T, int NH, int hs, int parts, int ld, cudaStream_t stream) {
+    constexpr int P = Packed128<floatX>::size;
+    const size_t n = (size_t)parts * B * NH * T * hs;
     if (n == 0) return;
-    merge_heads_kernel<<<(unsigned)ceil_div(n, (size_t)256), 256, 0, stream>>>(out, inp, B, T, NH, hs, ld);
+    const int block_size = 256;
+    if (heads_packable<floatX>(out, inp, hs, ld)) {
+        merge_heads_kernel<P><<<(unsigned)ceil_div(n / P, (size_t)block_size), block_size, 0, stream>>>(out, inp, B, T, NH, hs, parts, ld);
+    } else {
+        merge_heads_kernel<1><<<(unsigned)ceil_div(n, (size_t)block_size), block_size, 0, stream>>>(out, inp, B, T, NH, hs, parts, ld);
+    }
     cudaLaunchCheck();
 }
 
@@ -116,39 +149,33 @@ __global__ void attention_softmax_backward_kernel(floatX* datt, const floatX* at
 // launchers
 
 // out (B,T,C); qkvr (3,B,NH,T,hs) scratch that the backward reads; att (B,NH,T,T) receives the
-// probabilities (the backward reads them); inp (B,T,3C) is not modified
+// probabilities (the backward reads them); scratch (B,T,C) is scratch; inp (B,T,3C) is not modified
 template <typename floatX>
-void attention_forward(floatX* out, floatX* qkvr, floatX* att, const floatX* inp,
+void attention_forward(floatX* out, floatX* qkvr, floatX* att, floatX* scratch, const floatX* inp,
                        int B, int T, int C, int NH, cudaStream_t stream) {
     if (C % NH != 0) { fprintf(stderr, "attention_forward: C %d not divisible by NH %d\n", C, NH); exit(EXIT_FAILURE); }
     if (B == 0 || T == 0) return;
-    const int hs = C / NH;
+    const int hs = C / NH, BNH = B * NH;
     const size_t head_elems = (size_t)B * NH * T * hs;
     const cudaDataType_t dt = cuda_dtype<floatX>();
-    floatX* q = qkvr;
-    floatX* k = qkvr + head_elems;
-    floatX* v = qkvr + 2 * head_elems;
-    split_heads(q, inp, B, T, NH, hs, 3 * C, stream);
-    split_heads(k, inp + C, B, T, NH, hs, 3 * C, stream);
-    split_heads(v, inp + 2 * C, B, T, NH, hs, 3 * C, stream);
+    const floatX* q = qkvr;
+    const floatX* k = qkvr + head_elems;
+    const floatX* v = qkvr + 2 * head_elems;
+    split_heads(qkvr, inp, B, T, NH, hs, 3, 3 * C, stream);
 
     // preatt (T,T) = q (T,hs) · kᵀ for each of the B·NH heads
     const long long TT = (long long)T * T, Ths = (long long)T * hs;
-    matmul_cublaslt_batched(att, q, k, T, T, hs, false, true, 0, 0, 0, B * NH, Ths, Ths, TT,
-                            dt, dt, 1.0f, false, stream);
+    matmul_cublaslt_batched(att, q, k, T, T, hs, false, true, 0, 0, 0, BNH, Ths, Ths, TT, dt, dt, 1.0f, false, stream);
 
-    const int rows = B * NH * T, block_size = 256;
+    const int rows = BNH * T, block_size = 256;
     const float scale = 1.0f / sqrtf((float)hs);
     attention_softmax_forward_kernel<<<ceil_div(rows, block_size / 32), block_size, 0, stream>>>(att, scale, rows, T);
     cudaLaunchCheck();
 
-    // out[b, :, h*hs:(h+1)*hs] (T,hs), row stride C = att[b,h] (T,T) · v[b,h] (T,hs): per head h,
-    // batched over b (batch strides NH·T·T, NH·T·hs and T·C)
-    for (int h = 0; h < NH; h++) {
-        matmul_cublaslt_batched(out + (size_t)h * hs, att + (size_t)h * TT, v + (size_t)h * Ths, T, hs, T,
-                                false, false, T, hs, C, B, NH * TT, NH * Ths, (long long)T * C,
-                                dt, dt, 1.0f, false, stream);
-    }
+    // y (T,hs) = att (T,T) · v (T,hs) for each head, then merged into out (B,T,C)
+    floatX* y = scratch;
+    matmul_cublaslt_batched(y, att, v, T, hs, T, false, false, 0, 0, 0, BNH, TT, Ths, Ths, dt, dt, 1.0f, false, stream);
+    merge_heads(out, y, B, T, NH, hs, 1, C, stream);
 }
 
 // dinp (B,T,3C) = gradient wrt the forward's inp (written, not accumulated); dqkvr (3,B,NH,T,hs),
@@ -168,7 +195,7 @@ void attention_backward(floatX* dinp, floatX* dqkvr, floatX* datt, floatX* scrat
     floatX* dk = dqkvr + head_elems;
     floatX* dv = dqkvr + 2 * head_elems;
     floatX* dy = scratch;  // dout split into heads (B,NH,T,hs)
-    split_heads(dy, dout, B, T, NH, hs, C, stream);
+    split_heads(dy, dout, B, T, NH, hs, 1, C, stream);
 
     const long long TT = (long long)T * T, Ths = (long long)T * hs;
     const int BNH = B * NH;
@@ -186,7 +213,5 @@ void attention_backward(floatX* dinp, floatX* dqkvr, floatX* datt, floatX* scrat
     matmul_cublaslt_batched(dq, datt, k, T, hs, T, false, false, 0, 0, 0, BNH, TT, Ths, Ths, dt, dt, 1.0f, false, stream);
     matmul_cublaslt_batched(dk, datt, q, T, hs, T, true, false, 0, 0, 0, BNH, TT, Ths, Ths, dt, dt, 1.0f, false, stream);
 
-    merge_heads(dinp, dq, B, T, NH, hs, 3 * C, stream);
-    merge_heads(dinp + C, dk, B, T, NH, hs, 3 * C, stream);
-    merge_heads(dinp + 2 * C, dv, B, T, NH, hs, 3 * C, stream);
+    merge_heads(dinp, dqkvr, B, T, NH, hs, 3, 3 * C, stream);  // dq, dk, dv are consecutive in dqkvr
 }

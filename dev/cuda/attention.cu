@@ -5,13 +5,15 @@ reference in double, checks, timing at GPT-2 small's shape.
 Build and run:
   cd dev/cuda && make attention && ./attention      # all checks, then timing
   ./attention check                                 # checks only
-One implementation (llm.c's materialised-attention scheme: split heads, cuBLASLt batched
-q·kᵀ, causal softmax kernel, att·v written per head into (B,T,C)), so no numbered variants.
+One implementation (llm.c's materialised-attention scheme: one kernel splitting the heads of
+q, k and v, cuBLASLt q·kᵀ and att·v each batched over all B·NH heads, causal softmax kernel,
+one kernel merging the heads), so no numbered variants.
 
 Checks, fp32 then bf16, with every output and every scratch buffer poisoned first (the result
 must not depend on what scratch held): (B,T,C,NH) = (2,8,32,2) hs 16, (2,64,128,2) hs 64,
 (1,1024,128,2) hs 64 (full length), and last (1,37,48,3): odd T, so in bf16 the rows of the
-(T,T) matrices are only 2-byte aligned. Compared: the split heads in qkvr (exact copies), the
+(T,T) matrices are only 2-byte aligned, and (2,19,60,4): hs 15, so the head split/merge take
+their one-element path (every other shape moves 16-byte packs). Compared: the split heads in qkvr (exact copies), the
 probabilities att (and that every masked entry s > t is exactly 0), out, and dinp (B,T,3C).
 Inputs are uniform in [-1, 1] (raw scores q·k up to ~±11 at hs 64, ~±1.4 after scaling).
 Before any GPU work, the CPU backward itself is checked against finite differences of the CPU
@@ -22,6 +24,8 @@ error of up to 2^-8·|score|·scale in the exponent), the probabilities, the out
 dpreatt in the backward, each a relative rounding of up to 2^-8. A host emulation of exactly
 those roundings on inputs like these needed 1.7e-2 (out) and 1.3e-2 (dinp) at worst, and 2.3e-6
 for the fp32 pipeline; index or transpose bugs give errors of order 1. Exit code 1 on any mismatch.
+Timing: forward and backward at GPT-2 small's shape, and the head split (q, k, v at once) and
+merge kernels alone in GB/s (bytes read + written).
 */
 #include <string.h>
 #include "common.h"
@@ -160,19 +164,20 @@ int check_attention(int B, int T, int C, int NH, float tol) {
 
     floatX* d_inp = to_device<floatX>(inp, n_inp);
     floatX* d_dout = to_device<floatX>(dout, n_out);
-    floatX *d_out, *d_qkvr, *d_att, *d_dinp, *d_dqkvr, *d_datt, *d_scratch;
+    floatX *d_out, *d_qkvr, *d_att, *d_fscratch, *d_dinp, *d_dqkvr, *d_datt, *d_scratch;
     cudaCheck(cudaMalloc(&d_out, n_out * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_qkvr, n_inp * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_att, n_att * sizeof(floatX)));
+    cudaCheck(cudaMalloc(&d_fscratch, n_out * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_dinp, n_inp * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_dqkvr, n_inp * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_datt, n_att * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_scratch, n_out * sizeof(floatX)));
     poison(d_out, n_out * sizeof(floatX)); poison(d_qkvr, n_inp * sizeof(floatX)); poison(d_att, n_att * sizeof(floatX));
-    poison(d_dinp, n_inp * sizeof(floatX)); poison(d_dqkvr, n_inp * sizeof(floatX));
+    poison(d_fscratch, n_out * sizeof(floatX)); poison(d_dinp, n_inp * sizeof(floatX)); poison(d_dqkvr, n_inp * sizeof(floatX));
     poison(d_datt, n_att * sizeof(floatX)); poison(d_scratch, n_out * sizeof(floatX));
 
-    attention_forward(d_out, d_qkvr, d_att, d_inp, B, T, C, NH, 0);
+    attention_forward(d_out, d_qkvr, d_att, d_fscratch, d_inp, B, T, C, NH, 0);
     attention_backward(d_dinp, d_dqkvr, d_datt, d_scratch, d_dout, d_qkvr, d_att, B, T, C, NH, 0);
 
     int failures = 0;
@@ -191,8 +196,8 @@ int check_attention(int B, int T, int C, int NH, float tol) {
     failures += nonzero_masked != 0;
 
     cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_qkvr));
-    cudaCheck(cudaFree(d_att)); cudaCheck(cudaFree(d_dinp)); cudaCheck(cudaFree(d_dqkvr)); cudaCheck(cudaFree(d_datt));
-    cudaCheck(cudaFree(d_scratch));
+    cudaCheck(cudaFree(d_att)); cudaCheck(cudaFree(d_fscratch)); cudaCheck(cudaFree(d_dinp)); cudaCheck(cudaFree(d_dqkvr));
+    cudaCheck(cudaFree(d_datt)); cudaCheck(cudaFree(d_scratch));
     free(inp); free(dout);
     return failures;
 }
@@ -214,7 +219,7 @@ void run_benchmark(int B, int T, int C, int NH) {
     cudaCheck(cudaMalloc(&d_dqkvr, n_inp * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_datt, n_att * sizeof(floatX)));
     cudaCheck(cudaMalloc(&d_scratch, n_out * sizeof(floatX)));
-    float ms_f = benchmark_kernel(2, 10, [&] { attention_forward(d_out, d_qkvr, d_att, d_inp, B, T, C, NH, 0); });
+    float ms_f = benchmark_kernel(2, 10, [&] { attention_forward(d_out, d_qkvr, d_att, d_scratch, d_inp, B, T, C, NH, 0); });
     float ms_b = benchmark_kernel(2, 10, [&] {
         attention_backward(d_dinp, d_dqkvr, d_datt, d_scratch, d_dout, d_qkvr, d_att, B, T, C, NH, 0); });
     // matmul work as computed (full T x T, masked half included): 2 matmuls forward, 4 backward
@@ -223,6 +228,11 @@ void run_benchmark(int B, int T, int C, int NH) {
     double att_gb = (double)n_att * sizeof(floatX) / 1e9;
     printf("  %s B=%d T=%d C=%d NH=%d: forward %.3f ms (%.1f TFLOP/s matmul-equivalent, att %.2f GB), backward %.3f ms (%.1f TFLOP/s)\n",
            type_name<floatX>(), B, T, C, NH, ms_f, gflop / ms_f, att_gb, ms_b, 2.0 * gflop / ms_b);
+    const int hs = C / NH;
+    float ms_split = benchmark_kernel(2, 10, [&] { split_heads(d_qkvr, d_inp, B, T, NH, hs, 3, 3 * C, 0); });
+    float ms_merge = benchmark_kernel(2, 10, [&] { merge_heads(d_out, d_scratch, B, T, NH, hs, 1, C, 0); });
+    printf("  %s head split q,k,v %.3f ms (%.0f GB/s), merge %.3f ms (%.0f GB/s)\n", type_name<floatX>(), ms_split,
+           2.0 * n_inp * sizeof(floatX) / (ms_split / 1e3) / 1e9, ms_merge, 2.0 * n_out * sizeof(floatX) / (ms_merge / 1e3) / 1e9);
     cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_qkvr));
     cudaCheck(cudaFree(d_att)); cudaCheck(cudaFree(d_dinp)); cudaCheck(cudaFree(d_dqkvr)); cudaCheck(cudaFree(d_datt));
     cudaCheck(cudaFree(d_scratch));
@@ -247,6 +257,8 @@ int main(int argc, char** argv) {
     // program with a message, and everything above has been reported by then
     failures += check_attention<float>(1, 37, 48, 3, 1e-5f);
     failures += check_attention<bf16>(1, 37, 48, 3, 3e-2f);
+    failures += check_attention<float>(2, 19, 60, 4, 1e-5f);
+    failures += check_attention<bf16>(2, 19, 60, 4, 3e-2f);
     matmul_destroy();
     printf("attention: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
     return failures ? 1 : 0;

@@ -77,9 +77,58 @@ __device__ inline SoftmaxStats block_reduce_softmax_stats(SoftmaxStats s) {
 // Pass 1 gathers the softmax stats of both rows, pass 2 computes KL and overwrites z_s with the
 // gradient: every element is read and written by the same thread, after the block's reduction.
 // lp = (z − max) − log(sum) is PyTorch's log_softmax order of operations.
+// Each thread moves 16-byte packs (8 bf16 / 4 fp32): 1.7x faster than one element per load at
+// GPT-2's vocabulary (dev/cuda/kl_fused.cu). The packs cover [0, Vp), so the launcher needs Vp a
+// multiple of the pack and 16-byte aligned rows; elements at v >= V (padding) are skipped in both
+// passes and written as 0.
 template <typename floatX>
 __global__ void kl_fused_forward_backward_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
                                                  float grad_scale, int V, int Vp) {
+    constexpr int P = Packed128<floatX>::size;
+    floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
+    const floatX* zc = logits_clean + (size_t)blockIdx.x * Vp;
+    const int num_packs = Vp / P;
+    SoftmaxStats stats_s = softmax_stats_empty(), stats_c = softmax_stats_empty();
+    for (int p = threadIdx.x; p < num_packs; p += blockDim.x) {
+        const Packed128<floatX> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
+        #pragma unroll
+        for (int k = 0; k < P; k++) {
+            if (p * P + k < V) {
+                softmax_stats_add(stats_s, to_float(s_pack[k]));
+                softmax_stats_add(stats_c, to_float(c_pack[k]));
+            }
+        }
+    }
+    stats_s = block_reduce_softmax_stats(stats_s);
+    stats_c = block_reduce_softmax_stats(stats_c);
+    const float log_sum_s = logf(stats_s.sum), log_sum_c = logf(stats_c.sum);
+    float kl = 0.0f;
+    for (int p = threadIdx.x; p < num_packs; p += blockDim.x) {
+        const Packed128<floatX> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
+        Packed128<floatX> g_pack;
+        #pragma unroll
+        for (int k = 0; k < P; k++) {
+            float g = 0.0f;  // padding: no gradient
+            if (p * P + k < V) {
+                const float lp_s = (to_float(s_pack[k]) - stats_s.max) - log_sum_s;
+                const float lp_c = (to_float(c_pack[k]) - stats_c.max) - log_sum_c;
+                const float p_s = expf(lp_s), p_c = expf(lp_c);
+                kl += p_c * (lp_c - lp_s);
+                g = grad_scale * (p_s - p_c);
+            }
+            g_pack[k] = from_float<floatX>(g);
+        }
+        store128(zs + p * P, g_pack);
+    }
+    kl = block_reduce_sum(kl);
+    if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
+}
+
+// the same, one element per load: for rows that are not 16-byte aligned or a Vp that is not a
+// multiple of the pack
+template <typename floatX>
+__global__ void kl_fused_forward_backward_scalar_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
+                                                        float grad_scale, int V, int Vp) {
     floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
     const floatX* zc = logits_clean + (size_t)blockIdx.x * Vp;
     SoftmaxStats stats_s = softmax_stats_empty(), stats_c = softmax_stats_empty();
@@ -112,7 +161,12 @@ void kl_fused_forward_backward(float* kl_rows, floatX* logits_spliced, const flo
                                int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
-    kl_fused_forward_backward_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+    // every row start is aligned when the base pointers are and Vp is a multiple of the pack
+    if (Vp % Packed128<floatX>::size == 0 && is_aligned16(logits_spliced) && is_aligned16(logits_clean)) {
+        kl_fused_forward_backward_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+    } else {
+        kl_fused_forward_backward_scalar_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+    }
     cudaLaunchCheck();
 }
 

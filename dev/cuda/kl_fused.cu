@@ -12,9 +12,10 @@ Build and run:
                        replayed on the CPU with llmc's own merge functions
 KL variants (one block of 1024 threads per row in all three):
   1  three passes over the row: max, then Σ exp(x − max), then KL and gradient (3 reads)
-  2  llmc: online (max, Σ exp) in one pass, then KL and gradient (2 reads)
-  3  as 2 with 16-byte packs (8 bf16 / 4 fp32 per load); needs Vp a multiple of the pack and
-     16-byte aligned rows (falls back to 2 otherwise); the pad columns ride along in the packs
+  2  online (max, Σ exp) in one pass, then KL and gradient (2 reads); llmc's scalar fallback
+  3  llmc (kl_fused_forward_backward): as 2 with 16-byte packs (8 bf16 / 4 fp32 per load); needs
+     Vp a multiple of the pack and 16-byte aligned rows (falls back to 2 otherwise); the pad
+     columns ride along in the packs
 Checks: (N,V,Vp) = (3,1,8) (5,100,128) (V < threads per block) (7,1000,1000) (no padding)
 (2,999,1001) (odd row stride: variant 3 falls back to 2) (64,50257,50304); the pad columns of every input are NaN, so reading them fails the
 check; logits either independent U(-10,10) per row (large KL) or spliced = clean + U(-0.05,0.05)
@@ -198,7 +199,7 @@ int cpu_self_test() {
 }
 
 // ----------------------------------------------------------------------------
-// KL variants 1 and 3
+// KL variant 1 (2 and 3 are llmc's kernels)
 
 __device__ inline float block_reduce_max(float v) {
     __shared__ float warp_max[32];
@@ -244,58 +245,13 @@ __global__ void kl_fused_kernel1(float* kl_rows, floatX* logits_spliced, const f
     if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
 }
 
-// online stats as llmc, each thread loading 16-byte packs; the packs cover [0, Vp) and the
-// elements at v >= V (padding) are skipped in both passes and written as 0
-template <typename floatX>
-__global__ void kl_fused_kernel3(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean, float grad_scale, int V, int Vp) {
-    constexpr int P = Packed128<floatX>::size;
-    floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
-    const floatX* zc = logits_clean + (size_t)blockIdx.x * Vp;
-    const int num_packs = Vp / P;  // the launcher checks Vp % P == 0
-    SoftmaxStats stats_s = softmax_stats_empty(), stats_c = softmax_stats_empty();
-    for (int p = threadIdx.x; p < num_packs; p += blockDim.x) {
-        const Packed128<floatX> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
-        #pragma unroll
-        for (int k = 0; k < P; k++) {
-            if (p * P + k < V) {
-                softmax_stats_add(stats_s, to_float(s_pack[k]));
-                softmax_stats_add(stats_c, to_float(c_pack[k]));
-            }
-        }
-    }
-    stats_s = block_reduce_softmax_stats(stats_s);
-    stats_c = block_reduce_softmax_stats(stats_c);
-    const float log_sum_s = logf(stats_s.sum), log_sum_c = logf(stats_c.sum);
-    float kl = 0.0f;
-    for (int p = threadIdx.x; p < num_packs; p += blockDim.x) {
-        const Packed128<floatX> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
-        Packed128<floatX> g_pack;
-        #pragma unroll
-        for (int k = 0; k < P; k++) {
-            float g = 0.0f;
-            if (p * P + k < V) {
-                const float lp_s = (to_float(s_pack[k]) - stats_s.max) - log_sum_s;
-                const float lp_c = (to_float(c_pack[k]) - stats_c.max) - log_sum_c;
-                const float p_s = expf(lp_s), p_c = expf(lp_c);
-                kl += p_c * (lp_c - lp_s);
-                g = grad_scale * (p_s - p_c);
-            }
-            g_pack[k] = from_float<floatX>(g);
-        }
-        store128(zs + p * P, g_pack);
-    }
-    kl = block_reduce_sum(kl);
-    if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
-}
-
 template <typename floatX>
 void kl_variant(int variant, float* kl_rows, floatX* zs, const floatX* zc, float grad_scale, int N, int V, int Vp) {
-    constexpr int P = Packed128<floatX>::size;
     if (variant == 1) {
         kl_fused_kernel1<<<N, KL_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
         cudaLaunchCheck();
-    } else if (variant == 3 && Vp % P == 0 && is_aligned16(zs) && is_aligned16(zc)) {
-        kl_fused_kernel3<<<N, KL_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
+    } else if (variant == 2) {
+        kl_fused_forward_backward_scalar_kernel<<<N, KL_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
         cudaLaunchCheck();
     } else {
         kl_fused_forward_backward(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);

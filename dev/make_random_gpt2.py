@@ -7,17 +7,18 @@ for benchmarks at the paper's shape without downloading weights.
     python3 dev/make_random_gpt2.py --out /tmp/m --n-layer 4 --d-model 128 --vocab 512 --max-t 64
 
 Writes OUT/model.safetensors (HF key names, F32), OUT/config.json, OUT/train.bin and OUT/val.bin
-(llm.c shards of uniform random tokens), and with --dict-size OUT/init_sae/ (an initial SAE). Weights ~ N(0, 0.02) as GPT-2's init; the speed of the
+(llm.c shards of uniform random tokens), and with --dict-size OUT/init_sae/ (an initial SAE). Weights from scripts/reference.py's init_gpt2; the speed of the
 engine does not depend on the values, only the shapes. Uses the writers of scripts/reference.py.
 """
 import argparse
 import os
 import sys
+import types
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from reference import write_json, write_safetensors, write_shard  # noqa: E402
+from reference import init_gpt2, write_json, write_safetensors, write_shard  # noqa: E402
 
 
 def main():
@@ -36,26 +37,8 @@ def main():
     g = torch.Generator().manual_seed(a.seed)
     C, V = a.d_model, a.vocab
 
-    def r(*shape, std=0.02):
-        return torch.randn(*shape, generator=g) * std
-
-    w = {"wte.weight": r(V, C), "wpe.weight": r(a.max_t, C, std=0.01)}
-    for i in range(a.n_layer):
-        h = f"h.{i}."
-        w[h + "ln_1.weight"] = 1 + r(C, std=0.1)
-        w[h + "ln_1.bias"] = r(C)
-        w[h + "attn.c_attn.weight"] = r(C, 3 * C)
-        w[h + "attn.c_attn.bias"] = r(3 * C)
-        w[h + "attn.c_proj.weight"] = r(C, C)
-        w[h + "attn.c_proj.bias"] = r(C)
-        w[h + "ln_2.weight"] = 1 + r(C, std=0.1)
-        w[h + "ln_2.bias"] = r(C)
-        w[h + "mlp.c_fc.weight"] = r(C, 4 * C)
-        w[h + "mlp.c_fc.bias"] = r(4 * C)
-        w[h + "mlp.c_proj.weight"] = r(4 * C, C)
-        w[h + "mlp.c_proj.bias"] = r(C)
-    w["ln_f.weight"] = 1 + r(C, std=0.1)
-    w["ln_f.bias"] = r(C)
+    # the reference's init (nonzero biases and LN affines); the values do not affect speed
+    w = init_gpt2(types.SimpleNamespace(seed=a.seed, d_model=C, n_layer=a.n_layer, vocab=V, max_t=a.max_t))
     os.makedirs(a.out, exist_ok=True)
     write_safetensors(os.path.join(a.out, "model.safetensors"), w)
     write_json(os.path.join(a.out, "config.json"), {"n_layer": a.n_layer, "n_head": a.n_head, "n_embd": C,

@@ -7,8 +7,9 @@ for benchmarks at the paper's shape without downloading weights.
     python3 dev/make_random_gpt2.py --out /tmp/m --n-layer 4 --d-model 128 --vocab 512 --max-t 64
 
 Writes OUT/model.safetensors (HF key names, F32), OUT/config.json, OUT/train.bin and OUT/val.bin
-(llm.c shards of uniform random tokens), and with --dict-size OUT/init_sae/ (an initial SAE). Weights from scripts/reference.py's init_gpt2; the speed of the
-engine does not depend on the values, only the shapes. Uses the writers of scripts/reference.py.
+(llm.c shards of uniform random tokens), and with --dict-size OUT/init_sae/ (an initial SAE). Weights
+come from scripts/reference.py's init_gpt2 and init_sae, files from its writers; the speed of the
+engine does not depend on the values, only the shapes.
 """
 import argparse
 import os
@@ -18,7 +19,7 @@ import types
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from reference import init_gpt2, write_json, write_safetensors, write_shard  # noqa: E402
+from reference import init_gpt2, init_sae, write_json, write_safetensors, write_shard  # noqa: E402
 
 
 def main():
@@ -37,7 +38,6 @@ def main():
     g = torch.Generator().manual_seed(a.seed)
     C, V = a.d_model, a.vocab
 
-    # the reference's init (nonzero biases and LN affines); the values do not affect speed
     w = init_gpt2(types.SimpleNamespace(seed=a.seed, d_model=C, n_layer=a.n_layer, vocab=V, max_t=a.max_t))
     os.makedirs(a.out, exist_ok=True)
     write_safetensors(os.path.join(a.out, "model.safetensors"), w)
@@ -45,16 +45,11 @@ def main():
                                                    "vocab_size": V, "n_positions": a.max_t, "model_type": "gpt2"})
     write_shard(os.path.join(a.out, "train.bin"), torch.randint(0, V, (a.train_tokens,), generator=g))
     write_shard(os.path.join(a.out, "val.bin"), torch.randint(0, V, (a.val_tokens,), generator=g))
-    if a.dict_size:  # nn.Linear ranges and an orthogonal W_dec, as the library (SPEC §3); QR via LAPACK is fast
-        D = a.dict_size
-        sae = {"W_enc": (torch.rand(C, D, generator=g) * 2 - 1) / C ** 0.5,
-               "b_enc": (torch.rand(D, generator=g) * 2 - 1) / C ** 0.5,
-               "W_dec": torch.nn.init.orthogonal_(torch.empty(D, C), generator=g) if "generator" in
-               torch.nn.init.orthogonal_.__code__.co_varnames else torch.nn.init.orthogonal_(torch.empty(D, C)),
-               "b_dec": (torch.rand(C, generator=g) * 2 - 1) / D ** 0.5}
+    if a.dict_size:
+        sae = init_sae(types.SimpleNamespace(seed=a.seed, d_model=C, dict_size=a.dict_size))
         os.makedirs(os.path.join(a.out, "init_sae"), exist_ok=True)
         write_safetensors(os.path.join(a.out, "init_sae", "sae_weights.safetensors"), sae)
-        write_json(os.path.join(a.out, "init_sae", "cfg.json"), {"d_in": C, "d_sae": D, "dtype": "float32"})
+        write_json(os.path.join(a.out, "init_sae", "cfg.json"), {"d_in": C, "d_sae": a.dict_size, "dtype": "float32"})
     print(f"wrote {a.out}: GPT-2 L={a.n_layer} NH={a.n_head} C={C} V={V} maxT={a.max_t}, "
           f"{a.train_tokens} train / {a.val_tokens} val tokens")
 

@@ -2,7 +2,7 @@
 train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GPT-2.
 
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
-(default bf16) and --device N. The math is ../shared/SPEC.md; the CPU trainer holds the same
+(default bf16) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
 functions in plain loops. Only the work e2e needs runs: blocks below the SAE layer once per
 batch for both branches, the clean branch above it without stored activations, the backward
 through the frozen blocks and LM head for activation gradients only, and no gradient for the

@@ -2,7 +2,7 @@
 train_gpt2_sae_cpu: the readable fp32 CPU reference of the e2e SAE trainer.
 
 Trains a sparse autoencoder at blocks.L.hook_resid_pre of a frozen GPT-2 in one of three
-modes (local, e2e, e2e+ds), exactly as ../shared/SPEC.md specifies. It favours clarity over
+modes (local, e2e, e2e+ds), exactly as docs/SPEC.md specifies. It favours clarity over
 speed: plain loops with the same function names and argument order as the CUDA kernels in
 the llmc/ .cuh files, so the two can be read side by side. OpenMP parallelises only over independent
 outputs, so every run is bit-reproducible whatever the thread count.

@@ -3,7 +3,7 @@
 scripts/reference.py -- the PyTorch reference (the oracle) for the e2e SAE trainers.
 
 Builds a small random GPT-2 and a random SAE, writes them in every format the engine loads, then
-computes, in float32 on the CPU and deterministically, what ../shared/SPEC.md says the engine must
+computes, in float32 on the CPU and deterministically, what docs/SPEC.md says the engine must
 compute: the forward pass, the three losses, their gradients and a few training updates. The C++
 and CUDA tests read the files and compare.
 

@@ -9,7 +9,7 @@
 set -u
 cd "$(dirname "$0")/.."
 SCRIPT=scripts/download_starter_pack.sh
-TOK_SRC=../shared/data/gpt2  # the real tokenizer files, served through file:// below
+TOK_SRC=data/gpt2  # the real tokenizer files (tracked in the repo), served through file:// below
 
 T=$(mktemp -d /tmp/test_starter_pack.XXXXXX)
 trap 'rm -rf "$T"' EXIT

@@ -1,7 +1,7 @@
 /*
 Tests for llmc/tokenizer.h (GPT-2 byte-level BPE).
 
-Build and run from the repo root (the data lives in ../shared/data):
+Build and run from the repo root (the data is tracked in data/ and models/):
     g++ -std=c++17 -O2 -Wall -Wextra -Werror test/test_tokenizer.cpp -o test_tokenizer -lpcre2-8
     ./test_tokenizer
 
@@ -28,9 +28,9 @@ Exact equality everywhere: tokenisation has no tolerance.
 #include <functional>
 #include <iostream>
 
-static const char* ENCODER = "../shared/data/gpt2/encoder.json";
-static const char* VOCAB = "../shared/data/gpt2/vocab.bpe";
-static const char* SHAKESPEARE = "../shared/data/tinyshakespeare.txt";
+static const char* ENCODER = "data/gpt2/encoder.json";
+static const char* VOCAB = "data/gpt2/vocab.bpe";
+static const char* SHAKESPEARE = "data/tinyshakespeare.txt";
 static const char* PYTHON = "/usr/bin/python3";  // Debian's, which has python3-regex
 static const char* REFERENCE = "test/bpe_reference.py";
 
@@ -302,9 +302,9 @@ TEST_CASE("bad text and bad ids: one line, exit 1") {
 // ----------------------------------------------------------------------------
 // dev/data/prepare_text (built by `make prepare_text`): the shipped tinyshakespeare shards
 
-static const char* EXPECT_DIR = "../shared/models/tinyshakespeare-gpt2-4L256";
+static const char* EXPECT_DIR = "models/tinyshakespeare-gpt2-4L128";
 
-TEST_CASE("prepare_text reproduces the published tinyshakespeare shards byte for byte") {
+TEST_CASE("prepare_text reproduces the bundled demo model's tinyshakespeare shards byte for byte") {
     INFO("needs ./prepare_text: run make prepare_text");
     REQUIRE(access("./prepare_text", X_OK) == 0);
     std::string prefix = tmp().file("shards/tinyshakespeare");

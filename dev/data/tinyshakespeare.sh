@@ -1,29 +1,26 @@
 #!/usr/bin/env bash
 # tinyshakespeare -> llm.c token shards, offline: the recipe behind the shards that ship with
-# tinyshakespeare-gpt2-4L256 (documents at blank lines, each preceded by <|endoftext|>, first
+# the bundled demo model, models/tinyshakespeare-gpt2-4L128 (documents at blank lines, each preceded by <|endoftext|>, first
 # 10% of tokens to val; see dev/data/prepare_text.cpp). Run from the repo root:
 #
 #   bash dev/data/tinyshakespeare.sh
 #     -> data/tinyshakespeare/tinyshakespeare_train.bin (304,227 tokens), ..._val.bin (33,802)
 #
 # Inputs (override with environment variables):
-#   TEXT      tinyshakespeare.txt    [../shared/data/tinyshakespeare.txt]
-#   GPT2_DIR  encoder.json, vocab.bpe [data/gpt2, else ../shared/data/gpt2]
+#   TEXT      tinyshakespeare.txt    [data/tinyshakespeare.txt, tracked in the repo]
+#   GPT2_DIR  encoder.json, vocab.bpe [data/gpt2, tracked in the repo]
 #   OUT       output prefix          [data/tinyshakespeare/tinyshakespeare]
 #   EXPECT    folder with the published shards to compare against, byte for byte
-#             [../shared/models/tinyshakespeare-gpt2-4L256, skipped if absent]
+#             [models/tinyshakespeare-gpt2-4L128, skipped if absent]
 # Nothing is downloaded: if the text is missing, get it from
 # https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TEXT=${TEXT:-../shared/data/tinyshakespeare.txt}
-if [ -z "${GPT2_DIR:-}" ]; then
-    GPT2_DIR=data/gpt2
-    [ -f "$GPT2_DIR/encoder.json" ] || GPT2_DIR=../shared/data/gpt2
-fi
+TEXT=${TEXT:-data/tinyshakespeare.txt}
+GPT2_DIR=${GPT2_DIR:-data/gpt2}
 OUT=${OUT:-data/tinyshakespeare/tinyshakespeare}
-EXPECT=${EXPECT:-../shared/models/tinyshakespeare-gpt2-4L256}
+EXPECT=${EXPECT:-models/tinyshakespeare-gpt2-4L128}
 
 if [ ! -f "$TEXT" ]; then
     echo "error: $TEXT not found (set TEXT=path/to/tinyshakespeare.txt)" >&2

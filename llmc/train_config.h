@@ -6,6 +6,7 @@ A coefficient the mode does not use is accepted and ignored.
 #pragma once
 #include <math.h>
 #include <string>
+#include <vector>
 #include "utils.h"
 
 enum SaeMode { MODE_LOCAL = 0, MODE_E2E = 1, MODE_E2E_DS = 2 };
@@ -50,6 +51,7 @@ struct TrainConfig {
     std::string dump_features;    // folder for the per-feature frequency and top activations
     long long dump_tokens = 100000;
     int dump_topk = 10;
+    std::vector<std::string> given;  // flags named on the command line: presets never override them
 };
 
 inline void print_usage(const char* prog, bool gpu) {
@@ -115,68 +117,73 @@ inline double parse_float_flag(const char* flag, const char* s, double lo, doubl
     return v;
 }
 
+// sets one flag from its command-line value; a flag is range-checked wherever it comes from
+inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool gpu) {
+    const char* fl = f.c_str();
+    const long long BIG = 1LL << 50;
+    if (f == "--model") c.model = v;
+    else if (f == "--train") c.train = v;
+    else if (f == "--val") { c.val = v; c.val_given = true; }
+    else if (f == "--layer") c.layer = (int)parse_int_flag(fl, v, 0, 1000);
+    else if (f == "--mode") {
+        std::string m = v;
+        if (m == "local") c.mode = MODE_LOCAL;
+        else if (m == "e2e") c.mode = MODE_E2E;
+        else if (m == "e2e+ds" || m == "e2e_ds") c.mode = MODE_E2E_DS;
+        else die("--mode must be local, e2e or e2e+ds, got '%s'", v);
+    }
+    else if (f == "--dict-ratio") c.dict_ratio = parse_float_flag(fl, v, 1e-6, 1e6);
+    else if (f == "--dict-size") c.dict_size = (int)parse_int_flag(fl, v, 1, 1 << 30);
+    else if (f == "--sparsity-coeff") c.sparsity_coeff = parse_float_flag(fl, v, 0, 1e9);
+    else if (f == "--kl-coeff") c.kl_coeff = parse_float_flag(fl, v, 0, 1e9);
+    else if (f == "--mse-coeff") c.mse_coeff = parse_float_flag(fl, v, 0, 1e9);
+    else if (f == "--ds-coeff") c.ds_coeff = parse_float_flag(fl, v, 0, 1e9);
+    else if (f == "--batch") c.batch = (int)parse_int_flag(fl, v, 1, 1 << 20);
+    else if (f == "--seq-len") c.seq_len = (int)parse_int_flag(fl, v, 1, 1 << 20);
+    else if (f == "--grad-accum") c.grad_accum = (int)parse_int_flag(fl, v, 1, 1 << 20);
+    else if (f == "--lr") c.lr = parse_float_flag(fl, v, 0, 10);
+    else if (f == "--warmup-samples") c.warmup_samples = parse_int_flag(fl, v, 0, BIG);
+    else if (f == "--min-lr-factor") c.min_lr_factor = parse_float_flag(fl, v, 0, 1);
+    else if (f == "--max-grad-norm") c.max_grad_norm = parse_float_flag(fl, v, 1e-12, 1e12);
+    else if (f == "--weight-decay") c.weight_decay = parse_float_flag(fl, v, 0, 1e3);
+    else if (f == "--samples") c.samples = parse_int_flag(fl, v, 1, BIG);
+    else if (f == "--max-steps") c.max_steps = parse_int_flag(fl, v, 0, BIG);
+    else if (f == "--seed") c.seed = (unsigned long long)parse_int_flag(fl, v, 0, BIG);
+    else if (f == "--shuffle") c.shuffle = (int)parse_int_flag(fl, v, 0, 1);
+    else if (f == "--init-sae") c.init_sae = v;
+    else if (f == "--out") c.out = v;
+    else if (f == "--save-every") c.save_every = parse_int_flag(fl, v, 0, BIG);
+    else if (f == "--resume") c.resume = v;
+    else if (f == "--log") c.log = v;
+    else if (f == "--eval-every") c.eval_every = parse_int_flag(fl, v, 0, BIG);
+    else if (f == "--eval-samples") c.eval_samples = (int)parse_int_flag(fl, v, 0, 1 << 24);
+    else if (f == "--alive-window") c.alive_window = parse_int_flag(fl, v, 1, BIG);
+    else if (f == "--dump-features") c.dump_features = v;
+    else if (f == "--dump-tokens") c.dump_tokens = parse_int_flag(fl, v, 1, BIG);
+    else if (f == "--dump-topk") c.dump_topk = (int)parse_int_flag(fl, v, 1, 32);
+    else if (f == "--precision") {
+        c.precision = v;
+        if (gpu ? (c.precision != "fp32" && c.precision != "bf16") : c.precision != "fp32")
+            die("--precision must be %s, got '%s'", gpu ? "bf16 or fp32" : "fp32 (the CPU trainer is fp32 only)", v);
+    }
+    else if (f == "--device") {
+        if (!gpu) die("--device is for the GPU trainer");
+        c.device = (int)parse_int_flag(fl, v, 0, 64);
+    }
+    else die("unknown flag '%s' (see --help)", fl);
+}
+
 inline TrainConfig parse_args(int argc, char** argv, bool gpu) {
     TrainConfig c;
     if (gpu) c.precision = "bf16";
-    const long long BIG = 1LL << 50;
     for (int i = 1; i < argc; i++) {
         std::string f = argv[i];
         if (f == "--help" || f == "-h") { print_usage(argv[0], gpu); exit(0); }
         if (f == "--eval-only") { c.eval_only = true; continue; }
         if (f.rfind("--", 0) != 0) die("unexpected argument '%s' (see --help)", f.c_str());
         if (i + 1 >= argc) die("%s needs a value (see --help)", f.c_str());
-        const char* v = argv[++i];
-        const char* fl = f.c_str();
-        if (f == "--model") c.model = v;
-        else if (f == "--train") c.train = v;
-        else if (f == "--val") { c.val = v; c.val_given = true; }
-        else if (f == "--layer") c.layer = (int)parse_int_flag(fl, v, 0, 1000);
-        else if (f == "--mode") {
-            std::string m = v;
-            if (m == "local") c.mode = MODE_LOCAL;
-            else if (m == "e2e") c.mode = MODE_E2E;
-            else if (m == "e2e+ds" || m == "e2e_ds") c.mode = MODE_E2E_DS;
-            else die("--mode must be local, e2e or e2e+ds, got '%s'", v);
-        }
-        else if (f == "--dict-ratio") c.dict_ratio = parse_float_flag(fl, v, 1e-6, 1e6);
-        else if (f == "--dict-size") c.dict_size = (int)parse_int_flag(fl, v, 1, 1 << 30);
-        else if (f == "--sparsity-coeff") c.sparsity_coeff = parse_float_flag(fl, v, 0, 1e9);
-        else if (f == "--kl-coeff") c.kl_coeff = parse_float_flag(fl, v, 0, 1e9);
-        else if (f == "--mse-coeff") c.mse_coeff = parse_float_flag(fl, v, 0, 1e9);
-        else if (f == "--ds-coeff") c.ds_coeff = parse_float_flag(fl, v, 0, 1e9);
-        else if (f == "--batch") c.batch = (int)parse_int_flag(fl, v, 1, 1 << 20);
-        else if (f == "--seq-len") c.seq_len = (int)parse_int_flag(fl, v, 1, 1 << 20);
-        else if (f == "--grad-accum") c.grad_accum = (int)parse_int_flag(fl, v, 1, 1 << 20);
-        else if (f == "--lr") c.lr = parse_float_flag(fl, v, 0, 10);
-        else if (f == "--warmup-samples") c.warmup_samples = parse_int_flag(fl, v, 0, BIG);
-        else if (f == "--min-lr-factor") c.min_lr_factor = parse_float_flag(fl, v, 0, 1);
-        else if (f == "--max-grad-norm") c.max_grad_norm = parse_float_flag(fl, v, 1e-12, 1e12);
-        else if (f == "--weight-decay") c.weight_decay = parse_float_flag(fl, v, 0, 1e3);
-        else if (f == "--samples") c.samples = parse_int_flag(fl, v, 1, BIG);
-        else if (f == "--max-steps") c.max_steps = parse_int_flag(fl, v, 0, BIG);
-        else if (f == "--seed") c.seed = (unsigned long long)parse_int_flag(fl, v, 0, BIG);
-        else if (f == "--shuffle") c.shuffle = (int)parse_int_flag(fl, v, 0, 1);
-        else if (f == "--init-sae") c.init_sae = v;
-        else if (f == "--out") c.out = v;
-        else if (f == "--save-every") c.save_every = parse_int_flag(fl, v, 0, BIG);
-        else if (f == "--resume") c.resume = v;
-        else if (f == "--log") c.log = v;
-        else if (f == "--eval-every") c.eval_every = parse_int_flag(fl, v, 0, BIG);
-        else if (f == "--eval-samples") c.eval_samples = (int)parse_int_flag(fl, v, 0, 1 << 24);
-        else if (f == "--alive-window") c.alive_window = parse_int_flag(fl, v, 1, BIG);
-        else if (f == "--dump-features") c.dump_features = v;
-        else if (f == "--dump-tokens") c.dump_tokens = parse_int_flag(fl, v, 1, BIG);
-        else if (f == "--dump-topk") c.dump_topk = (int)parse_int_flag(fl, v, 1, 32);
-        else if (f == "--precision") {
-            c.precision = v;
-            if (gpu ? (c.precision != "fp32" && c.precision != "bf16") : c.precision != "fp32")
-                die("--precision must be %s, got '%s'", gpu ? "bf16 or fp32" : "fp32 (the CPU trainer is fp32 only)", v);
-        }
-        else if (f == "--device") {
-            if (!gpu) die("--device is for the GPU trainer");
-            c.device = (int)parse_int_flag(fl, v, 0, 64);
-        }
-        else die("unknown flag '%s' (see --help)", fl);
+        set_flag(c, f, argv[++i], gpu);
+        c.given.push_back(f);
     }
     // the library's defaults per mode (SPEC §1)
     if (isnan(c.sparsity_coeff)) c.sparsity_coeff = c.mode == MODE_LOCAL ? 6.0 : 1.5;
@@ -186,6 +193,31 @@ inline TrainConfig parse_args(int argc, char** argv, bool gpu) {
     if (c.log.empty()) c.log = c.out + "/log.jsonl";
     if (c.eval_only && c.init_sae.empty() && c.resume.empty()) die("--eval-only needs --init-sae DIR (the SAE to evaluate)");
     return c;
+}
+
+// A fresh clone has no GPT-2 small (scripts/download_starter_pack.sh fetches it). Then, when --model
+// is not given, both trainers train the bundled demo model instead, so the first run works offline;
+// these presets fill only the flags the user did not give. Sized so the CPU trainer finishes in
+// under 5 minutes on 2 cores (README has the measured time and numbers).
+#define DEMO_MODEL_DIR "models/tinyshakespeare-gpt2-4L128"
+inline bool apply_demo_presets(TrainConfig& c, bool gpu) {
+    auto given = [&](const char* f) { for (auto& g : c.given) if (g == f) return true; return false; };
+    if (given("--model") || file_exists(c.model) || !file_exists(DEMO_MODEL_DIR "/model.safetensors")) return false;
+    const char* presets[][2] = {
+        {"--model", DEMO_MODEL_DIR "/model.safetensors"},
+        {"--train", DEMO_MODEL_DIR "/tinyshakespeare_train.bin"},
+        {"--val", DEMO_MODEL_DIR "/tinyshakespeare_val.bin"},
+        {"--layer", "2"}, {"--dict-size", "1024"},
+        {"--batch", "4"}, {"--seq-len", "64"}, {"--grad-accum", "2"},
+        {"--samples", "2400"}, {"--warmup-samples", "80"},
+        {"--eval-every", "800"}, {"--eval-samples", "16"}, {"--alive-window", "50000"},
+    };
+    for (auto& p : presets)
+        if (!given(p[0])) set_flag(c, p[0], p[1], gpu);
+    printf("no --model and no %s: training the bundled demo model %s (GPT-2 vocabulary, 4 layers, d 128) at layer %d; "
+           "for the paper's run on GPT-2 small, fetch it with: bash scripts/download_starter_pack.sh\n",
+           TrainConfig().model.c_str(), DEMO_MODEL_DIR, c.layer);
+    return true;
 }
 
 // checks that need the model: layer range, sequence length

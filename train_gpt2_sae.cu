@@ -27,7 +27,7 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include "llmc/gpt2_load.h"      // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"     // defines: DataLoader, dataloader_init/next_batch/get_rows
 #include "llmc/schedule.h"       // defines: lr_at_step
-#include "llmc/train_config.h"   // defines: TrainConfig, parse_args, check_config_against_model
+#include "llmc/train_config.h"   // defines: TrainConfig, parse_args, apply_demo_presets, check_config_against_model
 #include "llmc/sae_io.h"         // defines: SAE (host), sae_init_random, sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"         // defines: Logger, StepLog, EvalMetrics, print_eval
 #include "llmc/cuda_common.cuh"  // defines: cudaCheck, cublasCheck, bf16, NvtxRange, deterministic_sum
@@ -159,6 +159,7 @@ struct Engine {
     BlockGrads<floatX> bg;
     float* stats;                         // device (NUM_STATS_FIXED + K)
     unsigned int *fired_train, *fired_eval;  // (D)
+    unsigned long long* fire_count_eval;  // (D) eval tokens each feature fired on (sparsity.safetensors)
     int *alive_count, *agree_count;
     unsigned long long* dump_fire_count;  // --dump-features state: (D), (D,K), (D,K); null without the flag
     float* dump_top_values;
@@ -202,6 +203,7 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     e->bg.datt = a->take<floatX>((size_t)e->B * e->NH * e->T * e->T); e->bg.scratch = a->take<floatX>(N * C);
     e->stats = a->take<float>(NUM_STATS_FIXED + e->K);
     e->fired_train = a->take<unsigned int>(D); e->fired_eval = a->take<unsigned int>(D);
+    e->fire_count_eval = a->take<unsigned long long>(D);
     e->alive_count = a->take<int>(1); e->agree_count = a->take<int>(1);
     size_t K = e->cfg.dump_features.empty() ? 0 : (size_t)e->cfg.dump_topk;
     e->dump_fire_count = K ? a->take<unsigned long long>(D) : nullptr;
@@ -481,7 +483,8 @@ void update(Engine<floatX>* e, double lr, long long t) {
 }
 
 // ----------------------------------------------------------------------------
-// eval (SPEC §6) on the first eval_rows rows of the val data
+// eval (SPEC §6) on the first eval_rows rows of the val data; fire_count (D), if given, gets
+// the number of eval tokens each feature fired on (the export's sparsity.safetensors)
 
 template <typename floatX>
 void upload_rows(Engine<floatX>* e, const int* tokens, int B) {
@@ -494,12 +497,14 @@ void upload_rows(Engine<floatX>* e, const int* tokens, int B) {
 }
 
 template <typename floatX>
-EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, long long alive_train) {
+EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, long long alive_train,
+                     std::vector<long long>* fire_count = nullptr) {
     NvtxRange r("evaluate");
     int T = e->T, C = e->C, D = e->D, K = e->K;
     std::vector<float> zeros(NUM_STATS_FIXED + K, 0.0f);
     cudaCheck(cudaMemcpy(e->stats, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemset(e->fired_eval, 0, D * sizeof(unsigned int)));
+    cudaCheck(cudaMemset(e->fire_count_eval, 0, D * sizeof(unsigned long long)));
     cudaCheck(cudaMemset(e->agree_count, 0, sizeof(int)));
     std::vector<int> tokens((size_t)e->B * T);
     sae_prepare_weights(e);
@@ -512,7 +517,7 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
         upload_rows(e, tokens.data(), B);
         forward_to_sae(e, B);
         sae_forward(e, B);
-        sae_sparsity_l0(e->stats + STAT_L1, e->stats + STAT_L0, e->fired_eval, e->c, N, D, 0);
+        sae_sparsity_l0(e->stats + STAT_L1, e->stats + STAT_L0, e->fired_eval, e->c, N, D, 0, e->fire_count_eval);
         mse_forward_backward(e->stats + STAT_MSE, (floatX*)nullptr, e->x_hat, e->x, NC, 0.0f, 0);
         explained_variance_rows(e->rows, e->x_hat, e->x, e->xsum, N, C, 0);
         deterministic_sum(e->stats + STAT_EV, e->rows, N, true, 0);
@@ -549,6 +554,11 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
     m.dead = D - alive;
     m.alive_train = alive_train;
     for (int k = 0; k < K; k++) m.ds_mse.push_back(s[STAT_DS + k] / ((double)tokens_seen * C));
+    if (fire_count) {
+        std::vector<unsigned long long> counts(D);
+        cudaCheck(cudaMemcpy(counts.data(), e->fire_count_eval, D * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+        fire_count->assign(counts.begin(), counts.end());
+    }
     return m;
 }
 
@@ -656,9 +666,12 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
     long long eff_batch = (long long)cfg.batch * cfg.grad_accum;
     long long W = cfg.warmup_samples / eff_batch, S = cfg.samples / eff_batch;
     long long last_alive = -1;
+    std::vector<float> sparsity;  // (D) from the latest eval; empty before the first, and no file is written then
     auto run_eval = [&](long long step) {
         if (!eval_rows) return;
-        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive);
+        std::vector<long long> fire_count;
+        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive, &fire_count);
+        sparsity = sae_log10_sparsity(fire_count, m.tokens);
         print_eval(step, m, cfg.layer + 1);
         logger_log_eval(&logger, step, m);
     };
@@ -670,6 +683,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
         engine_free(&e);
         return 0;
     }
+    std::string model_name = model_name_for_export(host_model.source);  // once per run: it may checksum 548 MB
     auto save = [&](long long step) {
         std::vector<float> fired;
         download_state(&e, hm, hv, fired);
@@ -677,7 +691,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
         ts.rows_consumed = train_loader.rows_consumed;
         ts.alive_fired = fired;
         train_state_save(cfg.out, &e.host_sae, hm.data(), hv.data(), ts, cfg);
-        sae_export(&e.host_sae, cfg.out, cfg, host_model.source, step);
+        sae_export(&e.host_sae, cfg.out, cfg, model_name, step, sparsity.empty() ? nullptr : &sparsity);
         printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
     };
     if (ts.step == 0) run_eval(0);
@@ -779,6 +793,7 @@ int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
 int train_main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, true);
+    apply_demo_presets(cfg, true);
     int ndev = 0;
     cudaError_t err = cudaGetDeviceCount(&ndev);
     if (err != cudaSuccess || ndev == 0) die("no CUDA device available (%s): use train_gpt2_sae_cpu on machines without a GPU", cudaGetErrorString(err));

@@ -24,7 +24,7 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include "llmc/gpt2_load.h"    // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"   // defines: DataLoader, dataloader_init/next_batch/get_rows
 #include "llmc/schedule.h"     // defines: lr_at_step
-#include "llmc/train_config.h" // defines: TrainConfig, parse_args, check_config_against_model
+#include "llmc/train_config.h" // defines: TrainConfig, parse_args, apply_demo_presets, check_config_against_model
 #include "llmc/sae_io.h"       // defines: SAE, sae_init_random, sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"       // defines: Logger, StepLog, EvalMetrics, print_eval
 #include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add, feature_dump_write
@@ -459,26 +459,38 @@ void sae_backward(SAE* grads, float* dW_dec_norm_buf, float* dpre_buf, const SAE
 // ----------------------------------------------------------------------------
 // losses (SPEC §4)
 
-// KL(clean || spliced) per row, summed; overwrites logits_spliced with grad_scale * (p_spliced - p_clean)
+// KL(clean || spliced) per row, summed; overwrites logits_spliced with grad_scale * (p_spliced - p_clean).
+// Two expf per logit: the exponentials are kept in row buffers, and log p_clean - log p_spliced is
+// (lc - ls) - (lse_c - lse_s), so no exp or log is taken twice (the LM head's V = 50257 makes this the
+// CPU trainer's second-largest cost after the matmuls).
 double kl_forward_backward(float* logits_spliced, const float* logits_clean, float grad_scale, int N, int V) {
     double total = 0.0;
-    #pragma omp parallel for reduction(+ : total)
-    for (int n = 0; n < N; n++) {
-        float* ls = logits_spliced + (size_t)n * V;
-        const float* lc = logits_clean + (size_t)n * V;
-        float ms = -INFINITY, mc = -INFINITY;
-        for (int v = 0; v < V; v++) { ms = fmaxf(ms, ls[v]); mc = fmaxf(mc, lc[v]); }
-        double ss = 0.0, sc = 0.0;
-        for (int v = 0; v < V; v++) { ss += exp((double)(ls[v] - ms)); sc += exp((double)(lc[v] - mc)); }
-        float lse_s = ms + (float)log(ss), lse_c = mc + (float)log(sc);
-        double kl = 0.0;
-        for (int v = 0; v < V; v++) {
-            float lpc = lc[v] - lse_c, lps = ls[v] - lse_s;
-            float pc = expf(lpc), ps = expf(lps);
-            kl += (double)pc * (double)(lpc - lps);
-            ls[v] = grad_scale * (ps - pc);
+    #pragma omp parallel reduction(+ : total)
+    {
+        std::vector<float> es(V), ec(V);
+        #pragma omp for
+        for (int n = 0; n < N; n++) {
+            float* ls = logits_spliced + (size_t)n * V;
+            const float* lc = logits_clean + (size_t)n * V;
+            float ms = -INFINITY, mc = -INFINITY;
+            for (int v = 0; v < V; v++) { ms = ls[v] > ms ? ls[v] : ms; mc = lc[v] > mc ? lc[v] : mc; }
+            double ss = 0.0, sc = 0.0;
+            for (int v = 0; v < V; v++) {
+                es[v] = expf(ls[v] - ms);
+                ec[v] = expf(lc[v] - mc);
+                ss += es[v];
+                sc += ec[v];
+            }
+            float dlse = (mc + (float)log(sc)) - (ms + (float)log(ss));  // lse_c - lse_s
+            float inv_ss = (float)(1.0 / ss), inv_sc = (float)(1.0 / sc);
+            double kl = 0.0;
+            for (int v = 0; v < V; v++) {
+                float pc = ec[v] * inv_sc, ps = es[v] * inv_ss;
+                kl += (double)pc * (double)((lc[v] - ls[v]) - dlse);
+                ls[v] = grad_scale * (ps - pc);
+            }
+            total += kl;
         }
-        total += kl;
     }
     return total;
 }
@@ -491,9 +503,9 @@ double ce_sum(const float* logits, const int* tokens, int B, int T, int V) {
         for (int t = 0; t < T - 1; t++) {
             const float* l = logits + ((size_t)b * T + t) * V;
             float m = -INFINITY;
-            for (int v = 0; v < V; v++) m = fmaxf(m, l[v]);
+            for (int v = 0; v < V; v++) m = l[v] > m ? l[v] : m;
             double s = 0.0;
-            for (int v = 0; v < V; v++) s += exp((double)(l[v] - m));
+            for (int v = 0; v < V; v++) s += expf(l[v] - m);
             total += (double)m + log(s) - (double)l[tokens[b * T + t + 1]];
         }
     return total;
@@ -692,15 +704,17 @@ double adamw_update(Engine* e, double lr, long long t) {
 }
 
 // ----------------------------------------------------------------------------
-// eval (SPEC §6) on the first eval_samples rows of the val data
+// eval (SPEC §6) on the first eval_samples rows of the val data; fire_count (D), if given, gets
+// the number of eval tokens each feature fired on (the export's sparsity.safetensors)
 
-EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train) {
+EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train,
+                     std::vector<long long>* fire_count = nullptr) {
     EvalMetrics m;
     int T = e->T, C = e->C, D = e->D;
     int K = e->n_layer - 1 - e->L;
     double ce_c = 0, ce_s = 0, kl = 0, l0 = 0, ev = 0, agree = 0, mse = 0;
     std::vector<double> ds(K > 0 ? K : 0, 0.0);
-    std::vector<float> fired(D, 0.0f);
+    std::vector<long long> fired(D, 0);
     std::vector<int> tokens((size_t)e->B * T);
     long long tokens_seen = 0;
     for (int row = 0; row < eval_rows; row += e->B) {
@@ -709,7 +723,7 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
         dataloader_get_rows(val, row, B, tokens.data());
         forward_to_sae(e, tokens.data(), B);
         sae_forward(e, B);
-        for (size_t i = 0; i < (size_t)N * D; i++) if (e->c[i] > 0.0f) { l0 += 1; fired[i % D] = 1.0f; }
+        for (size_t i = 0; i < (size_t)N * D; i++) if (e->c[i] > 0.0f) { l0 += 1; fired[i % D]++; }
         // explained variance against the mean of x over this batch's tokens
         std::vector<double> xmean(C, 0.0);
         for (int n = 0; n < N; n++) for (int i = 0; i < C; i++) xmean[i] += e->x[(size_t)n * C + i];
@@ -750,10 +764,11 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
     m.top1_agree = agree / tokens_seen;
     m.mse = mse / ((double)tokens_seen * C);
     m.alive = 0;
-    for (float f : fired) m.alive += f > 0.0f;
+    for (long long f : fired) m.alive += f > 0;
     m.dead = D - m.alive;
     m.alive_train = alive_train;
     for (int k = 0; k < K; k++) m.ds_mse.push_back(ds[k] / ((double)tokens_seen * C));
+    if (fire_count) *fire_count = fired;
     return m;
 }
 
@@ -796,6 +811,7 @@ static double now_seconds() {
 int main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, false);
+    apply_demo_presets(cfg, false);
     Engine e;
     gpt2_load(&e.model, cfg.model);
     const GPT2Config& mc = e.model.config;
@@ -835,9 +851,12 @@ int main(int argc, char** argv) {
     long long eff_batch = (long long)cfg.batch * cfg.grad_accum;
     long long W = cfg.warmup_samples / eff_batch, S = cfg.samples / eff_batch;
     long long last_alive = -1;
+    std::vector<float> sparsity;  // (D) from the latest eval; empty before the first, and no file is written then
     auto run_eval = [&](long long step) {
         if (!eval_rows) return;
-        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive);
+        std::vector<long long> fire_count;
+        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive, &fire_count);
+        sparsity = sae_log10_sparsity(fire_count, m.tokens);
         print_eval(step, m, cfg.layer + 1);
         logger_log_eval(&logger, step, m);
     };
@@ -848,12 +867,13 @@ int main(int argc, char** argv) {
         logger_close(&logger);
         return 0;
     }
+    std::string model_name = model_name_for_export(e.model.source);  // once per run: it may checksum 548 MB
     auto save = [&](long long step) {
         ts.step = step;
         ts.rows_consumed = train_loader.rows_consumed;
         ts.alive_fired = e.fired;
         train_state_save(cfg.out, &e.sae, e.adam_m.data(), e.adam_v.data(), ts, cfg);
-        sae_export(&e.sae, cfg.out, cfg, e.model.source, step);
+        sae_export(&e.sae, cfg.out, cfg, model_name, step, sparsity.empty() ? nullptr : &sparsity);
         printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
     };
     if (ts.step == 0) run_eval(0);

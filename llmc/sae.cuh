@@ -33,10 +33,10 @@ cuBLASLt's bias has the output's type: in bf16 mode b_enc / b_dec need a bf16 co
 epilogues, or the matmul writes without bias and add_bias_relu_inplace (below) adds the fp32
 bias in a separate pass (dev/cuda/sae_encoder_forward.cu times that pass).
 
-Determinism: no float atomics anywhere in this file. Reductions to scalars write one partial
-per block into a static device array and sum the partials in a fixed order
-(deterministic_sum), so the same inputs give the same bits on every run. The static scratch
-makes sae_sparsity_l0 safe to call from one stream at a time only.
+Determinism: no float atomics anywhere in this file (the one atomic adds integers). Reductions
+to scalars write one partial per block into a static device array and sum the partials in a
+fixed order (deterministic_sum), so the same inputs give the same bits on every run. The
+static scratch makes sae_sparsity_l0 safe to call from one stream at a time only.
 */
 #pragma once
 #include <algorithm>
@@ -216,16 +216,19 @@ void bias_grad_colsum(float* dbias, const floatX* dout, int N, int OC, bool accu
 // sparsity statistics: Σ|c|, count(c > 0), and which features fired
 
 // Grid (ceil(D/256), R): thread owns column d and rows blockIdx.y, +R, ... so it can OR its
-// fired flag locally and store it once. Each block writes its L1 and L0 partials; a second
-// one-block kernel adds them in a fixed order. The L0 partial is a count held in a float: exact
-// while a block sees fewer than 2^24 elements (256·N/R; 95k at the paper shape).
+// fired flag locally and store it once; an optional per-feature count is added with one 64-bit
+// integer atomic per thread (integer sums are exact, so any order gives the same total). Each
+// block writes its L1 and L0 partials; a second one-block kernel adds them in a fixed order. The
+// L0 partial is a count held in a float: exact while a block sees fewer than 2^24 elements
+// (256·N/R; 95k at the paper shape).
 #define SAE_STATS_BLOCK 256
 #define SAE_STATS_MAX_PARTIALS 4096
 static __device__ float sae_l1_partials[SAE_STATS_MAX_PARTIALS];
 static __device__ float sae_l0_partials[SAE_STATS_MAX_PARTIALS];
 
 template <typename floatX>
-__global__ void sae_sparsity_l0_kernel(float* l1_partials, float* l0_partials, unsigned int* fired, const floatX* c, int N, int D) {
+__global__ void sae_sparsity_l0_kernel(float* l1_partials, float* l0_partials, unsigned int* fired, unsigned long long* fire_count,
+                                       const floatX* c, int N, int D) {
     const int col = blockIdx.x * blockDim.x + threadIdx.x;
     float l1 = 0.0f;
     unsigned int l0 = 0;
@@ -237,6 +240,7 @@ __global__ void sae_sparsity_l0_kernel(float* l1_partials, float* l0_partials, u
             l0 += v > 0.0f ? 1u : 0u;
         }
         if (l0 > 0) fired[col] = 1u;  // plain store of the same value: no race on the result
+        if (fire_count && l0 > 0) atomicAdd(fire_count + col, (unsigned long long)l0);
     }
     l1 = block_reduce_sum(l1);
     l0 = block_reduce_sum(l0);
@@ -250,9 +254,11 @@ __global__ void sae_sparsity_l0_kernel(float* l1_partials, float* l0_partials, u
 // l1_sum += Σ|c|, l0_sum += count(c > 0): device scalars, accumulated (zero them at the start of
 // an accumulation window); fired (D): set to 1 where the feature was > 0 on any token, never
 // cleared here (zero it at the start of an alive window). c (N,D) floatX. No host sync.
-// sparsity = l1_sum / (N·C) per micro-batch, L0 = l0_sum / N.
+// sparsity = l1_sum / (N·C) per micro-batch, L0 = l0_sum / N. fire_count (D), if given (the
+// eval's, for SAELens's sparsity.safetensors): += tokens on which each feature was > 0.
 template <typename floatX>
-void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c, int N, int D, cudaStream_t stream) {
+void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c, int N, int D, cudaStream_t stream,
+                     unsigned long long* fire_count = nullptr) {
     NVTX_RANGE_FN();
     if (N == 0 || D == 0) return;
     const int grid_x = ceil_div(D, SAE_STATS_BLOCK);
@@ -262,7 +268,7 @@ void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const fl
     float *l1_partials, *l0_partials;
     cudaCheck(cudaGetSymbolAddress((void**)&l1_partials, sae_l1_partials));
     cudaCheck(cudaGetSymbolAddress((void**)&l0_partials, sae_l0_partials));
-    sae_sparsity_l0_kernel<<<dim3(grid_x, grid_y), SAE_STATS_BLOCK, 0, stream>>>(l1_partials, l0_partials, fired, c, N, D);
+    sae_sparsity_l0_kernel<<<dim3(grid_x, grid_y), SAE_STATS_BLOCK, 0, stream>>>(l1_partials, l0_partials, fired, fire_count, c, N, D);
     cudaLaunchCheck();
     deterministic_sum(l1_sum, l1_partials, grid_x * grid_y, true, stream);
     deterministic_sum(l0_sum, l0_partials, grid_x * grid_y, true, stream);

@@ -1,17 +1,20 @@
 /*
 The SAE on the host, shared by both trainers: its parameter block (fp32 master copies,
 one allocation: W_enc (C,D), b_enc (D), W_dec (D,C) raw, b_dec (C)), the library's init
-(SPEC §3), the SAELens export and --init-sae import (SPEC §8), and the training state
-that makes --resume bit-exact (raw params, Adam m and v, step, data position, alive window).
+(SPEC §3), the SAELens export (weights, cfg.json, sparsity) and --init-sae import (SPEC §8),
+and the training state that makes --resume bit-exact (raw params, Adam m and v, step, data
+position, alive window).
 */
 #pragma once
 #include <math.h>
 #include <stdint.h>
+#include <unistd.h>
 #include <string>
 #include <vector>
 #include "utils.h"
 #include "json.h"
 #include "safetensors.h"
+#include "sha256.h"
 #include "train_config.h"
 
 #define NUM_SAE_TENSORS 4
@@ -125,6 +128,41 @@ inline void sae_normalized_decoder(const SAE* sae, std::vector<float>& out) {
     }
 }
 
+// metadata.model_name, decided once per run: "gpt2" if the weights are the starter pack's GPT-2
+// small (openai-community/gpt2, so HookedTransformer.from_pretrained(model_name) gets the same
+// model), else the file's stem, or its folder's name when the stem is "model" (model.safetensors
+// says nothing). Only a file of exactly that size is hashed, so other models cost nothing.
+#define GPT2_SMALL_BYTES 548105171LL
+#define GPT2_SMALL_SHA256 "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"
+inline std::string model_name_for_export(const std::string& path) {
+    if (file_size(path.c_str()) == GPT2_SMALL_BYTES && sha256_file(path) == GPT2_SMALL_SHA256) return "gpt2";
+    // the last two components, lexically (no symlinks followed: a Hugging Face cache links
+    // model.safetensors to a blob named by its hash); a relative path is taken from the cwd
+    char cwd[4096];
+    std::string abs = path[0] == '/' ? path : std::string(getcwd(cwd, sizeof(cwd)) ? cwd : "") + "/" + path;
+    std::vector<std::string> parts;
+    for (size_t a = 0, b; a < abs.size(); a = b + 1) {
+        b = abs.find('/', a);
+        if (b == std::string::npos) b = abs.size();
+        std::string part = abs.substr(a, b - a);
+        if (part == ".." && !parts.empty()) parts.pop_back();
+        else if (!part.empty() && part != "." && part != "..") parts.push_back(part);
+    }
+    std::string file = parts.empty() ? path : parts.back();
+    std::string stem = file.substr(0, file.rfind('.'));
+    if (stem == "model" && parts.size() >= 2) return parts[parts.size() - 2];
+    return stem.empty() ? file : stem;
+}
+
+// SAELens's sparsity.safetensors: log10(firing frequency + 1e-10) per feature, as its trainer
+// (and feature_dump_write) computes it; fire_count (D) over `tokens` eval tokens
+inline std::vector<float> sae_log10_sparsity(const std::vector<long long>& fire_count, long long tokens) {
+    std::vector<float> out(fire_count.size());
+    for (size_t d = 0; d < fire_count.size(); d++)
+        out[d] = (float)log10((tokens > 0 ? (double)fire_count[d] / (double)tokens : 0.0) + 1e-10);
+    return out;
+}
+
 inline void sae_export(const SAE* sae, const std::string& dir, const TrainConfig& cfg, const std::string& model_name,
                        long long step, const std::vector<float>* sparsity = nullptr) {
     make_dir(dir);
@@ -145,8 +183,10 @@ inline void sae_export(const SAE* sae, const std::string& dir, const TrainConfig
     fprintf(fp, "    \"model_name\": \"%s\",\n", json_escape(model_name).c_str());
     fprintf(fp, "    \"hook_name\": \"blocks.%d.hook_resid_pre\",\n    \"hook_layer\": %d,\n", cfg.layer, cfg.layer);
     fprintf(fp, "    \"context_size\": %d,\n    \"prepend_bos\": false,\n", cfg.seq_len);
+    // what the engine does to GPT-2 (SPEC §2): writing weights centred, W_U as loaded, LayerNorm
+    // and value biases not folded (folding them would change hook_resid_pre only by rounding)
     fprintf(fp, "    \"model_from_pretrained_kwargs\": {\"center_writing_weights\": true, \"center_unembed\": false, "
-                "\"fold_ln\": true, \"fold_value_biases\": true}\n");
+                "\"fold_ln\": false, \"fold_value_biases\": false}\n");
     fprintf(fp, "  },\n");
     fprintf(fp, "  \"training\": {\"engine\": \"sae.c\", \"mode\": \"%s\", \"sparsity_coeff\": %.9g, \"kl_coeff\": %.9g, "
                 "\"mse_coeff\": %.9g, \"ds_coeff\": %.9g, \"lr\": %.9g, \"batch\": %d, \"seq_len\": %d, \"grad_accum\": %d, "

@@ -18,6 +18,7 @@ What is compared against what, and why the tolerances are what they are:
 - loading: F16/BF16 and prefixed HF files, and llm.c .bin, give the same model exactly.
 - resume: 4 steps + resume for 6 gives bit-identical log terms and state to 10 straight steps.
 - bad input: each rejected with a clear one-line message, exit code 1, nothing written.
+- export naming: sha256 against the FIPS 180-2 vectors, and the model_name SAELens is given.
 */
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
@@ -341,4 +342,25 @@ TEST_CASE("SAE init: orthonormal W_dec columns and nn.Linear ranges", "[init]") 
         }
     for (size_t i = 0; i < s.sizes[0]; i++) CHECK(fabsf(s.W_enc[i]) <= 0.25f);  // 1/sqrt(16)
     for (int i = 0; i < 16; i++) CHECK(fabsf(s.b_dec[i]) <= 1.0f / sqrtf(40.0f));
+}
+
+TEST_CASE("sha256 matches the FIPS 180-2 test vectors; model_name_for_export names the model", "[export]") {
+    CHECK(sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(sha256_hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    CHECK(sha256_hex(std::string(1000000, 'a')) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+    // 56 bytes: the length no longer fits the first block, so padding takes a second one
+    CHECK(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
+          "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    std::string dir = "build/model_name_test/tinyshakespeare-gpt2-4L128";
+    run_cmd("rm -rf build/model_name_test && mkdir -p " + dir);
+    for (const char* f : {"/model.safetensors", "/../gpt2_124M.bin"}) {
+        FILE* fp = fopenCheck((dir + f).c_str(), "wb");
+        fputs("not a model", fp);
+        fclose(fp);
+    }
+    CHECK(sha256_file(dir + "/model.safetensors") == sha256_hex("not a model"));
+    // the stem of model.safetensors says nothing: its folder names the model; other files by stem
+    CHECK(model_name_for_export(dir + "/model.safetensors") == "tinyshakespeare-gpt2-4L128");
+    CHECK(model_name_for_export("./" + dir + "/../tinyshakespeare-gpt2-4L128/./model.safetensors") == "tinyshakespeare-gpt2-4L128");
+    CHECK(model_name_for_export("build/model_name_test/gpt2_124M.bin") == "gpt2_124M");
 }

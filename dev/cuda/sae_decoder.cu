@@ -337,15 +337,27 @@ int check_stats(int N, int D, float tol) {
            sums[0], l1_ref, ok_l1 ? "ok" : "FAIL", sums[1], l0_ref, ok_l0 ? "ok" : "FAIL", alive, alive_ref, bad_flags,
            ok_alive ? "ok" : "FAIL");
     failures += !ok_l1 + !ok_l0 + !ok_alive;
-    // determinism: a second accumulation from the same start gives the same bits
+    // determinism: a second accumulation from the same start gives the same bits, also when it
+    // adds per-feature firing counts (the eval's, for sparsity.safetensors) onto preset ones
+    std::vector<unsigned long long> count_ref(D);
+    for (int d = 0; d < D; d++) count_ref[d] = d % 5;
+    unsigned long long* d_count = device_alloc<unsigned long long>(D);
+    cudaCheck(cudaMemcpy(d_count, count_ref.data(), D * sizeof(unsigned long long), cudaMemcpyHostToDevice));
+    for (size_t i = 0; i < n; i++) count_ref[i % D] += c[i] > 0.0f;
     float again[2];
     cudaCheck(cudaMemcpy(d_sums, init, sizeof(init), cudaMemcpyHostToDevice));
-    sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0);
+    sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0, d_count);
     cudaCheck(cudaMemcpy(again, d_sums, sizeof(again), cudaMemcpyDeviceToHost));
     bool same = memcmp(sums, again, sizeof(sums)) == 0;
     printf("  %-28s %s\n", "stats bit-identical rerun", same ? "ok" : "FAIL");
-    failures += !same;
+    std::vector<unsigned long long> count(D);
+    cudaCheck(cudaMemcpy(count.data(), d_count, D * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
+    int bad_counts = 0;
+    for (int d = 0; d < D; d++) bad_counts += count[d] != count_ref[d];
+    printf("  %-28s %s (%d of %d differ)\n", "per-feature fire counts", bad_counts ? "FAIL" : "ok", bad_counts, D);
+    failures += !same + (bad_counts != 0);
     cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_fired)); cudaCheck(cudaFree(d_sums)); cudaCheck(cudaFree(d_alive));
+    cudaCheck(cudaFree(d_count));
     return failures;
 }
 

@@ -1,7 +1,8 @@
 # sae.c: e2e sparse autoencoders on GPT-2.
+#   make demo                trains an SAE on the bundled demo model (GPU if present, else CPU) and writes the report
 #   make train_gpt2_sae      GPU trainer (needs nvcc; runs on sm_90 / sm_80)
 #   make train_gpt2_sae_cpu  fp32 CPU reference trainer
-#   make test                builds and runs every test; GPU tests skip without a GPU
+#   make test                builds and runs every test; GPU tests skip without a GPU, CUDA targets without nvcc
 CXX ?= g++
 CXXFLAGS ?= -O3 -std=c++17 -Wall -Wextra -Werror -fopenmp
 NVCC ?= nvcc
@@ -10,14 +11,21 @@ NVCCFLAGS ?= -O3 -std=c++17 $(GPU_ARCHS) -Xcompiler -Wall,-Wextra,-fopenmp -Werr
 CUDA_LIBS = -lcublasLt -lcublas
 HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
+# without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
+HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
+CPU_TARGETS = train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump prepare_text
+CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
+NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
-.PHONY: all test clean
-all: train_gpt2_sae_cpu train_gpt2_sae test_cpu test_tokenizer test_feature_dump test_gpt2_sae prepare_text
+.PHONY: all test demo clean
+all: $(CPU_TARGETS) $(CUDA_TARGETS)
+	$(NO_NVCC_NOTE)
 
 train_gpt2_sae_cpu: train_gpt2_sae_cpu.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
 train_gpt2_sae: train_gpt2_sae.cu $(HOST_HEADERS) $(CUDA_HEADERS)
+	@$(if $(HAVE_NVCC),true,echo "error: nvcc not found: the GPU trainer needs the CUDA toolkit (without a GPU, use make train_gpt2_sae_cpu)" >&2; exit 1)
 	$(NVCC) $(NVCCFLAGS) $< $(CUDA_LIBS) -o $@
 
 test_cpu: test/test_cpu.cpp train_gpt2_sae_cpu.cpp $(HOST_HEADERS)
@@ -36,8 +44,13 @@ prepare_text: dev/data/prepare_text.cpp llmc/tokenizer.h
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
 
 # every test binary runs; test/run_tests.sh prints "N passed, N failed, N skipped" and fails on any failure
-test: train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_gpt2_sae train_gpt2_sae prepare_text
+test: $(CPU_TARGETS) $(CUDA_TARGETS)
+	$(NO_NVCC_NOTE)
 	bash test/run_tests.sh
+
+# README's first command: build, train on the bundled demo model, dump features, write the HTML report
+demo: train_gpt2_sae_cpu
+	bash scripts/demo.sh
 
 clean:
 	rm -rf train_gpt2_sae train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_gpt2_sae prepare_text build

@@ -42,7 +42,14 @@ run cpu ./test_cpu
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run report /usr/bin/python3 test/test_report.py -v
-if [ -x ./test_gpt2_sae ]; then run gpu ./test_gpt2_sae; fi
+run saelens_cfg /usr/bin/python3 test/test_saelens_cfg.py -v
+run saelens python3 test/test_saelens.py -v  # the PATH python: skips where sae_lens is not installed
+if command -v "${NVCC:-nvcc}" >/dev/null; then
+    run gpu ./test_gpt2_sae
+else
+    echo "SKIP gpu: nvcc not found, so test_gpt2_sae was not built (the GPU tests need it and a GPU)"
+    skipped=$((skipped + 1))
+fi
 run starter_pack bash test/test_starter_pack.sh
 run openwebtext /usr/bin/python3 test/test_openwebtext.py
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -19,15 +19,16 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include <time.h>
 #include <string>
 #include <vector>
-#include "llmc/utils.h"        // defines: die, fopenCheck, mallocCheck, splitmix64
-#include "llmc/safetensors.h"  // defines: safetensors_open/read/write
+#include "llmc/utils.h"        // defines: die, fopenCheck, mallocCheck, now_seconds, check_finite
 #include "llmc/gpt2_load.h"    // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"   // defines: DataLoader, dataloader_init/next_batch/get_rows
-#include "llmc/schedule.h"     // defines: lr_at_step
+#include "llmc/schedule.h"     // defines: lr_at_step, Schedule, keep_training, is_last, should_save, should_eval
 #include "llmc/train_config.h" // defines: TrainConfig, parse_args, apply_demo_presets, check_config_against_model
-#include "llmc/sae_io.h"       // defines: SAE, sae_init_random, sae_export, sae_load, train_state_save/load
-#include "llmc/logger.h"       // defines: Logger, StepLog, EvalMetrics, print_eval
+#include "llmc/sae.h"          // defines: SAE, sae_allocate, sae_init_random
+#include "llmc/sae_io.h"       // defines: sae_export, sae_load, train_state_save/load
+#include "llmc/logger.h"       // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish, print_eval
 #include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add, feature_dump_write
+#include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, resume_run, save_run, report_eval, feature_dump_stream
 
 // ----------------------------------------------------------------------------
 // GPT-2 layer passes, fp32. N = B*T rows. Backward passes compute activation gradients only.
@@ -709,21 +710,19 @@ double adamw_update(Engine* e, double lr, long long t) {
 
 EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train,
                      std::vector<long long>* fire_count = nullptr) {
-    EvalMetrics m;
     int T = e->T, C = e->C, D = e->D;
     int K = e->n_layer - 1 - e->L;
-    double ce_c = 0, ce_s = 0, kl = 0, l0 = 0, ev = 0, agree = 0, mse = 0;
-    std::vector<double> ds(K > 0 ? K : 0, 0.0);
+    EvalSums s;
+    s.ds_mse.assign(K > 0 ? K : 0, 0.0);
     std::vector<long long> fired(D, 0);
     std::vector<int> tokens((size_t)e->B * T);
-    long long tokens_seen = 0;
     for (int row = 0; row < eval_rows; row += e->B) {
         int B = std::min(e->B, eval_rows - row);
         int N = B * T;
         dataloader_get_rows(val, row, B, tokens.data());
         forward_to_sae(e, tokens.data(), B);
         sae_forward(e, B);
-        for (size_t i = 0; i < (size_t)N * D; i++) if (e->c[i] > 0.0f) { l0 += 1; fired[i % D]++; }
+        for (size_t i = 0; i < (size_t)N * D; i++) if (e->c[i] > 0.0f) { s.l0 += 1; fired[i % D]++; }
         // explained variance against the mean of x over this batch's tokens
         std::vector<double> xmean(C, 0.0);
         for (int n = 0; n < N; n++) for (int i = 0; i < C; i++) xmean[i] += e->x[(size_t)n * C + i];
@@ -734,168 +733,107 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
                 double xi = e->x[(size_t)n * C + i], d = e->x_hat[(size_t)n * C + i] - xi;
                 num += d * d;
                 den += (xi - xmean[i]) * (xi - xmean[i]);
-                mse += d * d;
+                s.mse += d * d;
             }
-            ev += 1.0 - num / den;
+            s.explained_variance += 1.0 - num / den;
         }
         clean_forward(e, B);
         spliced_forward(e, B, false);
         for (int k = 0; k < K; k++)
-            ds[k] += mse_forward_backward(nullptr, e->ds_spliced[k].data(), e->ds_clean[k].data(), (size_t)N * C, 0.0f);
-        ce_c += ce_sum(e->logits_clean.data(), tokens.data(), B, T, e->V);
-        ce_s += ce_sum(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+            s.ds_mse[k] += mse_forward_backward(nullptr, e->ds_spliced[k].data(), e->ds_clean[k].data(), (size_t)N * C, 0.0f);
+        s.ce_clean += ce_sum(e->logits_clean.data(), tokens.data(), B, T, e->V);
+        s.ce_spliced += ce_sum(e->logits_spliced.data(), tokens.data(), B, T, e->V);
         for (int n = 0; n < N; n++) {
             const float* lc = e->logits_clean.data() + (size_t)n * e->V;
             const float* ls = e->logits_spliced.data() + (size_t)n * e->V;
             int ac = 0, as = 0;
             for (int v = 1; v < e->V; v++) { if (lc[v] > lc[ac]) ac = v; if (ls[v] > ls[as]) as = v; }
-            agree += ac == as;
+            s.top1_agree += ac == as;
         }
-        kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
-        tokens_seen += N;
+        s.kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
+        s.tokens += N;
     }
-    long long ce_positions = (long long)eval_rows * (T - 1);
-    m.tokens = tokens_seen;
-    m.ce_clean = ce_c / ce_positions;
-    m.ce_spliced = ce_s / ce_positions;
-    m.kl = kl / tokens_seen;
-    m.l0 = l0 / tokens_seen;
-    m.explained_variance = ev / tokens_seen;
-    m.top1_agree = agree / tokens_seen;
-    m.mse = mse / ((double)tokens_seen * C);
-    m.alive = 0;
-    for (long long f : fired) m.alive += f > 0;
-    m.dead = D - m.alive;
-    m.alive_train = alive_train;
-    for (int k = 0; k < K; k++) m.ds_mse.push_back(ds[k] / ((double)tokens_seen * C));
+    for (long long f : fired) s.alive += f > 0;
     if (fire_count) *fire_count = fired;
-    return m;
+    return eval_metrics_finish(s, eval_rows, T, C, D, alive_train);
 }
 
 // ----------------------------------------------------------------------------
 // --dump-features: per-feature firing frequency and top activations over the first val tokens
 
 void dump_features(Engine* e, const DataLoader* val, const TrainConfig& cfg) {
-    int T = e->T;
-    long long rows = std::min<long long>(val->num_rows, (cfg.dump_tokens + T - 1) / T);
     FeatureDump fd;
     feature_dump_init(&fd, e->D, cfg.dump_topk);
-    std::vector<int> tokens((size_t)e->B * T);
-    for (long long row = 0; row < rows; row += e->B) {
-        int B = (int)std::min<long long>(e->B, rows - row);
-        dataloader_get_rows(val, row, B, tokens.data());
-        forward_to_sae(e, tokens.data(), B);
+    feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+        forward_to_sae(e, tokens, B);
         sae_forward(e, B);
-        feature_dump_add(&fd, e->c.data(), B * T, row * T);
-    }
-    std::vector<std::string> shards;
-    for (const Shard& sh : val->shards) shards.push_back(sh.path);
-    feature_dump_write(&fd, cfg.dump_features, feature_dump_meta(cfg.val, shards, T, fd.tokens, e->D, cfg.dump_topk, cfg.layer,
-                                                                 e->model.source, mode_name(cfg.mode)));
-    long long alive = 0;
-    for (long long n : fd.fire_count) alive += n > 0;
-    printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)e->D,
-           cfg.dump_topk, fd.tokens, cfg.dump_features.c_str(), alive);
+        feature_dump_add(&fd, e->c.data(), B * e->T, first_pos);
+    });
+    feature_dump_finish(&fd, val, cfg, e->model.source);
 }
 
 // ----------------------------------------------------------------------------
 // main: the training loop
 
 #ifndef TESTING
-static double now_seconds() {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, false);
     apply_demo_presets(cfg, false);
     Engine e;
-    gpt2_load(&e.model, cfg.model);
-    const GPT2Config& mc = e.model.config;
-    printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred)\n",
-           e.model.source.c_str(), mc.num_layers, mc.num_heads, mc.channels, mc.vocab_size, mc.max_seq_len, e.model.num_parameters);
-    check_config_against_model(cfg, mc.num_layers, mc.max_seq_len);
-    if (!cfg.init_sae.empty()) {
-        sae_load(&e.sae, cfg.init_sae, mc.channels);
-        printf("SAE from %s: d_in %d, d_sae %d\n", cfg.init_sae.c_str(), e.sae.C, e.sae.D);
-    } else {
-        sae_allocate(&e.sae, mc.channels, config_d_sae(cfg, mc.channels));
-        sae_init_random(&e.sae, cfg.seed);
-    }
-    print_config(cfg, e.sae.C, e.sae.D);
-    DataLoader train_loader, val_loader;
-    // eval needs --val data; without it (and no default shards) training runs without eval
-    bool have_val = (cfg.eval_samples > 0 || !cfg.dump_features.empty()) && (cfg.val_given || glob_matches(cfg.val));
-    if (cfg.eval_samples > 0 && !have_val)
-        printf("note: no eval data at the default --val '%s' (scripts/download_starter_pack.sh gets it): eval skipped\n", cfg.val.c_str());
-    if (!cfg.eval_only) dataloader_init(&train_loader, cfg.train, "--train", cfg.batch, cfg.seq_len, mc.vocab_size, cfg.shuffle, cfg.seed);
-    if (have_val) dataloader_init(&val_loader, cfg.val, "--val", 1, cfg.seq_len, mc.vocab_size, false, 0);
-    int eval_rows = have_val ? (int)std::min<long long>(cfg.eval_samples, val_loader.num_rows) : 0;
-    if (!cfg.dump_features.empty() && !have_val) die("--dump-features needs --val data to stream through the SAE");
+    load_model_and_sae(&e.model, &e.sae, cfg);
+    RunData data;
+    open_loaders(&data, cfg, e.model.config.vocab_size);
     engine_init(&e, cfg, cfg.batch);
 
     TrainState ts;
     ts.alive_fired.assign(e.D, 0.0f);
     if (!cfg.resume.empty()) {
-        train_state_load(cfg.resume, &e.sae, e.adam_m.data(), e.adam_v.data(), &ts, cfg);
-        train_loader.rows_consumed = ts.rows_consumed;
+        resume_run(cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &ts, &data);
         e.fired = ts.alive_fired;
-        printf("resumed from %s at step %lld\n", cfg.resume.c_str(), ts.step);
     }
     make_dir(cfg.out);
     Logger logger;
     logger_open(&logger, cfg.log, !cfg.resume.empty());
-    long long eff_batch = (long long)cfg.batch * cfg.grad_accum;
-    long long W = cfg.warmup_samples / eff_batch, S = cfg.samples / eff_batch;
+    Schedule sched = schedule_from_config(cfg);
     long long last_alive = -1;
-    std::vector<float> sparsity;  // (D) from the latest eval; empty before the first, and no file is written then
+    std::vector<float> sparsity;  // (D) from the latest eval, for the export
     auto run_eval = [&](long long step) {
-        if (!eval_rows) return;
+        if (!data.eval_rows) return;
         std::vector<long long> fire_count;
-        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive, &fire_count);
-        sparsity = sae_log10_sparsity(fire_count, m.tokens);
-        print_eval(step, m, cfg.layer + 1);
-        logger_log_eval(&logger, step, m);
+        EvalMetrics m = evaluate(&e, &data.val, data.eval_rows, last_alive, &fire_count);
+        report_eval(&logger, cfg, step, m, fire_count, &sparsity);
     };
     if (cfg.eval_only) {
-        if (!eval_rows && cfg.dump_features.empty()) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
         run_eval(0);
-        if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
+        if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
         logger_close(&logger);
         return 0;
     }
     std::string model_name = model_name_for_export(e.model.source);  // once per run: it may checksum 548 MB
     auto save = [&](long long step) {
-        ts.step = step;
-        ts.rows_consumed = train_loader.rows_consumed;
         ts.alive_fired = e.fired;
-        train_state_save(cfg.out, &e.sae, e.adam_m.data(), e.adam_v.data(), ts, cfg);
-        sae_export(&e.sae, cfg.out, cfg, model_name, step, sparsity.empty() ? nullptr : &sparsity);
-        printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
+        save_run(cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &ts, step, data, model_name, sparsity);
     };
     if (ts.step == 0) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
-    long long last_eval_samples = ts.step * eff_batch;
+    long long last_eval_samples = ts.step * sched.eff_batch;
     long long step = ts.step;
-    while (step < S && (cfg.max_steps < 0 || step < cfg.max_steps)) {
+    while (keep_training(sched, cfg, step)) {
         double t0 = now_seconds();
         std::fill(e.grads.memory.begin(), e.grads.memory.end(), 0.0f);
         MicroLosses sum;
         sum.kl = sum.sparsity = sum.mse = sum.ds_mse = sum.l0 = sum.loss = 0.0;
         for (int a = 0; a < cfg.grad_accum; a++) {
-            dataloader_next_batch(&train_loader, tokens.data());
+            dataloader_next_batch(&data.train, tokens.data());
             MicroLosses ml = micro_step(&e, tokens.data(), cfg.grad_accum);
             sum.kl += ml.kl; sum.sparsity += ml.sparsity; sum.mse += ml.mse; sum.ds_mse += ml.ds_mse; sum.l0 += ml.l0; sum.loss += ml.loss;
         }
         double A = cfg.grad_accum;
-        if (!isfinite(sum.loss)) die("loss is %f at step %lld: NaN/Inf in the model or SAE, or training diverged (try a lower --lr); "
-                                           "nothing was saved", sum.loss, step + 1);
-        double lr = lr_at_step(cfg.lr, step, W, S, cfg.min_lr_factor);
+        double lr = lr_at_step(cfg.lr, step, sched.W, sched.S, cfg.min_lr_factor);
         double gnorm = adamw_update(&e, lr, step + 1);
         step++;
+        check_finite(sum.loss, gnorm, step);
         ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
         long long alive_now = -1;
         if (ts.alive_tokens >= cfg.alive_window) {
@@ -905,26 +843,21 @@ int main(int argc, char** argv) {
             std::fill(e.fired.begin(), e.fired.end(), 0.0f);
             ts.alive_tokens = 0;
         }
-        double dt = now_seconds() - t0;
-        double tps = cfg.batch * cfg.seq_len * A / dt;
-        StepLog sl = {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps, alive_now};
-        logger_log_step(&logger, sl);
-        printf("step %5lld/%lld | loss %.6f | kl %s | sparsity %.5f | mse %.6f | L0 %.1f | gnorm %.4f | lr %.3e | %.0f tok/s%s\n", step, S,
-               sl.loss, json_num(sl.kl).c_str(), sl.sparsity, sl.mse, sl.l0, gnorm, lr, tps,
-               alive_now >= 0 ? (" | alive " + std::to_string(alive_now)).c_str() : "");
-        bool last = step == S || step == cfg.max_steps;
-        if (cfg.save_every > 0 && step % cfg.save_every == 0 && !last) save(step);
-        if (cfg.eval_every > 0 && step * eff_batch - last_eval_samples >= cfg.eval_every && !last) {
+        double tps = cfg.batch * cfg.seq_len * A / (now_seconds() - t0);
+        print_step(&logger, {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps,
+                             alive_now}, sched.S);
+        bool last = is_last(sched, cfg, step);
+        if (should_save(cfg, step, last)) save(step);
+        if (should_eval(sched, cfg, step, last_eval_samples, last)) {
             run_eval(step);
-            last_eval_samples = step * eff_batch;
+            last_eval_samples = step * sched.eff_batch;
         }
     }
     run_eval(step);
     save(step);
-    if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
+    if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
     logger_close(&logger);
-    dataloader_free(&train_loader);
-    if (have_val) dataloader_free(&val_loader);
+    close_loaders(&data, cfg);
     gpt2_free(&e.model);
     return 0;
 }

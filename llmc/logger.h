@@ -46,12 +46,47 @@ inline void logger_log_step(Logger* lg, const StepLog& s) {
     fflush(lg->fp);
 }
 
+// the step line, on stdout and in the log
+inline void print_step(Logger* lg, const StepLog& s, long long S) {
+    logger_log_step(lg, s);
+    printf("step %5lld/%lld | loss %.6f | kl %s | sparsity %.5f | mse %.6f | L0 %.1f | gnorm %.4f | lr %.3e | %.0f tok/s%s\n", s.step, S,
+           s.loss, json_num(s.kl).c_str(), s.sparsity, s.mse, s.l0, s.grad_norm, s.lr, s.tokens_per_s,
+           s.alive >= 0 ? (" | alive " + std::to_string(s.alive)).c_str() : "");
+}
+
 // SPEC §6 metrics over the eval rows
 struct EvalMetrics {
     double ce_clean = NAN, ce_spliced = NAN, kl = NAN, l0 = NAN, explained_variance = NAN, top1_agree = NAN, mse = NAN;
     long long alive = -1, dead = -1, alive_train = -1, tokens = 0;
     std::vector<double> ds_mse;  // per downstream layer (e2e+ds)
 };
+
+// what an eval adds up over its eval_rows rows of T tokens; eval_metrics_finish turns the sums
+// into SPEC §6's metrics, the same way for both trainers
+struct EvalSums {
+    double ce_clean = 0, ce_spliced = 0, kl = 0, l0 = 0, explained_variance = 0, top1_agree = 0, mse = 0;
+    std::vector<double> ds_mse;  // per downstream layer
+    long long tokens = 0, alive = 0;
+};
+
+inline EvalMetrics eval_metrics_finish(const EvalSums& s, int eval_rows, int T, int C, int D, long long alive_train) {
+    EvalMetrics m;
+    double ce_positions = (double)eval_rows * (T - 1);  // next-token CE stays within each row
+    double tokens = (double)s.tokens;
+    m.tokens = s.tokens;
+    m.ce_clean = s.ce_clean / ce_positions;
+    m.ce_spliced = s.ce_spliced / ce_positions;
+    m.kl = s.kl / tokens;
+    m.l0 = s.l0 / tokens;
+    m.explained_variance = s.explained_variance / tokens;
+    m.top1_agree = s.top1_agree / tokens;
+    m.mse = s.mse / (tokens * C);
+    m.alive = s.alive;
+    m.dead = D - s.alive;
+    m.alive_train = alive_train;
+    for (double ds : s.ds_mse) m.ds_mse.push_back(ds / (tokens * C));
+    return m;
+}
 
 inline void logger_log_eval(Logger* lg, long long step, const EvalMetrics& e) {
     if (!lg->fp) return;

@@ -11,6 +11,8 @@ which prints one line a user can act on and exits non-zero. No error is swallowe
 #include <stdint.h>
 #include <string>
 #include <sys/stat.h>
+#include <math.h>
+#include <time.h>
 
 [[noreturn]] inline void die(const char* fmt, ...) {
     va_list ap;
@@ -94,3 +96,15 @@ inline uint64_t splitmix64(uint64_t* state) {
     return z ^ (z >> 31);
 }
 
+inline double now_seconds() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// both trainers stop on a non-finite loss or gradient norm after an update, before anything is saved
+inline void check_finite(double loss, double grad_norm, long long step) {
+    if (!isfinite(loss) || !isfinite(grad_norm))
+        die("loss is %f at step %lld (grad norm %f): NaN/Inf in the model or SAE, or training diverged (try a lower --lr); "
+            "nothing was saved", loss, step, grad_norm);
+}

@@ -1,0 +1,115 @@
+/*
+The host side of a run, shared by both trainers (llm.c shares plumbing, not loops): loading the
+model and the SAE, the data loaders, resuming, saving, the eval report and the feature dump's
+outer loop. Each trainer keeps its own engine and its own loop; the policy around them (when to
+save or eval, what is printed and logged, when to stop) is written once, here and in
+schedule.h, logger.h and utils.h.
+*/
+#pragma once
+#include <algorithm>
+#include <string>
+#include <vector>
+#include "utils.h"
+#include "gpt2_load.h"
+#include "dataloader.h"
+#include "train_config.h"
+#include "sae.h"
+#include "sae_io.h"
+#include "logger.h"
+#include "feature_dump.h"
+
+// GPT-2 (residual-writing weights centred, SPEC §2) and the SAE (--init-sae, or the library's
+// init), with the flags checked against the model; prints both and the config
+inline void load_model_and_sae(GPT2* model, SAE* sae, const TrainConfig& cfg) {
+    gpt2_load(model, cfg.model);
+    const GPT2Config& mc = model->config;
+    printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred)\n",
+           model->source.c_str(), mc.num_layers, mc.num_heads, mc.channels, mc.vocab_size, mc.max_seq_len, model->num_parameters);
+    check_config_against_model(cfg, mc.num_layers, mc.max_seq_len);
+    if (!cfg.init_sae.empty()) {
+        sae_load(sae, cfg.init_sae, mc.channels);
+        printf("SAE from %s: d_in %d, d_sae %d\n", cfg.init_sae.c_str(), sae->C, sae->D);
+    } else {
+        sae_allocate(sae, mc.channels, config_d_sae(cfg, mc.channels));
+        sae_init_random(sae, cfg.seed);
+    }
+    print_config(cfg, sae->C, sae->D);
+}
+
+// the training rows and the eval rows (the first eval_rows rows of --val)
+struct RunData {
+    DataLoader train, val;
+    bool have_val = false;
+    int eval_rows = 0;
+};
+
+inline void open_loaders(RunData* d, const TrainConfig& cfg, int vocab_size) {
+    // eval needs --val data; without it (and no default shards) training runs without eval
+    d->have_val = (cfg.eval_samples > 0 || !cfg.dump_features.empty()) && (cfg.val_given || glob_matches(cfg.val));
+    if (cfg.eval_samples > 0 && !d->have_val)
+        printf("note: no eval data at the default --val '%s' (scripts/download_starter_pack.sh gets it): eval skipped\n", cfg.val.c_str());
+    if (!cfg.eval_only) dataloader_init(&d->train, cfg.train, "--train", cfg.batch, cfg.seq_len, vocab_size, cfg.shuffle, cfg.seed);
+    if (d->have_val) dataloader_init(&d->val, cfg.val, "--val", 1, cfg.seq_len, vocab_size, false, 0);
+    d->eval_rows = d->have_val ? (int)std::min<long long>(cfg.eval_samples, d->val.num_rows) : 0;
+    if (!cfg.dump_features.empty() && !d->have_val) die("--dump-features needs --val data to stream through the SAE");
+    if (cfg.eval_only && !d->eval_rows && cfg.dump_features.empty())
+        die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
+}
+
+inline void close_loaders(RunData* d, const TrainConfig& cfg) {
+    if (!cfg.eval_only) dataloader_free(&d->train);
+    if (d->have_val) dataloader_free(&d->val);
+}
+
+// --resume: SAE parameters and Adam moments into sae, m, v (host); the data position and the
+// alive window into ts and the training loader
+inline void resume_run(const TrainConfig& cfg, SAE* sae, float* m, float* v, TrainState* ts, RunData* d) {
+    train_state_load(cfg.resume, sae, m, v, ts, cfg);
+    d->train.rows_consumed = ts->rows_consumed;
+    printf("resumed from %s at step %lld\n", cfg.resume.c_str(), ts->step);
+}
+
+// the training state (for --resume) and the SAELens export, from host copies of the SAE, its Adam
+// moments and the alive flags; sparsity (D) is the latest eval's, empty before the first
+inline void save_run(const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, TrainState* ts, long long step,
+                     const RunData& d, const std::string& model_name, const std::vector<float>& sparsity) {
+    ts->step = step;
+    ts->rows_consumed = d.train.rows_consumed;
+    train_state_save(cfg.out, sae, m, v, *ts, cfg);
+    sae_export(sae, cfg.out, cfg, model_name, step, sparsity.empty() ? nullptr : &sparsity);
+    printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
+}
+
+// an eval's metrics on stdout and in the log; fire_count (D) becomes the export's sparsity
+inline void report_eval(Logger* lg, const TrainConfig& cfg, long long step, const EvalMetrics& m,
+                        const std::vector<long long>& fire_count, std::vector<float>* sparsity) {
+    *sparsity = sae_log10_sparsity(fire_count, m.tokens);
+    print_eval(step, m, cfg.layer + 1);
+    logger_log_eval(lg, step, m);
+}
+
+// --dump-features: streams the first --dump-tokens val tokens (whole rows), B rows at a time,
+// through add(tokens, rows, first_pos), which runs the SAE and adds the batch to the dump
+template <typename AddBatch>
+inline long long feature_dump_stream(const DataLoader* val, const TrainConfig& cfg, int B, AddBatch add) {
+    int T = cfg.seq_len;
+    long long rows = std::min<long long>(val->num_rows, (cfg.dump_tokens + T - 1) / T);
+    std::vector<int> tokens((size_t)B * T);
+    for (long long row = 0; row < rows; row += B) {
+        int n = (int)std::min<long long>(B, rows - row);
+        dataloader_get_rows(val, row, n, tokens.data());
+        add(tokens.data(), n, row * T);
+    }
+    return rows * T;
+}
+
+inline void feature_dump_finish(const FeatureDump* fd, const DataLoader* val, const TrainConfig& cfg, const std::string& model_source) {
+    std::vector<std::string> shards;
+    for (const Shard& sh : val->shards) shards.push_back(sh.path);
+    feature_dump_write(fd, cfg.dump_features, feature_dump_meta(cfg.val, shards, cfg.seq_len, fd->tokens, fd->D, fd->K, cfg.layer,
+                                                                model_source, mode_name(cfg.mode)));
+    long long alive = 0;
+    for (long long n : fd->fire_count) alive += n > 0;
+    printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)fd->D,
+           fd->K, fd->tokens, cfg.dump_features.c_str(), alive);
+}

@@ -351,22 +351,19 @@ void sae_decoder_normalize(float* W_dec_norm, float* inv_norm, const float* W_de
     }
 }
 
-// y = w / ||w||: dw = (dy - y (y . dy)) / ||w||; below the 1e-12 floor y = w / 1e-12 and dw = dy / 1e-12
-void sae_decoder_normalize_backward(float* dW_dec, const float* dW_dec_norm, const float* W_dec_norm, const float* W_dec,
-                                    const float* inv_norm, int D, int C) {
-    // dW_dec (D,C) += ...
+// y = w / n, n = max(||w||, 1e-12): dw = (dy - y (y . dy)) / n, or dy / n below the floor (n is then
+// a constant); y = w * inv_norm, the same arithmetic as the GPU kernel
+void sae_decoder_normalize_backward(float* dW_dec, const float* dW_dec_norm, const float* W_dec, const float* inv_norm, int D, int C) {
+    // dW_dec (D,C) = ... (overwritten); dW_dec_norm (D,C) is the gradient wrt W_dec_norm
     #pragma omp parallel for
     for (int d = 0; d < D; d++) {
-        const float* y = W_dec_norm + (size_t)d * C;
         const float* dy = dW_dec_norm + (size_t)d * C;
         const float* w = W_dec + (size_t)d * C;
-        float ss = 0.0f;
-        for (int i = 0; i < C; i++) ss += w[i] * w[i];
-        bool floored = sqrtf(ss) <= 1e-12f;
-        float dot = 0.0f;
-        for (int i = 0; i < C; i++) dot += y[i] * dy[i];
-        for (int i = 0; i < C; i++)
-            dW_dec[(size_t)d * C + i] += floored ? dy[i] * inv_norm[d] : (dy[i] - y[i] * dot) * inv_norm[d];
+        float inv = inv_norm[d];
+        float ss = 0.0f, w_dot_dy = 0.0f;
+        for (int i = 0; i < C; i++) { ss += w[i] * w[i]; w_dot_dy += w[i] * dy[i]; }
+        float y_dot_dy = sqrtf(ss) > 1e-12f ? w_dot_dy * inv : 0.0f;
+        for (int i = 0; i < C; i++) dW_dec[(size_t)d * C + i] = (dy[i] - w[i] * inv * y_dot_dy) * inv;
     }
 }
 
@@ -404,9 +401,11 @@ void sae_decoder_forward(float* x_hat, const float* c, const float* W_dec_norm, 
 // SAE backward from dx_hat (N,C). With pre = x W_enc + b_enc, c = relu(pre), x_hat = c W_dec_norm + b_dec:
 //   dW_dec_norm = c^T dx_hat, db_dec = sum_n dx_hat, dc = dx_hat W_dec_norm^T + l1_scale (d|c|/dc = 1 for c > 0),
 //   dpre = dc * [c > 0] (abs'(0) = relu'(0) = 0 in torch), db_enc = sum_n dpre, dW_enc = x^T dpre.
-// grads accumulate (+=) across micro-batches. dW_dec_norm_buf (D,C) and dpre_buf (N,D) are scratch.
-void sae_backward(SAE* grads, float* dW_dec_norm_buf, float* dpre_buf, const SAE* sae, const float* W_dec_norm, const float* inv_norm,
-                  const float* x, const float* c, const float* dx_hat, float l1_scale, int N) {
+// Everything accumulates (+=) across micro-batches; dW_dec comes from dW_dec_norm once per update
+// (sae_finish_grads): the normalisation backward is linear in dW_dec_norm and W_dec does not change
+// within an update. dpre_buf (N,D) is scratch.
+void sae_backward(SAE* grads, float* dW_dec_norm, float* dpre_buf, const SAE* sae, const float* W_dec_norm, const float* x,
+                  const float* c, const float* dx_hat, float l1_scale, int N) {
     int C = sae->C, D = sae->D;
     #pragma omp parallel for
     for (int i = 0; i < C; i++) {
@@ -416,15 +415,13 @@ void sae_backward(SAE* grads, float* dW_dec_norm_buf, float* dpre_buf, const SAE
     }
     #pragma omp parallel for
     for (int d = 0; d < D; d++) {
-        float* dy = dW_dec_norm_buf + (size_t)d * C;
-        for (int i = 0; i < C; i++) dy[i] = 0.0f;
+        float* dy = dW_dec_norm + (size_t)d * C;
         for (int n = 0; n < N; n++) {
             float cd = c[(size_t)n * D + d];
             if (cd == 0.0f) continue;
             for (int i = 0; i < C; i++) dy[i] += cd * dx_hat[(size_t)n * C + i];
         }
     }
-    sae_decoder_normalize_backward(grads->W_dec, dW_dec_norm_buf, W_dec_norm, sae->W_dec, inv_norm, D, C);
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float* g = dx_hat + (size_t)n * C;
@@ -497,7 +494,7 @@ double kl_forward_backward(float* logits_spliced, const float* logits_clean, flo
 }
 
 // next-token CE within each row (targets are the row's own tokens 1..T-1): sum over B*(T-1) positions
-double ce_sum(const float* logits, const int* tokens, int B, int T, int V) {
+double ce_forward(const float* logits, const int* tokens, int B, int T, int V) {
     double total = 0.0;
     #pragma omp parallel for collapse(2) reduction(+ : total)
     for (int b = 0; b < B; b++)
@@ -620,11 +617,17 @@ void spliced_forward(Engine* e, int B, bool with_grad) {
     lm_head_forward(&e->model, e->logits_spliced.data(), e->lnf.data(), e->lnf_mean.data(), e->lnf_rstd.data(), r.data(), N);
 }
 
-float count_l0_and_fired(Engine* e, int N) {
-    long long nz = 0;
-    for (size_t i = 0; i < (size_t)N * e->D; i++)
-        if (e->c[i] > 0.0f) { nz++; e->fired[i % e->D] = 1.0f; }
-    return (float)nz / N;
+// l1_sum += Σ|c|, l0_sum += count(c > 0), fired[d] = 1 where feature d fired; fire_count (D), if
+// given, += the tokens each feature fired on. c (N,D) >= 0 after the ReLU.
+void sae_sparsity_l0(double* l1_sum, double* l0_sum, float* fired, const float* c, int N, int D, long long* fire_count = nullptr) {
+    for (size_t i = 0; i < (size_t)N * D; i++) {
+        *l1_sum += c[i];
+        if (c[i] > 0.0f) {
+            *l0_sum += 1.0;
+            if (fired) fired[i % D] = 1.0f;
+            if (fire_count) fire_count[i % D]++;
+        }
+    }
 }
 
 // one micro-batch: forward, losses, backward into e->grads (+=), everything scaled by 1/accum
@@ -634,10 +637,10 @@ MicroLosses micro_step(Engine* e, const int* tokens, int accum) {
     MicroLosses out;
     forward_to_sae(e, tokens, B);
     sae_forward(e, B);
-    double l1 = 0.0;
-    for (size_t i = 0; i < (size_t)N * e->D; i++) l1 += e->c[i];  // c >= 0
+    double l1 = 0.0, l0 = 0.0;
+    sae_sparsity_l0(&l1, &l0, e->fired.data(), e->c.data(), N, e->D);
     out.sparsity = l1 / N / C;
-    out.l0 = count_l0_and_fired(e, N);
+    out.l0 = l0 / N;
     std::fill(e->dx_hat.begin(), e->dx_hat.end(), 0.0f);
     out.loss = cfg.sparsity_coeff * out.sparsity;
     // MSE(x_hat, x) is logged in every mode; it is part of the loss only in local mode
@@ -669,39 +672,49 @@ MicroLosses micro_step(Engine* e, const int* tokens, int accum) {
         if (cfg.mode == MODE_E2E_DS) out.loss += cfg.ds_coeff * out.ds_mse;
         for (size_t i = 0; i < (size_t)N * C; i++) e->dx_hat[i] += e->dresid[i];
     }
-    sae_backward(&e->grads, e->dW_dec_norm.data(), e->dpre.data(), &e->sae, e->W_dec_norm.data(), e->inv_norm.data(), e->x.data(),
-                 e->c.data(), e->dx_hat.data(), (float)(cfg.sparsity_coeff / ((double)N * C * accum)), N);
+    sae_backward(&e->grads, e->dW_dec_norm.data(), e->dpre.data(), &e->sae, e->W_dec_norm.data(), e->x.data(), e->c.data(),
+                 e->dx_hat.data(), (float)(cfg.sparsity_coeff / ((double)N * C * accum)), N);
     return out;
 }
 
-// global-norm clipping as torch.nn.utils.clip_grad_norm_, then Adam(W) exactly as PyTorch (SPEC §5).
-// returns the total norm before clipping
-double adamw_update(Engine* e, double lr, long long t) {
-    const TrainConfig& cfg = e->cfg;
-    size_t n = e->sae.num_parameters;
-    float* g = e->grads.memory.data();
-    float* p = e->sae.memory.data();
-    // torch: norm of the per-tensor norms
+// dW_dec from the dW_dec_norm the update's micro-batches accumulated
+void sae_finish_grads(Engine* e) {
+    sae_decoder_normalize_backward(e->grads.W_dec, e->dW_dec_norm.data(), e->sae.W_dec, e->inv_norm.data(), e->D, e->C);
+}
+
+// Σ g² over all SAE parameters: torch's norm of the per-tensor norms, in double in one fixed order
+double global_norm_squared(const float* g, size_t n) {
     double total_sq = 0.0;
     for (size_t i = 0; i < n; i++) total_sq += (double)g[i] * g[i];
-    float total = (float)sqrt(total_sq);
-    float clip = fminf(1.0f, (float)cfg.max_grad_norm / (total + 1e-6f));
-    double beta1 = 0.9, beta2 = 0.999;
-    float step_size = (float)(lr / (1.0 - pow(beta1, (double)t)));
-    float bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)t));
-    float decay = (float)(1.0 - lr * cfg.weight_decay);
-    float* m = e->adam_m.data();
-    float* v = e->adam_v.data();
+    return total_sq;
+}
+
+// global-norm clipping as torch.nn.utils.clip_grad_norm_, then Adam(W) as PyTorch (SPEC §5); the
+// arguments of the GPU's adamw_update (llmc/adamw.cuh), grad_norm_sq from global_norm_squared
+void adamw_update(float* params, float* m, float* v, const float* grads, size_t n, double lr, double beta1, double beta2,
+                  double step_size, double bc2_sqrt, double eps, double weight_decay, double grad_norm_sq, double max_grad_norm) {
+    float clip = max_grad_norm > 0.0 ? fminf(1.0f, (float)max_grad_norm / ((float)sqrt(grad_norm_sq) + 1e-6f)) : 1.0f;
+    float b1 = (float)beta1, omb1 = (float)(1.0 - beta1), b2 = (float)beta2, omb2 = (float)(1.0 - beta2);
+    float step = (float)step_size, bc2 = (float)bc2_sqrt, epsf = (float)eps, decay = (float)(1.0 - lr * weight_decay);
     #pragma omp parallel for
     for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * clip;
-        if (cfg.weight_decay > 0) p[i] *= decay;
-        m[i] = 0.9f * m[i] + 0.1f * gi;
-        v[i] = 0.999f * v[i] + 0.001f * gi * gi;
-        float denom = sqrtf(v[i]) / bc2_sqrt + 1e-8f;
-        p[i] -= step_size * (m[i] / denom);
+        float gi = grads[i] * clip;
+        if (weight_decay > 0) params[i] *= decay;
+        m[i] = b1 * m[i] + omb1 * gi;
+        v[i] = b2 * v[i] + omb2 * gi * gi;
+        float denom = sqrtf(v[i]) / bc2 + epsf;
+        params[i] -= step * (m[i] / denom);
     }
-    return total;
+}
+
+// one optimizer update t (1 for the first) at learning rate lr; returns the gradient norm before clipping
+double update(Engine* e, double lr, long long t) {
+    size_t n = e->sae.num_parameters;
+    double norm_sq = global_norm_squared(e->grads.memory.data(), n);
+    double step_size = lr / (1.0 - pow(0.9, (double)t)), bc2_sqrt = sqrt(1.0 - pow(0.999, (double)t));
+    adamw_update(e->sae.memory.data(), e->adam_m.data(), e->adam_v.data(), e->grads.memory.data(), n, lr, 0.9, 0.999, step_size,
+                 bc2_sqrt, 1e-8, e->cfg.weight_decay, norm_sq, e->cfg.max_grad_norm);
+    return (float)sqrt(norm_sq);
 }
 
 // ----------------------------------------------------------------------------
@@ -722,7 +735,8 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
         dataloader_get_rows(val, row, B, tokens.data());
         forward_to_sae(e, tokens.data(), B);
         sae_forward(e, B);
-        for (size_t i = 0; i < (size_t)N * D; i++) if (e->c[i] > 0.0f) { s.l0 += 1; fired[i % D]++; }
+        double l1 = 0.0;  // not an eval metric
+        sae_sparsity_l0(&l1, &s.l0, nullptr, e->c.data(), N, D, fired.data());
         // explained variance against the mean of x over this batch's tokens
         std::vector<double> xmean(C, 0.0);
         for (int n = 0; n < N; n++) for (int i = 0; i < C; i++) xmean[i] += e->x[(size_t)n * C + i];
@@ -741,8 +755,8 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
         spliced_forward(e, B, false);
         for (int k = 0; k < K; k++)
             s.ds_mse[k] += mse_forward_backward(nullptr, e->ds_spliced[k].data(), e->ds_clean[k].data(), (size_t)N * C, 0.0f);
-        s.ce_clean += ce_sum(e->logits_clean.data(), tokens.data(), B, T, e->V);
-        s.ce_spliced += ce_sum(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+        s.ce_clean += ce_forward(e->logits_clean.data(), tokens.data(), B, T, e->V);
+        s.ce_spliced += ce_forward(e->logits_spliced.data(), tokens.data(), B, T, e->V);
         for (int n = 0; n < N; n++) {
             const float* lc = e->logits_clean.data() + (size_t)n * e->V;
             const float* ls = e->logits_spliced.data() + (size_t)n * e->V;
@@ -822,6 +836,7 @@ int main(int argc, char** argv) {
     while (keep_training(sched, cfg, step)) {
         double t0 = now_seconds();
         std::fill(e.grads.memory.begin(), e.grads.memory.end(), 0.0f);
+        std::fill(e.dW_dec_norm.begin(), e.dW_dec_norm.end(), 0.0f);
         MicroLosses sum;
         sum.kl = sum.sparsity = sum.mse = sum.ds_mse = sum.l0 = sum.loss = 0.0;
         for (int a = 0; a < cfg.grad_accum; a++) {
@@ -831,7 +846,8 @@ int main(int argc, char** argv) {
         }
         double A = cfg.grad_accum;
         double lr = lr_at_step(cfg.lr, step, sched.W, sched.S, cfg.min_lr_factor);
-        double gnorm = adamw_update(&e, lr, step + 1);
+        sae_finish_grads(&e);
+        double gnorm = update(&e, lr, step + 1);
         step++;
         check_finite(sum.loss, gnorm, step);
         ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;

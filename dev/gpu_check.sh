@@ -3,7 +3,8 @@
 #   GPU tests (test_gpt2_sae: fp32 and bf16, three modes, 10 steps, resume), the paper-shape
 #   benchmarks (GPT-2 small shape, random weights, d_sae 46080, B 8, T 1024, accumulation 2),
 #   compute-sanitizer memcheck / racecheck / initcheck on short runs, train_gpt2_sae (fp32, bf16)
-#   against train_gpt2_sae_cpu on one model, data and SAE, and the dev/cuda kernel checks.
+#   against train_gpt2_sae_cpu on one model, data and SAE, and the dev/cuda kernel benches (every
+#   bench's CPU self-test, GPU checks and timing: dev/cuda/run_all.sh).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
 # Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final]
 #   core: GPU tests, e2e bf16 layer-6 benchmark, memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
@@ -59,7 +60,7 @@ if [ "$stage" = core ] || [ "$stage" = all ]; then
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
     memcheck e2e+ds bf16
     compare_mode e2e
-    step dev_cuda 100 env TIMEOUT=20 bash dev/cuda/run_all.sh "$LOG/dev_cuda"
+    step dev_cuda 100 env TIMEOUT=40 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing
 fi
 if [ "$stage" = extra ] || [ "$stage" = all ]; then
     make_paper_model
@@ -92,7 +93,7 @@ if [ "$stage" = final ]; then  # one call after a change: everything that can mo
         step "racecheck_${mode}" 90 compute-sanitizer --tool racecheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision bf16 --out /tmp/san_r$mode
         step "initcheck_${mode}" 90 compute-sanitizer --tool initcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision fp32 --out /tmp/san_i$mode
     done
-    step dev_cuda 120 env TIMEOUT=25 bash dev/cuda/run_all.sh "$LOG/dev_cuda"
+    step dev_cuda 120 env TIMEOUT=50 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh
     step bench_e2e_fp32_L6 60 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision fp32 --max-steps 7 --out /tmp/b6
 fi
 echo "=== summary"

@@ -2,17 +2,18 @@
 Eval-only kernels (SPEC §6) that no training pass needs.
   explained_variance_rows  per token 1 - sum_d (x_hat - x)^2 / sum_d (x - mean_x)^2, where mean_x
                            is the mean of x over the batch's tokens (the standard definition)
+dev/cuda/eval.cu checks it against a CPU reference in double and times it.
 */
 #pragma once
 #include "cuda_common.cuh"
 #include "sae.cuh"
 
-// one warp per row; xmean (C) holds column sums of x, divided by N here
+// one warp per row; xsum (C) holds the column sums of x over the N rows, divided by N here
 template <typename floatX>
 __global__ void explained_variance_rows_kernel(float* rows, const floatX* x_hat, const floatX* x, const float* xsum, int N, int C) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
-    if (row >= N) return;
+    if (row >= N) return;  // row is the same for all 32 lanes: whole warps leave together
     const floatX* xr = x + (size_t)row * C;
     const floatX* hr = x_hat + (size_t)row * C;
     float num = 0.0f, den = 0.0f;
@@ -23,10 +24,8 @@ __global__ void explained_variance_rows_kernel(float* rows, const floatX* x_hat,
         num += d * d;
         den += c * c;
     }
-    for (int off = 16; off > 0; off >>= 1) {
-        num += __shfl_xor_sync(0xffffffff, num, off);
-        den += __shfl_xor_sync(0xffffffff, den, off);
-    }
+    num = warp_reduce_sum(num);
+    den = warp_reduce_sum(den);
     if (lane == 0) rows[row] = 1.0f - num / den;
 }
 

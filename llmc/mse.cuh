@@ -2,8 +2,7 @@
 Mean-squared error, forward and backward in one pass (SPEC §4 MSE): the local-mode loss
 MSE(x_hat, x) and the e2e+ds downstream terms MSE(spliced resid_pre_k, clean resid_pre_k).
 The sum of squares is reduced deterministically (one partial per block, then a fixed-order sum)
-so runs are bit-reproducible. The partials live in a static device array: call from one stream
-at a time.
+so runs are bit-reproducible.
 */
 #pragma once
 #include <algorithm>
@@ -11,6 +10,9 @@ at a time.
 
 #define MSE_BLOCK_SIZE 512
 #define MSE_MAX_BLOCKS 1024
+// Scratch for the per-block partials, one array for the whole program. Rule: call
+// mse_forward_backward from one stream at a time (two calls in flight at once would share these
+// partials). The trainer launches everything on stream 0, so it holds.
 static __device__ float mse_partials[MSE_MAX_BLOCKS];
 
 // loss = coeff · mean((a − b)²) / grad_accum  =>  dloss/da = 2 (a − b) · coeff/(n·grad_accum)

@@ -1,11 +1,11 @@
 /*
-GPT-2 byte-level BPE tokenizer: encode and decode, header-only C++17.
+GPT-2 byte-level BPE tokenizer: encode and decode, header-only C++17 (with utils.h and json.h).
 
 Loads the two files OpenAI published with GPT-2 (`encoder.json`: token string -> id,
-`vocab.bpe`: the merge list in rank order); `scripts/download_starter_pack.sh` puts them in
-`data/gpt2/`. Link with -lpcre2-8: the pre-tokenisation regex needs Unicode classes (\p{L},
-\p{N}, \s), and PCRE2 in UTF+UCP mode matches them the way Python's `regex` module does for
-GPT-2's pattern (test/test_tokenizer.cpp checks token-for-token agreement with a Python BPE).
+`vocab.bpe`: the merge list in rank order); the repo tracks them in `data/gpt2/`. Link with
+-lpcre2-8: the pre-tokenisation regex needs Unicode classes (\p{L}, \p{N}, \s), and PCRE2 in
+UTF+UCP mode matches them the way Python's `regex` module does for GPT-2's pattern
+(test/test_tokenizer.cpp checks token-for-token agreement with a Python BPE).
 
     Tokenizer tok;
     tokenizer_load(&tok, "data/gpt2/encoder.json", "data/gpt2/vocab.bpe");
@@ -25,7 +25,6 @@ ends the program with a one-line error, as Python's str would refuse it too).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +32,9 @@ ends the program with a one-line error, as Python's str would refuse it too).
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "utils.h"  // die, read_text_file
+#include "json.h"   // json_parse, JsonParser::append_utf8
 
 // GPT-2's pre-tokenisation pattern, from openai/gpt-2 src/encoder.py:
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -74,51 +76,16 @@ struct Tokenizer {
     }
 };
 
-// ----------------------------------------------------------------------------
-// errors: one line naming the file, then exit(1)
+// Errors (bad files, bad text, bad ids) are one line naming the problem, then exit(1): utils.h's die.
 
-[[noreturn]] static inline void tokenizer_die(const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
-
-static inline std::string tokenizer_read_file(const char* path) {
-    FILE* f = fopen(path, "rb");
-    if (!f) tokenizer_die("cannot open tokenizer file %s (did you run scripts/download_starter_pack.sh?)", path);
-    std::string s;
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) s.append(buf, n);
-    if (ferror(f)) tokenizer_die("read error on tokenizer file %s", path);
-    fclose(f);
-    return s;
-}
+// a whole file as bytes: utils.h's read_text_file, under the name test/test_tokenizer.cpp uses
+static inline std::string tokenizer_read_file(const std::string& path) { return read_text_file(path); }
 
 // ----------------------------------------------------------------------------
 // UTF-8
 
-static inline void tokenizer_utf8_append(std::string& out, uint32_t cp) {
-    if (cp < 0x80) {
-        out += (char)cp;
-    } else if (cp < 0x800) {
-        out += (char)(0xC0 | (cp >> 6));
-        out += (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        out += (char)(0xE0 | (cp >> 12));
-        out += (char)(0x80 | ((cp >> 6) & 0x3F));
-        out += (char)(0x80 | (cp & 0x3F));
-    } else {
-        out += (char)(0xF0 | (cp >> 18));
-        out += (char)(0x80 | ((cp >> 12) & 0x3F));
-        out += (char)(0x80 | ((cp >> 6) & 0x3F));
-        out += (char)(0x80 | (cp & 0x3F));
-    }
-}
+// one code point as UTF-8 (the tests build text from code points with it)
+static inline void tokenizer_utf8_append(std::string& out, uint32_t cp) { JsonParser::append_utf8(out, cp); }
 
 // Decodes one code point at s[*i], advancing *i; returns -1 on an invalid sequence (overlong,
 // surrogate, > U+10FFFF, truncated), the same strictness as Python's and PCRE2's UTF-8 checks.
@@ -181,130 +148,33 @@ static inline bool tok_gpt2_token_to_bytes(const std::string& s, const int* cp_t
 }
 
 // ----------------------------------------------------------------------------
-// encoder.json: one flat JSON object {"token": id, ...}. A minimal parser for exactly that
-// shape; anything else is reported with the file name and byte offset.
-
-struct TokJsonCursor {
-    const std::string& s;
-    size_t i;
-    const char* path;
-};
-
-[[noreturn]] static inline void tok_json_fail(const TokJsonCursor& c, const char* what) {
-    tokenizer_die("%s: not a GPT-2 encoder.json (%s at byte %zu)", c.path, what, c.i);
-}
-
-static inline void tok_json_skip_ws(TokJsonCursor& c) {
-    while (c.i < c.s.size() && (c.s[c.i] == ' ' || c.s[c.i] == '\t' || c.s[c.i] == '\n' || c.s[c.i] == '\r')) c.i++;
-}
-
-static inline uint32_t tok_json_hex4(TokJsonCursor& c) {
-    if (c.i + 4 > c.s.size()) tok_json_fail(c, "truncated \\u escape");
-    uint32_t v = 0;
-    for (int k = 0; k < 4; k++) {
-        char h = c.s[c.i++];
-        v <<= 4;
-        if (h >= '0' && h <= '9') v |= h - '0';
-        else if (h >= 'a' && h <= 'f') v |= h - 'a' + 10;
-        else if (h >= 'A' && h <= 'F') v |= h - 'A' + 10;
-        else tok_json_fail(c, "bad \\u escape");
-    }
-    return v;
-}
-
-static inline std::string tok_json_string(TokJsonCursor& c) {
-    if (c.i >= c.s.size() || c.s[c.i] != '"') tok_json_fail(c, "expected a string");
-    c.i++;
-    std::string out;
-    while (true) {
-        if (c.i >= c.s.size()) tok_json_fail(c, "unterminated string");
-        char ch = c.s[c.i++];
-        if (ch == '"') break;
-        if (ch != '\\') { out += ch; continue; }
-        if (c.i >= c.s.size()) tok_json_fail(c, "unterminated string");
-        char e = c.s[c.i++];
-        switch (e) {
-            case '"': out += '"'; break;
-            case '\\': out += '\\'; break;
-            case '/': out += '/'; break;
-            case 'b': out += '\b'; break;
-            case 'f': out += '\f'; break;
-            case 'n': out += '\n'; break;
-            case 'r': out += '\r'; break;
-            case 't': out += '\t'; break;
-            case 'u': {
-                uint32_t cp = tok_json_hex4(c);
-                if (cp >= 0xD800 && cp <= 0xDBFF) {  // surrogate pair: \uD83D\uDE00
-                    if (c.i + 2 > c.s.size() || c.s[c.i] != '\\' || c.s[c.i + 1] != 'u') tok_json_fail(c, "lone surrogate");
-                    c.i += 2;
-                    uint32_t lo = tok_json_hex4(c);
-                    if (lo < 0xDC00 || lo > 0xDFFF) tok_json_fail(c, "bad surrogate pair");
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                    tok_json_fail(c, "lone surrogate");
-                }
-                tokenizer_utf8_append(out, cp);
-                break;
-            }
-            default: tok_json_fail(c, "bad escape");
-        }
-    }
-    return out;
-}
-
-static inline long tok_json_int(TokJsonCursor& c) {
-    size_t start = c.i;
-    long v = 0;
-    while (c.i < c.s.size() && c.s[c.i] >= '0' && c.s[c.i] <= '9' && c.i - start < 9) v = v * 10 + (c.s[c.i++] - '0');
-    if (c.i == start) tok_json_fail(c, "expected a non-negative integer id");
-    return v;
-}
-
-// ----------------------------------------------------------------------------
 // load
 
 static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path, const char* vocab_bpe_path) {
     int cp_to_byte[324];
     tok_gpt2_unicode_to_byte(cp_to_byte);
 
-    // encoder.json -> token_bytes[id], and raw bytes -> id for resolving merges below
-    std::string js = tokenizer_read_file(encoder_json_path);
-    TokJsonCursor c{js, 0, encoder_json_path};
-    std::vector<std::pair<std::string, long>> entries;
-    tok_json_skip_ws(c);
-    if (c.i >= js.size() || js[c.i] != '{') tok_json_fail(c, "expected '{'");
-    c.i++;
-    tok_json_skip_ws(c);
-    if (c.i < js.size() && js[c.i] == '}') tok_json_fail(c, "empty object");
-    while (true) {
-        tok_json_skip_ws(c);
-        std::string key = tok_json_string(c);
-        tok_json_skip_ws(c);
-        if (c.i >= js.size() || js[c.i] != ':') tok_json_fail(c, "expected ':'");
-        c.i++;
-        tok_json_skip_ws(c);
-        long id = tok_json_int(c);
-        entries.emplace_back(std::move(key), id);
-        tok_json_skip_ws(c);
-        if (c.i < js.size() && js[c.i] == ',') { c.i++; continue; }
-        if (c.i < js.size() && js[c.i] == '}') { c.i++; break; }
-        tok_json_fail(c, "expected ',' or '}'");
-    }
-    tok_json_skip_ws(c);
-    if (c.i != js.size()) tok_json_fail(c, "trailing data");
+    // encoder.json: one flat JSON object {"token": id, ...}, read with json.h's parser
+    JsonValue root;
+    if (!json_parse(read_text_file(encoder_json_path), root))
+        die("%s: not a GPT-2 encoder.json (not valid JSON)", encoder_json_path);
+    if (root.kind != JsonValue::OBJECT || root.members.empty())
+        die("%s: not a GPT-2 encoder.json (expected a non-empty object of token -> id)", encoder_json_path);
 
     // ids must be exactly 0..n-1, each once, so token_bytes is a dense table
-    int n = (int)entries.size();
+    int n = (int)root.members.size();
     tok->vocab_size = n;
     tok->token_bytes.assign(n, std::string());
     std::vector<char> seen(n, 0);
     std::unordered_map<std::string, int> bytes_to_id;
     tok->eot_token = -1;
-    for (auto& e : entries) {
-        if (e.second >= n || seen[e.second])
-            tokenizer_die("%s: not a GPT-2 encoder.json (ids are not 0..%d, each once; bad id %ld)", encoder_json_path, n - 1, e.second);
-        seen[e.second] = 1;
-        int id = (int)e.second;
+    for (const auto& e : root.members) {
+        const double v = e.second.num;
+        if (e.second.kind != JsonValue::NUMBER || !(v >= 0 && v < n) || v != (double)(int)v || seen[(int)v])
+            die("%s: not a GPT-2 encoder.json (ids are not 0..%d, each once; bad id for token \"%s\")", encoder_json_path,
+                n - 1, json_escape(e.first).c_str());
+        int id = (int)v;
+        seen[id] = 1;
         if (e.first == GPT2_EOT_STRING) {
             tok->eot_token = id;
             tok->token_bytes[id] = e.first;  // decodes to the literal string, as in Python
@@ -312,19 +182,19 @@ static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path,
         }
         std::string raw;
         if (!tok_gpt2_token_to_bytes(e.first, cp_to_byte, &raw) || raw.empty())
-            tokenizer_die("%s: not a GPT-2 encoder.json (token for id %d is not in GPT-2's byte alphabet)", encoder_json_path, id);
+            die("%s: not a GPT-2 encoder.json (token for id %d is not in GPT-2's byte alphabet)", encoder_json_path, id);
         tok->token_bytes[id] = raw;
         bytes_to_id[raw] = id;
     }
-    if (tok->eot_token < 0) tokenizer_die("%s: not a GPT-2 encoder.json (no <|endoftext|> token)", encoder_json_path);
+    if (tok->eot_token < 0) die("%s: not a GPT-2 encoder.json (no <|endoftext|> token)", encoder_json_path);
     for (int b = 0; b < 256; b++) {
         auto it = bytes_to_id.find(std::string(1, (char)b));
-        if (it == bytes_to_id.end()) tokenizer_die("%s: not a GPT-2 encoder.json (no token for byte %d)", encoder_json_path, b);
+        if (it == bytes_to_id.end()) die("%s: not a GPT-2 encoder.json (no token for byte %d)", encoder_json_path, b);
         tok->byte_token[b] = it->second;
     }
 
     // vocab.bpe: "#version: 0.2" then one "left right" merge per line, in rank order
-    std::string bpe = tokenizer_read_file(vocab_bpe_path);
+    std::string bpe = read_text_file(vocab_bpe_path);
     tok->merges.clear();
     size_t pos = 0;
     int line_no = 0, rank = 0;
@@ -341,14 +211,14 @@ static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path,
         if (sp == std::string::npos || sp == 0 || sp + 1 == line.size() || line.find(' ', sp + 1) != std::string::npos ||
             !tok_gpt2_token_to_bytes(line.substr(0, sp), cp_to_byte, &left_raw) ||
             !tok_gpt2_token_to_bytes(line.substr(sp + 1), cp_to_byte, &right_raw))
-            tokenizer_die("%s: not a GPT-2 vocab.bpe (line %d is not a merge \"left right\")", vocab_bpe_path, line_no);
+            die("%s: not a GPT-2 vocab.bpe (line %d is not a merge \"left right\")", vocab_bpe_path, line_no);
         auto l = bytes_to_id.find(left_raw), r = bytes_to_id.find(right_raw), m = bytes_to_id.find(left_raw + right_raw);
         if (l == bytes_to_id.end() || r == bytes_to_id.end() || m == bytes_to_id.end())
-            tokenizer_die("%s: merge on line %d uses a token missing from %s", vocab_bpe_path, line_no, encoder_json_path);
+            die("%s: merge on line %d uses a token missing from %s", vocab_bpe_path, line_no, encoder_json_path);
         uint64_t key = ((uint64_t)(uint32_t)l->second << 32) | (uint32_t)r->second;
         tok->merges.emplace(key, std::make_pair(rank++, m->second));  // first occurrence wins
     }
-    if (rank == 0) tokenizer_die("%s: not a GPT-2 vocab.bpe (no merges)", vocab_bpe_path);
+    if (rank == 0) die("%s: not a GPT-2 vocab.bpe (no merges)", vocab_bpe_path);
 
     // the regex, once; JIT makes matching several times faster but is optional
     if (tok->match) pcre2_match_data_free(tok->match);
@@ -359,7 +229,7 @@ static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path,
     if (!tok->re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof(msg));
-        tokenizer_die("tokenizer: PCRE2 cannot compile the GPT-2 pattern: %s (is libpcre2 built with Unicode support?)", (char*)msg);
+        die("tokenizer: PCRE2 cannot compile the GPT-2 pattern: %s (is libpcre2 built with Unicode support?)", (char*)msg);
     }
     pcre2_jit_compile(tok->re, PCRE2_JIT_COMPLETE);
     tok->match = pcre2_match_data_create_from_pattern(tok->re, nullptr);
@@ -417,9 +287,9 @@ static inline void tokenizer_bpe_word(const Tokenizer* tok, const char* s, size_
 // out (the pieces tile the text). Text must be valid UTF-8.
 template <typename Fn>
 static inline void tokenizer_split_each(const Tokenizer* tok, const std::string& text, Fn fn) {
-    if (!tok->re) tokenizer_die("tokenizer: encode called before tokenizer_load");
+    if (!tok->re) die("tokenizer: encode called before tokenizer_load");
     size_t bad = tokenizer_utf8_invalid_offset(text);
-    if (bad != text.size()) tokenizer_die("tokenizer: text is not valid UTF-8 (byte offset %zu)", bad);
+    if (bad != text.size()) die("tokenizer: text is not valid UTF-8 (byte offset %zu)", bad);
     // Every character is in \s, \p{L}, \p{N} or their complement, so the pattern matches at
     // every position: anchored matching from the end of the previous match gives the same
     // pieces as Python's regex.findall. The UTF-8 check is done once above, not per match
@@ -428,9 +298,9 @@ static inline void tokenizer_split_each(const Tokenizer* tok, const std::string&
     size_t off = 0;
     while (off < text.size()) {
         int rc = pcre2_match(tok->re, subject, text.size(), off, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK, tok->match, nullptr);
-        if (rc < 0) tokenizer_die("tokenizer: pre-tokenisation regex failed at byte %zu (PCRE2 error %d)", off, rc);
+        if (rc < 0) die("tokenizer: pre-tokenisation regex failed at byte %zu (PCRE2 error %d)", off, rc);
         PCRE2_SIZE* ov = pcre2_get_ovector_pointer(tok->match);
-        if (ov[1] <= off) tokenizer_die("tokenizer: empty regex match at byte %zu", off);
+        if (ov[1] <= off) die("tokenizer: empty regex match at byte %zu", off);
         fn(off, (size_t)ov[1] - off);
         off = ov[1];
     }
@@ -475,7 +345,7 @@ static inline std::vector<int> tokenizer_encode(const Tokenizer* tok, const std:
 // Raw bytes of one token. A token can end inside a multi-byte UTF-8 character, so print the
 // concatenation of several tokens, not each one, if the text must be valid UTF-8.
 static inline const std::string& tokenizer_decode_token(const Tokenizer* tok, int id) {
-    if (id < 0 || id >= tok->vocab_size) tokenizer_die("tokenizer: token id %d out of range [0, %d)", id, tok->vocab_size);
+    if (id < 0 || id >= tok->vocab_size) die("tokenizer: token id %d out of range [0, %d)", id, tok->vocab_size);
     return tok->token_bytes[id];
 }
 

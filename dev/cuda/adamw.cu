@@ -4,16 +4,17 @@ Adam(W) update, against a CPU reference over several steps of a small SAE (four 
 clipping active on some steps and not others, a first update at lr 0, weight decay on and off,
 clipping switched off, and a bit-identical rerun. Timing at the paper's W_enc size (768·46080).
 
-Build and run:
+Build and run (the command line of every bench, dev/cuda/common.h):
   cd dev/cuda && make adamw
-  ./adamw          CPU self-test, GPU checks, timings
-  ./adamw cpu      CPU self-test only (no GPU needed): the float reference update against a
-                   double-precision transcription of torch.optim.Adam(W) + clip_grad_norm_
+  ./adamw [check|cpu|1]   no argument or 1: everything; check: CPU self-test and GPU checks;
+                          cpu: CPU self-test only (no GPU): the float reference update against a
+                          double-precision transcription of torch.optim.Adam(W) + clip_grad_norm_
+One implementation (variant 1, llmc's global_norm_squared and adamw_update), which the trainer
+ships (fp32 only: SAE masters, gradients and Adam state are fp32 in both precisions).
 Tolerances: norms 1e-5 relative (fp32 block sums vs a double reference); params, m, v 1e-5
 relative (the CPU mirrors the kernel's float operations; the GPU may fuse multiply-adds, and
 its clip coefficient comes from its own fp32 norm). Exit code 1 on any mismatch.
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/adamw.cuh"
 
@@ -80,7 +81,7 @@ int cpu_self_test() {
             double denom = sqrt(vd[i]) / sqrt(1.0 - pow(b2, t)) + eps;
             pd[i] -= lr / (1.0 - pow(b1, t)) * md[i] / denom;
         }
-        // validate_result's measure: error over |ref| + 0.1·max|ref| (m cancels to near 0 in places)
+        // check_result's measure: error over |ref| + 0.1·max|ref| (m cancels to near 0 in places)
         double max_p = 0.0, max_m = 0.0;
         for (size_t i = 0; i < n; i++) { max_p = fmax(max_p, fabs(pd[i])); max_m = fmax(max_m, fabs(md[i])); }
         for (size_t i = 0; i < n; i++) {
@@ -102,13 +103,6 @@ int cpu_self_test() {
 
 // ----------------------------------------------------------------------------
 // GPU checks
-
-template <typename T>
-T* device_alloc(size_t n) {
-    T* d;
-    cudaCheck(cudaMalloc(&d, std::max(n, (size_t)1) * sizeof(T)));
-    return d;
-}
 
 int check_global_norm() {
     int failures = 0;
@@ -247,9 +241,10 @@ int run_checks() {
 }
 
 // ----------------------------------------------------------------------------
-// timing at the paper's largest tensor, W_enc (768·46080 fp32); ~3.0 TB/s reference
+// timing at the paper's largest tensor, W_enc (768·46080 fp32)
 
-void run_benchmarks() {
+void timing(int) {
+    printf("timing, n = 768*46080 fp32 (median of 20):\n");
     const size_t n = (size_t)768 * 46080;
     float *d_p = device_alloc<float>(n), *d_m = device_alloc<float>(n), *d_v = device_alloc<float>(n), *d_g = device_alloc<float>(n);
     float* d_norm_sq = device_alloc<float>(1);
@@ -257,30 +252,20 @@ void run_benchmarks() {
     fill_random(d_g, n, 2, -1e-3f, 1e-3f);
     cudaCheck(cudaMemset(d_m, 0, n * sizeof(float)));
     cudaCheck(cudaMemset(d_v, 0, n * sizeof(float)));
-    auto report = [](const char* what, float ms, double bytes) {
-        printf("  %-30s %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", what, ms, bytes / (ms / 1e3) / 1e9, 100.0 * bytes / (ms / 1e3) / 3.0e12);
-    };
     float ms = benchmark_kernel(3, 20, [&] { global_norm_squared(d_norm_sq, d_g, n, false, 0); });
-    report("global norm^2 (W_enc)", ms, 4.0 * n);
+    report_bandwidth("global norm^2 (W_enc)", ms, 4.0 * n);
     double step_size, bc2_sqrt;
     adamw_scalars(10, 5e-4, 0.9, 0.999, &step_size, &bc2_sqrt);
     ms = benchmark_kernel(3, 20, [&] {
         adamw_update(d_p, d_m, d_v, d_g, n, 5e-4, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, 0.0, d_norm_sq, 10.0, 0);
     });
-    report("adamw update (W_enc)", ms, 28.0 * n);  // read p m v g, write p m v
+    report_bandwidth("adamw update (W_enc)", ms, 28.0 * n);  // read p m v g, write p m v
     cudaCheck(cudaFree(d_p)); cudaCheck(cudaFree(d_m)); cudaCheck(cudaFree(d_v)); cudaCheck(cudaFree(d_g)); cudaCheck(cudaFree(d_norm_sq));
 }
 
-int main(int argc, char** argv) {
-    const bool cpu_only = argc > 1 && strcmp(argv[1], "cpu") == 0;
-    printf("CPU self-test:\n");
-    int failures = cpu_self_test();
-    if (!cpu_only) {
-        printf("GPU checks:\n");
-        failures += run_checks();
-        printf("timing, n = 768*46080 fp32:\n");
-        run_benchmarks();
-    }
-    printf("adamw: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+int gpu_checks(int) {
+    printf("GPU checks:\n");
+    return run_checks();
 }
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "adamw", 1, cpu_self_test, gpu_checks, timing); }

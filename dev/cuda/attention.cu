@@ -2,12 +2,15 @@
 Causal multi-head attention forward and activation-gradient backward, llmc/attention.cuh: CPU
 reference in double, checks, timing at GPT-2 small's shape.
 
-Build and run:
-  cd dev/cuda && make attention && ./attention      # all checks, then timing
-  ./attention check                                 # checks only
-One implementation (llm.c's materialised-attention scheme: one kernel splitting the heads of
-q, k and v, cuBLASLt q·kᵀ and att·v each batched over all B·NH heads, causal softmax kernel,
-one kernel merging the heads), so no numbered variants.
+Build and run (the command line of every bench, dev/cuda/common.h):
+  cd dev/cuda && make attention
+  ./attention [check|cpu|1]   no argument or 1: everything; check: CPU self-test and GPU checks;
+                              cpu: CPU self-test only (no GPU)
+One implementation, variant 1 (llm.c's materialised-attention scheme: one kernel splitting the
+heads of q, k and v, cuBLASLt q·kᵀ and att·v each batched over all B·NH heads, causal softmax
+kernel, one kernel merging the heads). The trainer ships it in fp32 and bf16, with two paths in
+the head split / merge: 16-byte packs where hs, the row stride and the pointers allow (GPT-2's
+shapes: hs 64), one element per thread otherwise (checked below with hs 15).
 
 Checks, fp32 then bf16, with every output and every scratch buffer poisoned first (the result
 must not depend on what scratch held): (B,T,C,NH) = (2,8,32,2) hs 16, (2,64,128,2) hs 64,
@@ -27,7 +30,6 @@ for the fp32 pipeline; index or transpose bugs give errors of order 1. Exit code
 Timing: forward and backward at GPT-2 small's shape, and the head split (q, k, v at once) and
 merge kernels alone in GB/s (bytes read + written).
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/attention.cuh"
 
@@ -115,7 +117,7 @@ void split_qkv_cpu(float* qkvr, const float* inp, int B, int T, int C, int NH) {
 
 // The CPU backward checked against finite differences of the CPU forward: with L = Σ out·dout,
 // dinp must be dL/dinp. Runs before any GPU work (also on a machine without a GPU).
-int check_cpu_reference() {
+int cpu_self_test() {
     const int B = 2, T = 5, C = 8, NH = 2;
     const size_t n_inp = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_att = (size_t)B * NH * T * T;
     float* inp = make_random_float(n_inp, -2.0f, 2.0f);
@@ -164,15 +166,14 @@ int check_attention(int B, int T, int C, int NH, float tol) {
 
     floatX* d_inp = to_device<floatX>(inp, n_inp);
     floatX* d_dout = to_device<floatX>(dout, n_out);
-    floatX *d_out, *d_qkvr, *d_att, *d_fscratch, *d_dinp, *d_dqkvr, *d_datt, *d_scratch;
-    cudaCheck(cudaMalloc(&d_out, n_out * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_qkvr, n_inp * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_att, n_att * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_fscratch, n_out * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_dinp, n_inp * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_dqkvr, n_inp * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_datt, n_att * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_scratch, n_out * sizeof(floatX)));
+    floatX* d_out = device_alloc<floatX>(n_out);
+    floatX* d_qkvr = device_alloc<floatX>(n_inp);
+    floatX* d_att = device_alloc<floatX>(n_att);
+    floatX* d_fscratch = device_alloc<floatX>(n_out);
+    floatX* d_dinp = device_alloc<floatX>(n_inp);
+    floatX* d_dqkvr = device_alloc<floatX>(n_inp);
+    floatX* d_datt = device_alloc<floatX>(n_att);
+    floatX* d_scratch = device_alloc<floatX>(n_out);
     poison(d_out, n_out * sizeof(floatX)); poison(d_qkvr, n_inp * sizeof(floatX)); poison(d_att, n_att * sizeof(floatX));
     poison(d_fscratch, n_out * sizeof(floatX)); poison(d_dinp, n_inp * sizeof(floatX)); poison(d_dqkvr, n_inp * sizeof(floatX));
     poison(d_datt, n_att * sizeof(floatX)); poison(d_scratch, n_out * sizeof(floatX));
@@ -211,14 +212,13 @@ void run_benchmark(int B, int T, int C, int NH) {
     float* h_inp = make_random_float(n_inp);
     floatX* d_inp = to_device<floatX>(h_inp, n_inp);
     floatX* d_dout = to_device<floatX>(h_inp, n_out);
-    floatX *d_out, *d_qkvr, *d_att, *d_dinp, *d_dqkvr, *d_datt, *d_scratch;
-    cudaCheck(cudaMalloc(&d_out, n_out * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_qkvr, n_inp * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_att, n_att * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_dinp, n_inp * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_dqkvr, n_inp * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_datt, n_att * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_scratch, n_out * sizeof(floatX)));
+    floatX* d_out = device_alloc<floatX>(n_out);
+    floatX* d_qkvr = device_alloc<floatX>(n_inp);
+    floatX* d_att = device_alloc<floatX>(n_att);
+    floatX* d_dinp = device_alloc<floatX>(n_inp);
+    floatX* d_dqkvr = device_alloc<floatX>(n_inp);
+    floatX* d_datt = device_alloc<floatX>(n_att);
+    floatX* d_scratch = device_alloc<floatX>(n_out);
     float ms_f = benchmark_kernel(2, 10, [&] { attention_forward(d_out, d_qkvr, d_att, d_scratch, d_inp, B, T, C, NH, 0); });
     float ms_b = benchmark_kernel(2, 10, [&] {
         attention_backward(d_dinp, d_dqkvr, d_datt, d_scratch, d_dout, d_qkvr, d_att, B, T, C, NH, 0); });
@@ -231,28 +231,23 @@ void run_benchmark(int B, int T, int C, int NH) {
     const int hs = C / NH;
     float ms_split = benchmark_kernel(2, 10, [&] { split_heads(d_qkvr, d_inp, B, T, NH, hs, 3, 3 * C, 0); });
     float ms_merge = benchmark_kernel(2, 10, [&] { merge_heads(d_out, d_scratch, B, T, NH, hs, 1, C, 0); });
-    printf("  %s head split q,k,v %.3f ms (%.0f GB/s), merge %.3f ms (%.0f GB/s)\n", type_name<floatX>(), ms_split,
-           2.0 * n_inp * sizeof(floatX) / (ms_split / 1e3) / 1e9, ms_merge, 2.0 * n_out * sizeof(floatX) / (ms_merge / 1e3) / 1e9);
+    char what[64];
+    snprintf(what, sizeof(what), "%s head split q,k,v", type_name<floatX>());
+    report_bandwidth(what, ms_split, 2.0 * n_inp * sizeof(floatX));
+    snprintf(what, sizeof(what), "%s head merge", type_name<floatX>());
+    report_bandwidth(what, ms_merge, 2.0 * n_out * sizeof(floatX));
     cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_qkvr));
     cudaCheck(cudaFree(d_att)); cudaCheck(cudaFree(d_dinp)); cudaCheck(cudaFree(d_dqkvr)); cudaCheck(cudaFree(d_datt));
     cudaCheck(cudaFree(d_scratch));
     free(h_inp);
 }
 
-int main(int argc, char** argv) {
-    bool check_only = argc > 1 && strcmp(argv[1], "check") == 0;
-    setvbuf(stdout, NULL, _IOLBF, 0);  // a fatal error on stderr lands in order in a piped log
-    printf("CPU reference:\n");
-    int failures = check_cpu_reference();
+int gpu_checks(int) {
     matmul_init();
+    int failures = 0;
     const int shapes[][4] = {{2, 8, 32, 2}, {2, 64, 128, 2}, {1, 1024, 128, 2}};
     for (const auto& s : shapes) failures += check_attention<float>(s[0], s[1], s[2], s[3], 1e-5f);
     for (const auto& s : shapes) failures += check_attention<bf16>(s[0], s[1], s[2], s[3], 3e-2f);
-    if (!check_only) {
-        printf("timing, GPT-2 small (median of 10):\n");
-        run_benchmark<bf16>(8, 1024, 768, 12);
-        run_benchmark<float>(8, 1024, 768, 12);
-    }
     // odd T last: should cuBLASLt have no kernel for 2-byte-aligned bf16 rows, matmul ends the
     // program with a message, and everything above has been reported by then
     failures += check_attention<float>(1, 37, 48, 3, 1e-5f);
@@ -260,6 +255,15 @@ int main(int argc, char** argv) {
     failures += check_attention<float>(2, 19, 60, 4, 1e-5f);
     failures += check_attention<bf16>(2, 19, 60, 4, 3e-2f);
     matmul_destroy();
-    printf("attention: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+    return failures;
 }
+
+void timing(int) {
+    matmul_init();
+    printf("timing, GPT-2 small (median of 10):\n");
+    run_benchmark<bf16>(8, 1024, 768, 12);
+    run_benchmark<float>(8, 1024, 768, 12);
+    matmul_destroy();
+}
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "attention", 1, cpu_self_test, gpu_checks, timing); }

@@ -1,10 +1,19 @@
 /*
-Helpers for the dev/cuda kernel benches: random inputs, result validation against a CPU
-reference, and event timing (median of repeats after warm-up).
+Helpers for the dev/cuda kernel benches: random inputs, device allocation, the comparison of a
+GPU result with its CPU reference (check_close), event timing (median of repeats after warm-up)
+with one bandwidth line, and the command line every bench shares (bench_main):
+
+  ./NAME          CPU self-test, GPU checks of every variant, then timing of every variant
+  ./NAME check    CPU self-test and the GPU checks of every variant; no timing
+  ./NAME cpu      CPU self-test only: the CPU references against finite differences, direct
+                  formulas, hand-worked examples or brute force; needs no GPU
+  ./NAME N        GPU checks of variant N alone, then its timing
+Exit code 0 if every check passed, 1 if one failed, 2 on a bad argument.
 */
 #pragma once
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <math.h>
 #include <vector>
 #include <algorithm>
@@ -23,42 +32,26 @@ inline float* make_random_float(size_t n, float lo = -1.0f, float hi = 1.0f) {
     return a;
 }
 
+// a fresh device array of n elements of T (at least one, so n = 0 still gives a valid pointer)
+template <typename T>
+T* device_alloc(size_t n) {
+    T* d;
+    cudaCheck(cudaMalloc(&d, std::max(n, (size_t)1) * sizeof(T)));
+    return d;
+}
+
 // copy a host fp32 array to a fresh device array of type T
 template <typename T>
 T* to_device(const float* h, size_t n) {
     std::vector<T> tmp(n);
     for (size_t i = 0; i < n; i++) tmp[i] = (T)h[i];
-    T* d;
-    cudaCheck(cudaMalloc(&d, n * sizeof(T)));
+    T* d = device_alloc<T>(n);
     cudaCheck(cudaMemcpy(d, tmp.data(), n * sizeof(T), cudaMemcpyHostToDevice));
     return d;
 }
 
 // poison a device buffer (NaN bytes) so unwritten outputs fail validation
 inline void poison(void* d, size_t bytes) { cudaCheck(cudaMemset(d, 0xff, bytes)); }
-
-// compares a device result with the CPU reference by max relative error; exits on failure
-template <typename T>
-void validate_result(const T* d_result, const float* ref, const char* name, size_t n, float tol) {
-    std::vector<T> out(n);
-    cudaCheck(cudaMemcpy(out.data(), d_result, n * sizeof(T), cudaMemcpyDeviceToHost));
-    double max_ref = 0.0, max_err = 0.0, num = 0.0, den = 0.0;
-    size_t nbad = 0;
-    for (size_t i = 0; i < n; i++) max_ref = fmax(max_ref, fabs(ref[i]));
-    for (size_t i = 0; i < n; i++) {
-        double o = (double)(float)out[i], r = ref[i];
-        double err = fabs(o - r);
-        if (!(err <= tol * (fabs(r) + 0.1 * max_ref))) {  // NaN fails too
-            if (nbad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", name, i, o, r);
-            nbad++;
-        }
-        max_err = fmax(max_err, err);
-        num += (o - r) * (o - r); den += r * r;
-    }
-    double rel = sqrt(num / (den > 0 ? den : 1.0));
-    printf("  %-12s rel L2 err %.3e  max abs err %.3e  (tol %.1e) %s\n", name, rel, max_err, tol, nbad ? "FAIL" : "ok");
-    if (nbad) { printf("%s: %zu of %zu elements out of tolerance\n", name, nbad, n); exit(EXIT_FAILURE); }
-}
 
 // median time in ms of `repeats` runs of f after `warmup` runs, by CUDA events
 template <typename F>
@@ -81,22 +74,29 @@ float benchmark_kernel(int warmup, int repeats, F f) {
     return times[times.size() / 2];
 }
 
-// ----------------------------------------------------------------------------
-// helpers for benches that run every check before deciding (one GPU run shows every failure)
+// one timing line: the median time, and the bandwidth it implies for `bytes` read + written,
+// against ~3.0 TB/s (an H100's device-to-device copy)
+inline void report_bandwidth(const char* what, float ms, double bytes) {
+    printf("  %-40s %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", what, ms, bytes / (ms / 1e3) / 1e9,
+           100.0 * bytes / (ms / 1e3) / 3.0e12);
+}
 
-// validate_result's test (|gpu - cpu| <= tol·(|cpu| + 0.1·max|cpu|), NaN fails), but returns
-// whether it passed instead of exiting; poisoned or unwritten outputs fail it the same way
+// ----------------------------------------------------------------------------
+// comparing a GPU result with its CPU reference. A bench runs every check before deciding
+// (one GPU run shows every failure), so these print and return whether they passed.
+
+// |gpu - cpu| <= atol + rtol·|cpu| for every element (NaN fails, so poisoned or unwritten
+// outputs fail); prints the relative L2 and the max absolute error, and up to 5 mismatches
 template <typename T>
-bool check_result(const T* d_result, const float* ref, const char* name, size_t n, float tol) {
+bool check_close(const T* d_result, const float* ref, const char* name, size_t n, double rtol, double atol) {
     std::vector<T> out(n);
     cudaCheck(cudaMemcpy(out.data(), d_result, n * sizeof(T), cudaMemcpyDeviceToHost));
-    double max_ref = 0.0, max_err = 0.0, num = 0.0, den = 0.0;
+    double max_err = 0.0, num = 0.0, den = 0.0;
     size_t nbad = 0;
-    for (size_t i = 0; i < n; i++) max_ref = fmax(max_ref, fabs(ref[i]));
     for (size_t i = 0; i < n; i++) {
         double o = (double)(float)out[i], r = ref[i];
         double err = fabs(o - r);
-        if (!(err <= tol * (fabs(r) + 0.1 * max_ref))) {
+        if (!(err <= atol + rtol * fabs(r))) {
             if (nbad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", name, i, o, r);
             nbad++;
         }
@@ -104,10 +104,20 @@ bool check_result(const T* d_result, const float* ref, const char* name, size_t 
         num += (o - r) * (o - r); den += r * r;
     }
     double rel = sqrt(num / (den > 0 ? den : 1.0));
-    printf("  %-28s rel L2 err %.3e  max abs err %.3e  (tol %.1e) %s\n", name, rel, max_err, tol,
+    printf("  %-28s rel L2 err %.3e  max abs err %.3e  (rtol %.1e atol %.1e) %s\n", name, rel, max_err, rtol, atol,
            nbad ? "FAIL" : "ok");
     if (nbad) printf("  %s: %zu of %zu elements out of tolerance\n", name, nbad, n);
     return nbad == 0;
+}
+
+// the usual test: tol relative to |cpu|, plus tol relative to a tenth of the largest |cpu| (so an
+// element that is near zero by cancellation is judged against the tensor's scale), i.e.
+// |gpu - cpu| <= tol·(|cpu| + 0.1·max|cpu|)
+template <typename T>
+bool check_result(const T* d_result, const float* ref, const char* name, size_t n, float tol) {
+    double max_ref = 0.0;
+    for (size_t i = 0; i < n; i++) max_ref = fmax(max_ref, fabs(ref[i]));
+    return check_close(d_result, ref, name, n, tol, 0.1 * tol * max_ref);
 }
 
 // round a host array through storage type T (identity for float), so a CPU reference sees
@@ -183,24 +193,34 @@ std::vector<float> host_random_array(size_t n, unsigned long long seed, float lo
     return h;
 }
 
-// check_result with an absolute floor: |gpu - cpu| <= atol + rtol·|cpu| (NaN fails), for results
-// whose error is absolute by nature (a difference of nearly equal probabilities, a small KL)
-template <typename T>
-bool check_result_atol(const T* d_result, const float* ref, const char* name, size_t n, float rtol, float atol) {
-    std::vector<T> out(n);
-    cudaCheck(cudaMemcpy(out.data(), d_result, n * sizeof(T), cudaMemcpyDeviceToHost));
-    double max_err = 0.0;
-    size_t nbad = 0;
-    for (size_t i = 0; i < n; i++) {
-        double o = (double)(float)out[i], r = ref[i];
-        double err = fabs(o - r);
-        if (!(err <= atol + rtol * fabs(r))) {
-            if (nbad < 5) printf("  %s mismatch at %zu: gpu %.8g cpu %.8g\n", name, i, o, r);
-            nbad++;
+// ----------------------------------------------------------------------------
+// the command line every bench shares (see the top of this file): parses it, runs the bench's
+// parts in order and prints one closing line; each bench's main is one call of this.
+// gpu_checks and timing get `only`: 0 for every variant, else the one variant to run. A bench
+// with one implementation has num_variants 1 (`./NAME 1` runs it all); in a bench with variants
+// of some kernels and a single version of others, `./NAME N` runs variant N and skips the rest.
+
+inline int bench_main(int argc, char** argv, const char* name, int num_variants, int (*cpu_self_test)(),
+                      int (*gpu_checks)(int only), void (*timing)(int only)) {
+    setvbuf(stdout, NULL, _IOLBF, 0);  // a fatal error on stderr lands in order in a piped log
+    const char* arg = argc > 1 ? argv[1] : "";
+    const bool cpu_only = strcmp(arg, "cpu") == 0, check_only = strcmp(arg, "check") == 0;
+    int only = 0;
+    if (argc > 1 && !cpu_only && !check_only) {
+        char* end;
+        const long v = strtol(arg, &end, 10);
+        if (argc > 2 || *end != '\0' || v < 1 || v > num_variants) {
+            fprintf(stderr, "usage: ./%s [check|cpu|N]  (N: variant 1..%d; see the top of %s.cu)\n", name, num_variants, name);
+            return 2;
         }
-        if (!(err <= max_err)) max_err = err;
+        only = (int)v;
     }
-    printf("  %-28s max abs err %.3e  (rtol %.1e atol %.1e) %s\n", name, max_err, rtol, atol, nbad ? "FAIL" : "ok");
-    if (nbad) printf("  %s: %zu of %zu elements out of tolerance\n", name, nbad, n);
-    return nbad == 0;
+    printf("CPU self-test:\n");
+    int failures = cpu_self_test();
+    if (!cpu_only) {
+        failures += gpu_checks(only);
+        if (!check_only) timing(only);
+    }
+    printf("%s%s: %s (%d failed checks)\n", name, cpu_only ? " cpu" : "", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
 }

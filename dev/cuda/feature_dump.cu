@@ -5,15 +5,17 @@ activations c (N,D). The CPU reference is the trainer's own: feature_dump_add in
 llmc/feature_dump.h. The GPU result must equal it exactly (counts, values and positions), since
 both are the unique top-K of a total order.
 
-Build and run:
+Build and run (the command line of every bench, dev/cuda/common.h):
   cd dev/cuda && make feature_dump
-  ./feature_dump          CPU self-test, then every GPU check (fp32 and bf16), then timings
-  ./feature_dump cpu      CPU self-test only (runs without a GPU): feature_dump_add against a
-                          brute-force full sort, whole and in batches
-Variants (timing; the checks run both):
+  ./feature_dump [check|cpu|N]   no argument: everything; check: CPU self-test and GPU checks of
+                                 both variants (fp32 and bf16); cpu: CPU self-test only (no
+                                 GPU): feature_dump_add against a brute-force full sort, whole
+                                 and in batches; N: check and time variant N
+Variants:
   1  one row per loop step: each load waits for the previous one to be used
   2  llmc: loads for 8 rows issued before any is used (more memory requests in flight: there
      are only D threads)
+The trainer ships variant 2 (feature_dump_add_gpu), in fp32 and bf16.
 Checks, in fp32 and bf16, each shape streamed as three batches of uneven sizes onto state the
 GPU reset itself (buffers poisoned first, so a slot the reset or the merge misses fails):
   (N,D,K) = (1,1,1) (7,33,3) (37,4099,10) (100,1000,32) (257,46080,10). Inputs ~70% zeros, the
@@ -22,7 +24,6 @@ GPU reset itself (buffers poisoned first, so a slot the reset or the merge misse
   (neither counts). Then the paper shape (8192,46080,10) from fill_random, ReLU-like.
 Exit code 1 on any mismatch.
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/feature_dump.cuh"
 
@@ -131,10 +132,7 @@ struct DeviceDump {
 };
 
 DeviceDump device_dump_alloc(int D, int K) {
-    DeviceDump g{nullptr, nullptr, nullptr, D, K};
-    cudaCheck(cudaMalloc(&g.fire_count, (size_t)D * sizeof(unsigned long long)));
-    cudaCheck(cudaMalloc(&g.top_values, (size_t)D * K * sizeof(float)));
-    cudaCheck(cudaMalloc(&g.top_pos, (size_t)D * K * sizeof(long long)));
+    DeviceDump g{device_alloc<unsigned long long>(D), device_alloc<float>((size_t)D * K), device_alloc<long long>((size_t)D * K), D, K};
     // poison (NaN values, count and positions 0x5a5a...), then the reset under test
     cudaCheck(cudaMemset(g.fire_count, 0x5a, (size_t)D * sizeof(unsigned long long)));
     poison(g.top_values, (size_t)D * K * sizeof(float));
@@ -176,12 +174,11 @@ int check_shape(int variant, int N, int D, int K) {
 }
 
 // the paper shape from fill_random (no ties to speak of in fp32; plenty in bf16); the host
-// reference is built once and both variants are checked against it
+// reference is built once and the variants are checked against it
 template <typename floatX>
-int check_big(int N, int D, int K) {
+int check_big(int only, int N, int D, int K) {
     const size_t n = (size_t)N * D;
-    floatX* d_c;
-    cudaCheck(cudaMalloc(&d_c, n * sizeof(floatX)));
+    floatX* d_c = device_alloc<floatX>(n);
     fill_random(d_c, n, 71, -1.0f, 1.0f, 0.8f);
     FeatureDump ref;
     {
@@ -191,6 +188,7 @@ int check_big(int N, int D, int K) {
     }
     int failures = 0;
     for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
         DeviceDump g = device_dump_alloc(D, K);
         feature_dump_variant(variant, g.fire_count, g.top_values, g.top_pos, d_c, N, D, K, 1000000);
         char name[96];
@@ -203,55 +201,54 @@ int check_big(int N, int D, int K) {
 }
 
 template <typename floatX>
-int run_checks() {
+int run_checks(int only) {
     int failures = 0;
     const int shapes[][3] = {{1, 1, 1}, {7, 33, 3}, {37, 4099, 10}, {100, 1000, 32}, {257, 46080, 10}};
-    for (int variant = 1; variant <= 2; variant++)
+    for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
         for (auto& s : shapes) failures += check_shape<floatX>(variant, s[0], s[1], s[2]);
-    failures += check_big<floatX>(8192, 46080, 10);
+    }
+    failures += check_big<floatX>(only, 8192, 46080, 10);
     return failures;
 }
 
+int gpu_checks(int only) {
+    printf("fp32:\n");
+    int failures = run_checks<float>(only);
+    printf("bf16:\n");
+    return failures + run_checks<bf16>(only);
+}
+
 // ----------------------------------------------------------------------------
-// timing at the paper shape: c read once, the (D,K) state read and written once; against
-// ~3.0 TB/s (H100 device-to-device copy)
+// timing at the paper shape: c read once, the (D,K) state read and written once
 
 template <typename floatX>
-void run_benchmarks() {
+void time_variants(int only) {
     const int N = 8192, D = 46080, K = 10;
     const size_t n = (size_t)N * D;
-    floatX* d_c;
-    cudaCheck(cudaMalloc(&d_c, n * sizeof(floatX)));
+    floatX* d_c = device_alloc<floatX>(n);
     fill_random(d_c, n, 81, -1.0f, 1.0f, 0.9f);  // ~5% nonzero, as a trained SAE's c is sparser still
     DeviceDump g = device_dump_alloc(D, K);
     const double bytes = n * (double)sizeof(floatX) + 2.0 * D * (8.0 + K * 12.0);
     for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
         long long first_pos = 0;
         float ms = benchmark_kernel(3, 20, [&] {
             feature_dump_variant(variant, g.fire_count, g.top_values, g.top_pos, d_c, N, D, K, first_pos);
             first_pos += N;  // a stream of batches, as in the trainer
         });
-        printf("  v%d N=%d D=%d K=%d  %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", variant, N, D, K, ms, bytes / (ms / 1e3) / 1e9,
-               100.0 * bytes / (ms / 1e3) / 3.0e12);
+        char what[64];
+        snprintf(what, sizeof(what), "%s v%d N=%d D=%d K=%d", type_name<floatX>(), variant, N, D, K);
+        report_bandwidth(what, ms, bytes);
     }
     device_dump_free(&g);
     cudaCheck(cudaFree(d_c));
 }
 
-int main(int argc, char** argv) {
-    const bool cpu_only = argc > 1 && strcmp(argv[1], "cpu") == 0;
-    printf("CPU self-test:\n");
-    int failures = cpu_self_test();
-    if (!cpu_only) {
-        printf("fp32:\n");
-        failures += run_checks<float>();
-        printf("bf16:\n");
-        failures += run_checks<bf16>();
-        printf("timing, N=8192 D=46080 K=10, fp32:\n");
-        run_benchmarks<float>();
-        printf("timing, bf16:\n");
-        run_benchmarks<bf16>();
-    }
-    printf("feature_dump: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+void timing(int only) {
+    printf("timing, N=8192 D=46080 K=10 (median of 20):\n");
+    time_variants<float>(only);
+    time_variants<bf16>(only);
 }
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "feature_dump", 2, cpu_self_test, gpu_checks, timing); }

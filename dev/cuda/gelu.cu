@@ -2,14 +2,17 @@
 GELU (tanh approximation) forward and in-place backward, llmc/gelu.cuh: CPU reference in double,
 kernel variants, checks against the reference, timing at GPT-2 small's MLP size.
 
-Build and run:
-  cd dev/cuda && make gelu && ./gelu          # check every variant, then time them
-  ./gelu 2                                    # only variant 2
-  ./gelu check                                # checks only, every variant
+Build and run (the command line of every bench, dev/cuda/common.h):
+  cd dev/cuda && make gelu
+  ./gelu [check|cpu|N]    no argument: everything; check: CPU self-test and GPU checks of both
+                          variants; cpu: CPU self-test only (no GPU); N: check and time variant N
 Variants:
-  1  one element per thread, scalar loads (what llmc falls back to for unaligned pointers)
+  1  one element per thread, scalar loads (llmc's gelu_forward_kernel / gelu_backward_inplace_kernel)
   2  llmc's launcher: one 16-byte pack (4 fp32 / 8 bf16) per thread when all pointers are
      16-byte aligned; more bytes in flight per thread, so closer to DRAM bandwidth
+The trainer ships variant 2 (llmc's launchers fall back to variant 1 for unaligned pointers, which
+the trainer's 256-byte aligned buffers never are): the backward in fp32 and bf16, the forward in
+fp32 only (in bf16 the forward GELU is the fc matmul's cuBLASLt epilogue, llmc/matmul.cuh).
 Checks, fp32 then bf16, each on a poisoned output: n of 1, 7 (all tail), 8 (exactly one pack)
 and 1,000,003 (odd: a partial last pack), with pointers aligned and offset by one element (which
 sends variant 2 down the scalar path), plus in-place forward. Inputs of the large size are
@@ -19,7 +22,6 @@ rounded to bf16 first, so only the one output rounding, 2^-8 relative, remains).
 work, the CPU backward itself is checked against finite differences of the CPU forward (this
 part also runs on a machine without a GPU). Exit code 1 on any mismatch.
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/gelu.cuh"
 
@@ -47,7 +49,7 @@ void gelu_backward_cpu(float* dinp, const float* dout, const float* inp, size_t 
 
 // The CPU backward checked against central differences of the CPU forward over [-6, 6].
 // Runs before any GPU work (also on a machine without a GPU).
-int check_cpu_reference() {
+int cpu_self_test() {
     const int n = 1201;
     const float eps = 1e-2f;
     std::vector<float> x(n), xp(n), xm(n), fp(n), fm(n), ones(n, 1.0f), grad(n);
@@ -115,8 +117,7 @@ int run_checks(int variant, float tol) {
             std::copy(dout, dout + n, dout_pad.begin() + offset);
             floatX* d_inp_base = to_device<floatX>(inp_pad.data(), n + 1);
             floatX* d_grad_base = to_device<floatX>(dout_pad.data(), n + 1);
-            floatX* d_out_base;
-            cudaCheck(cudaMalloc(&d_out_base, (n + 1) * sizeof(floatX)));
+            floatX* d_out_base = device_alloc<floatX>(n + 1);
             poison(d_out_base, (n + 1) * sizeof(floatX));
             floatX* d_inp = d_inp_base + offset;
             floatX* d_grad = d_grad_base + offset;
@@ -143,43 +144,46 @@ int run_checks(int variant, float tol) {
     return failures;
 }
 
-template <typename floatX>
-void run_benchmarks(int variant) {
-    const size_t n = (size_t)8 * 1024 * 3072;  // B*T*4C, GPT-2 small's MLP hidden activations
-    float* h = make_random_float(n, -6.0f, 6.0f);
-    floatX* d_inp = to_device<floatX>(h, n);
-    floatX* d_grad = to_device<floatX>(h, n);
-    floatX* d_out;
-    cudaCheck(cudaMalloc(&d_out, n * sizeof(floatX)));
-    float ms_f = benchmark_kernel(3, 20, [&] { gelu_forward_variant(variant, d_out, d_inp, n); });
-    float ms_b = benchmark_kernel(3, 20, [&] { gelu_backward_variant(variant, d_grad, d_inp, n); });
-    double gb_f = 2.0 * n * sizeof(floatX) / 1e9, gb_b = 3.0 * n * sizeof(floatX) / 1e9;
-    printf("  %s variant %d: forward %.3f ms (%.0f GB/s), backward %.3f ms (%.0f GB/s)\n", type_name<floatX>(),
-           variant, ms_f, gb_f / (ms_f / 1e3), ms_b, gb_b / (ms_b / 1e3));
-    cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_grad)); cudaCheck(cudaFree(d_out));
-    free(h);
-}
-
-int main(int argc, char** argv) {
-    bool check_only = argc > 1 && strcmp(argv[1], "check") == 0;
-    int only = argc > 1 && !check_only ? atoi(argv[1]) : 0;
-    setvbuf(stdout, NULL, _IOLBF, 0);  // a fatal error on stderr lands in order in a piped log
-    printf("CPU reference:\n");
-    int failures = check_cpu_reference(), checks_run = 0;
+int gpu_checks(int only) {
+    int failures = 0;
     for (int variant = 1; variant <= 2; variant++) {
         if (only && variant != only) continue;
         printf("variant %d, fp32:\n", variant);
         failures += run_checks<float>(variant, 1e-5f);
         printf("variant %d, bf16:\n", variant);
         failures += run_checks<bf16>(variant, 1e-2f);
-        checks_run++;
     }
-    if (!check_only) printf("timing, n = 8*1024*3072:\n");
-    for (int variant = 1; variant <= 2; variant++) {
-        if (check_only || (only && variant != only)) continue;
-        run_benchmarks<float>(variant);
-        run_benchmarks<bf16>(variant);
-    }
-    printf("gelu: %s (%d variant(s), %d failed checks)\n", failures ? "FAIL" : "PASS", checks_run, failures);
-    return failures ? 1 : 0;
+    return failures;
 }
+
+// ----------------------------------------------------------------------------
+// timing
+
+template <typename floatX>
+void time_variant(int variant) {
+    const size_t n = (size_t)8 * 1024 * 3072;  // B*T*4C, GPT-2 small's MLP hidden activations
+    float* h = make_random_float(n, -6.0f, 6.0f);
+    floatX* d_inp = to_device<floatX>(h, n);
+    floatX* d_grad = to_device<floatX>(h, n);
+    floatX* d_out = device_alloc<floatX>(n);
+    char what[64];
+    float ms = benchmark_kernel(3, 20, [&] { gelu_forward_variant(variant, d_out, d_inp, n); });
+    snprintf(what, sizeof(what), "%s v%d forward", type_name<floatX>(), variant);
+    report_bandwidth(what, ms, 2.0 * n * sizeof(floatX));  // read inp, write out
+    ms = benchmark_kernel(3, 20, [&] { gelu_backward_variant(variant, d_grad, d_inp, n); });
+    snprintf(what, sizeof(what), "%s v%d backward in place", type_name<floatX>(), variant);
+    report_bandwidth(what, ms, 3.0 * n * sizeof(floatX));  // read grad, inp, write grad
+    cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_grad)); cudaCheck(cudaFree(d_out));
+    free(h);
+}
+
+void timing(int only) {
+    printf("timing, n = 8*1024*3072 (median of 20):\n");
+    for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
+        time_variant<float>(variant);
+        time_variant<bf16>(variant);
+    }
+}
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "gelu", 2, cpu_self_test, gpu_checks, timing); }

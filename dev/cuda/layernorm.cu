@@ -2,15 +2,17 @@
 LayerNorm forward and activation-gradient backward, llmc/layernorm.cuh: CPU reference in double,
 kernel variants, checks, timing at GPT-2 small's shape.
 
-Build and run:
-  cd dev/cuda && make layernorm && ./layernorm     # check every variant, then time them
-  ./layernorm 2                                    # only variant 2
-  ./layernorm check                                # checks only, every variant
+Build and run (the command line of every bench, dev/cuda/common.h):
+  cd dev/cuda && make layernorm
+  ./layernorm [check|cpu|N]   no argument: everything; check: CPU self-test and GPU checks of
+                              both variants; cpu: CPU self-test only (no GPU); N: check and time
+                              variant N
 Variants:
   1  one thread per row: the plain loops of the reference, on the GPU (uncoalesced: each
      thread walks its own row)
   2  one warp per row (llmc): lanes read consecutive channels, so loads coalesce, and the row
      sums are warp shuffles
+The trainer ships variant 2 (layernorm_forward, layernorm_backward_dinp), in fp32 and bf16.
 Checks, fp32 then bf16, all outputs poisoned first: rows x channels of 3x7 (fewer channels than
 lanes), 37x101 (neither a multiple of 8 rows per block nor of 32 lanes), 130x768 (GPT-2 small)
 and 64x1600 (GPT-2 XL). Forward: out, mean, rstd, and out with mean/rstd NULL. Backward: dinp
@@ -21,7 +23,6 @@ against double); bf16 1e-2 (inputs rounded to bf16 first; one output rounding, 2
 Before any GPU work, the CPU backward itself is checked against finite differences of the CPU
 forward (this part also runs on a machine without a GPU). Exit code 1 on any mismatch.
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/layernorm.cuh"
 
@@ -70,7 +71,7 @@ void layernorm_backward_dinp_cpu(float* dinp, const float* dout, const float* in
 
 // The CPU backward checked against finite differences of the CPU forward: with L = Σ out·dout,
 // dinp must be dL/dinp. Runs before any GPU work (also on a machine without a GPU).
-int check_cpu_reference() {
+int cpu_self_test() {
     const int N = 3, C = 7;
     float* inp = make_random_float(N * C, -1.5f, 2.5f);
     float* weight = make_random_float(C, 0.2f, 1.8f);
@@ -207,12 +208,10 @@ int run_checks(int variant, float tol) {
         floatX* d_weight = to_device<floatX>(weight, C);
         floatX* d_bias = to_device<floatX>(bias, C);
         floatX* d_dout = to_device<floatX>(dout, NC);
-        floatX *d_out, *d_dinp;
-        float *d_mean, *d_rstd;
-        cudaCheck(cudaMalloc(&d_out, NC * sizeof(floatX)));
-        cudaCheck(cudaMalloc(&d_dinp, NC * sizeof(floatX)));
-        cudaCheck(cudaMalloc(&d_mean, N * sizeof(float)));
-        cudaCheck(cudaMalloc(&d_rstd, N * sizeof(float)));
+        floatX* d_out = device_alloc<floatX>(NC);
+        floatX* d_dinp = device_alloc<floatX>(NC);
+        float* d_mean = device_alloc<float>(N);
+        float* d_rstd = device_alloc<float>(N);
         char name[96];
 
         // forward, with and without mean/rstd
@@ -257,8 +256,23 @@ int run_checks(int variant, float tol) {
     return failures;
 }
 
+int gpu_checks(int only) {
+    int failures = 0;
+    for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
+        printf("variant %d, fp32:\n", variant);
+        failures += run_checks<float>(variant, 1e-5f);
+        printf("variant %d, bf16:\n", variant);
+        failures += run_checks<bf16>(variant, 1e-2f);
+    }
+    return failures;
+}
+
+// ----------------------------------------------------------------------------
+// timing
+
 template <typename floatX>
-void run_benchmarks(int variant) {
+void time_variant(int variant) {
     const int N = 8 * 1024, C = 768;  // B*T, GPT-2 small
     const size_t NC = (size_t)N * C;
     float* h = make_random_float(NC);
@@ -266,46 +280,33 @@ void run_benchmarks(int variant) {
     floatX* d_dout = to_device<floatX>(h, NC);
     floatX* d_weight = to_device<floatX>(h, C);
     floatX* d_bias = to_device<floatX>(h + C, C);
-    floatX *d_out, *d_dinp;
-    float *d_mean, *d_rstd;
-    cudaCheck(cudaMalloc(&d_out, NC * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_dinp, NC * sizeof(floatX)));
+    floatX* d_out = device_alloc<floatX>(NC);
+    floatX* d_dinp = device_alloc<floatX>(NC);
     cudaCheck(cudaMemset(d_dinp, 0, NC * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&d_mean, N * sizeof(float)));
-    cudaCheck(cudaMalloc(&d_rstd, N * sizeof(float)));
-    float ms_f = benchmark_kernel(3, 20, [&] {
-        layernorm_forward_variant(variant, d_out, d_mean, d_rstd, d_inp, d_weight, d_bias, N, C); });
-    float ms_b = benchmark_kernel(3, 20, [&] {
-        layernorm_backward_variant(variant, d_dinp, d_dout, d_inp, d_weight, d_mean, d_rstd, N, C, true); });
+    float* d_mean = device_alloc<float>(N);
+    float* d_rstd = device_alloc<float>(N);
+    char what[64];
     // minimum traffic: forward reads inp, writes out; backward reads dout, inp, dinp, writes dinp
-    double gb_f = 2.0 * NC * sizeof(floatX) / 1e9, gb_b = 4.0 * NC * sizeof(floatX) / 1e9;
-    printf("  %s variant %d: forward %.3f ms (%.0f GB/s), backward (accumulate) %.3f ms (%.0f GB/s)\n",
-           type_name<floatX>(), variant, ms_f, gb_f / (ms_f / 1e3), ms_b, gb_b / (ms_b / 1e3));
+    float ms = benchmark_kernel(3, 20, [&] {
+        layernorm_forward_variant(variant, d_out, d_mean, d_rstd, d_inp, d_weight, d_bias, N, C); });
+    snprintf(what, sizeof(what), "%s v%d forward", type_name<floatX>(), variant);
+    report_bandwidth(what, ms, 2.0 * NC * sizeof(floatX));
+    ms = benchmark_kernel(3, 20, [&] {
+        layernorm_backward_variant(variant, d_dinp, d_dout, d_inp, d_weight, d_mean, d_rstd, N, C, true); });
+    snprintf(what, sizeof(what), "%s v%d backward (accumulate)", type_name<floatX>(), variant);
+    report_bandwidth(what, ms, 4.0 * NC * sizeof(floatX));
     cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_weight)); cudaCheck(cudaFree(d_bias));
     cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_dinp)); cudaCheck(cudaFree(d_mean)); cudaCheck(cudaFree(d_rstd));
     free(h);
 }
 
-int main(int argc, char** argv) {
-    bool check_only = argc > 1 && strcmp(argv[1], "check") == 0;
-    int only = argc > 1 && !check_only ? atoi(argv[1]) : 0;
-    setvbuf(stdout, NULL, _IOLBF, 0);  // a fatal error on stderr lands in order in a piped log
-    printf("CPU reference:\n");
-    int failures = check_cpu_reference(), variants_run = 0;
+void timing(int only) {
+    printf("timing, N = 8*1024 rows, C = 768 (median of 20):\n");
     for (int variant = 1; variant <= 2; variant++) {
         if (only && variant != only) continue;
-        printf("variant %d, fp32:\n", variant);
-        failures += run_checks<float>(variant, 1e-5f);
-        printf("variant %d, bf16:\n", variant);
-        failures += run_checks<bf16>(variant, 1e-2f);
-        variants_run++;
+        time_variant<float>(variant);
+        time_variant<bf16>(variant);
     }
-    if (!check_only) printf("timing, N = 8*1024 rows, C = 768:\n");
-    for (int variant = 1; variant <= 2; variant++) {
-        if (check_only || (only && variant != only)) continue;
-        run_benchmarks<float>(variant);
-        run_benchmarks<bf16>(variant);
-    }
-    printf("layernorm: %s (%d variant(s), %d failed checks)\n", failures ? "FAIL" : "PASS", variants_run, failures);
-    return failures ? 1 : 0;
 }
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "layernorm", 2, cpu_self_test, gpu_checks, timing); }

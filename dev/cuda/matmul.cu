@@ -3,11 +3,14 @@ cuBLASLt matmuls, llmc/matmul.cuh: the general row-major wrapper (every type com
 transpose, epilogue and the accumulate flag), the strided-batched one attention uses, and the
 GPT-2 wrappers, against a CPU reference in double; then TFLOP/s at GPT-2 small and SAE shapes.
 
-Build and run:
-  cd dev/cuda && make matmul && ./matmul        # all checks, then timing
-  ./matmul check                                # checks only
-There is one implementation (cuBLASLt), so no numbered variants; the timing compares fused and
-unfused GELU and fp32 against bf16.
+Build and run (the command line of every bench, dev/cuda/common.h):
+  cd dev/cuda && make matmul
+  ./matmul [check|cpu|1]   no argument or 1: everything; check: CPU self-test and GPU checks;
+                           cpu: CPU self-test only (no GPU): the reference on hand-worked products
+There is one implementation (variant 1, cuBLASLt through llmc's wrappers), which the trainer
+ships in fp32 and bf16; the timing compares fused and unfused GELU and fp32 against bf16. The
+fc forward fuses GELU into cuBLASLt's epilogue in bf16 (when OC % 8 == 0); fp32 runs
+gelu_forward after the matmul (see the GELU tolerance below for why).
 
 Checks (every output poisoned, or pre-filled with random values where accumulate or untouched
 gaps are being tested), for fp32·fp32->fp32, bf16·bf16->bf16 and bf16·bf16->fp32, once with
@@ -34,7 +37,6 @@ fuses GELU. Exit code 1 on any mismatch.
 Timing also reports the host time per call with and without the plan cache (tiny shape, so the
 GPU keeps up with the launches).
 */
-#include <string.h>
 #include <chrono>
 #include "common.h"
 #include "../../llmc/matmul.cuh"
@@ -68,6 +70,35 @@ void matmul_cpu(float* d, float* aux, const float* a, const float* b, const floa
             d[(size_t)i * n + j] = (float)acc;
         }
     }
+}
+
+// the reference on a hand-worked product, every transpose form, bias + ReLU with aux, accumulate:
+// a (2,3) = [1 2 3; 4 5 6], b (3,2) = [1 0; 0 1; 1 1], a·b = [4 5; 10 11]
+int cpu_self_test() {
+    const float a[6] = {1, 2, 3, 4, 5, 6}, aT[6] = {1, 4, 2, 5, 3, 6};  // aT: a stored (k,m)
+    const float b[6] = {1, 0, 0, 1, 1, 1}, bT[6] = {1, 0, 1, 0, 1, 1};  // bT: b stored (n,k)
+    const float ab[4] = {4, 5, 10, 11}, bias[2] = {1, -20};
+    int failures = 0;
+    for (int tA = 0; tA <= 1; tA++)
+        for (int tB = 0; tB <= 1; tB++) {
+            float d[4];
+            matmul_cpu(d, NULL, tA ? aT : a, tB ? bT : b, NULL, 2, 2, 3, tA, tB, false, ACT_NONE);
+            const bool ok = memcmp(d, ab, sizeof(d)) == 0;
+            printf("  cpu matmul %c%c on a hand example: %s\n", tA ? 'T' : 'N', tB ? 'T' : 'N', ok ? "ok" : "FAIL");
+            failures += !ok;
+        }
+    float d[4], aux[4];
+    const float relu[4] = {5, 0, 11, 0}, pre[4] = {5, -15, 11, -9};
+    matmul_cpu(d, aux, a, b, bias, 2, 2, 3, false, false, false, ACT_RELU);
+    bool ok = memcmp(d, relu, sizeof(d)) == 0 && memcmp(aux, pre, sizeof(aux)) == 0;
+    printf("  cpu matmul + bias + relu, aux before relu: %s\n", ok ? "ok" : "FAIL");
+    failures += !ok;
+    float acc[4] = {1, 1, 1, 1};
+    const float acc_expect[4] = {5, 6, 11, 12};
+    matmul_cpu(acc, NULL, a, b, NULL, 2, 2, 3, false, false, true, ACT_NONE);
+    ok = memcmp(acc, acc_expect, sizeof(acc)) == 0;
+    printf("  cpu matmul accumulate: %s\n", ok ? "ok" : "FAIL");
+    return failures + !ok;
 }
 
 // ----------------------------------------------------------------------------
@@ -123,8 +154,8 @@ int check_plan_pointer_rebind() {
     int failures = 0;
     bf16 *d_d[2], *d_aux[2];  // all four live at once, so set 2 cannot land at set 1's addresses
     for (int i = 0; i < 2; i++) {
-        cudaCheck(cudaMalloc(&d_d[i], (size_t)m * n * sizeof(bf16)));
-        cudaCheck(cudaMalloc(&d_aux[i], (size_t)m * n * sizeof(bf16)));
+        d_d[i] = device_alloc<bf16>((size_t)m * n);
+        d_aux[i] = device_alloc<bf16>((size_t)m * n);
         poison(d_d[i], (size_t)m * n * sizeof(bf16)); poison(d_aux[i], (size_t)m * n * sizeof(bf16));
     }
     for (int i = 0; i < 2; i++) {
@@ -176,9 +207,8 @@ int check_matmul(int m, int n, int k, bool transA, bool transB, bool accumulate,
     Tab* d_b = to_device<Tab>(b, bn);
     Td* d_bias = to_device<Td>(bias, n);
     Td* d_d0 = to_device<Td>(d0, dn);
-    Td *d_d, *d_aux;
-    cudaCheck(cudaMalloc(&d_d, dn * sizeof(Td)));
-    cudaCheck(cudaMalloc(&d_aux, dn * sizeof(Td)));
+    Td* d_d = device_alloc<Td>(dn);
+    Td* d_aux = device_alloc<Td>(dn);
 
     char name[128];
     snprintf(name, sizeof(name), "%s->%s %dx%dx%d %c%c%s epi%d", type_name<Tab>(), type_name<Td>(), m, n, k,
@@ -238,8 +268,7 @@ int check_batched(int m, int n, int k, bool transA, bool transB, int lda, int ld
     Tab* d_a = to_device<Tab>(a, an);
     Tab* d_b = to_device<Tab>(b, bn);
     Td* d_d0 = to_device<Td>(d0, dn);
-    Td* d_d;
-    cudaCheck(cudaMalloc(&d_d, dn * sizeof(Td)));
+    Td* d_d = device_alloc<Td>(dn);
     char name[128];
     snprintf(name, sizeof(name), "batched %s->%s %dx%dx%d %c%c x%d%s", type_name<Tab>(), type_name<Td>(), m, n, k,
              transA ? 'T' : 'N', transB ? 'T' : 'N', batch, accumulate ? " acc" : "");
@@ -332,10 +361,9 @@ int check_gpt2_wrappers(bool odd, float tol) {
         floatX* d_bias = to_device<floatX>(bias, OC);
         floatX* d_dout = to_device<floatX>(dout, NOC);
         floatX* d_dinp0 = to_device<floatX>(dinp0, NC);
-        floatX *d_out, *d_pre, *d_dinp;
-        cudaCheck(cudaMalloc(&d_out, NOC * sizeof(floatX)));
-        cudaCheck(cudaMalloc(&d_pre, NOC * sizeof(floatX)));
-        cudaCheck(cudaMalloc(&d_dinp, NC * sizeof(floatX)));
+        floatX* d_out = device_alloc<floatX>(NOC);
+        floatX* d_pre = device_alloc<floatX>(NOC);
+        floatX* d_dinp = device_alloc<floatX>(NC);
         char name[96];
 
         poison(d_out, NOC * sizeof(floatX));
@@ -379,8 +407,7 @@ int check_gpt2_wrappers(bool odd, float tol) {
 // random [-1,1) device array filled on the device (common.h's fill_random: no host round trip for GBs)
 template <typename T>
 T* device_random(size_t n, unsigned seed) {
-    T* d;
-    cudaCheck(cudaMalloc(&d, n * sizeof(T)));
+    T* d = device_alloc<T>(n);
     fill_random(d, n, seed, -1.0f, 1.0f);
     return d;
 }
@@ -401,9 +428,8 @@ void bench_gpt2(int warmup, int repeats) {
     floatX* weight = device_random<floatX>((size_t)50304 * C, 2);
     floatX* bias = device_random<floatX>(50304, 3);
     floatX* dout = device_random<floatX>(max_out, 4);
-    floatX *out, *pre;
-    cudaCheck(cudaMalloc(&out, max_out * sizeof(floatX)));
-    cudaCheck(cudaMalloc(&pre, (size_t)N * 4 * C * sizeof(floatX)));
+    floatX* out = device_alloc<floatX>(max_out);
+    floatX* pre = device_alloc<floatX>((size_t)N * 4 * C);
     char what[96];
     for (const Shape& s : shapes) {
         float ms = benchmark_kernel(warmup, repeats, [&] {
@@ -438,8 +464,7 @@ void bench_host_overhead() {
     bf16* a = device_random<bf16>((size_t)m * k, 15);
     bf16* b = device_random<bf16>((size_t)n * k, 16);
     bf16* bias = device_random<bf16>(n, 17);
-    bf16* d;
-    cudaCheck(cudaMalloc(&d, (size_t)m * n * sizeof(bf16)));
+    bf16* d = device_alloc<bf16>((size_t)m * n);
     for (int cached = 0; cached <= 1; cached++) {
         matmul_plan_cache_enabled = cached;
         matmul_cublaslt(d, a, b, bias, m, n, k, false, true, CUDA_R_16BF, CUDA_R_16BF, false, CUBLASLT_EPILOGUE_BIAS, NULL, 0);
@@ -462,8 +487,7 @@ void bench_lm_head_unpadded(int warmup, int repeats) {
     bf16* inp = device_random<bf16>((size_t)N * C, 12);
     bf16* weight = device_random<bf16>((size_t)V * C, 13);
     bf16* logits = device_random<bf16>((size_t)N * V, 14);
-    bf16* dinp;
-    cudaCheck(cudaMalloc(&dinp, (size_t)N * C * sizeof(bf16)));
+    bf16* dinp = device_alloc<bf16>((size_t)N * C);
     float ms = benchmark_kernel(warmup, repeats, [&] { matmul_forward<bf16>(logits, inp, weight, NULL, N, C, V, 0); });
     report("bf16 forward lm head V=50257", N, V, C, ms);
     ms = benchmark_kernel(warmup, repeats, [&] { matmul_backward_dinp(dinp, logits, weight, N, C, V, false, 0); });
@@ -482,13 +506,10 @@ void bench_sae(int warmup, int repeats) {
     bf16* b_dec = device_random<bf16>(C, 9);
     bf16* c = device_random<bf16>((size_t)N * D, 10);
     bf16* dxhat = device_random<bf16>((size_t)N * C, 11);
-    bf16* xhat;
-    float* dW;
-    cudaCheck(cudaMalloc(&xhat, (size_t)N * C * sizeof(bf16)));
-    cudaCheck(cudaMalloc(&dW, (size_t)C * D * sizeof(float)));
+    bf16* xhat = device_alloc<bf16>((size_t)N * C);
+    float* dW = device_alloc<float>((size_t)C * D);
     cudaCheck(cudaMemset(dW, 0, (size_t)C * D * sizeof(float)));
-    bf16* c_out;
-    cudaCheck(cudaMalloc(&c_out, (size_t)N * D * sizeof(bf16)));
+    bf16* c_out = device_alloc<bf16>((size_t)N * D);
     float ms;
     ms = benchmark_kernel(warmup, repeats, [&] {  // c = relu(x·W_enc + b_enc)
         matmul_cublaslt(c_out, x, W_enc, b_enc, N, D, C, false, false, BF, BF, false, CUBLASLT_EPILOGUE_RELU_BIAS, NULL, 0); });
@@ -510,9 +531,7 @@ void bench_sae(int warmup, int repeats) {
     cudaCheck(cudaFree(dW)); cudaCheck(cudaFree(c_out));
 }
 
-int main(int argc, char** argv) {
-    bool check_only = argc > 1 && strcmp(argv[1], "check") == 0;
-    setvbuf(stdout, NULL, _IOLBF, 0);  // a fatal error on stderr lands in order in a piped log
+int gpu_checks(int) {
     matmul_init();
     int failures = 0;
     failures += check_type_combo<float, float>(false, 1e-5f);
@@ -520,15 +539,6 @@ int main(int argc, char** argv) {
     failures += check_type_combo<bf16, float>(false, 1e-5f);
     failures += check_gpt2_wrappers<float>(false, 1e-5f);
     failures += check_gpt2_wrappers<bf16>(false, 1e-2f);
-    if (!check_only) {
-        printf("host overhead of matmul_cublaslt:\n");
-        bench_host_overhead();
-        printf("timing, GPT-2 small at B*T = 8192 (median of 10 in bf16, 3 in fp32):\n");
-        bench_gpt2<bf16>(3, 10);
-        bench_gpt2<float>(1, 3);
-        printf("timing, SAE at N = 8192, C = 768, D = 46080 (median of 10):\n");
-        bench_sae(3, 10);
-    }
     // odd sizes last: should cuBLASLt have no kernel for some 2-byte-aligned bf16 case, matmul
     // ends the program with a message, and everything above has been reported by then
     failures += check_type_combo<float, float>(true, 1e-5f);
@@ -536,13 +546,27 @@ int main(int argc, char** argv) {
     failures += check_type_combo<bf16, float>(true, 1e-5f);
     failures += check_gpt2_wrappers<float>(true, 1e-5f);
     failures += check_gpt2_wrappers<bf16>(true, 1e-2f);
-    if (!check_only) bench_lm_head_unpadded(3, 10);
     failures += check_gelu_epilogues<float, float>(1e-5f);
     failures += check_gelu_epilogues<bf16, float>(1e-5f);
     failures += check_plan_pointer_rebind();
     printf("plan cache: %d calls run uncached, cached and cached again: %d differ or missed %s (%zu plans built, %zu hits)\n",
            cache_checks, cache_failures, cache_failures ? "FAIL" : "ok", matmul_plan_misses, matmul_plan_hits);
     matmul_destroy();
-    printf("matmul: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+    return failures;
 }
+
+void timing(int) {
+    matmul_init();
+    printf("host overhead of matmul_cublaslt:\n");
+    bench_host_overhead();
+    printf("timing, GPT-2 small at B*T = 8192 (median of 10 in bf16, 3 in fp32):\n");
+    bench_gpt2<bf16>(3, 10);
+    bench_gpt2<float>(1, 3);
+    printf("timing, SAE at N = 8192, C = 768, D = 46080 (median of 10):\n");
+    bench_sae(3, 10);
+    // unpadded last: 2-byte-aligned bf16 rows, where cuBLASLt might have no kernel
+    bench_lm_head_unpadded(3, 10);
+    matmul_destroy();
+}
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "matmul", 1, cpu_self_test, gpu_checks, timing); }

@@ -3,18 +3,19 @@ MSE forward + backward, llmc/mse.cuh: loss_sum += Σ (a − b)² (deterministic)
 2 (a − b). CPU reference in double, checks on fp32 and bf16, timing at the local-mode shape
 (x_hat vs x, N·C = 8192·768).
 
-Build and run:
+Build and run (the command line of every bench, dev/cuda/common.h):
   cd dev/cuda && make mse
-  ./mse            CPU self-test, GPU checks, timings
-  ./mse cpu        CPU self-test only (no GPU needed): the gradient reference against finite
-                   differences of the loss
+  ./mse [check|cpu|1]   no argument or 1: everything; check: CPU self-test and GPU checks; cpu:
+                        CPU self-test only (no GPU): the gradient reference against finite
+                        differences of the loss
+One implementation (variant 1, llmc's mse_forward_backward), which the trainer ships in fp32 and
+bf16 (local mode's MSE(x_hat, x) and e2e+ds's downstream terms).
 Checks: n = 1, 7, 1000003, 8192·768 (partial blocks; the grid capped at 1024 blocks so threads
 loop), the loss accumulated onto a nonzero value, dA accumulated onto nonzero values, dA = NULL
 (forward only: the loss still accumulates), and a bit-identical rerun. Tolerances: loss 1e-5
 relative (fp32 block sums vs double); dA 1e-5 (fp32) or 1e-2 (bf16: inputs and the initial dA are
 bf16 on both sides, one output rounding remains). Exit code 1 on any mismatch.
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/mse.cuh"
 
@@ -57,13 +58,6 @@ int cpu_self_test() {
 
 // ----------------------------------------------------------------------------
 // GPU checks
-
-template <typename T>
-T* device_alloc(size_t n) {
-    T* d;
-    cudaCheck(cudaMalloc(&d, std::max(n, (size_t)1) * sizeof(T)));
-    return d;
-}
 
 template <typename floatX>
 int check_mse(size_t n, float tol) {
@@ -113,7 +107,7 @@ int run_checks(float tol) {
 }
 
 template <typename floatX>
-void run_benchmarks() {
+void time_mse() {
     const size_t n = (size_t)8192 * 768, X = sizeof(floatX);
     floatX *d_a = device_alloc<floatX>(n), *d_b = device_alloc<floatX>(n), *d_dA = device_alloc<floatX>(n);
     float* d_loss = device_alloc<float>(1);
@@ -121,30 +115,27 @@ void run_benchmarks() {
     fill_random(d_b, n, 2, -2.0f, 2.0f);
     cudaCheck(cudaMemset(d_dA, 0, n * X));
     cudaCheck(cudaMemset(d_loss, 0, sizeof(float)));
-    auto report = [&](const char* what, float ms, double bytes) {
-        printf("  %s %-24s %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", type_name<floatX>(), what, ms, bytes / (ms / 1e3) / 1e9,
-               100.0 * bytes / (ms / 1e3) / 3.0e12);
-    };
+    char what[64];
     float ms = benchmark_kernel(3, 20, [&] { mse_forward_backward(d_loss, d_dA, d_a, d_b, n, 1e-7f, 0); });
-    report("mse fwd+bwd", ms, 4.0 * n * X);  // read a, b, dA; write dA
+    snprintf(what, sizeof(what), "%s mse fwd+bwd", type_name<floatX>());
+    report_bandwidth(what, ms, 4.0 * n * X);  // read a, b, dA; write dA
     ms = benchmark_kernel(3, 20, [&] { mse_forward_backward(d_loss, (floatX*)nullptr, d_a, d_b, n, 1e-7f, 0); });
-    report("mse fwd only", ms, 2.0 * n * X);
+    snprintf(what, sizeof(what), "%s mse fwd only", type_name<floatX>());
+    report_bandwidth(what, ms, 2.0 * n * X);
     cudaCheck(cudaFree(d_a)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_dA)); cudaCheck(cudaFree(d_loss));
 }
 
-int main(int argc, char** argv) {
-    const bool cpu_only = argc > 1 && strcmp(argv[1], "cpu") == 0;
-    printf("CPU self-test:\n");
-    int failures = cpu_self_test();
-    if (!cpu_only) {
-        printf("fp32:\n");
-        failures += run_checks<float>(1e-5f);
-        printf("bf16:\n");
-        failures += run_checks<bf16>(1e-2f);
-        printf("timing, n = 8192*768:\n");
-        run_benchmarks<float>();
-        run_benchmarks<bf16>();
-    }
-    printf("mse: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+int gpu_checks(int) {
+    printf("fp32:\n");
+    int failures = run_checks<float>(1e-5f);
+    printf("bf16:\n");
+    return failures + run_checks<bf16>(1e-2f);
 }
+
+void timing(int) {
+    printf("timing, n = 8192*768 (median of 20):\n");
+    time_mse<float>();
+    time_mse<bf16>();
+}
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "mse", 1, cpu_self_test, gpu_checks, timing); }

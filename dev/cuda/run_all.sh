@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Runs every bench in dev/cuda (each NAME.cu here, built as ./NAME by `make`) one after another,
-# shows its full output, then prints one PASS/FAIL line per bench. Exit code 1 if any bench
-# failed, timed out or was not built.
-#   cd dev/cuda && make && ./run_all.sh [LOG_DIR]
-# LOG_DIR (default ./logs) receives NAME.log for each bench; TIMEOUT (seconds per bench, default
-# 300) bounds a hung kernel. Binaries are git-ignored: build them before copying this folder.
+# Runs every bench in dev/cuda (each NAME.cu here, built as ./NAME by `make`) one after another
+# with the same argument, shows its full output, then prints one PASS/FAIL line per bench.
+# Exit code 1 if any bench failed, timed out or was not built.
+#   cd dev/cuda && make && ./run_all.sh [check|cpu]
+# The argument is the benches' own (dev/cuda/common.h): none runs each bench in full (CPU
+# self-test, GPU checks, timing), check leaves out the timing, cpu runs only the CPU self-tests
+# (no GPU needed). LOG_DIR (default ./logs) receives NAME.log for each bench; TIMEOUT (seconds
+# per bench, default 300) bounds a hung kernel. Binaries are git-ignored: build them before
+# copying this folder.
 set -u
 cd "$(dirname "$0")"
-log_dir="${1:-logs}"
+mode="${1:-}"
+case "$mode" in
+    ""|check|cpu) ;;
+    *) echo "usage: ./run_all.sh [check|cpu]" >&2; exit 2 ;;
+esac
+log_dir="${LOG_DIR:-logs}"
 timeout_s="${TIMEOUT:-300}"
 mkdir -p "$log_dir"
 summary=()
@@ -20,9 +28,9 @@ for src in *.cu; do
         failed=1
         continue
     fi
-    echo "=== $name"
+    echo "=== $name $mode"
     start=$(date +%s.%N)
-    timeout "$timeout_s" "./$name" 2>&1 | tee "$log_dir/$name.log"
+    timeout "$timeout_s" "./$name" $mode 2>&1 | tee "$log_dir/$name.log"
     rc=${PIPESTATUS[0]}
     secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
     if [ "$rc" -eq 0 ]; then

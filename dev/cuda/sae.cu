@@ -1,18 +1,34 @@
 /*
-SAE kernels around the matmuls, llmc/sae.cuh: decoder normalisation forward and backward, the
-L1 + ReLU backward, bias-gradient column sums, and the sparsity / L0 / fired statistics. CPU
-references in plain loops (double inside), checks of every kernel on poisoned outputs, timing at
-the paper's shape (N = 8192 tokens, C = 768, D = 46080).
+SAE kernels, llmc/sae.cuh: decoder normalisation forward and backward, the L1 + ReLU backward,
+bias-gradient column sums, and the sparsity / L0 / fired statistics; and the encoder forward
+c (N,D) = relu(x (N,C) · W_enc (C,D) + b_enc (D)) in the layout sae.cuh documents (W_enc
+row-major (C,D) used without a transpose: in cuBLAS's column-major terms cᵀ = W_enc_cm · xᵀ with
+m = D, n = N, k = C, lda = D, ldb = C, ldc = D). CPU references in plain loops (double inside),
+checks of every kernel on poisoned outputs, timing at the paper's shape (N = 8192 tokens,
+C = 768, D = 46080).
 
-Build and run:
-  cd dev/cuda && make sae_decoder
-  ./sae_decoder          CPU self-test, then every GPU check (fp32 and bf16), then timings
-  ./sae_decoder cpu      CPU self-test only (runs without a GPU): finite-difference checks of
-                         the normalisation backward and the L1 + ReLU backward references
-Variants (L1 + ReLU backward only; the other kernels have one version, the llmc one):
-  1  llmc: one element per thread per grid-stride step, scalar loads
+Build and run (the command line of every bench, dev/cuda/common.h):
+  cd dev/cuda && make sae
+  ./sae [check|cpu|N]   no argument: everything; check: CPU self-test and every GPU check (fp32
+                        and bf16); cpu: CPU self-test only (no GPU): finite-difference checks of
+                        the normalisation backward and the L1 + ReLU backward references, and the
+                        encoder reference on a hand example; N: check and time variant N alone
+                        (the kernels with one version run without N)
+Variants, of two kernels (the others have one version each, the llmc one, shipped in fp32 and
+bf16):
+  L1 + ReLU backward
+  1  llmc (sae_l1_relu_backward): one element per thread per grid-stride step, scalar loads
   2  one 16-byte pack (4 fp32 / 8 bf16) per thread per step, scalar tail; needs 16-byte
      aligned pointers (falls back to 1 otherwise); fewer, wider memory instructions
+  encoder forward
+  3  cublasGemmEx writes x·W_enc into c, then bias and ReLU as two separate passes
+     (add_bias_relu_inplace without ReLU, then a ReLU kernel)
+  4  cublasGemmEx, then bias + ReLU fused in one pass (add_bias_relu_inplace with relu)
+  5  the trainer's call: matmul_cublaslt(c, x, W_enc, b_enc, N, D, C, no transposes, RELU_BIAS)
+     with b_enc cast to floatX (run on the 16-byte aligned shapes only: cuBLASLt may have no
+     algorithm for odd row strides, and this bench should not die on that)
+The trainer ships variant 1 and variant 5, in fp32 and bf16; 3 and 4 time what the epilogue
+saves (the fp32 bias added to a plain matmul's output by extra passes over c).
 Checks, each shape chosen to leave partial warps / blocks / packs:
   normalise  (D,C) = (1,1) (37,100) (1000,768) (46080,768), one all-zero row and one row of
              norm 1e-13 < eps in each (the clamp branch); backward out of place and in place
@@ -21,13 +37,19 @@ Checks, each shape chosen to leave partial warps / blocks / packs:
              overwrite and accumulate, and bit-identical on a second run
   stats      (N,D) = (1,1) (3,1000) (37,4099) (256,46080) (8192,46080): l1 and l0 accumulated
              onto nonzero values, fired flags OR-ed onto preset ones, alive count
+  encoder    (N,C,D) = (37,100,1000) (5,768,4099) (variants 3, 4) and (64,768,4096) (all) in full,
+             (8192,768,46080) on 8 rows (all); c poisoned first
 Tolerances: fp32 outputs 1e-5 relative (reference in double; the GPU sums in fp32 in another
 order); bf16 outputs 1e-2 (inputs are bf16 on both sides, so one output rounding of 2^-9
-remains); counts and flags exact. Exit code 1 on any mismatch.
+remains); counts and flags exact. Encoder, per element: rtol · (Σ_k |x_k W_kj| + |b_j|) with
+rtol 1e-5 (fp32: cuBLAS in true fp32 sums in another order than the double reference) or 8e-3
+(bf16: the matmul output and the biased value are each rounded to bf16, 2^-9 relative each).
+Exit code 1 on any mismatch.
 */
-#include <string.h>
+#include <cublas_v2.h>
 #include "common.h"
 #include "../../llmc/sae.cuh"
+#include "../../llmc/matmul.cuh"
 
 // ----------------------------------------------------------------------------
 // CPU references
@@ -79,8 +101,24 @@ void sae_sparsity_l0_cpu(double* l1, double* l0, unsigned int* fired, const floa
         }
 }
 
+// the encoder forward for one token: c (D), and the magnitude Σ_k |x_k W_kj| + |b_j| for the
+// tolerance
+void sae_encoder_forward_row_cpu(float* c, float* mag, const float* x, const float* W_enc, const float* b_enc, int C, int D) {
+    std::vector<double> acc(D, 0.0), abs_acc(D, 0.0);
+    for (int k = 0; k < C; k++) {  // rows of W_enc outer: streams through it
+        const float* w = W_enc + (size_t)k * D;
+        for (int j = 0; j < D; j++) { acc[j] += (double)x[k] * w[j]; abs_acc[j] += fabs((double)x[k] * w[j]); }
+    }
+    for (int j = 0; j < D; j++) {
+        double pre = acc[j] + b_enc[j];
+        c[j] = (float)(pre > 0.0 ? pre : 0.0);
+        mag[j] = (float)(abs_acc[j] + fabs(b_enc[j]));
+    }
+}
+
 // ----------------------------------------------------------------------------
-// CPU self-test: the backward references against central finite differences in double
+// CPU self-test: the backward references against central finite differences in double, and the
+// encoder reference on a hand example
 
 // L(w) = Σ_i r_i · y_i(w), y = w / max(||w||, eps); dL/dw is the normalisation backward of dy = r
 static double normalize_loss(const double* w, const float* r, int C) {
@@ -91,7 +129,7 @@ static double normalize_loss(const double* w, const float* r, int C) {
     return L;
 }
 
-int cpu_self_test() {
+int decoder_cpu_self_test() {
     int failures = 0;
     const int C = 13;
     // rows: ordinary, tiny (norm 4e-14 < eps: the clamp branch), all zero
@@ -136,6 +174,22 @@ int cpu_self_test() {
     return failures;
 }
 
+int encoder_cpu_self_test() {
+    // tiny example by hand: x = (1, 2), W = [[1, -1, 0], [0.5, 0.25, -1]], b = (0, 0.25, 1)
+    const float x[2] = {1, 2}, W[6] = {1, -1, 0, 0.5f, 0.25f, -1}, b[3] = {0, 0.25f, 1};
+    float c[3], mag[3];
+    sae_encoder_forward_row_cpu(c, mag, x, W, b, 2, 3);
+    const float expect[3] = {2.0f, 0.0f, 0.0f};  // (1+1+0, relu(-1+0.5+0.25), relu(0-2+1))
+    bool ok = memcmp(c, expect, sizeof(c)) == 0;
+    printf("  cpu encoder reference on a hand example: %s\n", ok ? "ok" : "FAIL");
+    return !ok;
+}
+
+int cpu_self_test() {
+    int failures = decoder_cpu_self_test();
+    return failures + encoder_cpu_self_test();
+}
+
 // ----------------------------------------------------------------------------
 // variant 2 of the L1 + ReLU backward
 
@@ -172,14 +226,70 @@ void l1_relu_variant(int variant, floatX* dpre, const floatX* dc, const floatX* 
 }
 
 // ----------------------------------------------------------------------------
-// GPU checks
+// encoder forward: the plain matmul and the passes of variants 3 and 4
 
-template <typename T>
-T* device_alloc(size_t n) {
-    T* d;
-    cudaCheck(cudaMalloc(&d, std::max(n, (size_t)1) * sizeof(T)));
-    return d;
+cublasHandle_t cublas_handle;
+
+// c (N,D) = x (N,C) · W_enc (C,D), row-major; fp32 accumulation (true fp32 for fp32 operands)
+template <typename floatX>
+void encoder_matmul(floatX* c, const floatX* x, const floatX* W_enc, int N, int C, int D) {
+    const float alpha = 1.0f, beta = 0.0f;
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    cublasCheck(cublasGemmEx(cublas_handle, CUBLAS_OP_N, CUBLAS_OP_N, D, N, C, &alpha, W_enc, t, D, x, t, C, &beta, c, t, D,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
+
+// out (N,OC) = [relu](out + bias) in place, bias fp32 (OC): the fp32 master bias added to a matmul's
+// output in a separate pass (what the RELU_BIAS epilogue of variant 5 saves). One pass over (N,OC).
+template <typename floatX>
+__global__ void add_bias_relu_inplace_kernel(floatX* out, const float* bias, size_t n, int OC, bool relu) {
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float v = to_float(out[i]) + bias[i % OC];
+        out[i] = from_float<floatX>(relu && v < 0.0f ? 0.0f : v);  // a NaN stays NaN, as in torch.relu
+    }
+}
+
+template <typename floatX>
+void add_bias_relu_inplace(floatX* out, const float* bias, int N, int OC, bool relu) {
+    const size_t n = (size_t)N * OC;
+    if (n == 0) return;
+    const int block_size = 512;
+    const size_t grid = std::min(ceil_div(n, (size_t)block_size), (size_t)(1 << 20));
+    add_bias_relu_inplace_kernel<<<(unsigned)grid, block_size>>>(out, bias, n, OC, relu);
+    cudaLaunchCheck();
+}
+
+template <typename floatX>
+__global__ void relu_inplace_kernel(floatX* out, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float v = to_float(out[i]);
+        out[i] = from_float<floatX>(v < 0.0f ? 0.0f : v);
+    }
+}
+
+// the trainer's encoder: one cuBLASLt call, bias (D) of the output's type, ReLU in the epilogue
+template <typename floatX>
+void encoder_cublaslt(floatX* c, const floatX* x, const floatX* W_enc, const floatX* b_enc_x, int N, int C, int D) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    matmul_cublaslt(c, x, W_enc, b_enc_x, N, D, C, false, false, t, t, false, CUBLASLT_EPILOGUE_RELU_BIAS, nullptr, 0);
+}
+
+// variant 3: bias, then ReLU, two passes; variant 4: both in one pass
+template <typename floatX>
+void bias_relu_variant(int variant, floatX* c, const float* b_enc, int N, int D) {
+    if (variant == 3) {
+        add_bias_relu_inplace(c, b_enc, N, D, false);
+        const size_t n = (size_t)N * D;
+        relu_inplace_kernel<<<(unsigned)std::min(ceil_div(n, (size_t)512), (size_t)(1 << 20)), 512>>>(c, n);
+        cudaLaunchCheck();
+    } else {
+        add_bias_relu_inplace(c, b_enc, N, D, true);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// GPU checks
 
 template <typename floatX>
 int check_normalize(int D, int C, float tol) {
@@ -205,7 +315,7 @@ int check_normalize(int D, int C, float tol) {
     snprintf(name, sizeof(name), "normalize D=%d C=%d", D, C);
     failures += !check_result(d_norm, ref_norm.data(), name, n, tol);
     snprintf(name, sizeof(name), "inv_norm D=%d C=%d", D, C);
-    failures += !check_result_atol(d_inv, ref_inv.data(), name, D, 1e-5f, 0.0f);
+    failures += !check_close(d_inv, ref_inv.data(), name, D, 1e-5f, 0.0f);
     // backward is fp32 whatever floatX is. dy − y(y·dy) can cancel, so each element may be off
     // by a few ulp of the row's max|dy|/norm (1e-6 of it allowed) on top of 1e-5 relative
     std::vector<float> row_scale(D);
@@ -400,14 +510,22 @@ int check_l1_relu_sampled(int variant, int N, int D, float tol) {
 // big: also the full paper-shape checks (host regeneration of 377M elements; done for bf16,
 // the training type, to keep the run short)
 template <typename floatX>
-int run_checks(float tol, bool big) {
+int run_checks(int only, float tol, bool big) {
     int failures = 0;
-    const int norm_shapes[][2] = {{1, 1}, {37, 100}, {1000, 768}, {46080, 768}};
-    for (auto& s : norm_shapes) failures += check_normalize<floatX>(s[0], s[1], tol);
+    if (!only) {
+        const int norm_shapes[][2] = {{1, 1}, {37, 100}, {1000, 768}, {46080, 768}};
+        for (auto& s : norm_shapes) failures += check_normalize<floatX>(s[0], s[1], tol);
+    }
     const int nd_shapes[][2] = {{1, 1}, {3, 1000}, {37, 4099}, {256, 46080}};
-    for (int variant = 1; variant <= 2; variant++)
+    for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
         for (auto& s : nd_shapes) failures += check_l1_relu<floatX>(variant, s[0], s[1], tol);
-    for (int variant = 1; variant <= 2; variant++) failures += check_l1_relu_sampled<floatX>(variant, 8192, 46080, tol);
+    }
+    for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
+        failures += check_l1_relu_sampled<floatX>(variant, 8192, 46080, tol);
+    }
+    if (only) return failures;
     const int colsum_shapes[][2] = {{1, 1}, {7, 33}, {37, 4099}, {1000, 768}, {256, 46080}, {8192, 768}};
     for (auto& s : colsum_shapes) failures += check_colsum<floatX>(s[0], s[1], 1e-5f);  // fp32 sums whatever floatX
     if (big) failures += check_colsum<floatX>(8192, 46080, 1e-5f);
@@ -417,12 +535,97 @@ int run_checks(float tol, bool big) {
     return failures;
 }
 
-// ----------------------------------------------------------------------------
-// timing at the paper shape; GB/s counts each input read once and each output written once,
-// against ~3.0 TB/s (H100 device-to-device copy, bytes read + written)
+// the encoder forward, variants 3 to 5
 
 template <typename floatX>
-void run_benchmarks() {
+int check_encoder(int variant, int N, int C, int D, int sample_rows, float rtol) {
+    const float w_range = 1.0f / sqrtf((float)C);  // nn.Linear's init range, as the SAE's
+    floatX* d_x = device_alloc<floatX>((size_t)N * C);
+    floatX* d_W = device_alloc<floatX>((size_t)C * D);
+    float* d_b = device_alloc<float>(D);
+    floatX* d_c = device_alloc<floatX>((size_t)N * D);
+    fill_random(d_x, (size_t)N * C, 701, -2.0f, 2.0f);
+    fill_random(d_W, (size_t)C * D, 702, -w_range, w_range);
+    fill_random(d_b, (size_t)D, 703, -w_range, w_range);
+    poison(d_c, (size_t)N * D * sizeof(floatX));
+    floatX* d_b_x = device_alloc<floatX>(D);  // variant 5's bias, in the output's type
+    fill_random(d_b_x, (size_t)D, 703, -w_range, w_range);
+    if (variant == 5) {
+        encoder_cublaslt(d_c, d_x, d_W, d_b_x, N, C, D);
+    } else {
+        encoder_matmul(d_c, d_x, d_W, N, C, D);
+        bias_relu_variant(variant, d_c, d_b, N, D);
+    }
+
+    std::vector<float> W = host_random_array<floatX>((size_t)C * D, 702, -w_range, w_range);
+    std::vector<float> b = variant == 5 ? host_random_array<floatX>(D, 703, -w_range, w_range)
+                                        : host_random_array<float>(D, 703, -w_range, w_range);
+    std::vector<float> x(C), c_ref(D), mag(D);
+    const int rows = sample_rows > 0 ? sample_rows : N;
+    size_t bad = 0, positive = 0;
+    double max_err = 0.0;
+    for (int r = 0; r < rows; r++) {
+        const int row = sample_rows > 0 ? (r == rows - 1 ? N - 1 : (int)((long long)r * N / rows)) : r;
+        for (int k = 0; k < C; k++) x[k] = host_random<floatX>((size_t)row * C + k, 701, -2.0f, 2.0f);
+        sae_encoder_forward_row_cpu(c_ref.data(), mag.data(), x.data(), W.data(), b.data(), C, D);
+        std::vector<float> c = from_device(d_c + (size_t)row * D, D);
+        for (int j = 0; j < D; j++) {
+            double err = fabs(c[j] - c_ref[j]);
+            max_err = fmax(max_err, err);
+            positive += c_ref[j] > 0.0f;
+            if (!(err <= rtol * mag[j])) {
+                if (bad < 5) printf("  mismatch row %d col %d: gpu %.8g cpu %.8g (magnitude %.3g)\n", row, j, c[j], c_ref[j], mag[j]);
+                bad++;
+            }
+        }
+    }
+    printf("  encoder v%d N=%d C=%d D=%d (%d rows, %.0f%% of c > 0): max abs err %.2e %s\n", variant, N, C, D, rows,
+           100.0 * positive / ((double)rows * D), max_err, bad ? "FAIL" : "ok");
+    cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_b_x));
+    return bad > 0;
+}
+
+template <typename floatX>
+int run_encoder_checks(int only, float rtol) {
+    int failures = 0;
+    for (int variant = 3; variant <= 5; variant++) {
+        if (only && variant != only) continue;
+        if (variant != 5) {
+            failures += check_encoder<floatX>(variant, 37, 100, 1000, 0, rtol);
+            failures += check_encoder<floatX>(variant, 5, 768, 4099, 0, rtol);
+        }
+        failures += check_encoder<floatX>(variant, 64, 768, 4096, 0, rtol);
+        failures += check_encoder<floatX>(variant, 8192, 768, 46080, 8, rtol);
+    }
+    return failures;
+}
+
+int gpu_checks(int only) {
+    int failures = 0;
+    if (!only || only <= 2) {
+        printf("fp32:\n");
+        failures += run_checks<float>(only, 1e-5f, false);
+        printf("bf16:\n");
+        failures += run_checks<bf16>(only, 1e-2f, true);
+    }
+    if (!only || only >= 3) {
+        cublasCheck(cublasCreate(&cublas_handle));
+        matmul_init();
+        printf("encoder, fp32:\n");
+        failures += run_encoder_checks<float>(only, 1e-5f);
+        printf("encoder, bf16:\n");
+        failures += run_encoder_checks<bf16>(only, 8e-3f);
+        cublasCheck(cublasDestroy(cublas_handle));
+        matmul_destroy();
+    }
+    return failures;
+}
+
+// ----------------------------------------------------------------------------
+// timing at the paper shape; GB/s counts each input read once and each output written once
+
+template <typename floatX>
+void time_kernels(int only) {
     const int N = 8192, C = 768, D = 46080;
     const size_t nd = (size_t)N * D, dc_ = (size_t)D * C;
     const size_t X = sizeof(floatX);
@@ -439,45 +642,90 @@ void run_benchmarks() {
     fill_random(d_dW, dc_, 64, -1.0f, 1.0f);
     cudaCheck(cudaMemset(d_fired, 0, D * sizeof(unsigned int)));
     cudaCheck(cudaMemset(d_sums, 0, 2 * sizeof(float)));
-    auto report = [](const char* what, float ms, double bytes) {
-        printf("  %-34s %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", what, ms, bytes / (ms / 1e3) / 1e9, 100.0 * bytes / (ms / 1e3) / 3.0e12);
-    };
+    const char* tn = type_name<floatX>();
+    char what[64];
     float ms;
-    ms = benchmark_kernel(3, 20, [&] { sae_decoder_normalize(d_W_norm, d_inv, d_W, D, C, 0); });
-    report("normalize fwd (D,C)", ms, dc_ * (4.0 + X) + D * 4.0);
-    ms = benchmark_kernel(3, 20, [&] { sae_decoder_normalize_backward(d_dW_out, d_dW, d_W, d_inv, D, C, 0); });
-    report("normalize bwd (D,C)", ms, dc_ * 12.0 + D * 4.0);
-    for (int variant = 1; variant <= 2; variant++) {
-        char what[64];
-        snprintf(what, sizeof(what), "l1+relu bwd v%d (N,D)", variant);
-        ms = benchmark_kernel(3, 20, [&] { l1_relu_variant(variant, d_dpre, d_dc, d_c, L1_SCALE, N, D); });
-        report(what, ms, nd * 3.0 * X);
+    if (!only) {
+        ms = benchmark_kernel(3, 20, [&] { sae_decoder_normalize(d_W_norm, d_inv, d_W, D, C, 0); });
+        snprintf(what, sizeof(what), "%s normalize fwd (D,C)", tn);
+        report_bandwidth(what, ms, dc_ * (4.0 + X) + D * 4.0);
+        ms = benchmark_kernel(3, 20, [&] { sae_decoder_normalize_backward(d_dW_out, d_dW, d_W, d_inv, D, C, 0); });
+        snprintf(what, sizeof(what), "%s normalize bwd (D,C)", tn);
+        report_bandwidth(what, ms, dc_ * 12.0 + D * 4.0);
     }
-    ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, D, false, 0); });
-    report("colsum db_enc (N,D)", ms, nd * (double)X + D * 4.0);
-    ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, C, false, 0); });
-    report("colsum db_dec (N,C)", ms, (double)N * C * X + C * 4.0);
-    ms = benchmark_kernel(3, 20, [&] { sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0); });
-    report("sparsity/l0/fired (N,D)", ms, nd * (double)X + D * 4.0);
+    for (int variant = 1; variant <= 2; variant++) {
+        if (only && variant != only) continue;
+        snprintf(what, sizeof(what), "%s l1+relu bwd v%d (N,D)", tn, variant);
+        ms = benchmark_kernel(3, 20, [&] { l1_relu_variant(variant, d_dpre, d_dc, d_c, L1_SCALE, N, D); });
+        report_bandwidth(what, ms, nd * 3.0 * X);
+    }
+    if (!only) {
+        ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, D, false, 0); });
+        snprintf(what, sizeof(what), "%s colsum db_enc (N,D)", tn);
+        report_bandwidth(what, ms, nd * (double)X + D * 4.0);
+        ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, C, false, 0); });
+        snprintf(what, sizeof(what), "%s colsum db_dec (N,C)", tn);
+        report_bandwidth(what, ms, (double)N * C * X + C * 4.0);
+        ms = benchmark_kernel(3, 20, [&] { sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0); });
+        snprintf(what, sizeof(what), "%s sparsity/l0/fired (N,D)", tn);
+        report_bandwidth(what, ms, nd * (double)X + D * 4.0);
+    }
     cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_dc)); cudaCheck(cudaFree(d_dpre)); cudaCheck(cudaFree(d_W_norm));
     cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_dW)); cudaCheck(cudaFree(d_dW_out)); cudaCheck(cudaFree(d_inv)); cudaCheck(cudaFree(d_bias));
     cudaCheck(cudaFree(d_sums)); cudaCheck(cudaFree(d_fired));
 }
 
-int main(int argc, char** argv) {
-    const bool cpu_only = argc > 1 && strcmp(argv[1], "cpu") == 0;
-    printf("CPU self-test:\n");
-    int failures = cpu_self_test();
-    if (!cpu_only) {
-        printf("fp32:\n");
-        failures += run_checks<float>(1e-5f, false);
-        printf("bf16:\n");
-        failures += run_checks<bf16>(1e-2f, true);
-        printf("timing, N=8192 C=768 D=46080, fp32:\n");
-        run_benchmarks<float>();
-        printf("timing, bf16:\n");
-        run_benchmarks<bf16>();
+// the encoder: the matmul in TFLOP/s, the extra passes of variants 3 and 4 in GB/s
+
+template <typename floatX>
+void time_encoder(int only) {
+    const int N = 8192, C = 768, D = 46080;
+    const size_t X = sizeof(floatX), nd = (size_t)N * D;
+    floatX* d_x = device_alloc<floatX>((size_t)N * C);
+    floatX* d_W = device_alloc<floatX>((size_t)C * D);
+    float* d_b = device_alloc<float>(D);
+    floatX* d_b_x = device_alloc<floatX>(D);
+    floatX* d_c = device_alloc<floatX>(nd);
+    fill_random(d_x, (size_t)N * C, 1, -2.0f, 2.0f);
+    fill_random(d_W, (size_t)C * D, 2, -0.036f, 0.036f);
+    fill_random(d_b, (size_t)D, 3, -0.036f, 0.036f);
+    fill_random(d_b_x, (size_t)D, 3, -0.036f, 0.036f);
+    const double tflop = 2.0 * N * C * D / 1e12;
+    float ms;
+    if (!only || only == 3 || only == 4) {  // the matmul the extra passes follow
+        ms = benchmark_kernel(2, 10, [&] { encoder_matmul(d_c, d_x, d_W, N, C, D); });
+        printf("  %s cublasGemmEx x·W_enc        %8.3f ms  %7.1f TFLOP/s\n", type_name<floatX>(), ms, tflop / (ms / 1e3));
     }
-    printf("sae_decoder: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+    for (int variant = 3; variant <= 4; variant++) {
+        if (only && variant != only) continue;
+        char what[64];
+        snprintf(what, sizeof(what), "%s bias+relu v%d (%s)", type_name<floatX>(), variant, variant == 3 ? "two passes" : "one pass");
+        ms = benchmark_kernel(3, 20, [&] { bias_relu_variant(variant, d_c, d_b, N, D); });
+        report_bandwidth(what, ms, (variant == 3 ? 4.0 : 2.0) * nd * X);  // each pass reads and writes c
+    }
+    if (!only || only == 5) {
+        ms = benchmark_kernel(2, 10, [&] { encoder_cublaslt(d_c, d_x, d_W, d_b_x, N, C, D); });
+        printf("  %s v5 cuBLASLt RELU_BIAS       %8.3f ms  %7.1f TFLOP/s (matmul + bias + relu)\n", type_name<floatX>(), ms,
+               tflop / (ms / 1e3));
+    }
+    cudaCheck(cudaFree(d_x)); cudaCheck(cudaFree(d_W)); cudaCheck(cudaFree(d_b)); cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_b_x));
 }
+
+void timing(int only) {
+    if (!only || only <= 2) {
+        printf("timing, N=8192 C=768 D=46080 (median of 20):\n");
+        time_kernels<float>(only);
+        time_kernels<bf16>(only);
+    }
+    if (!only || only >= 3) {
+        cublasCheck(cublasCreate(&cublas_handle));
+        matmul_init();
+        printf("timing, encoder forward, N=8192 C=768 D=46080:\n");
+        time_encoder<float>(only);
+        time_encoder<bf16>(only);
+        cublasCheck(cublasDestroy(cublas_handle));
+        matmul_destroy();
+    }
+}
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "sae", 5, cpu_self_test, gpu_checks, timing); }

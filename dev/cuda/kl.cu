@@ -3,19 +3,23 @@ Logit-level kernels, llmc/kl.cuh: KL(clean ‖ spliced) forward + backward fused
 over the spliced logits), cross-entropy per row, top-1 agreement. CPU references in double,
 checks on poisoned outputs, timing at the paper's shape (N = 8192 rows, V = 50257, Vp = 50304).
 
-Build and run:
-  cd dev/cuda && make kl_fused
-  ./kl_fused           CPU self-test, every GPU check (fp32 and bf16), then timings
-  ./kl_fused cpu       CPU self-test only (no GPU needed): the KL gradient reference against
-                       finite differences, the KL / CE references against direct formulas, and
-                       the kernels' block-reduction order (online softmax merge, argmax ties)
-                       replayed on the CPU with llmc's own merge functions
-KL variants (one block of 1024 threads per row in all three):
+Build and run (the command line of every bench, dev/cuda/common.h):
+  cd dev/cuda && make kl
+  ./kl [check|cpu|N]   no argument: everything; check: CPU self-test and every GPU check (fp32
+                       and bf16); cpu: CPU self-test only (no GPU): the KL gradient reference
+                       against finite differences, the KL / CE references against direct
+                       formulas, and the kernels' block-reduction order (online softmax merge,
+                       argmax ties) replayed on the CPU with llmc's own merge functions; N: check
+                       and time KL variant N (CE and argmax, one version each, run without N)
+KL variants (one block of LOGITS_BLOCK_SIZE = 1024 threads per row in all three):
   1  three passes over the row: max, then Σ exp(x − max), then KL and gradient (3 reads)
   2  online (max, Σ exp) in one pass, then KL and gradient (2 reads); llmc's scalar fallback
-  3  llmc (kl_fused_forward_backward): as 2 with 16-byte packs (8 bf16 / 4 fp32 per load); needs
+  3  llmc (kl_forward_backward): as 2 with 16-byte packs (8 bf16 / 4 fp32 per load); needs
      Vp a multiple of the pack and 16-byte aligned rows (falls back to 2 otherwise); the pad
      columns ride along in the packs
+The trainer ships KL variant 3 in fp32 and bf16 (its Vp is a multiple of 128 and its buffers are
+256-byte aligned, so the fallback to variant 2 never happens there), and the one ce_forward and
+argmax_agree.
 Checks: (N,V,Vp) = (3,1,8) (5,100,128) (V < threads per block) (7,1000,1000) (no padding)
 (2,999,1001) (odd row stride: variant 3 falls back to 2) (64,50257,50304); the pad columns of every input are NaN, so reading them fails the
 check; logits either independent U(-10,10) per row (large KL) or spliced = clean + U(-0.05,0.05)
@@ -27,7 +31,6 @@ error in fp32; the reference is double); gradient 1e-5 (fp32) or 1e-2 (bf16 stor
 plus 1e-5·grad_scale·(p_s + p_c) absolute (each probability good to ~1e-5 relative); argmax
 counts exact. Exit code 1 on any mismatch.
 */
-#include <string.h>
 #include "common.h"
 #include "../../llmc/kl.cuh"
 
@@ -136,13 +139,13 @@ static int replay_self_test() {
     for (int V : Vs) {
         std::vector<float> z(V);
         for (int v = 0; v < V; v++) z[v] = rand_uniform() * 100.0f - 50.0f;
-        SoftmaxStats s = replay_block<SoftmaxStats>(V, KL_BLOCK_SIZE, softmax_stats_empty(),
+        SoftmaxStats s = replay_block<SoftmaxStats>(V, LOGITS_BLOCK_SIZE, softmax_stats_empty(),
             [&](SoftmaxStats& a, int v) { softmax_stats_add(a, z[v]); }, softmax_stats_merge);
         double lse = s.max + log((double)s.sum), lse_ref = logsumexp_cpu(z.data(), V);
         bool ok = fabs(lse - lse_ref) <= 1e-6 * fabs(lse_ref) + 1e-6;
         // argmax with ties: clamp so the maximum appears many times, the first must win
         for (int v = 0; v < V; v++) z[v] = fminf(z[v], 40.0f);
-        ArgMax a = replay_block<ArgMax>(V, KL_BLOCK_SIZE, ArgMax{-INFINITY, INT_MAX},
+        ArgMax a = replay_block<ArgMax>(V, LOGITS_BLOCK_SIZE, ArgMax{-INFINITY, INT_MAX},
             [&](ArgMax& b, int v) { b = argmax_merge(b, ArgMax{z[v], v}); }, argmax_merge);
         bool ok_arg = a.idx == argmax_cpu(z.data(), V);
         printf("  replayed block reduction V=%d: lse %.9g (cpu %.9g) %s, argmax %d (cpu %d) %s\n", V, lse, lse_ref,
@@ -248,25 +251,18 @@ __global__ void kl_fused_kernel1(float* kl_rows, floatX* logits_spliced, const f
 template <typename floatX>
 void kl_variant(int variant, float* kl_rows, floatX* zs, const floatX* zc, float grad_scale, int N, int V, int Vp) {
     if (variant == 1) {
-        kl_fused_kernel1<<<N, KL_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
+        kl_fused_kernel1<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
         cudaLaunchCheck();
     } else if (variant == 2) {
-        kl_fused_forward_backward_scalar_kernel<<<N, KL_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
+        kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
         cudaLaunchCheck();
     } else {
-        kl_fused_forward_backward(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
+        kl_forward_backward(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
     }
 }
 
 // ----------------------------------------------------------------------------
 // GPU checks
-
-template <typename T>
-T* device_alloc(size_t n) {
-    T* d;
-    cudaCheck(cudaMalloc(&d, std::max(n, (size_t)1) * sizeof(T)));
-    return d;
-}
 
 const float GRAD_SCALE = 1.0f / (8192.0f * 2.0f);  // kl_coeff / (N · grad_accum) at the defaults
 
@@ -358,7 +354,7 @@ int check_ce_argmax(int N, int V, int Vp) {
     }
     char name[96];
     snprintf(name, sizeof(name), "ce N=%d V=%d Vp=%d", N, V, Vp);
-    failures += !check_result_atol(d_ce, ce_ref.data(), name, N, 1e-5f, 5e-6f);
+    failures += !check_close(d_ce, ce_ref.data(), name, N, 1e-5f, 5e-6f);
 
     // argmax agreement: b equals a on even rows, independent on odd rows; unclamped and clamped
     for (int clamped = 0; clamped <= 1; clamped++) {
@@ -411,26 +407,35 @@ int check_argmax_first_index(int V, int Vp) {
 }
 
 template <typename floatX>
-int run_checks(float grad_rtol) {
+int run_checks(int only, float grad_rtol) {
     int failures = 0;
     const int shapes[][3] = {{3, 1, 8}, {5, 100, 128}, {7, 1000, 1000}, {2, 999, 1001}, {64, 50257, 50304}};
     for (int variant = 1; variant <= 3; variant++) {
+        if (only && variant != only) continue;
         for (auto& s : shapes)
             for (int close = 0; close <= 1; close++) failures += check_kl<floatX>(variant, s[0], s[1], s[2], close, false, grad_rtol);
         failures += check_kl<floatX>(variant, 8192, 50257, 50304, true, true, grad_rtol);
     }
+    if (only) return failures;
     for (auto& s : shapes) failures += check_ce_argmax<floatX>(s[0], s[1], s[2]);
     failures += check_argmax_first_index<floatX>(50257, 50304);
     failures += check_argmax_first_index<floatX>(40, 40);
     return failures;
 }
 
+int gpu_checks(int only) {
+    printf("fp32:\n");
+    int failures = run_checks<float>(only, 1e-5f);
+    printf("bf16:\n");
+    return failures + run_checks<bf16>(only, 1e-2f);
+}
+
 // ----------------------------------------------------------------------------
 // timing at the paper shape; GB/s counts each row read once and the gradient written once
-// (the kernels read each row twice: the second read is meant to come from L2), against ~3.0 TB/s
+// (the kernels read each row twice: the second read is meant to come from L2)
 
 template <typename floatX>
-void run_benchmarks() {
+void time_kernels(int only) {
     const int N = 8192, V = 50257, Vp = 50304;
     const size_t n = (size_t)N * Vp, X = sizeof(floatX);
     floatX* d_zs = device_alloc<floatX>(n);
@@ -443,42 +448,35 @@ void run_benchmarks() {
     cudaCheck(cudaMemcpy(d_targets, targets.data(), N * sizeof(int), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemset(d_agree, 0, sizeof(int)));
     LogitSpec c_spec = {101, 0, 0.0f, INFINITY}, s_spec = {101, 102, 0.05f, INFINITY};
-    auto report = [](const char* what, float ms, double bytes) {
-        printf("  %-30s %8.3f ms  %7.0f GB/s  (%.0f%% of 3.0 TB/s)\n", what, ms, bytes / (ms / 1e3) / 1e9, 100.0 * bytes / (ms / 1e3) / 3.0e12);
-    };
     for (int variant = 1; variant <= 3; variant++) {
+        if (only && variant != only) continue;
         // the spliced logits are overwritten by the first call: later repeats read gradients,
         // which costs the same (same reads, writes and exps)
         fill_logits(d_zs, s_spec, N, V, Vp);
         fill_logits(d_zc, c_spec, N, V, Vp);
         char what[64];
-        snprintf(what, sizeof(what), "kl fused fwd+bwd v%d", variant);
+        snprintf(what, sizeof(what), "%s kl fused fwd+bwd v%d", type_name<floatX>(), variant);
         float ms = benchmark_kernel(2, 10, [&] { kl_variant(variant, d_rows, d_zs, d_zc, GRAD_SCALE, N, V, Vp); });
-        report(what, ms, 3.0 * n * X);
+        report_bandwidth(what, ms, 3.0 * n * X);
     }
-    fill_logits(d_zs, s_spec, N, V, Vp);
-    float ms = benchmark_kernel(2, 10, [&] { ce_forward(d_rows, d_zs, d_targets, N, V, Vp, 0); });
-    report("ce forward", ms, (double)n * X);
-    ms = benchmark_kernel(2, 10, [&] { argmax_agree(d_agree, d_zs, d_zc, N, V, Vp, 0); });
-    report("argmax agree", ms, 2.0 * n * X);
+    if (!only) {
+        char what[64];
+        fill_logits(d_zs, s_spec, N, V, Vp);
+        float ms = benchmark_kernel(2, 10, [&] { ce_forward(d_rows, d_zs, d_targets, N, V, Vp, 0); });
+        snprintf(what, sizeof(what), "%s ce forward", type_name<floatX>());
+        report_bandwidth(what, ms, (double)n * X);
+        ms = benchmark_kernel(2, 10, [&] { argmax_agree(d_agree, d_zs, d_zc, N, V, Vp, 0); });
+        snprintf(what, sizeof(what), "%s argmax agree", type_name<floatX>());
+        report_bandwidth(what, ms, 2.0 * n * X);
+    }
     cudaCheck(cudaFree(d_zs)); cudaCheck(cudaFree(d_zc)); cudaCheck(cudaFree(d_rows)); cudaCheck(cudaFree(d_targets));
     cudaCheck(cudaFree(d_agree));
 }
 
-int main(int argc, char** argv) {
-    const bool cpu_only = argc > 1 && strcmp(argv[1], "cpu") == 0;
-    printf("CPU self-test:\n");
-    int failures = cpu_self_test();
-    if (!cpu_only) {
-        printf("fp32:\n");
-        failures += run_checks<float>(1e-5f);
-        printf("bf16:\n");
-        failures += run_checks<bf16>(1e-2f);
-        printf("timing, N=8192 V=50257 Vp=50304, fp32:\n");
-        run_benchmarks<float>();
-        printf("timing, bf16:\n");
-        run_benchmarks<bf16>();
-    }
-    printf("kl_fused: %s (%d failed checks)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+void timing(int only) {
+    printf("timing, N=8192 V=50257 Vp=50304 (median of 10):\n");
+    time_kernels<float>(only);
+    time_kernels<bf16>(only);
 }
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "kl", 3, cpu_self_test, gpu_checks, timing); }

@@ -3,11 +3,13 @@ train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GP
 
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
 (default bf16) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
-functions in plain loops. Only the work e2e needs runs: blocks below the SAE layer once per
-batch for both branches, the clean branch above it without stored activations, the backward
-through the frozen blocks and LM head for activation gradients only, and no gradient for the
-SAE input. GPT-2 weights and activations are floatX (float or bf16) with fp32 accumulation;
-the SAE master weights, gradients and Adam state are always fp32.
+operations under the same names in plain loops, and the host side of a run (loading, loaders,
+saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
+e2e needs runs: blocks below the SAE layer once per batch for both branches, the clean branch
+above it without stored activations, the backward through the frozen blocks and LM head for
+activation gradients only, and no gradient for the SAE input. GPT-2 weights and activations are
+floatX (float or bf16) with fp32 accumulation; the SAE master weights, gradients and Adam state
+are always fp32.
 
 Build and run:
     make train_gpt2_sae
@@ -18,31 +20,30 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <string>
 #include <vector>
 #include <type_traits>
 #include <algorithm>
-#include "llmc/utils.h"          // defines: die, fopenCheck, mallocCheck
+#include "llmc/utils.h"          // defines: die, fopenCheck, mallocCheck, now_seconds, check_finite
 #include "llmc/gpt2_load.h"      // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"     // defines: DataLoader, dataloader_init/next_batch/get_rows
-#include "llmc/schedule.h"       // defines: lr_at_step
+#include "llmc/schedule.h"       // defines: lr_at_step, adamw_scalars, Schedule, keep_training, is_last, should_save, should_eval
 #include "llmc/train_config.h"   // defines: TrainConfig, parse_args, apply_demo_presets, check_config_against_model
-#include "llmc/sae_io.h"         // defines: SAE (host), sae_init_random, sae_export, sae_load, train_state_save/load
-#include "llmc/logger.h"         // defines: Logger, StepLog, EvalMetrics, print_eval
-#include "llmc/cuda_common.cuh"  // defines: cudaCheck, cublasCheck, bf16, NvtxRange, deterministic_sum
+#include "llmc/sae.h"            // defines: SAE (host), sae_allocate, sae_init_random
+#include "llmc/sae_io.h"         // defines: sae_export, sae_load, train_state_save/load, model_name_for_export
+#include "llmc/logger.h"         // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish
+#include "llmc/run.h"            // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end
+#include "llmc/cuda_common.cuh"  // defines: cudaCheck, cublasCheck, bf16, NvtxRange, EventRange, deterministic_sum, cast_copy
 #include "llmc/encoder.cuh"      // defines: encoder_forward
 #include "llmc/layernorm.cuh"    // defines: layernorm_forward, layernorm_backward_dinp
-#include "llmc/matmul.cuh"       // defines: matmul_init, matmul_cublaslt, matmul_forward, matmul_backward_dinp
+#include "llmc/matmul.cuh"       // defines: matmul_init, matmul_forward, matmul_forward_residual, matmul_forward_gelu, matmul_backward_dinp
 #include "llmc/attention.cuh"    // defines: attention_forward, attention_backward
 #include "llmc/gelu.cuh"         // defines: gelu_forward, gelu_backward_inplace
-#include "llmc/residual.cuh"     // defines: residual_forward, add_inplace, cast_copy
-#include "llmc/sae.cuh"          // defines: sae_decoder_normalize(_backward), sae_l1_relu_backward, bias_grad_colsum, sae_sparsity_l0, sae_count_alive
-#include "llmc/kl.cuh"           // defines: kl_fused_forward_backward, ce_forward, argmax_agree
+#include "llmc/sae.cuh"          // defines: sae_encoder_forward, sae_decoder_forward, sae_decoder_backward, sae_encoder_backward, ...
+#include "llmc/kl.cuh"           // defines: kl_forward_backward, ce_forward, argmax_agree
 #include "llmc/mse.cuh"          // defines: mse_forward_backward
-#include "llmc/adamw.cuh"        // defines: global_norm_squared, adamw_scalars, adamw_update
+#include "llmc/adamw.cuh"        // defines: global_norm_squared, adamw_update
 #include "llmc/eval.cuh"         // defines: explained_variance_rows
-#include "llmc/feature_dump.h"   // defines: FeatureDump (host), feature_dump_write
 #include "llmc/feature_dump.cuh" // defines: feature_dump_add_gpu, feature_dump_reset_gpu, feature_dump_download
 
 // ----------------------------------------------------------------------------
@@ -100,7 +101,19 @@ void gpt2_device_upload(GPT2Device<floatX>* d, const GPT2* host, float* staging)
 }
 
 // ----------------------------------------------------------------------------
-// activations
+// what the engine holds, by kind: the SAE's state, one micro-batch's activations, the device
+// statistics, and the --dump-features state
+
+// the SAE on the device: fp32 masters, gradients and Adam moments, each one block laid out as
+// the host SAE's (W_enc, b_enc, W_dec, b_dec), and the floatX copies the matmuls read
+template <typename floatX>
+struct SaeDevice {
+    float *params, *grads, *adam_m, *adam_v;
+    float *W_enc, *b_enc, *W_dec, *b_dec;      // into params
+    float *dW_enc, *db_enc, *dW_dec, *db_dec;  // into grads
+    float *dW_dec_norm, *inv_norm;             // (D,C) accumulated over an update's micro-batches, (D)
+    floatX *W_enc_x, *b_enc_x, *W_dec_norm, *b_dec_x;  // in fp32, W_enc_x, b_enc_x, b_dec_x alias the masters
+};
 
 // what one block keeps for its backward pass (qkv's head-split copy and the attention probabilities included)
 template <typename floatX>
@@ -109,116 +122,175 @@ struct BlockActs {
     float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd;
 };
 
-template <typename floatX>
-void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C, int NH) {
-    size_t N = (size_t)B * T;
-    b->inp = a->take<floatX>(N * C); b->ln1 = a->take<floatX>(N * C); b->qkv = a->take<floatX>(N * 3 * C);
-    b->qkvr = a->take<floatX>(N * 3 * C); b->atty = a->take<floatX>(N * C); b->att = a->take<floatX>((size_t)B * NH * T * T);
-    b->res2 = a->take<floatX>(N * C); b->ln2 = a->take<floatX>(N * C); b->fch = a->take<floatX>(N * 4 * C);
-    b->fch_gelu = a->take<floatX>(N * 4 * C);
-    b->ln1_mean = a->take<float>(N); b->ln1_rstd = a->take<float>(N); b->ln2_mean = a->take<float>(N); b->ln2_rstd = a->take<float>(N);
-}
-
 // scratch of the block backward
 template <typename floatX>
 struct BlockGrads {
     floatX *dres2, *dfch, *dln, *datty, *dqkv, *dqkvr, *datt, *scratch;
 };
 
-// device scalars accumulated over one update's micro-batches, read back once per step
+// one micro-batch of B rows of T tokens, N = B*T
+template <typename floatX>
+struct Activations {
+    int* tokens;                          // (B,T)
+    int* targets;                         // (B,T) next token within the row, -1 at the end
+    floatX *x, *x_hat, *c, *dc;           // (N,C), (N,C), (N,D), (N,D)
+    floatX *resid, *dresid, *dx_hat_local, *lnf, *dlnf;  // (N,C) each
+    floatX *logits_clean, *logits_spliced;               // (N,Vp) each
+    float *lnf_mean, *lnf_rstd, *rows;    // (N) each; rows: per-row KL / CE / EV
+    float* xsum;                          // (C) eval scratch
+    std::vector<floatX*> ds_clean;        // K of (N,C): clean resid_pre_k, k = L+1..n_layer-1
+    BlockActs<floatX> scratch;            // blocks run without a backward
+    std::vector<BlockActs<floatX>> spliced;  // blocks L..n_layer-1 of the spliced run
+    BlockGrads<floatX> bg;
+};
+
+// device scalars accumulated over one update's micro-batches (or one eval), read back once
 enum StatSlot { STAT_L1 = 0, STAT_L0, STAT_MSE, STAT_KL, STAT_GNORM_SQ, STAT_CE_CLEAN, STAT_CE_SPLICED, STAT_EV, STAT_DS, NUM_STATS_FIXED };
 
-// phases timed with CUDA events (no host sync: read after the step's one sync)
+struct Stats {
+    float* sums;                          // (NUM_STATS_FIXED + K), K downstream MSE slots from STAT_DS
+    unsigned int *fired_train, *fired_eval;  // (D) flags: training alive window, eval (the kernel's target; counts say more)
+    unsigned long long* fire_count_eval;  // (D) eval tokens each feature fired on (the export's sparsity)
+    int *alive_count, *agree_count;       // scalars
+};
+
+// --dump-features state: (D), (D,K), (D,K); null without the flag
+struct DumpDevice {
+    unsigned long long* fire_count = nullptr;
+    float* top_values = nullptr;
+    long long* top_pos = nullptr;
+};
+
+// phases of a step, timed with one CUDA event pair per (micro-batch, phase): nothing waits for
+// them during the step; phase_times_collect reads them after the step's stats copy
 enum Phase { PH_LOWER = 0, PH_SAE_FWD, PH_CLEAN, PH_SPLICED, PH_KL, PH_BACKWARD, PH_SAE_BWD, PH_UPDATE, NUM_PHASES };
 static const char* PHASE_NAMES[NUM_PHASES] = {"blocks < L", "SAE forward", "clean blocks+head", "spliced blocks+head",
                                               "KL fused", "backward blocks+head", "SAE backward", "clip + AdamW"};
 
-template <typename floatX>
-struct Engine {
-    TrainConfig cfg;
-    GPT2 host_model;
-    GPT2Device<floatX> model;
-    SAE host_sae;                 // host copy, for init / export / state
-    int B = 0, T = 0, C = 0, V = 0, Vp = 0, NH = 0, D = 0, L = 0, n_layer = 0, K = 0;
-    DeviceArena arena;
-    size_t bytes_weights = 0, bytes_sae = 0, bytes_acts = 0;
-    // SAE, fp32 masters: one block each (W_enc, b_enc, W_dec, b_dec as in SAE)
-    float *params, *grads, *adam_m, *adam_v;
-    float *W_enc, *b_enc, *W_dec, *b_dec, *dW_enc, *db_enc, *dW_dec, *db_dec;
-    float *dW_dec_norm, *inv_norm;        // (D,C) accumulated over micro-batches, (D)
-    floatX *W_enc_x, *b_enc_x, *W_dec_norm, *b_dec_x;  // floatX copies the matmuls read (aliases in fp32)
-    // activations
-    int* tokens;                          // (B,T)
-    int* targets;                         // (B,T) next token within the row, -1 at the end
-    floatX *x, *x_hat, *c, *dc, *resid, *dresid, *dx_hat_local, *lnf, *dlnf, *logits_clean, *logits_spliced;
-    float *lnf_mean, *lnf_rstd, *rows;    // rows (N): per-row KL / CE / EV
-    float* xsum;                          // (C) eval scratch
-    std::vector<floatX*> ds_clean_v;      // K device pointers (N,C): clean resid_pre_k
-    BlockActs<floatX> scratch_acts;
-    std::vector<BlockActs<floatX>> spliced_acts;
-    BlockGrads<floatX> bg;
-    float* stats;                         // device (NUM_STATS_FIXED + K)
-    unsigned int *fired_train, *fired_eval;  // (D)
-    unsigned long long* fire_count_eval;  // (D) eval tokens each feature fired on (sparsity.safetensors)
-    int *alive_count, *agree_count;
-    unsigned long long* dump_fire_count;  // --dump-features state: (D), (D,K), (D,K); null without the flag
-    float* dump_top_values;
-    long long* dump_top_pos;
-    float* staging;                       // fp32 upload buffer
-    cudaEvent_t ev[NUM_PHASES + 1];
-    bool time_phases = true;
+struct PhaseTimes {
+    std::vector<cudaEvent_t> ev;   // (accum, NUM_PHASES, 2): start, end
+    std::vector<char> recorded;    // (accum, NUM_PHASES): local mode skips the downstream phases
+    double ms[NUM_PHASES] = {0};   // summed since the last reset
 };
 
 template <typename floatX>
+struct Engine {
+    TrainConfig cfg;
+    GPT2 host_model;                      // loaded in place by run()
+    SAE host_sae;                         // the SAE on the host: init, --init-sae, export, state
+    int B = 0, T = 0, C = 0, V = 0, Vp = 0, NH = 0, D = 0, L = 0, n_layer = 0, K = 0;
+    DeviceArena arena;
+    size_t bytes_weights = 0, bytes_sae = 0, bytes_acts = 0;
+    GPT2Device<floatX> model;
+    SaeDevice<floatX> sae;
+    Activations<floatX> acts;
+    Stats stats;
+    DumpDevice dump;
+    float* staging;                       // fp32 upload buffer
+    PhaseTimes phases;
+};
+
+template <typename floatX>
+void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C, int NH) {
+    const size_t N = (size_t)B * T;
+    b->inp = a->take<floatX>(N * C);                   // (N,C)
+    b->ln1 = a->take<floatX>(N * C);                   // (N,C)
+    b->qkv = a->take<floatX>(N * 3 * C);               // (N,3C)
+    b->qkvr = a->take<floatX>(N * 3 * C);              // (3,B,NH,T,hs)
+    b->atty = a->take<floatX>(N * C);                  // (N,C)
+    b->att = a->take<floatX>((size_t)B * NH * T * T);  // (B,NH,T,T)
+    b->res2 = a->take<floatX>(N * C);                  // (N,C)
+    b->ln2 = a->take<floatX>(N * C);                   // (N,C)
+    b->fch = a->take<floatX>(N * 4 * C);               // (N,4C)
+    b->fch_gelu = a->take<floatX>(N * 4 * C);          // (N,4C)
+    b->ln1_mean = a->take<float>(N);                   // (N)
+    b->ln1_rstd = a->take<float>(N);                   // (N)
+    b->ln2_mean = a->take<float>(N);                   // (N)
+    b->ln2_rstd = a->take<float>(N);                   // (N)
+}
+
+template <typename floatX>
 void engine_carve(Engine<floatX>* e, DeviceArena* a) {
-    size_t N = (size_t)e->B * e->T, C = e->C, D = e->D;
+    const size_t N = (size_t)e->B * e->T, C = e->C, D = e->D, Vp = e->Vp, P = e->host_sae.num_parameters;
+    const bool fp32 = std::is_same<floatX, float>::value;
     size_t start = a->used;
     gpt2_device_carve(&e->model, &e->host_model, a);
     e->bytes_weights = a->used - start;
+
     start = a->used;
-    size_t P = e->host_sae.num_parameters;
-    e->params = a->take<float>(P); e->grads = a->take<float>(P); e->adam_m = a->take<float>(P); e->adam_v = a->take<float>(P);
-    e->dW_dec_norm = a->take<float>(D * C); e->inv_norm = a->take<float>(D);
-    bool is_fp32 = std::is_same<floatX, float>::value;
-    e->W_enc_x = is_fp32 ? nullptr : a->take<floatX>(C * D);
-    e->b_enc_x = is_fp32 ? nullptr : a->take<floatX>(D);
-    e->b_dec_x = is_fp32 ? nullptr : a->take<floatX>(C);
-    e->W_dec_norm = a->take<floatX>(D * C);
+    SaeDevice<floatX>& s = e->sae;
+    s.params = a->take<float>(P);                      // (P) W_enc, b_enc, W_dec, b_dec
+    s.grads = a->take<float>(P);                       // (P)
+    s.adam_m = a->take<float>(P);                      // (P)
+    s.adam_v = a->take<float>(P);                      // (P)
+    s.dW_dec_norm = a->take<float>(D * C);             // (D,C)
+    s.inv_norm = a->take<float>(D);                    // (D)
+    s.W_enc_x = fp32 ? nullptr : a->take<floatX>(C * D);  // (C,D) bf16 copy; fp32 reads the master
+    s.b_enc_x = fp32 ? nullptr : a->take<floatX>(D);      // (D)
+    s.b_dec_x = fp32 ? nullptr : a->take<floatX>(C);      // (C)
+    s.W_dec_norm = a->take<floatX>(D * C);             // (D,C)
     e->bytes_sae = a->used - start;
+
     start = a->used;
-    e->tokens = a->take<int>(N); e->targets = a->take<int>(N);
-    e->x = a->take<floatX>(N * C); e->x_hat = a->take<floatX>(N * C); e->c = a->take<floatX>(N * D); e->dc = a->take<floatX>(N * D);
-    e->resid = a->take<floatX>(N * C); e->dresid = a->take<floatX>(N * C); e->dx_hat_local = a->take<floatX>(N * C);
-    e->lnf = a->take<floatX>(N * C); e->dlnf = a->take<floatX>(N * C);
-    e->logits_clean = a->take<floatX>(N * e->Vp); e->logits_spliced = a->take<floatX>(N * e->Vp);
-    e->lnf_mean = a->take<float>(N); e->lnf_rstd = a->take<float>(N); e->rows = a->take<float>(N);
-    e->xsum = a->take<float>(C);
-    e->ds_clean_v.assign(e->K, nullptr);
-    for (int k = 0; k < e->K; k++) e->ds_clean_v[k] = a->take<floatX>(N * C);
-    block_acts_carve(&e->scratch_acts, a, e->B, e->T, e->C, e->NH);
-    e->spliced_acts.resize(e->n_layer - e->L);
-    for (auto& b : e->spliced_acts) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH);
-    e->bg.dres2 = a->take<floatX>(N * C); e->bg.dfch = a->take<floatX>(N * 4 * C); e->bg.dln = a->take<floatX>(N * C);
-    e->bg.datty = a->take<floatX>(N * C); e->bg.dqkv = a->take<floatX>(N * 3 * C); e->bg.dqkvr = a->take<floatX>(N * 3 * C);
-    e->bg.datt = a->take<floatX>((size_t)e->B * e->NH * e->T * e->T); e->bg.scratch = a->take<floatX>(N * C);
-    e->stats = a->take<float>(NUM_STATS_FIXED + e->K);
-    e->fired_train = a->take<unsigned int>(D); e->fired_eval = a->take<unsigned int>(D);
-    e->fire_count_eval = a->take<unsigned long long>(D);
-    e->alive_count = a->take<int>(1); e->agree_count = a->take<int>(1);
-    size_t K = e->cfg.dump_features.empty() ? 0 : (size_t)e->cfg.dump_topk;
-    e->dump_fire_count = K ? a->take<unsigned long long>(D) : nullptr;
-    e->dump_top_values = K ? a->take<float>(D * K) : nullptr;
-    e->dump_top_pos = K ? a->take<long long>(D * K) : nullptr;
+    Activations<floatX>& act = e->acts;
+    act.tokens = a->take<int>(N);                        // (B,T)
+    act.targets = a->take<int>(N);                       // (B,T)
+    act.x = a->take<floatX>(N * C);                      // (N,C)
+    act.x_hat = a->take<floatX>(N * C);                  // (N,C)
+    act.c = a->take<floatX>(N * D);                      // (N,D)
+    act.dc = a->take<floatX>(N * D);                     // (N,D)
+    act.resid = a->take<floatX>(N * C);                  // (N,C)
+    act.dresid = a->take<floatX>(N * C);                 // (N,C)
+    act.dx_hat_local = a->take<floatX>(N * C);           // (N,C)
+    act.lnf = a->take<floatX>(N * C);                    // (N,C)
+    act.dlnf = a->take<floatX>(N * C);                   // (N,C)
+    act.logits_clean = a->take<floatX>(N * Vp);          // (N,Vp)
+    act.logits_spliced = a->take<floatX>(N * Vp);        // (N,Vp)
+    act.lnf_mean = a->take<float>(N);                    // (N)
+    act.lnf_rstd = a->take<float>(N);                    // (N)
+    act.rows = a->take<float>(N);                        // (N)
+    act.xsum = a->take<float>(C);                        // (C)
+    act.ds_clean.assign(e->K, nullptr);
+    for (int k = 0; k < e->K; k++) act.ds_clean[k] = a->take<floatX>(N * C);  // K x (N,C)
+    block_acts_carve(&act.scratch, a, e->B, e->T, e->C, e->NH);
+    act.spliced.resize(e->n_layer - e->L);
+    for (auto& b : act.spliced) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH);
+    BlockGrads<floatX>& g = act.bg;
+    g.dres2 = a->take<floatX>(N * C);                  // (N,C)
+    g.dfch = a->take<floatX>(N * 4 * C);               // (N,4C)
+    g.dln = a->take<floatX>(N * C);                    // (N,C)
+    g.datty = a->take<floatX>(N * C);                  // (N,C)
+    g.dqkv = a->take<floatX>(N * 3 * C);               // (N,3C)
+    g.dqkvr = a->take<floatX>(N * 3 * C);              // (N,3C)
+    g.datt = a->take<floatX>((size_t)e->B * e->NH * e->T * e->T);  // (B,NH,T,T)
+    g.scratch = a->take<floatX>(N * C);                // (N,C)
+
+    e->stats.sums = a->take<float>(NUM_STATS_FIXED + e->K);
+    e->stats.fired_train = a->take<unsigned int>(D);   // (D)
+    e->stats.fired_eval = a->take<unsigned int>(D);    // (D)
+    e->stats.fire_count_eval = a->take<unsigned long long>(D);  // (D)
+    e->stats.alive_count = a->take<int>(1);
+    e->stats.agree_count = a->take<int>(1);
+
+    const size_t topk = e->cfg.dump_features.empty() ? 0 : (size_t)e->cfg.dump_topk;
+    if (topk) {
+        e->dump.fire_count = a->take<unsigned long long>(D);  // (D)
+        e->dump.top_values = a->take<float>(D * topk);        // (D,K)
+        e->dump.top_pos = a->take<long long>(D * topk);       // (D,K)
+    }
     size_t staging = P;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) staging = std::max(staging, e->host_model.param_sizes[i]);
-    e->staging = a->take<float>(staging);
+    e->staging = a->take<float>(staging);              // the largest tensor uploaded, fp32
     e->bytes_acts = a->used - start;
-    if (!a->planning) {
-        e->W_enc = e->params; e->b_enc = e->W_enc + e->host_sae.sizes[0]; e->W_dec = e->b_enc + e->host_sae.sizes[1]; e->b_dec = e->W_dec + e->host_sae.sizes[2];
-        e->dW_enc = e->grads; e->db_enc = e->dW_enc + e->host_sae.sizes[0]; e->dW_dec = e->db_enc + e->host_sae.sizes[1]; e->db_dec = e->dW_dec + e->host_sae.sizes[2];
-        if (is_fp32) {  // fp32: the matmuls read the masters directly
-            e->W_enc_x = (floatX*)e->W_enc; e->b_enc_x = (floatX*)e->b_enc; e->b_dec_x = (floatX*)e->b_dec;
-        }
+}
+
+// named views into the SAE's parameter and gradient blocks; in fp32 the matmuls read the masters
+template <typename floatX>
+void sae_device_bind(SaeDevice<floatX>* s, const SAE* host) {
+    s->W_enc = s->params; s->b_enc = s->W_enc + host->sizes[0]; s->W_dec = s->b_enc + host->sizes[1]; s->b_dec = s->W_dec + host->sizes[2];
+    s->dW_enc = s->grads; s->db_enc = s->dW_enc + host->sizes[0]; s->dW_dec = s->db_enc + host->sizes[1]; s->db_dec = s->dW_dec + host->sizes[2];
+    if (std::is_same<floatX, float>::value) {
+        s->W_enc_x = (floatX*)s->W_enc; s->b_enc_x = (floatX*)s->b_enc; s->b_dec_x = (floatX*)s->b_dec;
     }
 }
 
@@ -243,20 +315,44 @@ void engine_init(Engine<floatX>* e, const TrainConfig& cfg, int B) {
     e->arena.planning = false;
     cudaCheck(cudaMalloc(&e->arena.base, plan.used));
     engine_carve(e, &e->arena);
+    sae_device_bind(&e->sae, &e->host_sae);
     matmul_init();
     gpt2_device_upload(&e->model, &e->host_model, e->staging);
-    cudaCheck(cudaMemcpy(e->params, e->host_sae.memory.data(), e->host_sae.num_parameters * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemset(e->adam_m, 0, e->host_sae.num_parameters * sizeof(float)));
-    cudaCheck(cudaMemset(e->adam_v, 0, e->host_sae.num_parameters * sizeof(float)));
-    cudaCheck(cudaMemset(e->fired_train, 0, e->D * sizeof(unsigned int)));
-    for (int i = 0; i <= NUM_PHASES; i++) cudaCheck(cudaEventCreate(&e->ev[i]));
+    size_t P = e->host_sae.num_parameters;
+    cudaCheck(cudaMemcpy(e->sae.params, e->host_sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemset(e->sae.adam_m, 0, P * sizeof(float)));
+    cudaCheck(cudaMemset(e->sae.adam_v, 0, P * sizeof(float)));
+    cudaCheck(cudaMemset(e->stats.fired_train, 0, e->D * sizeof(unsigned int)));
+    e->phases.ev.resize((size_t)cfg.grad_accum * NUM_PHASES * 2);
+    e->phases.recorded.assign((size_t)cfg.grad_accum * NUM_PHASES, 0);
+    for (cudaEvent_t& ev : e->phases.ev) cudaCheck(cudaEventCreate(&ev));
 }
 
 template <typename floatX>
 void engine_free(Engine<floatX>* e) {
-    for (int i = 0; i <= NUM_PHASES; i++) cudaCheck(cudaEventDestroy(e->ev[i]));
+    for (cudaEvent_t ev : e->phases.ev) cudaCheck(cudaEventDestroy(ev));
     matmul_destroy();
     cudaCheck(cudaFree(e->arena.base));
+}
+
+// times the rest of the enclosing scope as phase p of micro-batch `micro`
+template <typename floatX>
+EventRange time_phase(Engine<floatX>* e, int micro, Phase p) {
+    size_t i = (size_t)micro * NUM_PHASES + p;
+    e->phases.recorded[i] = 1;
+    return EventRange(e->phases.ev[2 * i], e->phases.ev[2 * i + 1], 0);
+}
+
+// adds the phases the step recorded to e->phases.ms; call after the step's sync
+template <typename floatX>
+void phase_times_collect(Engine<floatX>* e) {
+    for (size_t i = 0; i < e->phases.recorded.size(); i++) {
+        if (!e->phases.recorded[i]) continue;
+        float ms = 0.0f;
+        cudaCheck(cudaEventElapsedTime(&ms, e->phases.ev[2 * i], e->phases.ev[2 * i + 1]));
+        e->phases.ms[i % NUM_PHASES] += ms;
+        e->phases.recorded[i] = 0;
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -273,49 +369,41 @@ void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX*
     layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->inp, w.ln1w + l * C, w.ln1b + l * C, N, C, 0);
     matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, w.qkvb + l * 3 * C, N, C, 3 * C, 0);
     attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
-    // res2 = inp + attproj(atty): the residual add rides on the matmul's accumulate
     cudaCheck(cudaMemcpyAsync(a->res2, a->inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    matmul_cublaslt(a->res2, a->atty, w.attprojw + (size_t)l * C * C, w.attprojb + l * C, N, C, C, false, true,
-                    cuda_dtype<floatX>(), cuda_dtype<floatX>(), true, CUBLASLT_EPILOGUE_BIAS, nullptr, 0);
+    matmul_forward_residual(a->res2, a->atty, w.attprojw + (size_t)l * C * C, w.attprojb + l * C, N, C, C, 0);  // res2 = inp + attproj(atty)
     layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w.ln2w + l * C, w.ln2b + l * C, N, C, 0);
-    matmul_forward(a->fch_gelu, a->ln2, w.fcw + (size_t)l * 4 * C * C, w.fcb + l * 4 * C, N, C, 4 * C, 0, a->fch);
+    matmul_forward_gelu(a->fch_gelu, a->fch, a->ln2, w.fcw + (size_t)l * 4 * C * C, w.fcb + l * 4 * C, N, C, 4 * C, 0);
     cudaCheck(cudaMemcpyAsync(out, a->res2, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    matmul_cublaslt(out, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, w.fcprojb + l * C, N, C, 4 * C, false, true,
-                    cuda_dtype<floatX>(), cuda_dtype<floatX>(), true, CUBLASLT_EPILOGUE_BIAS, nullptr, 0);
+    matmul_forward_residual(out, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, w.fcprojb + l * C, N, 4 * C, C, 0);  // out = res2 + fcproj(...)
 }
 
 // final LayerNorm and the LM head on the *uncentred* wte (SPEC §2); logits (N,Vp)
 template <typename floatX>
 void lm_head_forward(Engine<floatX>* e, floatX* logits, const floatX* resid, int N) {
     NvtxRange r("lm_head_forward");
-    layernorm_forward(e->lnf, e->lnf_mean, e->lnf_rstd, resid, e->model.lnfw, e->model.lnfb, N, e->C, 0);
-    matmul_forward(logits, e->lnf, e->model.wte_unembed, (const floatX*)nullptr, N, e->C, e->Vp, 0);
+    Activations<floatX>& act = e->acts;
+    layernorm_forward(act.lnf, act.lnf_mean, act.lnf_rstd, resid, e->model.lnfw, e->model.lnfb, N, e->C, 0);
+    matmul_forward(logits, act.lnf, e->model.wte_unembed, (const floatX*)nullptr, N, e->C, e->Vp, 0);
 }
 
-template <typename floatX>
-void phase_mark(Engine<floatX>* e, int phase) {
-    if (e->time_phases) cudaCheck(cudaEventRecord(e->ev[phase], 0));
-}
-
-// phase times are kept per micro-batch as (start, end) event pairs; see micro_step
-struct PhaseTimes { double ms[NUM_PHASES] = {0}; };
-
+// the SAE input: the centred residual entering block L
 template <typename floatX>
 void forward_to_sae(Engine<floatX>* e, int B) {
     NvtxRange r("blocks_below_L");
-    encoder_forward(e->x, e->tokens, e->model.wte, e->model.wpe, B, e->T, e->C, 0);
-    for (int l = 0; l < e->L; l++) block_forward(e, l, &e->scratch_acts, e->x, e->x, B);
+    encoder_forward(e->acts.x, e->acts.tokens, e->model.wte, e->model.wpe, B, e->T, e->C, 0);
+    for (int l = 0; l < e->L; l++) block_forward(e, l, &e->acts.scratch, e->acts.x, e->acts.x, B);
 }
 
 // refreshes the floatX copies of the SAE weights and the normalised decoder (once per update)
 template <typename floatX>
 void sae_prepare_weights(Engine<floatX>* e) {
     NvtxRange r("sae_prepare_weights");
-    sae_decoder_normalize(e->W_dec_norm, e->inv_norm, e->W_dec, e->D, e->C, 0);
+    SaeDevice<floatX>& s = e->sae;
+    sae_decoder_normalize(s.W_dec_norm, s.inv_norm, s.W_dec, e->D, e->C, 0);
     if (!std::is_same<floatX, float>::value) {
-        cast_copy(e->W_enc_x, e->W_enc, (size_t)e->C * e->D, 0);
-        cast_copy(e->b_enc_x, e->b_enc, (size_t)e->D, 0);
-        cast_copy(e->b_dec_x, e->b_dec, (size_t)e->C, 0);
+        cast_copy(s.W_enc_x, s.W_enc, (size_t)e->C * e->D, 0);
+        cast_copy(s.b_enc_x, s.b_enc, (size_t)e->D, 0);
+        cast_copy(s.b_dec_x, s.b_dec, (size_t)e->C, 0);
     }
 }
 
@@ -324,36 +412,37 @@ template <typename floatX>
 void sae_forward(Engine<floatX>* e, int B) {
     NvtxRange r("sae_forward");
     int N = B * e->T;
-    cudaDataType_t t = cuda_dtype<floatX>();
-    matmul_cublaslt(e->c, e->x, e->W_enc_x, e->b_enc_x, N, e->D, e->C, false, false, t, t, false, CUBLASLT_EPILOGUE_RELU_BIAS, nullptr, 0);
-    matmul_cublaslt(e->x_hat, e->c, e->W_dec_norm, e->b_dec_x, N, e->C, e->D, false, false, t, t, false, CUBLASLT_EPILOGUE_BIAS, nullptr, 0);
+    sae_encoder_forward(e->acts.c, e->acts.x, e->sae.W_enc_x, e->sae.b_enc_x, N, e->C, e->D, 0);
+    sae_decoder_forward(e->acts.x_hat, e->acts.c, e->sae.W_dec_norm, e->sae.b_dec_x, N, e->C, e->D, 0);
 }
 
 // clean run from x to logits_clean without stored activations, keeping the clean resid_pre_k
 template <typename floatX>
 void clean_forward(Engine<floatX>* e, int B) {
     NvtxRange r("clean_forward");
+    Activations<floatX>& act = e->acts;
     int N = B * e->T;
     size_t NC = (size_t)N * e->C;
-    cudaCheck(cudaMemcpyAsync(e->resid, e->x, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
+    cudaCheck(cudaMemcpyAsync(act.resid, act.x, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
     for (int l = e->L; l < e->n_layer; l++) {
-        if (l > e->L) cudaCheck(cudaMemcpyAsync(e->ds_clean_v[l - e->L - 1], e->resid, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-        block_forward(e, l, &e->scratch_acts, e->resid, e->resid, B);
+        if (l > e->L) cudaCheck(cudaMemcpyAsync(act.ds_clean[l - e->L - 1], act.resid, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
+        block_forward(e, l, &act.scratch, act.resid, act.resid, B);
     }
-    lm_head_forward(e, e->logits_clean, e->resid, N);
+    lm_head_forward(e, act.logits_clean, act.resid, N);
 }
 
-// spliced run from x_hat to logits_spliced; block l's input (resid_pre_l) stays in spliced_acts[l-L].inp
+// spliced run from x_hat to logits_spliced; block l's input (resid_pre_l) stays in acts.spliced[l-L].inp
 template <typename floatX>
 void spliced_forward(Engine<floatX>* e, int B) {
     NvtxRange r("spliced_forward");
+    Activations<floatX>& act = e->acts;
     int N = B * e->T;
-    const floatX* inp = e->x_hat;
+    const floatX* inp = act.x_hat;
     for (int l = e->L; l < e->n_layer; l++) {
-        block_forward(e, l, &e->spliced_acts[l - e->L], inp, e->resid, B);
-        inp = e->resid;
+        block_forward(e, l, &act.spliced[l - e->L], inp, act.resid, B);
+        inp = act.resid;
     }
-    lm_head_forward(e, e->logits_spliced, e->resid, N);
+    lm_head_forward(e, act.logits_spliced, act.resid, N);
 }
 
 // ----------------------------------------------------------------------------
@@ -364,7 +453,7 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     // dresid (B,T,C): gradient wrt the block output in, wrt the block input out
     NvtxRange r("block_backward");
     const GPT2Device<floatX>& w = e->model;
-    BlockGrads<floatX>& g = e->bg;
+    BlockGrads<floatX>& g = e->acts.bg;
     int C = e->C, N = B * e->T;
     size_t NC = (size_t)N * C;
     cudaCheck(cudaMemcpyAsync(g.dres2, dresid, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
@@ -381,6 +470,15 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     layernorm_backward_dinp(dresid, g.dln, a->inp, w.ln1w + l * C, a->ln1_mean, a->ln1_rstd, N, C, true, 0);
 }
 
+// the LM head's backward: dresid (N,C) from the KL gradient left in logits_spliced
+template <typename floatX>
+void lm_head_backward(Engine<floatX>* e, int N) {
+    NvtxRange r("lm_head_backward");
+    Activations<floatX>& act = e->acts;
+    matmul_backward_dinp(act.dlnf, act.logits_spliced, e->model.wte_unembed, N, e->C, e->Vp, false, 0);
+    layernorm_backward_dinp(act.dresid, act.dlnf, act.resid, e->model.lnfw, act.lnf_mean, act.lnf_rstd, N, e->C, false, 0);
+}
+
 // SAE backward from dx_hat (N,C), accumulating over micro-batches (first = overwrite):
 //   dW_dec_norm += c^T dx_hat, db_dec += colsum(dx_hat), dc = dx_hat W_dec_norm^T,
 //   dpre = (dc + l1_scale) [c > 0], db_enc += colsum(dpre), dW_enc += x^T dpre.
@@ -390,101 +488,116 @@ template <typename floatX>
 void sae_backward(Engine<floatX>* e, const floatX* dx_hat, int B, float l1_scale, bool first) {
     NvtxRange r("sae_backward");
     int N = B * e->T;
-    cudaDataType_t t = cuda_dtype<floatX>();
-    bias_grad_colsum(e->db_dec, dx_hat, N, e->C, !first, 0);
-    matmul_cublaslt(e->dW_dec_norm, e->c, dx_hat, nullptr, e->D, e->C, N, true, false, t, CUDA_R_32F, !first, CUBLASLT_EPILOGUE_DEFAULT, nullptr, 0);
-    matmul_cublaslt(e->dc, dx_hat, e->W_dec_norm, nullptr, N, e->D, e->C, false, true, t, t, false, CUBLASLT_EPILOGUE_DEFAULT, nullptr, 0);
-    sae_l1_relu_backward(e->dc, e->dc, e->c, l1_scale, N, e->D, 0);
-    bias_grad_colsum(e->db_enc, e->dc, N, e->D, !first, 0);
-    matmul_cublaslt(e->dW_enc, e->x, e->dc, nullptr, e->C, e->D, N, true, false, t, CUDA_R_32F, !first, CUBLASLT_EPILOGUE_DEFAULT, nullptr, 0);
+    SaeDevice<floatX>& s = e->sae;
+    Activations<floatX>& act = e->acts;
+    sae_decoder_backward(s.dW_dec_norm, s.db_dec, act.dc, dx_hat, act.c, s.W_dec_norm, N, e->C, e->D, !first, 0);
+    sae_l1_relu_backward(act.dc, act.dc, act.c, l1_scale, N, e->D, 0);
+    sae_encoder_backward(s.dW_enc, s.db_enc, act.dc, act.x, N, e->C, e->D, !first, 0);
 }
 
+// dW_dec from the dW_dec_norm the update's micro-batches accumulated
 template <typename floatX>
 void sae_finish_grads(Engine<floatX>* e) {
-    sae_decoder_normalize_backward(e->dW_dec, e->dW_dec_norm, e->W_dec, e->inv_norm, e->D, e->C, 0);
+    sae_decoder_normalize_backward(e->sae.dW_dec, e->sae.dW_dec_norm, e->sae.W_dec, e->sae.inv_norm, e->D, e->C, 0);
 }
 
-// one micro-batch (tokens already on the device): forward, losses into e->stats, gradients
-// accumulated (first = overwrite), everything scaled by 1/accum
+// one micro-batch (tokens already on the device), number `micro` of the update: forward, losses
+// into the stats, gradients accumulated (the first micro-batch overwrites), everything scaled by
+// 1/accum
 template <typename floatX>
-void micro_step(Engine<floatX>* e, int accum, bool first) {
+void micro_step(Engine<floatX>* e, int accum, int micro) {
     const TrainConfig& cfg = e->cfg;
+    Activations<floatX>& act = e->acts;
+    float* stats = e->stats.sums;
     int B = e->B, N = B * e->T;
     size_t NC = (size_t)N * e->C;
     double dN = N, dC = e->C;
-    phase_mark(e, PH_LOWER);
-    forward_to_sae(e, B);
-    phase_mark(e, PH_SAE_FWD);
-    sae_forward(e, B);
-    sae_sparsity_l0(e->stats + STAT_L1, e->stats + STAT_L0, e->fired_train, e->c, N, e->D, 0);
-    const floatX* dx_hat = e->dresid;
-    if (cfg.mode == MODE_LOCAL) {
-        cudaCheck(cudaMemsetAsync(e->dx_hat_local, 0, NC * sizeof(floatX), 0));
-        mse_forward_backward(e->stats + STAT_MSE, e->dx_hat_local, e->x_hat, e->x, NC, (float)(cfg.mse_coeff / (dN * dC * accum)), 0);
-        dx_hat = e->dx_hat_local;
-        for (int p = PH_CLEAN; p <= PH_BACKWARD; p++) phase_mark(e, p);  // empty phases in local mode
-    } else {
-        mse_forward_backward(e->stats + STAT_MSE, (floatX*)nullptr, e->x_hat, e->x, NC, 0.0f, 0);  // logged, not trained on
-        phase_mark(e, PH_CLEAN);
-        clean_forward(e, B);
-        phase_mark(e, PH_SPLICED);
-        spliced_forward(e, B);
-        phase_mark(e, PH_KL);
-        kl_fused_forward_backward(e->rows, e->logits_spliced, e->logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V, e->Vp, 0);
-        deterministic_sum(e->stats + STAT_KL, e->rows, N, true, 0);
-        phase_mark(e, PH_BACKWARD);
+    {
+        auto t = time_phase(e, micro, PH_LOWER);
+        forward_to_sae(e, B);
+    }
+    bool local = cfg.mode == MODE_LOCAL;
+    {
+        auto t = time_phase(e, micro, PH_SAE_FWD);
+        sae_forward(e, B);
+        sae_sparsity_l0(stats + STAT_L1, stats + STAT_L0, e->stats.fired_train, act.c, N, e->D, 0);
+        // MSE(x_hat, x) is logged in every mode and trained on in local mode only
+        if (local) cudaCheck(cudaMemsetAsync(act.dx_hat_local, 0, NC * sizeof(floatX), 0));
+        mse_forward_backward(stats + STAT_MSE, local ? act.dx_hat_local : (floatX*)nullptr, act.x_hat, act.x, NC,
+                             local ? (float)(cfg.mse_coeff / (dN * dC * accum)) : 0.0f, 0);
+    }
+    const floatX* dx_hat = local ? act.dx_hat_local : act.dresid;
+    if (!local) {
         {
-            NvtxRange r("lm_head_backward");
-            matmul_backward_dinp(e->dlnf, e->logits_spliced, e->model.wte_unembed, N, e->C, e->Vp, false, 0);
-            layernorm_backward_dinp(e->dresid, e->dlnf, e->resid, e->model.lnfw, e->lnf_mean, e->lnf_rstd, N, e->C, false, 0);
+            auto t = time_phase(e, micro, PH_CLEAN);
+            clean_forward(e, B);
         }
+        {
+            auto t = time_phase(e, micro, PH_SPLICED);
+            spliced_forward(e, B);
+        }
+        {
+            auto t = time_phase(e, micro, PH_KL);
+            kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V, e->Vp, 0);
+            deterministic_sum(stats + STAT_KL, act.rows, N, true, 0);
+        }
+        auto t = time_phase(e, micro, PH_BACKWARD);
+        lm_head_backward(e, N);
         bool ds = cfg.mode == MODE_E2E_DS;
         float ds_scale = ds ? (float)(cfg.ds_coeff / e->K / (dN * dC * accum)) : 0.0f;
         for (int l = e->n_layer - 1; l >= e->L; l--) {
-            block_backward(e, l, &e->spliced_acts[l - e->L], e->dresid, B);
+            block_backward(e, l, &act.spliced[l - e->L], act.dresid, B);
             if (l > e->L)  // dresid is now d/d resid_pre_l, where the e2e+ds term for layer l enters
-                mse_forward_backward(e->stats + STAT_DS + (l - e->L - 1), ds ? e->dresid : (floatX*)nullptr,
-                                     e->spliced_acts[l - e->L].inp, e->ds_clean_v[l - e->L - 1], NC, ds_scale, 0);
+                mse_forward_backward(stats + STAT_DS + (l - e->L - 1), ds ? act.dresid : (floatX*)nullptr, act.spliced[l - e->L].inp,
+                                     act.ds_clean[l - e->L - 1], NC, ds_scale, 0);
         }
     }
-    phase_mark(e, PH_SAE_BWD);
-    sae_backward(e, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), first);
-    phase_mark(e, PH_UPDATE);
+    auto t = time_phase(e, micro, PH_SAE_BWD);
+    sae_backward(e, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), micro == 0);
 }
 
-// reads the phase events of the micro-batch just run (after a sync) into pt
+// the update's log terms from the stats its micro-batches accumulated, s (read back after the
+// step): per-token means, the loss assembled as the mode trains it (SPEC §1), the gradient norm
 template <typename floatX>
-void collect_phases(Engine<floatX>* e, PhaseTimes* pt, bool with_update) {
-    if (!e->time_phases) return;
-    for (int p = 0; p < NUM_PHASES - 1; p++) {
-        float ms = 0.0f;
-        cudaCheck(cudaEventElapsedTime(&ms, e->ev[p], e->ev[p + 1]));
-        pt->ms[p] += ms;
+StepLog step_terms(const Engine<floatX>* e, const std::vector<float>& s) {
+    const TrainConfig& cfg = e->cfg;
+    double A = cfg.grad_accum, dN = (double)cfg.batch * cfg.seq_len, C = e->C;
+    StepLog sl = {};
+    sl.kl = cfg.mode == MODE_LOCAL ? NAN : s[STAT_KL] / dN / A;
+    sl.sparsity = s[STAT_L1] / dN / C / A;
+    sl.mse = s[STAT_MSE] / dN / C / A;
+    sl.l0 = s[STAT_L0] / dN / A;
+    sl.ds_mse = NAN;
+    if (cfg.mode != MODE_LOCAL && e->K > 0) {
+        sl.ds_mse = 0.0;
+        for (int k = 0; k < e->K; k++) sl.ds_mse += s[STAT_DS + k] / dN / C / A;
+        sl.ds_mse /= e->K;
     }
-    if (with_update) {
-        float ms = 0.0f;
-        cudaCheck(cudaEventElapsedTime(&ms, e->ev[PH_UPDATE], e->ev[NUM_PHASES]));
-        pt->ms[PH_UPDATE] += ms;
-    }
+    sl.loss = cfg.sparsity_coeff * sl.sparsity;
+    if (cfg.mode == MODE_LOCAL) sl.loss += cfg.mse_coeff * sl.mse;
+    else sl.loss += cfg.kl_coeff * sl.kl;
+    if (cfg.mode == MODE_E2E_DS) sl.loss += cfg.ds_coeff * sl.ds_mse;
+    sl.grad_norm = sqrt((double)s[STAT_GNORM_SQ]);
+    sl.alive = -1;
+    return sl;
 }
 
-// clipping on the device (no host sync), then Adam(W) on the fp32 masters
+// clipping on the device (no host sync), then Adam(W) on the fp32 masters; update t (1 for the first)
 template <typename floatX>
 void update(Engine<floatX>* e, double lr, long long t) {
     NvtxRange r("update");
-    sae_finish_grads(e);
     size_t n = e->host_sae.num_parameters;
-    global_norm_squared(e->stats + STAT_GNORM_SQ, e->grads, n, false, 0);
+    float* norm_sq = e->stats.sums + STAT_GNORM_SQ;
+    global_norm_squared(norm_sq, e->sae.grads, n, false, 0);
     double step_size, bc2_sqrt;
     adamw_scalars((int)t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
-    adamw_update(e->params, e->adam_m, e->adam_v, e->grads, n, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, e->cfg.weight_decay,
-                 e->stats + STAT_GNORM_SQ, e->cfg.max_grad_norm, 0);
-    if (e->time_phases) cudaCheck(cudaEventRecord(e->ev[NUM_PHASES], 0));
+    adamw_update(e->sae.params, e->sae.adam_m, e->sae.adam_v, e->sae.grads, n, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8,
+                 e->cfg.weight_decay, norm_sq, e->cfg.max_grad_norm, 0);
 }
 
 // ----------------------------------------------------------------------------
-// eval (SPEC §6) on the first eval_rows rows of the val data; fire_count (D), if given, gets
-// the number of eval tokens each feature fired on (the export's sparsity.safetensors)
+// eval (SPEC §6) on the first eval_rows rows of the val data, with the number of eval tokens
+// each feature fired on (the export's sparsity.safetensors)
 
 template <typename floatX>
 void upload_rows(Engine<floatX>* e, const int* tokens, int B) {
@@ -492,20 +605,21 @@ void upload_rows(Engine<floatX>* e, const int* tokens, int B) {
     std::vector<int> targets((size_t)B * T);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) targets[(size_t)b * T + t] = t + 1 < T ? tokens[(size_t)b * T + t + 1] : -1;
-    cudaCheck(cudaMemcpy(e->tokens, tokens, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(e->targets, targets.data(), (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->acts.tokens, tokens, (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->acts.targets, targets.data(), (size_t)B * T * sizeof(int), cudaMemcpyHostToDevice));
 }
 
 template <typename floatX>
-EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, long long alive_train,
-                     std::vector<long long>* fire_count = nullptr) {
+EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, long long alive_train) {
     NvtxRange r("evaluate");
     int T = e->T, C = e->C, D = e->D, K = e->K;
+    Activations<floatX>& act = e->acts;
+    Stats& st = e->stats;
     std::vector<float> zeros(NUM_STATS_FIXED + K, 0.0f);
-    cudaCheck(cudaMemcpy(e->stats, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemset(e->fired_eval, 0, D * sizeof(unsigned int)));
-    cudaCheck(cudaMemset(e->fire_count_eval, 0, D * sizeof(unsigned long long)));
-    cudaCheck(cudaMemset(e->agree_count, 0, sizeof(int)));
+    cudaCheck(cudaMemcpy(st.sums, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemset(st.fired_eval, 0, D * sizeof(unsigned int)));
+    cudaCheck(cudaMemset(st.fire_count_eval, 0, D * sizeof(unsigned long long)));
+    cudaCheck(cudaMemset(st.agree_count, 0, sizeof(int)));
     std::vector<int> tokens((size_t)e->B * T);
     sae_prepare_weights(e);
     long long tokens_seen = 0;
@@ -517,49 +631,41 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
         upload_rows(e, tokens.data(), B);
         forward_to_sae(e, B);
         sae_forward(e, B);
-        sae_sparsity_l0(e->stats + STAT_L1, e->stats + STAT_L0, e->fired_eval, e->c, N, D, 0, e->fire_count_eval);
-        mse_forward_backward(e->stats + STAT_MSE, (floatX*)nullptr, e->x_hat, e->x, NC, 0.0f, 0);
-        explained_variance_rows(e->rows, e->x_hat, e->x, e->xsum, N, C, 0);
-        deterministic_sum(e->stats + STAT_EV, e->rows, N, true, 0);
+        sae_sparsity_l0(st.sums + STAT_L1, st.sums + STAT_L0, st.fired_eval, act.c, N, D, 0, st.fire_count_eval);
+        mse_forward_backward(st.sums + STAT_MSE, (floatX*)nullptr, act.x_hat, act.x, NC, 0.0f, 0);
+        explained_variance_rows(act.rows, act.x_hat, act.x, act.xsum, N, C, 0);
+        deterministic_sum(st.sums + STAT_EV, act.rows, N, true, 0);
         clean_forward(e, B);
         spliced_forward(e, B);
         for (int k = 0; k < K; k++)
-            mse_forward_backward(e->stats + STAT_DS + k, (floatX*)nullptr, e->spliced_acts[k + 1].inp, e->ds_clean_v[k], NC, 0.0f, 0);
-        ce_forward(e->rows, e->logits_clean, e->targets, N, e->V, e->Vp, 0);
-        deterministic_sum(e->stats + STAT_CE_CLEAN, e->rows, N, true, 0);
-        ce_forward(e->rows, e->logits_spliced, e->targets, N, e->V, e->Vp, 0);
-        deterministic_sum(e->stats + STAT_CE_SPLICED, e->rows, N, true, 0);
-        argmax_agree(e->agree_count, e->logits_clean, e->logits_spliced, N, e->V, e->Vp, 0);
-        kl_fused_forward_backward(e->rows, e->logits_spliced, e->logits_clean, 0.0f, N, e->V, e->Vp, 0);
-        deterministic_sum(e->stats + STAT_KL, e->rows, N, true, 0);
+            mse_forward_backward(st.sums + STAT_DS + k, (floatX*)nullptr, act.spliced[k + 1].inp, act.ds_clean[k], NC, 0.0f, 0);
+        ce_forward(act.rows, act.logits_clean, act.targets, N, e->V, e->Vp, 0);
+        deterministic_sum(st.sums + STAT_CE_CLEAN, act.rows, N, true, 0);
+        ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
+        deterministic_sum(st.sums + STAT_CE_SPLICED, act.rows, N, true, 0);
+        argmax_agree(st.agree_count, act.logits_clean, act.logits_spliced, N, e->V, e->Vp, 0);
+        kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
+        deterministic_sum(st.sums + STAT_KL, act.rows, N, true, 0);
         tokens_seen += N;
     }
-    sae_count_alive(e->alive_count, e->fired_eval, D, 0);
     std::vector<float> s(NUM_STATS_FIXED + K);
-    int alive = 0, agree = 0;
-    cudaCheck(cudaMemcpy(s.data(), e->stats, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(&alive, e->alive_count, sizeof(int), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(&agree, e->agree_count, sizeof(int), cudaMemcpyDeviceToHost));
-    EvalMetrics m;
-    double ce_positions = (double)eval_rows * (T - 1);
-    m.tokens = tokens_seen;
-    m.ce_clean = s[STAT_CE_CLEAN] / ce_positions;
-    m.ce_spliced = s[STAT_CE_SPLICED] / ce_positions;
-    m.kl = s[STAT_KL] / tokens_seen;
-    m.l0 = s[STAT_L0] / tokens_seen;
-    m.explained_variance = s[STAT_EV] / tokens_seen;
-    m.top1_agree = (double)agree / tokens_seen;
-    m.mse = s[STAT_MSE] / ((double)tokens_seen * C);
-    m.alive = alive;
-    m.dead = D - alive;
-    m.alive_train = alive_train;
-    for (int k = 0; k < K; k++) m.ds_mse.push_back(s[STAT_DS + k] / ((double)tokens_seen * C));
-    if (fire_count) {
-        std::vector<unsigned long long> counts(D);
-        cudaCheck(cudaMemcpy(counts.data(), e->fire_count_eval, D * sizeof(unsigned long long), cudaMemcpyDeviceToHost));
-        fire_count->assign(counts.begin(), counts.end());
-    }
-    return m;
+    int agree = 0;
+    cudaCheck(cudaMemcpy(s.data(), st.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(&agree, st.agree_count, sizeof(int), cudaMemcpyDeviceToHost));
+    EvalSums sums;
+    sums.ce_clean = s[STAT_CE_CLEAN];
+    sums.ce_spliced = s[STAT_CE_SPLICED];
+    sums.kl = s[STAT_KL];
+    sums.l0 = s[STAT_L0];
+    sums.explained_variance = s[STAT_EV];
+    sums.top1_agree = agree;
+    sums.mse = s[STAT_MSE];
+    for (int k = 0; k < K; k++) sums.ds_mse.push_back(s[STAT_DS + k]);
+    sums.tokens = tokens_seen;
+    static_assert(sizeof(unsigned long long) == sizeof(long long), "the counts are copied as they are");
+    sums.fire_count.resize(D);
+    cudaCheck(cudaMemcpy(sums.fire_count.data(), st.fire_count_eval, D * sizeof(long long), cudaMemcpyDeviceToHost));
+    return eval_metrics_finish(sums, eval_rows, T, C, D, alive_train);
 }
 
 // ----------------------------------------------------------------------------
@@ -569,32 +675,19 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
 template <typename floatX>
 void dump_features(Engine<floatX>* e, const DataLoader* val, const TrainConfig& cfg) {
     NvtxRange r("dump_features");
-    int T = e->T, K = cfg.dump_topk;
-    long long rows = std::min<long long>(val->num_rows, (cfg.dump_tokens + T - 1) / T);
-    feature_dump_reset_gpu(e->dump_fire_count, e->dump_top_values, e->dump_top_pos, e->D, K, 0);
+    const DumpDevice& d = e->dump;
+    feature_dump_reset_gpu(d.fire_count, d.top_values, d.top_pos, e->D, cfg.dump_topk, 0);
     sae_prepare_weights(e);
-    std::vector<int> tokens((size_t)e->B * T);
-    long long n_tokens = 0;
-    for (long long row = 0; row < rows; row += e->B) {
-        int B = (int)std::min<long long>(e->B, rows - row);
-        dataloader_get_rows(val, row, B, tokens.data());
-        upload_rows(e, tokens.data(), B);
+    long long n_tokens = feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+        upload_rows(e, tokens, B);
         forward_to_sae(e, B);
         sae_forward(e, B);
-        feature_dump_add_gpu(e->dump_fire_count, e->dump_top_values, e->dump_top_pos, e->c, B * T, e->D, K, row * T, 0);
-        n_tokens += (long long)B * T;
-    }
+        feature_dump_add_gpu(d.fire_count, d.top_values, d.top_pos, e->acts.c, B * e->T, e->D, cfg.dump_topk, first_pos, 0);
+    });
     FeatureDump fd;
-    feature_dump_init(&fd, e->D, K);
-    feature_dump_download(&fd, e->dump_fire_count, e->dump_top_values, e->dump_top_pos, n_tokens);
-    std::vector<std::string> shards;
-    for (const Shard& sh : val->shards) shards.push_back(sh.path);
-    feature_dump_write(&fd, cfg.dump_features, feature_dump_meta(cfg.val, shards, T, n_tokens, e->D, K, cfg.layer,
-                                                                 e->host_model.source, mode_name(cfg.mode)));
-    long long alive = 0;
-    for (long long n : fd.fire_count) alive += n > 0;
-    printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)e->D, K,
-           n_tokens, cfg.dump_features.c_str(), alive);
+    feature_dump_init(&fd, e->D, cfg.dump_topk);
+    feature_dump_download(&fd, d.fire_count, d.top_values, d.top_pos, n_tokens);
+    feature_dump_finish(&fd, val, cfg, e->host_model.source);
 }
 
 // ----------------------------------------------------------------------------
@@ -603,12 +696,12 @@ void dump_features(Engine<floatX>* e, const DataLoader* val, const TrainConfig& 
 template <typename floatX>
 void download_state(Engine<floatX>* e, std::vector<float>& m, std::vector<float>& v, std::vector<float>& fired) {
     size_t P = e->host_sae.num_parameters;
-    cudaCheck(cudaMemcpy(e->host_sae.memory.data(), e->params, P * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(e->host_sae.memory.data(), e->sae.params, P * sizeof(float), cudaMemcpyDeviceToHost));
     m.resize(P); v.resize(P);
-    cudaCheck(cudaMemcpy(m.data(), e->adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(v.data(), e->adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(m.data(), e->sae.adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(v.data(), e->sae.adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
     std::vector<unsigned int> f(e->D);
-    cudaCheck(cudaMemcpy(f.data(), e->fired_train, e->D * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(f.data(), e->stats.fired_train, e->D * sizeof(unsigned int), cudaMemcpyDeviceToHost));
     fired.resize(e->D);
     for (int i = 0; i < e->D; i++) fired[i] = f[i] ? 1.0f : 0.0f;
 }
@@ -616,180 +709,115 @@ void download_state(Engine<floatX>* e, std::vector<float>& m, std::vector<float>
 template <typename floatX>
 void upload_state(Engine<floatX>* e, const std::vector<float>& m, const std::vector<float>& v, const std::vector<float>& fired) {
     size_t P = e->host_sae.num_parameters;
-    cudaCheck(cudaMemcpy(e->params, e->host_sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(e->adam_m, m.data(), P * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(e->adam_v, v.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->sae.params, e->host_sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->sae.adam_m, m.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->sae.adam_v, v.data(), P * sizeof(float), cudaMemcpyHostToDevice));
     std::vector<unsigned int> f(e->D);
     for (int i = 0; i < e->D; i++) f[i] = fired[i] > 0.0f ? 1u : 0u;
-    cudaCheck(cudaMemcpy(e->fired_train, f.data(), e->D * sizeof(unsigned int), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(e->stats.fired_train, f.data(), e->D * sizeof(unsigned int), cudaMemcpyHostToDevice));
 }
 
 // ----------------------------------------------------------------------------
-// the training loop
+// the training loop. The host waits for the device at each micro-batch's token upload (a
+// cudaMemcpy from pageable memory synchronises), and once per step to read back the stats.
 
-static double now_seconds() {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
+// the time per step after warm-up, and the phase breakdown
+template <typename floatX>
+void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
+    const TrainConfig& cfg = e->cfg;
+    double sum = 0, total_s = 0;
+    for (int p = 0; p < NUM_PHASES; p++) sum += e->phases.ms[p];
+    for (double s : step_seconds) total_s += s;
+    size_t n = step_seconds.size();
+    std::sort(step_seconds.begin(), step_seconds.end());
+    double median = step_seconds[n / 2];
+    printf("---- time per step over %zu steps after warm-up: median %.2f ms wall (%.0f tokens/s), mean %.2f ms ----\n", n,
+           1000.0 * median, (double)cfg.batch * cfg.seq_len * cfg.grad_accum / median, 1000.0 * total_s / n);
+    for (int p = 0; p < NUM_PHASES; p++)
+        printf("  %-22s %8.3f ms  (%4.1f%%)\n", PHASE_NAMES[p], e->phases.ms[p] / n, 100.0 * e->phases.ms[p] / sum);
+    size_t free_b, total_b;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    printf("  device memory in use: %.2f GiB of %.2f GiB\n", (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
 }
 
 template <typename floatX>
-int run(TrainConfig cfg, GPT2& host_model, SAE& host_sae) {
+int run(const TrainConfig& cfg) {
     Engine<floatX> e;
-    e.host_model = host_model;
-    e.host_sae = host_sae;
-    sae_bind(&e.host_sae);  // the copy's pointers must point into its own block
-    DataLoader train_loader, val_loader;
-    const GPT2Config& mc = host_model.config;
-    bool have_val = (cfg.eval_samples > 0 || !cfg.dump_features.empty()) && (cfg.val_given || glob_matches(cfg.val));
-    if (cfg.eval_samples > 0 && !have_val)
-        printf("note: no eval data at the default --val '%s' (scripts/download_starter_pack.sh gets it): eval skipped\n", cfg.val.c_str());
-    if (!cfg.eval_only) dataloader_init(&train_loader, cfg.train, "--train", cfg.batch, cfg.seq_len, mc.vocab_size, cfg.shuffle, cfg.seed);
-    if (have_val) dataloader_init(&val_loader, cfg.val, "--val", 1, cfg.seq_len, mc.vocab_size, false, 0);
-    int eval_rows = have_val ? (int)std::min<long long>(cfg.eval_samples, val_loader.num_rows) : 0;
-    if (!cfg.dump_features.empty() && !have_val) die("--dump-features needs --val data to stream through the SAE");
+    load_model_and_sae(&e.host_model, &e.host_sae, cfg);
+    RunData data;
+    open_loaders(&data, cfg, e.host_model.config.vocab_size);
     engine_init(&e, cfg, cfg.batch);
 
-    TrainState ts;
-    ts.alive_fired.assign(e.D, 0.0f);
-    std::vector<float> hm, hv;
-    if (!cfg.resume.empty()) {
-        hm.assign(e.host_sae.num_parameters, 0.0f); hv.assign(e.host_sae.num_parameters, 0.0f);
-        train_state_load(cfg.resume, &e.host_sae, hm.data(), hv.data(), &ts, cfg);
-        train_loader.rows_consumed = ts.rows_consumed;
-        upload_state(&e, hm, hv, ts.alive_fired);
-        printf("resumed from %s at step %lld\n", cfg.resume.c_str(), ts.step);
-    }
-    make_dir(cfg.out);
-    Logger logger;
-    logger_open(&logger, cfg.log, !cfg.resume.empty());
-    long long eff_batch = (long long)cfg.batch * cfg.grad_accum;
-    long long W = cfg.warmup_samples / eff_batch, S = cfg.samples / eff_batch;
-    long long last_alive = -1;
-    std::vector<float> sparsity;  // (D) from the latest eval; empty before the first, and no file is written then
+    RunState run;
+    std::vector<float> hm(e.host_sae.num_parameters, 0.0f), hv(e.host_sae.num_parameters, 0.0f);  // host Adam m, v
+    run_begin(&run, cfg, &e.host_sae, hm.data(), hv.data(), &data, e.host_model.source);
+    if (!cfg.resume.empty()) upload_state(&e, hm, hv, run.ts.alive_fired);
     auto run_eval = [&](long long step) {
-        if (!eval_rows) return;
-        std::vector<long long> fire_count;
-        EvalMetrics m = evaluate(&e, &val_loader, eval_rows, last_alive, &fire_count);
-        sparsity = sae_log10_sparsity(fire_count, m.tokens);
-        print_eval(step, m, cfg.layer + 1);
-        logger_log_eval(&logger, step, m);
+        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.last_alive));
     };
-    if (cfg.eval_only) {
-        if (!eval_rows && cfg.dump_features.empty()) die("--eval-only needs eval data: --val '%s' has no rows", cfg.val.c_str());
-        run_eval(0);
-        if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
-        logger_close(&logger);
-        engine_free(&e);
-        return 0;
-    }
-    std::string model_name = model_name_for_export(host_model.source);  // once per run: it may checksum 548 MB
     auto save = [&](long long step) {
-        std::vector<float> fired;
-        download_state(&e, hm, hv, fired);
-        ts.step = step;
-        ts.rows_consumed = train_loader.rows_consumed;
-        ts.alive_fired = fired;
-        train_state_save(cfg.out, &e.host_sae, hm.data(), hv.data(), ts, cfg);
-        sae_export(&e.host_sae, cfg.out, cfg, model_name, step, sparsity.empty() ? nullptr : &sparsity);
-        printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
+        download_state(&e, hm, hv, run.ts.alive_fired);
+        save_run(&run, cfg, &e.host_sae, hm.data(), hv.data(), step, data);
     };
-    if (ts.step == 0) run_eval(0);
+    if (run.ts.step == 0 || cfg.eval_only) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
     std::vector<float> s(NUM_STATS_FIXED + e.K);
     std::vector<float> zeros(NUM_STATS_FIXED + e.K, 0.0f);
-    long long last_eval_samples = ts.step * eff_batch;
-    long long step = ts.step, timed_steps = 0;
-    PhaseTimes total_phases;
-    double timed_seconds = 0.0;
+    long long last_eval_samples = run.ts.step * run.sched.eff_batch;
+    long long step = run.ts.step;
     std::vector<double> step_seconds;  // after warm-up, for the median
-    while (step < S && (cfg.max_steps < 0 || step < cfg.max_steps)) {
+    while (keep_training(run.sched, cfg, step)) {
         NvtxRange r("step");
         double t0 = now_seconds();
-        double lr = lr_at_step(cfg.lr, step, W, S, cfg.min_lr_factor);
-        cudaCheck(cudaMemcpyAsync(e.stats, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice, 0));
+        double lr = lr_at_step(cfg.lr, step, run.sched.W, run.sched.S, cfg.min_lr_factor);
+        cudaCheck(cudaMemcpyAsync(e.stats.sums, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice, 0));
         sae_prepare_weights(&e);
-        PhaseTimes pt;
         for (int a = 0; a < cfg.grad_accum; a++) {
-            dataloader_next_batch(&train_loader, tokens.data());
-            cudaCheck(cudaMemcpy(e.tokens, tokens.data(), tokens.size() * sizeof(int), cudaMemcpyHostToDevice));
-            micro_step(&e, cfg.grad_accum, a == 0);
-            if (a + 1 < cfg.grad_accum) { cudaCheck(cudaEventSynchronize(e.ev[PH_UPDATE])); collect_phases(&e, &pt, false); }
+            dataloader_next_batch(&data.train, tokens.data());
+            cudaCheck(cudaMemcpy(e.acts.tokens, tokens.data(), tokens.size() * sizeof(int), cudaMemcpyHostToDevice));
+            micro_step(&e, cfg.grad_accum, a);
         }
-        update(&e, lr, step + 1);
-        cudaCheck(cudaMemcpy(s.data(), e.stats, s.size() * sizeof(float), cudaMemcpyDeviceToHost));  // the step's one sync
-        collect_phases(&e, &pt, true);
+        {
+            auto t = time_phase(&e, 0, PH_UPDATE);
+            sae_finish_grads(&e);
+            update(&e, lr, step + 1);
+        }
+        cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
         step++;
-        double A = cfg.grad_accum, dN = (double)cfg.batch * cfg.seq_len, C = e.C;
-        double kl = cfg.mode == MODE_LOCAL ? NAN : s[STAT_KL] / dN / A;
-        double sparsity = s[STAT_L1] / dN / C / A, mse = s[STAT_MSE] / dN / C / A, l0 = s[STAT_L0] / dN / A;
-        double ds_mse = NAN;
-        if (cfg.mode != MODE_LOCAL && e.K > 0) {
-            ds_mse = 0.0;
-            for (int k = 0; k < e.K; k++) ds_mse += s[STAT_DS + k] / dN / C / A;
-            ds_mse /= e.K;
-        }
-        double loss = cfg.sparsity_coeff * sparsity;
-        if (cfg.mode == MODE_LOCAL) loss += cfg.mse_coeff * mse;
-        else loss += cfg.kl_coeff * kl;
-        if (cfg.mode == MODE_E2E_DS) loss += cfg.ds_coeff * ds_mse;
-        double gnorm = sqrt((double)s[STAT_GNORM_SQ]);
-        if (!isfinite(loss) || !isfinite(gnorm))
-            die("loss is %f (grad norm %f) at step %lld: NaN/Inf in the model or SAE, or training diverged (try a lower --lr); "
-                "nothing was saved", loss, gnorm, step);
-        ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
-        long long alive_now = -1;
-        if (ts.alive_tokens >= cfg.alive_window) {
+        StepLog sl = step_terms(&e, s);
+        check_finite(sl.loss, sl.grad_norm, step);
+        run.ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
+        if (run.ts.alive_tokens >= cfg.alive_window) {
             int alive = 0;
-            sae_count_alive(e.alive_count, e.fired_train, e.D, 0);
-            cudaCheck(cudaMemcpy(&alive, e.alive_count, sizeof(int), cudaMemcpyDeviceToHost));
-            cudaCheck(cudaMemset(e.fired_train, 0, e.D * sizeof(unsigned int)));
-            alive_now = last_alive = alive;
-            ts.alive_tokens = 0;
+            sae_count_alive(e.stats.alive_count, e.stats.fired_train, e.D, 0);
+            cudaCheck(cudaMemcpy(&alive, e.stats.alive_count, sizeof(int), cudaMemcpyDeviceToHost));
+            cudaCheck(cudaMemset(e.stats.fired_train, 0, e.D * sizeof(unsigned int)));
+            sl.alive = run.last_alive = alive;
+            run.ts.alive_tokens = 0;
         }
         double dt = now_seconds() - t0;
-        double tps = dN * A / dt;
-        if (step - ts.step > 3) {  // after warm-up
-            timed_steps++;
-            timed_seconds += dt;
-            step_seconds.push_back(dt);
-            for (int p = 0; p < NUM_PHASES; p++) total_phases.ms[p] += pt.ms[p];
-        }
-        StepLog sl = {step, lr, loss, kl, sparsity, mse, ds_mse, l0, gnorm, tps, alive_now};
-        logger_log_step(&logger, sl);
-        printf("step %5lld/%lld | loss %.6f | kl %s | sparsity %.5f | mse %.6f | L0 %.1f | gnorm %.4f | lr %.3e | %.0f tok/s%s\n", step, S,
-               loss, json_num(kl).c_str(), sparsity, mse, l0, gnorm, lr, tps, alive_now >= 0 ? (" | alive " + std::to_string(alive_now)).c_str() : "");
-        bool last = step == S || step == cfg.max_steps;
-        if (cfg.save_every > 0 && step % cfg.save_every == 0 && !last) save(step);
-        if (cfg.eval_every > 0 && step * eff_batch - last_eval_samples >= cfg.eval_every && !last) {
-            run_eval(step);
-            last_eval_samples = step * eff_batch;
-        }
+        phase_times_collect(&e);
+        if (step - run.ts.step > 3) step_seconds.push_back(dt);  // after warm-up
+        else std::fill(e.phases.ms, e.phases.ms + NUM_PHASES, 0.0);
+        sl.step = step;
+        sl.lr = lr;
+        sl.tokens_per_s = (double)cfg.batch * cfg.seq_len * cfg.grad_accum / dt;
+        step_end(&run, cfg, sl, &last_eval_samples, save, run_eval);
     }
-    if (timed_steps > 0) {
-        double sum = 0;
-        for (int p = 0; p < NUM_PHASES; p++) sum += total_phases.ms[p];
-        std::sort(step_seconds.begin(), step_seconds.end());
-        double median = step_seconds[step_seconds.size() / 2];
-        printf("---- time per step over %lld steps after warm-up: median %.2f ms wall (%.0f tokens/s), mean %.2f ms ----\n",
-               timed_steps, 1000.0 * median, (double)cfg.batch * cfg.seq_len * cfg.grad_accum / median, 1000.0 * timed_seconds / timed_steps);
-        for (int p = 0; p < NUM_PHASES; p++)
-            printf("  %-22s %8.3f ms  (%4.1f%%)\n", PHASE_NAMES[p], total_phases.ms[p] / timed_steps, 100.0 * total_phases.ms[p] / sum);
-        size_t free_b, total_b;
-        cudaCheck(cudaMemGetInfo(&free_b, &total_b));
-        printf("  device memory in use: %.2f GiB of %.2f GiB\n", (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
+    if (!step_seconds.empty()) print_timing(&e, step_seconds);
+    if (!cfg.eval_only) {
+        run_eval(step);
+        save(step);
     }
-    run_eval(step);
-    save(step);
-    if (!cfg.dump_features.empty()) dump_features(&e, &val_loader, cfg);
-    logger_close(&logger);
-    dataloader_free(&train_loader);
-    if (have_val) dataloader_free(&val_loader);
+    if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
+    logger_close(&run.logger);
+    close_loaders(&data, cfg);
     engine_free(&e);
+    gpt2_free(&e.host_model);
     return 0;
 }
 
-// loads the model and the SAE on the host, then runs in the chosen precision
+// picks the device, then runs in the chosen precision
 int train_main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, true);
@@ -802,22 +830,7 @@ int train_main(int argc, char** argv) {
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, cfg.device));
     printf("device %d: %s, %d SMs, %.1f GiB\n", cfg.device, prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
-    GPT2 model;
-    gpt2_load(&model, cfg.model);
-    const GPT2Config& mc = model.config;
-    printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred)\n", model.source.c_str(),
-           mc.num_layers, mc.num_heads, mc.channels, mc.vocab_size, mc.max_seq_len, model.num_parameters);
-    check_config_against_model(cfg, mc.num_layers, mc.max_seq_len);
-    SAE sae;
-    if (!cfg.init_sae.empty()) {
-        sae_load(&sae, cfg.init_sae, mc.channels);
-        printf("SAE from %s: d_in %d, d_sae %d\n", cfg.init_sae.c_str(), sae.C, sae.D);
-    } else {
-        sae_allocate(&sae, mc.channels, config_d_sae(cfg, mc.channels));
-        sae_init_random(&sae, cfg.seed);
-    }
-    print_config(cfg, sae.C, sae.D);
-    return cfg.precision == "fp32" ? run<float>(cfg, model, sae) : run<bf16>(cfg, model, sae);
+    return cfg.precision == "fp32" ? run<float>(cfg) : run<bf16>(cfg);
 }
 
 #ifndef TESTING

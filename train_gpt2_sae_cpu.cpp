@@ -22,13 +22,13 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include "llmc/utils.h"        // defines: die, fopenCheck, mallocCheck, now_seconds, check_finite
 #include "llmc/gpt2_load.h"    // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"   // defines: DataLoader, dataloader_init/next_batch/get_rows
-#include "llmc/schedule.h"     // defines: lr_at_step, Schedule, keep_training, is_last, should_save, should_eval
+#include "llmc/schedule.h"     // defines: lr_at_step, adamw_scalars, Schedule, keep_training, is_last, should_save, should_eval
 #include "llmc/train_config.h" // defines: TrainConfig, parse_args, apply_demo_presets, check_config_against_model
 #include "llmc/sae.h"          // defines: SAE, sae_allocate, sae_init_random
 #include "llmc/sae_io.h"       // defines: sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"       // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish, print_eval
 #include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add, feature_dump_write
-#include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, resume_run, save_run, report_eval, feature_dump_stream
+#include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end
 
 // ----------------------------------------------------------------------------
 // GPT-2 layer passes, fp32. N = B*T rows. Backward passes compute activation gradients only.
@@ -711,23 +711,23 @@ void adamw_update(float* params, float* m, float* v, const float* grads, size_t 
 double update(Engine* e, double lr, long long t) {
     size_t n = e->sae.num_parameters;
     double norm_sq = global_norm_squared(e->grads.memory.data(), n);
-    double step_size = lr / (1.0 - pow(0.9, (double)t)), bc2_sqrt = sqrt(1.0 - pow(0.999, (double)t));
+    double step_size, bc2_sqrt;
+    adamw_scalars((int)t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
     adamw_update(e->sae.memory.data(), e->adam_m.data(), e->adam_v.data(), e->grads.memory.data(), n, lr, 0.9, 0.999, step_size,
                  bc2_sqrt, 1e-8, e->cfg.weight_decay, norm_sq, e->cfg.max_grad_norm);
     return (float)sqrt(norm_sq);
 }
 
 // ----------------------------------------------------------------------------
-// eval (SPEC §6) on the first eval_samples rows of the val data; fire_count (D), if given, gets
-// the number of eval tokens each feature fired on (the export's sparsity.safetensors)
+// eval (SPEC §6) on the first eval_samples rows of the val data, with the number of eval tokens
+// each feature fired on (the export's sparsity.safetensors)
 
-EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train,
-                     std::vector<long long>* fire_count = nullptr) {
+EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train) {
     int T = e->T, C = e->C, D = e->D;
     int K = e->n_layer - 1 - e->L;
     EvalSums s;
     s.ds_mse.assign(K > 0 ? K : 0, 0.0);
-    std::vector<long long> fired(D, 0);
+    s.fire_count.assign(D, 0);
     std::vector<int> tokens((size_t)e->B * T);
     for (int row = 0; row < eval_rows; row += e->B) {
         int B = std::min(e->B, eval_rows - row);
@@ -736,7 +736,7 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
         forward_to_sae(e, tokens.data(), B);
         sae_forward(e, B);
         double l1 = 0.0;  // not an eval metric
-        sae_sparsity_l0(&l1, &s.l0, nullptr, e->c.data(), N, D, fired.data());
+        sae_sparsity_l0(&l1, &s.l0, nullptr, e->c.data(), N, D, s.fire_count.data());
         // explained variance against the mean of x over this batch's tokens
         std::vector<double> xmean(C, 0.0);
         for (int n = 0; n < N; n++) for (int i = 0; i < C; i++) xmean[i] += e->x[(size_t)n * C + i];
@@ -767,8 +767,6 @@ EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long 
         s.kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
         s.tokens += N;
     }
-    for (long long f : fired) s.alive += f > 0;
-    if (fire_count) *fire_count = fired;
     return eval_metrics_finish(s, eval_rows, T, C, D, alive_train);
 }
 
@@ -800,40 +798,21 @@ int main(int argc, char** argv) {
     open_loaders(&data, cfg, e.model.config.vocab_size);
     engine_init(&e, cfg, cfg.batch);
 
-    TrainState ts;
-    ts.alive_fired.assign(e.D, 0.0f);
-    if (!cfg.resume.empty()) {
-        resume_run(cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &ts, &data);
-        e.fired = ts.alive_fired;
-    }
-    make_dir(cfg.out);
-    Logger logger;
-    logger_open(&logger, cfg.log, !cfg.resume.empty());
-    Schedule sched = schedule_from_config(cfg);
-    long long last_alive = -1;
-    std::vector<float> sparsity;  // (D) from the latest eval, for the export
+    RunState run;
+    run_begin(&run, cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &data, e.model.source);
+    e.fired = run.ts.alive_fired;
     auto run_eval = [&](long long step) {
-        if (!data.eval_rows) return;
-        std::vector<long long> fire_count;
-        EvalMetrics m = evaluate(&e, &data.val, data.eval_rows, last_alive, &fire_count);
-        report_eval(&logger, cfg, step, m, fire_count, &sparsity);
+        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.last_alive));
     };
-    if (cfg.eval_only) {
-        run_eval(0);
-        if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
-        logger_close(&logger);
-        return 0;
-    }
-    std::string model_name = model_name_for_export(e.model.source);  // once per run: it may checksum 548 MB
     auto save = [&](long long step) {
-        ts.alive_fired = e.fired;
-        save_run(cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &ts, step, data, model_name, sparsity);
+        run.ts.alive_fired = e.fired;
+        save_run(&run, cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), step, data);
     };
-    if (ts.step == 0) run_eval(0);
+    if (run.ts.step == 0 || cfg.eval_only) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
-    long long last_eval_samples = ts.step * sched.eff_batch;
-    long long step = ts.step;
-    while (keep_training(sched, cfg, step)) {
+    long long last_eval_samples = run.ts.step * run.sched.eff_batch;
+    long long step = run.ts.step;
+    while (keep_training(run.sched, cfg, step)) {
         double t0 = now_seconds();
         std::fill(e.grads.memory.begin(), e.grads.memory.end(), 0.0f);
         std::fill(e.dW_dec_norm.begin(), e.dW_dec_norm.end(), 0.0f);
@@ -845,34 +824,30 @@ int main(int argc, char** argv) {
             sum.kl += ml.kl; sum.sparsity += ml.sparsity; sum.mse += ml.mse; sum.ds_mse += ml.ds_mse; sum.l0 += ml.l0; sum.loss += ml.loss;
         }
         double A = cfg.grad_accum;
-        double lr = lr_at_step(cfg.lr, step, sched.W, sched.S, cfg.min_lr_factor);
+        double lr = lr_at_step(cfg.lr, step, run.sched.W, run.sched.S, cfg.min_lr_factor);
         sae_finish_grads(&e);
         double gnorm = update(&e, lr, step + 1);
         step++;
         check_finite(sum.loss, gnorm, step);
-        ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
+        run.ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
         long long alive_now = -1;
-        if (ts.alive_tokens >= cfg.alive_window) {
+        if (run.ts.alive_tokens >= cfg.alive_window) {
             alive_now = 0;
             for (float f : e.fired) alive_now += f > 0.0f;
-            last_alive = alive_now;
+            run.last_alive = alive_now;
             std::fill(e.fired.begin(), e.fired.end(), 0.0f);
-            ts.alive_tokens = 0;
+            run.ts.alive_tokens = 0;
         }
         double tps = cfg.batch * cfg.seq_len * A / (now_seconds() - t0);
-        print_step(&logger, {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps,
-                             alive_now}, sched.S);
-        bool last = is_last(sched, cfg, step);
-        if (should_save(cfg, step, last)) save(step);
-        if (should_eval(sched, cfg, step, last_eval_samples, last)) {
-            run_eval(step);
-            last_eval_samples = step * sched.eff_batch;
-        }
+        StepLog sl = {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps, alive_now};
+        step_end(&run, cfg, sl, &last_eval_samples, save, run_eval);
     }
-    run_eval(step);
-    save(step);
+    if (!cfg.eval_only) {
+        run_eval(step);
+        save(step);
+    }
     if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
-    logger_close(&logger);
+    logger_close(&run.logger);
     close_loaders(&data, cfg);
     gpt2_free(&e.model);
     return 0;

@@ -1,28 +1,34 @@
 /*
-Optimiser (SPEC §5): the global gradient norm over all SAE parameters, and one fused kernel per
-parameter tensor that clips the gradient by that norm and applies PyTorch's Adam(W) update.
+Optimiser (SPEC §5): the global gradient norm over all SAE parameters, and one fused kernel
+that clips the gradient by that norm and applies PyTorch's Adam(W) update.
 Everything here is fp32: SAE master weights, gradients and Adam m, v.
 
-Per step:
-    global_norm_squared(norm_sq, dW_enc, C*D, false, s);   // first tensor overwrites
-    global_norm_squared(norm_sq, db_enc, D, true, s);      // the rest accumulate
-    ... dW_dec, db_dec ...
-    adamw_scalars(t, lr, beta1, beta2, &step_size, &bc2_sqrt);
-    adamw_update(W_enc, m_W_enc, v_W_enc, dW_enc, C*D, lr, beta1, beta2, step_size, bc2_sqrt,
-                 eps, weight_decay, norm_sq, max_grad_norm, s);     // and the other three
-    copy norm_sq to the host once for the log: grad_norm = sqrt(norm_sq)
-The norm partials live in a static device array: call from one stream at a time.
+The trainer keeps the four SAE tensors (W_enc, b_enc, W_dec, b_dec) in one contiguous fp32
+buffer, and so do their gradients and Adam m, v: one call of each per update covers them all.
+Per update (train_gpt2_sae.cu, update()):
+    global_norm_squared(norm_sq, grads, P, false, s);   // P = all SAE parameters; overwrites
+    adamw_scalars(t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
+    adamw_update(params, m, v, grads, P, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8,
+                 weight_decay, norm_sq, max_grad_norm, s);
+norm_sq is a device scalar (a slot of the trainer's stats array), read by adamw_update on the
+device and copied to the host with the other stats for the log: grad_norm = sqrt(norm_sq).
+global_norm_squared can also accumulate over several separate tensors (accumulate = true for
+all but the first), which dev/cuda/adamw.cu checks.
 */
 #pragma once
 #include <math.h>
 #include <algorithm>
 #include "cuda_common.cuh"
+#include "schedule.h"
 
 // ----------------------------------------------------------------------------
 // global gradient norm, squared, deterministic
 
 #define GLOBAL_NORM_BLOCK_SIZE 512
 #define GLOBAL_NORM_MAX_BLOCKS 1024
+// Scratch for the per-block partials, one array for the whole program. Rule: call
+// global_norm_squared from one stream at a time (two calls in flight at once would share these
+// partials). The trainer launches everything on stream 0, so it holds.
 static __device__ float global_norm_partials[GLOBAL_NORM_MAX_BLOCKS];
 
 static __global__ void global_norm_squared_kernel(float* partials, const float* g, size_t n) {
@@ -51,12 +57,7 @@ inline void global_norm_squared(float* out, const float* g, size_t n, bool accum
 // ----------------------------------------------------------------------------
 // clipped Adam(W) update
 
-// Scalar factors of update number t (1 for the first update), in double as PyTorch computes
-// them in Python: step_size = lr / (1 − β1^t), bc2_sqrt = sqrt(1 − β2^t).
-inline void adamw_scalars(int t, double lr, double beta1, double beta2, double* step_size, double* bc2_sqrt) {
-    *step_size = lr / (1.0 - pow(beta1, (double)t));
-    *bc2_sqrt = sqrt(1.0 - pow(beta2, (double)t));
-}
+// adamw_scalars (the per-update step size and bias correction) is host math: llmc/schedule.h
 
 // Per element, in PyTorch's order (torch.optim.Adam/AdamW, foreach path, torch 2.x):
 //   clip_grad_norm_: coef = max_norm / (total + 1e-6), clamped to <= 1, g *= coef (always;

@@ -1,7 +1,8 @@
 /*
 Shared CUDA helpers: error-check macros, the bf16/fp32 storage types, and small
-conversions every kernel uses. Kernels are templated on their storage type `floatX`
-(float or __nv_bfloat16) and always accumulate in fp32.
+conversions every kernel uses: per-value to_float / from_float, and cast_copy for whole arrays.
+Also the fixed-order reductions and the 128-bit packed loads. Kernels are templated on their
+storage type `floatX` (float or __nv_bfloat16) and always accumulate in fp32.
 */
 #pragma once
 #include <stdio.h>
@@ -47,6 +48,22 @@ template <typename T> __device__ __forceinline__ T from_float(float x);
 template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16 from_float<bf16>(float x) { return __float2bfloat16_rn(x); }
 
+// out (n) = in (n) converted to Tout (round to nearest even for fp32 -> bf16): the trainer's bf16
+// copies of the fp32 master weights, and weights loaded as fp32 into bf16 storage
+template <typename Tout, typename Tin>
+__global__ void cast_copy_kernel(Tout* out, const Tin* in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_float<Tout>(to_float(in[i]));
+}
+
+template <typename Tout, typename Tin>
+void cast_copy(Tout* out, const Tin* in, size_t n, cudaStream_t stream) {
+    if (n == 0) return;
+    const int block_size = 256;
+    cast_copy_kernel<<<(unsigned)ceil_div(n, (size_t)block_size), block_size, 0, stream>>>(out, in, n);
+    cudaLaunchCheck();
+}
+
 template <typename T> inline cudaDataType_t cuda_dtype();
 template <> inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
 template <> inline cudaDataType_t cuda_dtype<bf16>() { return CUDA_R_16BF; }
@@ -57,6 +74,18 @@ struct NvtxRange {
     ~NvtxRange() { nvtxRangePop(); }
 };
 #define NVTX_RANGE_FN() NvtxRange nvtx_range_fn(__func__)
+
+// CUDA events that bracket a scope on one stream: `start` is recorded now, `end` when the scope
+// closes. The scope's GPU time is cudaEventElapsedTime(start, end), read once the stream has
+// passed `end`; nothing here waits. Not copyable: each pair is recorded once per scope.
+struct EventRange {
+    cudaEvent_t end;
+    cudaStream_t stream;
+    EventRange(cudaEvent_t start, cudaEvent_t end_, cudaStream_t s) : end(end_), stream(s) { cudaCheck(cudaEventRecord(start, stream)); }
+    ~EventRange() { cudaCheck(cudaEventRecord(end, stream)); }
+    EventRange(const EventRange&) = delete;
+    EventRange& operator=(const EventRange&) = delete;
+};
 
 // ----------------------------------------------------------------------------
 // reductions in a fixed order: the same inputs and launch shape give the same bits on every

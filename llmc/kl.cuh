@@ -1,9 +1,9 @@
 /*
 Logit-level loss and metrics, one thread block per row of logits (SPEC §4 KL, §6 CE and top-1
 agreement):
-  kl_fused_forward_backward  KL(clean ‖ spliced) per row, and d logits_spliced written in place
-  ce_forward                 next-token cross-entropy per row
-  argmax_agree               count of rows whose clean and spliced argmax agree
+  kl_forward_backward  KL(clean ‖ spliced) per row, and d logits_spliced written in place
+  ce_forward           next-token cross-entropy per row
+  argmax_agree         count of rows whose clean and spliced argmax agree
 Logits are (N, Vp) floatX with only the first V columns real (llm.c pads the vocab to Vp);
 columns V..Vp-1 never enter a softmax. Probabilities are never materialised: a row is read once
 for a running (max, Σ exp(x − max)) pair, then once more to use the resulting log-softmax.
@@ -15,11 +15,13 @@ Per-row outputs, no atomics on floats: sum kl_rows / ce_rows with deterministic_
 #include <limits.h>
 #include "cuda_common.cuh"
 
-#define KL_BLOCK_SIZE 1024  // 50257 / 1024: ~49 logits per thread per row
+// threads per block for every kernel here (KL, CE, argmax): one block per row of logits,
+// 50257 / 1024: ~49 logits per thread per row
+#define LOGITS_BLOCK_SIZE 1024
 
 // ----------------------------------------------------------------------------
 // online softmax statistics: running max m and s = Σ exp(x − m) over the values seen
-// (__host__ too: dev/cuda/kl_fused.cu replays the block's reduction order on the CPU)
+// (__host__ too: dev/cuda/kl.cu replays the block's reduction order on the CPU)
 
 struct SoftmaxStats {
     float max;
@@ -78,11 +80,11 @@ __device__ inline SoftmaxStats block_reduce_softmax_stats(SoftmaxStats s) {
 // gradient: every element is read and written by the same thread, after the block's reduction.
 // lp = (z − max) − log(sum) is PyTorch's log_softmax order of operations.
 // Each thread moves 16-byte packs (8 bf16 / 4 fp32): 1.7x faster than one element per load at
-// GPT-2's vocabulary (dev/cuda/kl_fused.cu). The packs cover [0, Vp), so the launcher needs Vp a
+// GPT-2's vocabulary (dev/cuda/kl.cu). The packs cover [0, Vp), so the launcher needs Vp a
 // multiple of the pack and 16-byte aligned rows; elements at v >= V (padding) are skipped in both
 // passes and written as 0.
 template <typename floatX>
-__global__ void kl_fused_forward_backward_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
+__global__ void kl_forward_backward_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
                                                  float grad_scale, int V, int Vp) {
     constexpr int P = Packed128<floatX>::size;
     floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
@@ -127,7 +129,7 @@ __global__ void kl_fused_forward_backward_kernel(float* kl_rows, floatX* logits_
 // the same, one element per load: for rows that are not 16-byte aligned or a Vp that is not a
 // multiple of the pack
 template <typename floatX>
-__global__ void kl_fused_forward_backward_scalar_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
+__global__ void kl_forward_backward_scalar_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
                                                         float grad_scale, int V, int Vp) {
     floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
     const floatX* zc = logits_clean + (size_t)blockIdx.x * Vp;
@@ -157,15 +159,15 @@ __global__ void kl_fused_forward_backward_scalar_kernel(float* kl_rows, floatX* 
 // logits_clean (N,Vp) in; grad_scale = kl_coeff / (N·grad_accum) (0 for eval: the gradient is
 // then written as zeros, the logits are gone either way)
 template <typename floatX>
-void kl_fused_forward_backward(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
+void kl_forward_backward(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
                                int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
     // every row start is aligned when the base pointers are and Vp is a multiple of the pack
     if (Vp % Packed128<floatX>::size == 0 && is_aligned16(logits_spliced) && is_aligned16(logits_clean)) {
-        kl_fused_forward_backward_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+        kl_forward_backward_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
     } else {
-        kl_fused_forward_backward_scalar_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+        kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
     }
     cudaLaunchCheck();
 }
@@ -196,7 +198,7 @@ template <typename floatX>
 void ce_forward(float* ce_rows, const floatX* logits, const int* targets, int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
-    ce_forward_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(ce_rows, logits, targets, V, Vp);
+    ce_forward_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(ce_rows, logits, targets, V, Vp);
     cudaLaunchCheck();
 }
 
@@ -256,6 +258,6 @@ template <typename floatX>
 void argmax_agree(int* agree_count, const floatX* logits_a, const floatX* logits_b, int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
-    argmax_agree_kernel<<<N, KL_BLOCK_SIZE, 0, stream>>>(agree_count, logits_a, logits_b, V, Vp);
+    argmax_agree_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(agree_count, logits_a, logits_b, V, Vp);
     cudaLaunchCheck();
 }

@@ -59,6 +59,7 @@ struct EvalMetrics {
     double ce_clean = NAN, ce_spliced = NAN, kl = NAN, l0 = NAN, explained_variance = NAN, top1_agree = NAN, mse = NAN;
     long long alive = -1, dead = -1, alive_train = -1, tokens = 0;
     std::vector<double> ds_mse;  // per downstream layer (e2e+ds)
+    std::vector<long long> fire_count;  // (D) eval tokens each feature fired on (the export's sparsity)
 };
 
 // what an eval adds up over its eval_rows rows of T tokens; eval_metrics_finish turns the sums
@@ -66,7 +67,8 @@ struct EvalMetrics {
 struct EvalSums {
     double ce_clean = 0, ce_spliced = 0, kl = 0, l0 = 0, explained_variance = 0, top1_agree = 0, mse = 0;
     std::vector<double> ds_mse;  // per downstream layer
-    long long tokens = 0, alive = 0;
+    std::vector<long long> fire_count;  // (D) per feature
+    long long tokens = 0;
 };
 
 inline EvalMetrics eval_metrics_finish(const EvalSums& s, int eval_rows, int T, int C, int D, long long alive_train) {
@@ -81,8 +83,10 @@ inline EvalMetrics eval_metrics_finish(const EvalSums& s, int eval_rows, int T, 
     m.explained_variance = s.explained_variance / tokens;
     m.top1_agree = s.top1_agree / tokens;
     m.mse = s.mse / (tokens * C);
-    m.alive = s.alive;
-    m.dead = D - s.alive;
+    m.alive = 0;
+    for (long long n : s.fire_count) m.alive += n > 0;
+    m.dead = D - m.alive;
+    m.fire_count = s.fire_count;
     m.alive_train = alive_train;
     for (double ds : s.ds_mse) m.ds_mse.push_back(ds / (tokens * C));
     return m;

@@ -324,3 +324,21 @@ void matmul_backward_dinp(floatX* dinp, const floatX* dout, const floatX* weight
     matmul_cublaslt(dinp, dout, weight, NULL, N, C, OC, false, false, t, t, accumulate,
                     CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
 }
+
+// out (N,OC) += inp (N,C) · weight (OC,C)ᵀ + bias (OC): the residual add rides on the matmul's
+// accumulate, so the residual stream is read and written once. Replaces the CPU trainer's
+// matmul_forward + residual_forward pair.
+template <typename floatX>
+void matmul_forward_residual(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C, int OC,
+                             cudaStream_t stream) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    matmul_cublaslt(out, inp, weight, bias, N, OC, C, false, true, t, t, true, CUBLASLT_EPILOGUE_BIAS, NULL, stream);
+}
+
+// out (N,OC) = gelu(inp (N,C) · weight (OC,C)ᵀ + bias), pre_gelu (N,OC) keeps gelu's input for the
+// backward. Replaces the CPU trainer's matmul_forward + gelu_forward pair (one cuBLASLt epilogue in bf16).
+template <typename floatX>
+void matmul_forward_gelu(floatX* out, floatX* pre_gelu, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C,
+                         int OC, cudaStream_t stream) {
+    matmul_forward(out, inp, weight, bias, N, C, OC, stream, pre_gelu);
+}

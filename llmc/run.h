@@ -17,6 +17,7 @@ schedule.h, logger.h and utils.h.
 #include "sae_io.h"
 #include "logger.h"
 #include "feature_dump.h"
+#include "schedule.h"
 
 // GPT-2 (residual-writing weights centred, SPEC §2) and the SAE (--init-sae, or the library's
 // init), with the flags checked against the model; prints both and the config
@@ -61,31 +62,59 @@ inline void close_loaders(RunData* d, const TrainConfig& cfg) {
     if (d->have_val) dataloader_free(&d->val);
 }
 
-// --resume: SAE parameters and Adam moments into sae, m, v (host); the data position and the
-// alive window into ts and the training loader
-inline void resume_run(const TrainConfig& cfg, SAE* sae, float* m, float* v, TrainState* ts, RunData* d) {
-    train_state_load(cfg.resume, sae, m, v, ts, cfg);
-    d->train.rows_consumed = ts->rows_consumed;
-    printf("resumed from %s at step %lld\n", cfg.resume.c_str(), ts->step);
+// what a run keeps on the host between its steps
+struct RunState {
+    TrainState ts;                 // step, data position, alive window: what --resume restores
+    Schedule sched;
+    Logger logger;
+    long long last_alive = -1;     // features alive in the last completed training window
+    std::vector<float> sparsity;   // (D) from the latest eval, for the export; empty before the first
+    std::string model_name;        // the export's metadata.model_name
+};
+
+// Before the first step: --resume's state (SAE parameters and Adam moments into sae, m, v on the
+// host; the data position into the training loader), the output folder and the log.
+inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m, float* v, RunData* d, const std::string& model_source) {
+    run->ts.alive_fired.assign(sae->D, 0.0f);
+    if (!cfg.resume.empty()) {
+        train_state_load(cfg.resume, sae, m, v, &run->ts, cfg);
+        d->train.rows_consumed = run->ts.rows_consumed;
+        printf("resumed from %s at step %lld\n", cfg.resume.c_str(), run->ts.step);
+    }
+    make_dir(cfg.out);
+    logger_open(&run->logger, cfg.log, !cfg.resume.empty());
+    run->sched = schedule_from_config(cfg);
+    if (!cfg.eval_only) run->model_name = model_name_for_export(model_source);  // once per run: it may checksum 548 MB
 }
 
 // the training state (for --resume) and the SAELens export, from host copies of the SAE, its Adam
-// moments and the alive flags; sparsity (D) is the latest eval's, empty before the first
-inline void save_run(const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, TrainState* ts, long long step,
-                     const RunData& d, const std::string& model_name, const std::vector<float>& sparsity) {
-    ts->step = step;
-    ts->rows_consumed = d.train.rows_consumed;
-    train_state_save(cfg.out, sae, m, v, *ts, cfg);
-    sae_export(sae, cfg.out, cfg, model_name, step, sparsity.empty() ? nullptr : &sparsity);
+// moments and the alive flags (run->ts.alive_fired)
+inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
+                     const RunData& d) {
+    run->ts.step = step;
+    run->ts.rows_consumed = d.train.rows_consumed;
+    train_state_save(cfg.out, sae, m, v, run->ts, cfg);
+    sae_export(sae, cfg.out, cfg, run->model_name, step, run->sparsity.empty() ? nullptr : &run->sparsity);
     printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
 }
 
-// an eval's metrics on stdout and in the log; fire_count (D) becomes the export's sparsity
-inline void report_eval(Logger* lg, const TrainConfig& cfg, long long step, const EvalMetrics& m,
-                        const std::vector<long long>& fire_count, std::vector<float>* sparsity) {
-    *sparsity = sae_log10_sparsity(fire_count, m.tokens);
+// an eval's metrics on stdout and in the log; its firing counts become the export's sparsity
+inline void report_eval(RunState* run, const TrainConfig& cfg, long long step, const EvalMetrics& m) {
+    run->sparsity = sae_log10_sparsity(m.fire_count, m.tokens);
     print_eval(step, m, cfg.layer + 1);
-    logger_log_eval(lg, step, m);
+    logger_log_eval(&run->logger, step, m);
+}
+
+// the end of update `step`: its line, then a periodic save or eval (the last update's come after the loop)
+template <typename Save, typename Eval>
+inline void step_end(RunState* run, const TrainConfig& cfg, const StepLog& sl, long long* last_eval_samples, Save save, Eval eval) {
+    print_step(&run->logger, sl, run->sched.S);
+    bool last = is_last(run->sched, cfg, sl.step);
+    if (should_save(cfg, sl.step, last)) save(sl.step);
+    if (should_eval(run->sched, cfg, sl.step, *last_eval_samples, last)) {
+        eval(sl.step);
+        *last_eval_samples = sl.step * run->sched.eff_batch;
+    }
 }
 
 // --dump-features: streams the first --dump-tokens val tokens (whole rows), B rows at a time,

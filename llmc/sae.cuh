@@ -26,21 +26,22 @@ unlike nn.Linear's [out, in] weights it is used without a transpose:
                      in dW_dec_norm, and W_dec is fixed within an update)
 (cuBLAS itself is column-major: a row-major (R,K) matrix is a column-major (K,R) one, so the
 encoder is cᵀ (D,N) = W_enc_cm (D,C) · xᵀ (C,N) with lda = D, ldb = C, ldc = D, both ops N, and
-the bias runs along cuBLAS's m = D; dev/cuda/sae_encoder_forward.cu checks that layout, with the
-bias added by add_bias_relu_inplace, and through matmul_cublaslt's RELU_BIAS epilogue.)
-Those wrappers are left to the trainer: they are one matmul_cublaslt call each. Note that
-cuBLASLt's bias has the output's type: in bf16 mode b_enc / b_dec need a bf16 copy for the
-epilogues, or the matmul writes without bias and add_bias_relu_inplace (below) adds the fp32
-bias in a separate pass (dev/cuda/sae_encoder_forward.cu times that pass).
+the bias runs along cuBLAS's m = D; dev/cuda/sae.cu checks that layout, and the trainer's
+RELU_BIAS call at the paper shape.) The launchers below carry the CPU trainer's names:
+sae_encoder_forward, sae_decoder_forward, and the backward split in two, sae_decoder_backward
+and sae_encoder_backward, with sae_l1_relu_backward between them. cuBLASLt's bias has the
+output's type, so in bf16 mode the trainer passes bf16 copies of b_enc / b_dec to the epilogues
+(dev/cuda/sae.cu also times the alternative: a plain matmul, then the fp32 bias and the ReLU
+added by extra passes over c).
 
 Determinism: no float atomics anywhere in this file (the one atomic adds integers). Reductions
 to scalars write one partial per block into a static device array and sum the partials in a
-fixed order (deterministic_sum), so the same inputs give the same bits on every run. The
-static scratch makes sae_sparsity_l0 safe to call from one stream at a time only.
+fixed order (deterministic_sum), so the same inputs give the same bits on every run.
 */
 #pragma once
 #include <algorithm>
 #include "cuda_common.cuh"
+#include "matmul.cuh"
 
 #define SAE_NORM_EPS 1e-12f  // F.normalize's eps: rows are divided by max(||row||, eps)
 
@@ -114,33 +115,6 @@ inline void sae_decoder_normalize_backward(float* dW_dec, const float* dW_dec_no
     if (D == 0) return;
     const int block_size = 256;
     sae_decoder_normalize_backward_kernel<<<ceil_div(D, block_size / 32), block_size, 0, stream>>>(dW_dec, dW_dec_norm, W_dec, inv_norm, D, C);
-    cudaLaunchCheck();
-}
-
-// ----------------------------------------------------------------------------
-// bias (+ ReLU) as a separate pass
-
-// out (N,OC) = [relu](out + bias) in place, bias fp32 (OC). The encoder's c = relu(x·W_enc + b_enc)
-// and the decoder's + b_dec are meant to be matmul epilogues (RELU_BIAS / BIAS, no extra pass);
-// this is the fallback for when an epilogue cannot be used, e.g. to add the fp32 master bias to a
-// bf16 matmul output (cuBLASLt wants the bias in the output's type). One pass over (N,OC).
-template <typename floatX>
-__global__ void add_bias_relu_inplace_kernel(floatX* out, const float* bias, size_t n, int OC, bool relu) {
-    const size_t stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        float v = to_float(out[i]) + bias[i % OC];
-        out[i] = from_float<floatX>(relu && v < 0.0f ? 0.0f : v);  // a NaN stays NaN, as in torch.relu
-    }
-}
-
-template <typename floatX>
-void add_bias_relu_inplace(floatX* out, const float* bias, int N, int OC, bool relu, cudaStream_t stream) {
-    NVTX_RANGE_FN();
-    const size_t n = (size_t)N * OC;
-    if (n == 0) return;
-    const int block_size = 512;
-    const size_t grid = std::min(ceil_div(n, (size_t)block_size), (size_t)(1 << 20));
-    add_bias_relu_inplace_kernel<<<(unsigned)grid, block_size, 0, stream>>>(out, bias, n, OC, relu);
     cudaLaunchCheck();
 }
 
@@ -223,6 +197,9 @@ void bias_grad_colsum(float* dbias, const floatX* dout, int N, int OC, bool accu
 // (256·N/R; 95k at the paper shape).
 #define SAE_STATS_BLOCK 256
 #define SAE_STATS_MAX_PARTIALS 4096
+// Scratch for the per-block partials, one pair of arrays for the whole program. Rule: call
+// sae_sparsity_l0 from one stream at a time (two calls in flight at once would share these
+// partials). The trainer launches everything on stream 0, so it holds.
 static __device__ float sae_l1_partials[SAE_STATS_MAX_PARTIALS];
 static __device__ float sae_l0_partials[SAE_STATS_MAX_PARTIALS];
 
@@ -286,4 +263,46 @@ inline void sae_count_alive(int* alive, const unsigned int* fired, int D, cudaSt
     NVTX_RANGE_FN();
     sae_count_alive_kernel<<<1, 1024, 0, stream>>>(alive, fired, D);
     cudaLaunchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// the SAE's matmuls (see the table at the top), under the CPU trainer's names and argument order
+
+// c (N,D) = relu(x (N,C) · W_enc (C,D) + b_enc (D)): bias and ReLU in the matmul's epilogue
+template <typename floatX>
+void sae_encoder_forward(floatX* c, const floatX* x, const floatX* W_enc, const floatX* b_enc, int N, int C, int D,
+                         cudaStream_t stream) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    matmul_cublaslt(c, x, W_enc, b_enc, N, D, C, false, false, t, t, false, CUBLASLT_EPILOGUE_RELU_BIAS, nullptr, stream);
+}
+
+// x_hat (N,C) = c (N,D) · W_dec_norm (D,C) + b_dec (C)
+template <typename floatX>
+void sae_decoder_forward(floatX* x_hat, const floatX* c, const floatX* W_dec_norm, const floatX* b_dec, int N, int C, int D,
+                         cudaStream_t stream) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    matmul_cublaslt(x_hat, c, W_dec_norm, b_dec, N, C, D, false, false, t, t, false, CUBLASLT_EPILOGUE_BIAS, nullptr, stream);
+}
+
+// The decoder's backward from dx_hat (N,C): db_dec (C) and dW_dec_norm (D,C) = cᵀ · dx_hat, fp32,
+// overwritten or (accumulate) added to; dc (N,D) = dx_hat · W_dec_normᵀ, overwritten.
+template <typename floatX>
+void sae_decoder_backward(float* dW_dec_norm, float* db_dec, floatX* dc, const floatX* dx_hat, const floatX* c,
+                          const floatX* W_dec_norm, int N, int C, int D, bool accumulate, cudaStream_t stream) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    bias_grad_colsum(db_dec, dx_hat, N, C, accumulate, stream);
+    matmul_cublaslt(dW_dec_norm, c, dx_hat, nullptr, D, C, N, true, false, t, CUDA_R_32F, accumulate, CUBLASLT_EPILOGUE_DEFAULT,
+                    nullptr, stream);
+    matmul_cublaslt(dc, dx_hat, W_dec_norm, nullptr, N, D, C, false, true, t, t, false, CUBLASLT_EPILOGUE_DEFAULT, nullptr, stream);
+}
+
+// The encoder's backward from dpre (N,D), the gradient at the ReLU's input (sae_l1_relu_backward):
+// db_enc (D) and dW_enc (C,D) = xᵀ · dpre, fp32, overwritten or (accumulate) added to.
+template <typename floatX>
+void sae_encoder_backward(float* dW_enc, float* db_enc, const floatX* dpre, const floatX* x, int N, int C, int D, bool accumulate,
+                          cudaStream_t stream) {
+    const cudaDataType_t t = cuda_dtype<floatX>();
+    bias_grad_colsum(db_enc, dpre, N, D, accumulate, stream);
+    matmul_cublaslt(dW_enc, x, dpre, nullptr, C, D, N, true, false, t, CUDA_R_32F, accumulate, CUBLASLT_EPILOGUE_DEFAULT, nullptr,
+                    stream);
 }

@@ -17,6 +17,13 @@ inline double lr_at_step(double lr, long long s, long long W, long long S, doubl
     return lr * (f > m ? f : m);
 }
 
+// Adam's scalar factors for update number t (1 for the first), in double as PyTorch computes
+// them in Python: step_size = lr / (1 − β1^t), bc2_sqrt = sqrt(1 − β2^t). Both trainers.
+inline void adamw_scalars(int t, double lr, double beta1, double beta2, double* step_size, double* bc2_sqrt) {
+    *step_size = lr / (1.0 - pow(beta1, (double)t));
+    *bc2_sqrt = sqrt(1.0 - pow(beta2, (double)t));
+}
+
 // the run in updates: eff_batch rows each, W of warmup, S in the schedule
 struct Schedule {
     long long eff_batch, W, S;
@@ -27,9 +34,9 @@ inline Schedule schedule_from_config(const TrainConfig& cfg) {
     return {eff_batch, cfg.warmup_samples / eff_batch, cfg.samples / eff_batch};
 }
 
-// another update to make: the schedule is not done and --max-steps not reached
+// another update to make: not --eval-only, the schedule is not done and --max-steps not reached
 inline bool keep_training(const Schedule& s, const TrainConfig& cfg, long long step) {
-    return step < s.S && (cfg.max_steps < 0 || step < cfg.max_steps);
+    return !cfg.eval_only && step < s.S && (cfg.max_steps < 0 || step < cfg.max_steps);
 }
 
 // the last update of the run: the end-of-run eval and save follow it, so the periodic ones skip it

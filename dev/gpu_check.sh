@@ -7,7 +7,7 @@
 #   bench's CPU self-test, GPU checks and timing: dev/cuda/run_all.sh).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
 # Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final]
-#   core: GPU tests, e2e bf16 layer-6 benchmark, memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
+#   core: GPU tests, the no-flag demo, e2e bf16 layer-6 benchmark, memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
 #   extra: the other sanitizer runs, modes, layers and precisions
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
 set -u
@@ -26,7 +26,7 @@ step() {  # name, timeout, command...
     local secs=$(( $(date +%s) - start ))
     summary+=("$(printf '%-26s rc=%-3s %4ss' "$name" "$rc" "$secs")")
     echo "== $name rc=$rc ${secs}s"
-    grep -E "^measured|time per step|^  [a-zA-Z].* ms  \(|ERROR SUMMARY|FAIL|FAILED|test cases|All tests|worst|error:" "$LOG/$name.log" | head -n 25
+    grep -E "^measured|time per step|^  [a-zA-Z].* ms  \(|ERROR SUMMARY|FAIL|FAILED|test cases|All tests|worst|error:|CE increase" "$LOG/$name.log" | head -n 25
     tar czf "$OUT/logs.tgz" -C "$OUT" logs
 }
 if [ -d .devbin ]; then
@@ -54,8 +54,12 @@ compare_mode() {  # GPU fp32 and bf16 against the CPU trainer, 30 updates with a
 }
 memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $1 --precision $2 --out /tmp/san_$1$2; }
 
+# the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
+demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
+
 if [ "$stage" = core ] || [ "$stage" = all ]; then
     step test_gpt2_sae 200 ./test_gpt2_sae
+    demo_gpu
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
     memcheck e2e+ds bf16
@@ -77,6 +81,7 @@ if [ "$stage" = extra ] || [ "$stage" = all ]; then
 fi
 if [ "$stage" = final ]; then  # one call after a change: everything that can move, in priority order
     step test_gpt2_sae 200 ./test_gpt2_sae
+    demo_gpu
     make_paper_model
     for mode in e2e local e2e+ds; do
         step "bench_${mode/+/_}_bf16_L6" 90 ./train_gpt2_sae $bench_args --mode $mode --layer 6 --precision bf16 --max-steps 20 --out /tmp/b_$mode

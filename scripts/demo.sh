@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The first README command (`make demo`): trains an e2e SAE on the bundled demo model
 # (models/tinyshakespeare-gpt2-4L128, layer 2) with the trainers' demo presets, dumps its
-# features, and writes the HTML report. On the GPU trainer when nvcc and a GPU are there, else on
-# the CPU trainer. Offline; running it again starts the run over in the same folder.
+# features, and writes the HTML report. On the GPU trainer when there is a GPU and nvcc (or an
+# already built ./train_gpt2_sae), else on the CPU trainer. Offline; running it again starts
+# the run over in the same folder.
 #
 #   make demo                      (or: bash scripts/demo.sh, after make train_gpt2_sae_cpu)
 #   OUT=runs/demo                  where the SAE, log.jsonl, features/ and report.html go
@@ -11,11 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
 
-if command -v "${NVCC:-nvcc}" >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    make --no-print-directory train_gpt2_sae
+if nvidia-smi -L >/dev/null 2>&1 && { command -v "${NVCC:-nvcc}" >/dev/null || [ -x ./train_gpt2_sae ]; }; then
+    command -v "${NVCC:-nvcc}" >/dev/null && make --no-print-directory train_gpt2_sae
     TRAINER=./train_gpt2_sae
 else
-    echo "no GPU (or no nvcc): the demo runs on the CPU trainer"
+    echo "no GPU (or no nvcc to build the GPU trainer): the demo runs on the CPU trainer"
     make --no-print-directory train_gpt2_sae_cpu
     TRAINER=./train_gpt2_sae_cpu
 fi

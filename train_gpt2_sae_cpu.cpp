@@ -462,8 +462,8 @@ void sae_backward(SAE* grads, float* dW_dec_norm, float* dpre_buf, const SAE* sa
 // (lc - ls) - (lse_c - lse_s), so no exp or log is taken twice (the LM head's V = 50257 makes this the
 // CPU trainer's second-largest cost after the matmuls).
 double kl_forward_backward(float* logits_spliced, const float* logits_clean, float grad_scale, int N, int V) {
-    double total = 0.0;
-    #pragma omp parallel reduction(+ : total)
+    std::vector<double> rows(N);  // per-row KL, summed in row order below: the same bits for any thread count
+    #pragma omp parallel
     {
         std::vector<float> es(V), ec(V);
         #pragma omp for
@@ -487,16 +487,18 @@ double kl_forward_backward(float* logits_spliced, const float* logits_clean, flo
                 kl += (double)pc * (double)((lc[v] - ls[v]) - dlse);
                 ls[v] = grad_scale * (ps - pc);
             }
-            total += kl;
+            rows[n] = kl;
         }
     }
+    double total = 0.0;
+    for (int n = 0; n < N; n++) total += rows[n];
     return total;
 }
 
 // next-token CE within each row (targets are the row's own tokens 1..T-1): sum over B*(T-1) positions
 double ce_forward(const float* logits, const int* tokens, int B, int T, int V) {
-    double total = 0.0;
-    #pragma omp parallel for collapse(2) reduction(+ : total)
+    std::vector<double> rows((size_t)B * (T - 1));  // summed in order below: the same bits for any thread count
+    #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T - 1; t++) {
             const float* l = logits + ((size_t)b * T + t) * V;
@@ -504,8 +506,10 @@ double ce_forward(const float* logits, const int* tokens, int B, int T, int V) {
             for (int v = 0; v < V; v++) m = l[v] > m ? l[v] : m;
             double s = 0.0;
             for (int v = 0; v < V; v++) s += expf(l[v] - m);
-            total += (double)m + log(s) - (double)l[tokens[b * T + t + 1]];
+            rows[(size_t)b * (T - 1) + t] = (double)m + log(s) - (double)l[tokens[b * T + t + 1]];
         }
+    double total = 0.0;
+    for (double r : rows) total += r;
     return total;
 }
 

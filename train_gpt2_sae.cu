@@ -32,7 +32,7 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include "llmc/sae.h"            // defines: SAE (host), sae_allocate, sae_init_random
 #include "llmc/sae_io.h"         // defines: sae_export, sae_load, train_state_save/load, model_name_for_export
 #include "llmc/logger.h"         // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish
-#include "llmc/run.h"            // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end
+#include "llmc/run.h"            // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end, run_end
 #include "llmc/cuda_common.cuh"  // defines: cudaCheck, cublasCheck, bf16, NvtxRange, EventRange, deterministic_sum, cast_copy
 #include "llmc/encoder.cuh"      // defines: encoder_forward
 #include "llmc/layernorm.cuh"    // defines: layernorm_forward, layernorm_backward_dinp
@@ -805,13 +805,7 @@ int run(const TrainConfig& cfg) {
         step_end(&run, cfg, sl, &last_eval_samples, save, run_eval);
     }
     if (!step_seconds.empty()) print_timing(&e, step_seconds);
-    if (!cfg.eval_only) {
-        run_eval(step);
-        save(step);
-    }
-    if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
-    logger_close(&run.logger);
-    close_loaders(&data, cfg);
+    run_end(&run, cfg, &data, step, save, run_eval, [&] { dump_features(&e, &data.val, cfg); });
     engine_free(&e);
     gpt2_free(&e.host_model);
     return 0;

@@ -28,7 +28,7 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include "llmc/sae_io.h"       // defines: sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"       // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish, print_eval
 #include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add, feature_dump_write
-#include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end
+#include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end, run_end
 
 // ----------------------------------------------------------------------------
 // GPT-2 layer passes, fp32. N = B*T rows. Backward passes compute activation gradients only.
@@ -846,13 +846,7 @@ int main(int argc, char** argv) {
         StepLog sl = {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps, alive_now};
         step_end(&run, cfg, sl, &last_eval_samples, save, run_eval);
     }
-    if (!cfg.eval_only) {
-        run_eval(step);
-        save(step);
-    }
-    if (!cfg.dump_features.empty()) dump_features(&e, &data.val, cfg);
-    logger_close(&run.logger);
-    close_loaders(&data, cfg);
+    run_end(&run, cfg, &data, step, save, run_eval, [&] { dump_features(&e, &data.val, cfg); });
     gpt2_free(&e.model);
     return 0;
 }

@@ -142,3 +142,16 @@ inline void feature_dump_finish(const FeatureDump* fd, const DataLoader* val, co
     printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)fd->D,
            fd->K, fd->tokens, cfg.dump_features.c_str(), alive);
 }
+
+// after the last update (at once with --eval-only): the final eval and save, the feature dump,
+// then the log and the loaders closed
+template <typename Save, typename Eval, typename Dump>
+inline void run_end(RunState* run, const TrainConfig& cfg, RunData* d, long long step, Save save, Eval eval, Dump dump) {
+    if (!cfg.eval_only) {
+        eval(step);
+        save(step);
+    }
+    if (!cfg.dump_features.empty()) dump();
+    logger_close(&run->logger);
+    close_loaders(d, cfg);
+}

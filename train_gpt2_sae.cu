@@ -828,5 +828,5 @@ int train_main(int argc, char** argv) {
 }
 
 #ifndef TESTING
-int main(int argc, char** argv) { return train_main(argc, argv); }
+int main(int argc, char** argv) { return run_main(train_main, argc, argv); }
 #endif

@@ -791,8 +791,7 @@ void dump_features(Engine* e, const DataLoader* val, const TrainConfig& cfg) {
 // ----------------------------------------------------------------------------
 // main: the training loop
 
-#ifndef TESTING
-int main(int argc, char** argv) {
+int train_main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, false);
     apply_demo_presets(cfg, false);
@@ -850,4 +849,7 @@ int main(int argc, char** argv) {
     gpt2_free(&e.model);
     return 0;
 }
+
+#ifndef TESTING
+int main(int argc, char** argv) { return run_main(train_main, argc, argv); }
 #endif

@@ -21,6 +21,13 @@ inline void logger_open(Logger* lg, const std::string& path, bool append) {
 
 inline void logger_close(Logger* lg) { if (lg->fp) fclose_check(lg->fp, lg->path.c_str()); lg->fp = nullptr; }
 
+// ends a line: flushed, so a crashed run keeps its log, and checked, so a failed write (a full
+// disk, /dev/full) stops the run with one line instead of losing the log
+inline void logger_end_line(Logger* lg) {
+    fprintf(lg->fp, "}\n");
+    if (fflush(lg->fp) != 0 || ferror(lg->fp)) die("could not write the log '%s': %s", lg->path.c_str(), strerror(errno));
+}
+
 // a number, or null when NAN (a term the mode does not compute)
 inline std::string json_num(double x) {
     if (isnan(x)) return "null";
@@ -42,8 +49,7 @@ inline void logger_log_step(Logger* lg, const StepLog& s) {
             json_num(s.mse).c_str(), json_num(s.ds_mse).c_str(), json_num(s.l0).c_str(), json_num(s.grad_norm).c_str(),
             json_num(s.tokens_per_s).c_str());
     if (s.alive >= 0) fprintf(lg->fp, ", \"alive_train\": %lld", s.alive);
-    fprintf(lg->fp, "}\n");
-    fflush(lg->fp);
+    logger_end_line(lg);
 }
 
 // the step line, on stdout and in the log
@@ -105,8 +111,7 @@ inline void logger_log_eval(Logger* lg, long long step, const EvalMetrics& e) {
         for (size_t i = 0; i < e.ds_mse.size(); i++) fprintf(lg->fp, "%s%s", i ? ", " : "", json_num(e.ds_mse[i]).c_str());
         fprintf(lg->fp, "]");
     }
-    fprintf(lg->fp, "}\n");
-    fflush(lg->fp);
+    logger_end_line(lg);
 }
 
 inline void print_eval(long long step, const EvalMetrics& e, int first_ds_layer) {

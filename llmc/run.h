@@ -7,6 +7,8 @@ schedule.h, logger.h and utils.h.
 */
 #pragma once
 #include <algorithm>
+#include <exception>
+#include <new>
 #include <string>
 #include <vector>
 #include "utils.h"
@@ -91,6 +93,11 @@ inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m,
 // moments and the alive flags (run->ts.alive_fired)
 inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
                      const RunData& d) {
+    const float* blocks[3] = {sae->memory.data(), m, v};
+    const char* names[3] = {"parameters", "Adam m", "Adam v"};
+    for (int i = 0; i < 3; i++)  // a NaN never reaches an export or a state
+        if (first_non_finite(blocks[i], sae->num_parameters) >= 0)
+            die("the SAE's %s hold a non-finite value at step %lld (training diverged? try a lower --lr): nothing was saved", names[i], step);
     run->ts.step = step;
     run->ts.rows_consumed = d.train.rows_consumed;
     train_state_save(cfg.out, sae, m, v, run->ts, cfg);
@@ -154,4 +161,15 @@ inline void run_end(RunState* run, const TrainConfig& cfg, RunData* d, long long
     if (!cfg.dump_features.empty()) dump();
     logger_close(&run->logger);
     close_loaders(d, cfg);
+}
+
+// a trainer's main: no input ends in an abort; an exception (a std::bad_alloc above all) becomes one line and exit 1
+inline int run_main(int (*train_main)(int, char**), int argc, char** argv) {
+    try {
+        return train_main(argc, argv);
+    } catch (const std::bad_alloc&) {
+        die("out of host memory: lower --batch, --seq-len or --dict-size");
+    } catch (const std::exception& ex) {
+        die("%s", ex.what());
+    }
 }

@@ -113,7 +113,11 @@ inline void sae_load(SAE* sae, const std::string& dir, int expect_C) {
     if (C != expect_C) die("'%s': W_enc is [%d, %d] but the model's d_model is %d", path.c_str(), C, D, expect_C);
     sae_allocate(sae, C, D);
     float* dst[NUM_SAE_TENSORS] = {sae->W_enc, sae->b_enc, sae->W_dec, sae->b_dec};
-    for (int i = 0; i < NUM_SAE_TENSORS; i++) safetensors_read(&st, SAE_TENSOR_NAMES[i], sae_tensor_shape(sae, i), dst[i]);
+    for (int i = 0; i < NUM_SAE_TENSORS; i++) {
+        safetensors_read(&st, SAE_TENSOR_NAMES[i], sae_tensor_shape(sae, i), dst[i]);
+        long long bad = first_non_finite(dst[i], sae->sizes[i]);
+        if (bad >= 0) die("'%s': %s holds a non-finite value (NaN or Inf) at index %lld", path.c_str(), SAE_TENSOR_NAMES[i], bad);
+    }
     std::string cfg_path = dir + "/cfg.json";
     if (file_exists(cfg_path)) {
         JsonValue root;
@@ -184,6 +188,11 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     }
     ts->alive_fired.assign(sae->D, 0.0f);
     safetensors_read(&st, "alive_fired", {sae->D}, ts->alive_fired.data());
+    const float* blocks[4] = {sae->memory.data(), m, v, ts->alive_fired.data()};
+    const char* names[4] = {"the SAE parameters", "Adam's m", "Adam's v", "alive_fired"};
+    size_t sizes[4] = {sae->num_parameters, sae->num_parameters, sae->num_parameters, (size_t)sae->D};
+    for (int i = 0; i < 4; i++)
+        if (first_non_finite(blocks[i], sizes[i]) >= 0) die("'%s': %s hold a non-finite value (NaN or Inf)", path.c_str(), names[i]);
     ts->step = std::stoll(meta("step"));
     ts->rows_consumed = std::stoll(meta("rows_consumed"));
     ts->alive_tokens = std::stoll(meta("alive_tokens"));

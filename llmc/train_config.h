@@ -121,6 +121,9 @@ inline double parse_float_flag(const char* flag, const char* s, double lo, doubl
 inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool gpu) {
     const char* fl = f.c_str();
     const long long BIG = 1LL << 50;
+    const char* path_flags[] = {"--model", "--train", "--val", "--init-sae", "--out", "--resume", "--log", "--dump-features"};
+    for (const char* pf : path_flags)  // an empty --out would put the run in the root folder
+        if (f == pf && !*v) die("%s needs a path, got an empty string", fl);
     if (f == "--model") c.model = v;
     else if (f == "--train") c.train = v;
     else if (f == "--val") { c.val = v; c.val_given = true; }

@@ -102,6 +102,13 @@ inline double now_seconds() {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+// index of the first NaN or Inf in x (n), or -1
+inline long long first_non_finite(const float* x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return (long long)i;
+    return -1;
+}
+
 // both trainers stop on a non-finite loss or gradient norm after an update, before anything is saved
 inline void check_finite(double loss, double grad_norm, long long step) {
     if (!isfinite(loss) || !isfinite(grad_norm))

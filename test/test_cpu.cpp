@@ -299,6 +299,49 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
         CHECK(!file_exists(out + "/o/sae_weights.safetensors"));
         CHECK(!file_exists(out + "/o/train_state.safetensors"));
     }
+    SECTION("empty path") {
+        expect_rejected(good + "--out ''", "--out needs a path, got an empty string");
+        expect_rejected(good + "--log ''", "--log needs a path, got an empty string");
+    }
+    SECTION("the log cannot be written") { expect_rejected(good + "--log /dev/full", "could not write the log '/dev/full'"); }
+    SECTION("a dictionary larger than host memory") { expect_rejected(good + "--dict-size 1073741824", "out of host memory"); }
+    SECTION("a NaN in the --init-sae weights") {
+        std::string sae_dir = bad + "/nan_sae", src = dir + "/init_sae/sae_weights.safetensors";
+        run_cmd("mkdir -p " + sae_dir);
+        SafeTensors st;
+        safetensors_open(&st, src);
+        std::vector<std::vector<float>> data;
+        std::vector<StWriteEntry> entries;
+        for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
+        for (size_t i = 0; i < st.tensors.size(); i++) {
+            if (st.tensors[i].name == "W_enc") data[i][7] = NAN;
+            entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
+        }
+        safetensors_write(sae_dir + "/sae_weights.safetensors", entries);
+        expect_rejected(good + "--init-sae " + sae_dir, "W_enc holds a non-finite value (NaN or Inf) at index 7");
+    }
+    SECTION("a NaN in a saved training state") {
+        std::string run_dir = bad + "/nan_state";
+        RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", run_dir, "--max-steps 2"));
+        REQUIRE(r.code == 0);
+        std::string state = run_dir + "/train_state.safetensors";
+        SafeTensors st;
+        safetensors_open(&st, state);
+        std::vector<std::vector<float>> data;
+        std::vector<StWriteEntry> entries;
+        for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
+        for (size_t i = 0; i < st.tensors.size(); i++) {
+            if (st.tensors[i].name == "adam_v.W_dec") data[i][3] = INFINITY;
+            entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
+        }
+        safetensors_write(state, entries, st.metadata);
+        std::string cmd = trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", bad + "/resumed", "--max-steps 4 --resume " + run_dir);
+        RunResult rr = run_cmd(cmd);
+        INFO(rr.out);
+        CHECK(rr.code == 1);
+        CHECK(rr.out.find("Adam's v hold a non-finite value") != std::string::npos);
+        CHECK(!file_exists(bad + "/resumed/sae_weights.safetensors"));
+    }
     SECTION("llm.c checkpoint with a bad magic") {
         std::string b = read_text_file(dir + "/model.bin");
         write_bytes("bad.bin", b.substr(0, 4096));  // truncated, magic intact

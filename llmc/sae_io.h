@@ -4,6 +4,7 @@ the --init-sae import (SPEC §8), and the training state that makes --resume bit
 params, Adam m and v, step, data position, alive window). The SAE itself is in sae.h.
 */
 #pragma once
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -163,11 +164,22 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
 // restores into an SAE already allocated at the right shape; checks the run is the same kind
 inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* v, TrainState* ts, const TrainConfig& cfg) {
     std::string path = dir + "/train_state.safetensors";
+    if (!file_exists(path)) die("--resume %s: no training state there (%s is written by --save-every and at the end of a run)", dir.c_str(), path.c_str());
     SafeTensors st;
     safetensors_open(&st, path);
     auto meta = [&](const char* key) -> std::string {
         for (const auto& kv : st.metadata) if (kv.first == key) return kv.second;
         die("'%s': missing metadata '%s'", path.c_str(), key);
+    };
+    // a whole decimal integer in [lo, hi], or one line naming the field: no "4junk", no overflow
+    auto meta_int = [&](const char* key, long long lo, long long hi) {
+        std::string text = meta(key);
+        char* end = nullptr;
+        errno = 0;
+        long long x = strtoll(text.c_str(), &end, 10);
+        if (text.empty() || errno || *end != '\0' || x < lo || x > hi)
+            die("'%s': metadata '%s' is '%s', not an integer in [%lld, %lld]", path.c_str(), key, text.c_str(), lo, hi);
+        return x;
     };
     const StTensorInfo* we = safetensors_find(&st, "W_enc");
     if (!we || we->shape.size() != 2 || we->shape[0] != sae->C || we->shape[1] != sae->D)
@@ -176,7 +188,7 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
         {"layer", cfg.layer}, {"batch", cfg.batch}, {"seq_len", cfg.seq_len}, {"grad_accum", cfg.grad_accum},
         {"seed", (long long)cfg.seed}, {"shuffle", cfg.shuffle}};
     for (const auto& s : same)
-        if (std::stoll(meta(s.key)) != s.want) die("'%s' was saved with %s %s, this run has %lld", path.c_str(), s.key, meta(s.key).c_str(), s.want);
+        if (meta_int(s.key, 0, 1LL << 62) != s.want) die("'%s' was saved with %s %s, this run has %lld", path.c_str(), s.key, meta(s.key).c_str(), s.want);
     if (meta("mode") != mode_name(cfg.mode)) die("'%s' was saved with mode %s, this run has %s", path.c_str(), meta("mode").c_str(), mode_name(cfg.mode));
     size_t off = 0;
     for (int i = 0; i < NUM_SAE_TENSORS; i++) {
@@ -193,7 +205,15 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     size_t sizes[4] = {sae->num_parameters, sae->num_parameters, sae->num_parameters, (size_t)sae->D};
     for (int i = 0; i < 4; i++)
         if (first_non_finite(blocks[i], sizes[i]) >= 0) die("'%s': %s hold a non-finite value (NaN or Inf)", path.c_str(), names[i]);
-    ts->step = std::stoll(meta("step"));
-    ts->rows_consumed = std::stoll(meta("rows_consumed"));
-    ts->alive_tokens = std::stoll(meta("alive_tokens"));
+    const long long BIG = 1LL << 50;
+    ts->step = meta_int("step", 0, BIG);
+    ts->rows_consumed = meta_int("rows_consumed", 0, BIG);
+    ts->alive_tokens = meta_int("alive_tokens", 0, BIG);
+    // the fields must agree: every update consumes batch x grad_accum rows
+    if (ts->rows_consumed != ts->step * cfg.batch * cfg.grad_accum)
+        die("'%s': rows_consumed %lld does not match step %lld x batch %d x grad_accum %d", path.c_str(), ts->rows_consumed, ts->step,
+            cfg.batch, cfg.grad_accum);
+    if (ts->alive_tokens > ts->step * cfg.batch * cfg.seq_len * cfg.grad_accum)
+        die("'%s': alive_tokens %lld is more than the %lld tokens of %lld updates", path.c_str(), ts->alive_tokens,
+            ts->step * cfg.batch * cfg.seq_len * cfg.grad_accum, ts->step);
 }

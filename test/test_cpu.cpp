@@ -229,6 +229,25 @@ static void expect_rejected(const std::string& args, const std::string& message_
     CHECK(!file_exists(out + "/train_state.safetensors"));
 }
 
+// restores a saved training state from its bytes, then changes one thing: element 3 of a tensor,
+// or one metadata field's text
+static void tamper_state(const std::string& state, const std::string& saved, const std::string& tensor, float value,
+                         const std::string& key, const std::string& text) {
+    { std::ofstream f(state, std::ios::binary); f << saved; }
+    SafeTensors st;
+    safetensors_open(&st, state);
+    std::vector<std::vector<float>> data;
+    std::vector<StWriteEntry> entries;
+    for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
+    for (size_t i = 0; i < st.tensors.size(); i++) {
+        if (st.tensors[i].name == tensor) data[i][3] = value;
+        entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
+    }
+    for (auto& kv : st.metadata)
+        if (kv.first == key) kv.second = text;
+    safetensors_write(state, entries, st.metadata);
+}
+
 TEST_CASE("bad input is rejected with a clear message and nothing written", "[errors]") {
     std::string dir = ref_for_mode("e2e");
     std::string bad = "build/test_out/badfiles";
@@ -320,27 +339,33 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
         safetensors_write(sae_dir + "/sae_weights.safetensors", entries);
         expect_rejected(good + "--init-sae " + sae_dir, "W_enc holds a non-finite value (NaN or Inf) at index 7");
     }
-    SECTION("a NaN in a saved training state") {
-        std::string run_dir = bad + "/nan_state";
+    SECTION("a tampered training state") {
+        std::string run_dir = bad + "/tampered";
         RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", run_dir, "--max-steps 2"));
         REQUIRE(r.code == 0);
-        std::string state = run_dir + "/train_state.safetensors";
-        SafeTensors st;
-        safetensors_open(&st, state);
-        std::vector<std::vector<float>> data;
-        std::vector<StWriteEntry> entries;
-        for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
-        for (size_t i = 0; i < st.tensors.size(); i++) {
-            if (st.tensors[i].name == "adam_v.W_dec") data[i][3] = INFINITY;
-            entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
+        std::string state = run_dir + "/train_state.safetensors", saved = read_text_file(state);
+        struct { const char* tensor; float value; const char* key; const char* text; const char* message; } cases[] = {
+            {"adam_v.W_dec", INFINITY, "", "", "Adam's v hold a non-finite value"},
+            {"", 0, "rows_consumed", "-5", "metadata 'rows_consumed' is '-5', not an integer"},
+            {"", 0, "step", "4junk", "metadata 'step' is '4junk', not an integer"},
+            {"", 0, "step", "99999999999999999999", "metadata 'step' is '99999999999999999999', not an integer"},
+            {"", 0, "rows_consumed", "7", "rows_consumed 7 does not match step 2 x batch 2 x grad_accum 2"},
+            {"", 0, "alive_tokens", "1000000", "alive_tokens 1000000 is more than"},
+        };
+        for (const auto& c : cases) {
+            tamper_state(state, saved, c.tensor, c.value, c.key, c.text);
+            std::string out = bad + "/resumed";
+            run_cmd("rm -rf " + out);
+            RunResult rr = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 4 --resume " + run_dir));
+            INFO(c.message << "\n" << rr.out);
+            CHECK(rr.code == 1);
+            CHECK(rr.out.find(c.message) != std::string::npos);
+            CHECK(!file_exists(out + "/sae_weights.safetensors"));
         }
-        safetensors_write(state, entries, st.metadata);
-        std::string cmd = trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", bad + "/resumed", "--max-steps 4 --resume " + run_dir);
-        RunResult rr = run_cmd(cmd);
-        INFO(rr.out);
-        CHECK(rr.code == 1);
-        CHECK(rr.out.find("Adam's v hold a non-finite value") != std::string::npos);
-        CHECK(!file_exists(bad + "/resumed/sae_weights.safetensors"));
+    }
+    SECTION("--resume of a folder with no state") {
+        run_cmd("mkdir -p " + bad + "/empty");
+        expect_rejected(good + "--resume " + bad + "/empty", "no training state there");
     }
     SECTION("llm.c checkpoint with a bad magic") {
         std::string b = read_text_file(dir + "/model.bin");

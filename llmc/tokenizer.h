@@ -29,6 +29,7 @@ ends the program with a one-line error, as Python's str would refuse it too).
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <queue>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -241,7 +242,11 @@ static inline void tokenizer_load(Tokenizer* tok, const char* encoder_json_path,
 
 // BPE on one pre-tokenised word (raw bytes): start from one token per byte, repeatedly merge
 // every occurrence (left to right, non-overlapping) of the adjacent pair with the lowest rank,
-// exactly as GPT-2's encoder.py does. Quadratic in the word length, fine for real words.
+// exactly as GPT-2's encoder.py does. Done with a heap of candidate pairs ordered by (rank,
+// position) over a linked list of parts, so a word of n bytes costs O(n log n), not O(n^2): the
+// heap takes a pair's occurrences left to right, and a pair a merge creates always ranks after the
+// merge that made its new token (BPE learns merges in that order), so no new pair jumps ahead of
+// the current rank's remaining occurrences. Entries whose parts have changed since are skipped.
 static inline void tokenizer_bpe_word(const Tokenizer* tok, const char* s, size_t len, std::vector<int>* out) {
     std::string key(s, len);
     auto hit = tok->cache.find(key);
@@ -249,34 +254,34 @@ static inline void tokenizer_bpe_word(const Tokenizer* tok, const char* s, size_
         out->insert(out->end(), hit->second.begin(), hit->second.end());
         return;
     }
-    std::vector<int> word(len);
-    for (size_t i = 0; i < len; i++) word[i] = tok->byte_token[(unsigned char)s[i]];
-    while (word.size() > 1) {
-        int best_rank = -1;
-        uint64_t best_key = 0;
-        int best_id = -1;
-        for (size_t i = 0; i + 1 < word.size(); i++) {
-            uint64_t k = ((uint64_t)(uint32_t)word[i] << 32) | (uint32_t)word[i + 1];
-            auto it = tok->merges.find(k);
-            if (it != tok->merges.end() && (best_rank < 0 || it->second.first < best_rank)) {
-                best_rank = it->second.first;
-                best_key = k;
-                best_id = it->second.second;
-            }
-        }
-        if (best_rank < 0) break;
-        int first = (int)(best_key >> 32), second = (int)(uint32_t)best_key;
-        size_t w = 0;
-        for (size_t i = 0; i < word.size(); i++) {
-            if (i + 1 < word.size() && word[i] == first && word[i + 1] == second) {
-                word[w++] = best_id;
-                i++;
-            } else {
-                word[w++] = word[i];
-            }
-        }
-        word.resize(w);
+    struct Part { int id; long long prev, next; };  // a token of the word; prev/next -1 at the ends
+    struct Cand { int rank; long long left; int left_id, right_id, merged_id; };
+    auto later = [](const Cand& a, const Cand& b) { return a.rank != b.rank ? a.rank > b.rank : a.left > b.left; };
+    std::vector<Part> parts(len);
+    for (size_t i = 0; i < len; i++) parts[i] = {tok->byte_token[(unsigned char)s[i]], (long long)i - 1, i + 1 < len ? (long long)i + 1 : -1};
+    std::priority_queue<Cand, std::vector<Cand>, decltype(later)> heap(later);
+    auto push_pair = [&](long long left) {  // the pair starting at part `left`, if it is a merge
+        if (left < 0 || parts[left].next < 0) return;
+        int a = parts[left].id, b = parts[parts[left].next].id;
+        auto it = tok->merges.find(((uint64_t)(uint32_t)a << 32) | (uint32_t)b);
+        if (it != tok->merges.end()) heap.push({it->second.first, left, a, b, it->second.second});
+    };
+    for (size_t i = 0; i + 1 < len; i++) push_pair((long long)i);
+    while (!heap.empty()) {
+        Cand c = heap.top();
+        heap.pop();
+        Part& l = parts[c.left];
+        if (l.id != c.left_id || l.next < 0 || parts[l.next].id != c.right_id) continue;  // stale
+        long long right = l.next;
+        l.id = c.merged_id;
+        l.next = parts[right].next;
+        if (l.next >= 0) parts[l.next].prev = c.left;
+        parts[right].id = -1;  // gone: any entry that starts or ends here is stale
+        push_pair(l.prev);
+        push_pair(c.left);
     }
+    std::vector<int> word;
+    for (long long i = len ? 0 : -1; i >= 0; i = parts[i].next) word.push_back(parts[i].id);
     out->insert(out->end(), word.begin(), word.end());
     // bound memory on huge corpora: a full cache is simply dropped
     if (tok->cache.size() >= (1u << 20)) tok->cache.clear();

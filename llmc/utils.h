@@ -84,6 +84,7 @@ inline std::string read_text_file(const std::string& path) {
     char buf[65536];
     size_t n;
     while ((n = fread(buf, 1, sizeof(buf), fp)) > 0) s.append(buf, n);
+    if (ferror(fp)) die("could not read '%s': %s", path.c_str(), strerror(errno));  // e.g. a directory
     fclose(fp);
     return s;
 }

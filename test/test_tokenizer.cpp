@@ -357,7 +357,37 @@ TEST_CASE("prepare_text: bad input gives one line and exit 1, and writes nothing
     REQUIRE(rc3 == 1);
     REQUIRE(msg3.find("--val-fraction") != std::string::npos);
 
+    auto [rc4, msg4] = run(std::string("--val-fraction '' ") + SHAKESPEARE);  // empty is not 0
+    INFO(msg4);
+    REQUIRE(rc4 == 1);
+    REQUIRE(msg4.find("--val-fraction") != std::string::npos);
+
+    std::string folder = tmp().file("a_folder");  // a directory is not an empty text
+    std::filesystem::create_directories(folder);
+    auto [rc5, msg5] = run(folder);
+    INFO(msg5);
+    REQUIRE(rc5 == 1);
+    REQUIRE(msg5.find("could not read '" + folder + "'") != std::string::npos);
+
     REQUIRE(!std::filesystem::exists(tmp().file("bad")));
+}
+
+TEST_CASE("long words: equal to the Python reference, and near-linear time") {
+    // one pre-tokenised word of random letters: 2,000 bytes against the (quadratic) Python BPE
+    uint64_t st = 7;
+    std::string word;
+    for (int i = 0; i < 2000; i++) word += (char)('a' + splitmix64(&st) % 26);
+    std::vector<std::vector<long>> theirs = python_reference({word}, false);
+    REQUIRE(as_long(tokenizer_encode(&gpt2(), word)) == theirs[0]);
+    // a 1 MB word: the merge-every-round BPE took ~4 s for 100 KB and grew with the square
+    std::string big;
+    for (int i = 0; i < (1 << 20); i++) big += (char)('a' + splitmix64(&st) % 26);
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<int> ids = tokenizer_encode(&gpt2(), big);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    INFO("1 MB word: " << secs << " s, " << ids.size() << " tokens");
+    REQUIRE(tokenizer_decode(&gpt2(), ids.data(), ids.size()) == big);
+    REQUIRE(secs < 10.0);
 }
 
 TEST_CASE("prepare_text: documents, separators and the val cut on a small file") {

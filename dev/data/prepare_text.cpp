@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
         else if (a == "--val-fraction" && has_value) {
             char* end;
             val_fraction = strtod(argv[++i], &end);
-            if (*end != '\0' || !(val_fraction >= 0.0 && val_fraction < 1.0))
+            if (end == argv[i] || *end != '\0' || !(val_fraction >= 0.0 && val_fraction < 1.0))
                 die("--val-fraction '%s': expected a number with 0 <= F < 1", argv[i]);
         }
         else if (a.size() > 1 && a[0] == '-') die("unknown or incomplete option '%s' (see ./prepare_text --help)", a.c_str());

@@ -65,6 +65,16 @@ inline void gpt2_param_sizes(const GPT2Config& c, size_t* s) {
     s[15] = C; s[16] = C;
 }
 
+// The sizes a file claims, checked before anything is allocated: positive, n_head divides d_model,
+// and small enough that every product below fits (GPT-2 XL has d_model 1600, 48 layers).
+inline void gpt2_check_config(const GPT2Config& c, const std::string& path) {
+    if (c.vocab_size < 1 || c.channels < 1 || c.max_seq_len < 1 || c.num_layers < 1 || c.num_heads < 1 ||
+        c.channels % c.num_heads != 0 || c.channels > 65536 || c.num_layers > 4096 || c.vocab_size > (1 << 24) ||
+        c.max_seq_len > (1 << 24))
+        die("'%s': not a GPT-2 this engine can load (V %d, C %d, maxT %d, L %d, NH %d: each must be positive, NH must divide C, "
+            "C <= 65536, L <= 4096, V and maxT <= 2^24)", path.c_str(), c.vocab_size, c.channels, c.max_seq_len, c.num_layers, c.num_heads);
+}
+
 inline void gpt2_allocate(GPT2* model) {
     gpt2_param_sizes(model->config, model->param_sizes);
     model->num_parameters = 0;
@@ -124,8 +134,9 @@ inline int read_n_head_from_config(const std::string& weights_path, int C) {
     if (!json_parse(read_text_file(cfg_path), root) || root.kind != JsonValue::OBJECT) die("'%s' is not valid JSON", cfg_path.c_str());
     const JsonValue* nh = root.get("n_head");
     if (!nh) nh = root.get("num_attention_heads");
-    if (!nh || nh->kind != JsonValue::NUMBER) die("'%s' has no numeric n_head", cfg_path.c_str());
-    return (int)nh->num;
+    long long n = 0;
+    if (!json_integer(nh, 1, 65536, &n)) die("'%s': n_head must be an integer in [1, 65536]", cfg_path.c_str());
+    return (int)n;
 }
 
 // Hugging Face GPT2LMHeadModel / GPT2Model safetensors; Conv1D weights are [in, out]
@@ -141,6 +152,8 @@ inline void gpt2_load_hf_safetensors(GPT2* model, const std::string& path) {
     if (!wpe) die("'%s': missing tensor '%swpe.weight'", path.c_str(), prefix.c_str());
     if (wte->shape.size() != 2 || wpe->shape.size() != 2 || wte->shape[1] != wpe->shape[1])
         die("'%s': wte %s and wpe %s are not [V, C] and [maxT, C]", path.c_str(), shape_str(wte->shape).c_str(), shape_str(wpe->shape).c_str());
+    if (wte->shape[0] > (1 << 24) || wte->shape[1] > 65536 || wpe->shape[0] > (1 << 24))
+        die("'%s': wte %s and wpe %s are larger than any GPT-2", path.c_str(), shape_str(wte->shape).c_str(), shape_str(wpe->shape).c_str());
     GPT2Config& c = model->config;
     c.vocab_size = (int)wte->shape[0];
     c.channels = (int)wte->shape[1];
@@ -148,9 +161,11 @@ inline void gpt2_load_hf_safetensors(GPT2* model, const std::string& path) {
     c.num_layers = 0;
     while (safetensors_find(&st, prefix + "h." + std::to_string(c.num_layers) + ".ln_1.weight")) c.num_layers++;
     if (c.num_layers == 0) die("'%s': no transformer blocks found (missing '%sh.0.ln_1.weight')", path.c_str(), prefix.c_str());
+    if (c.channels < 1) die("'%s': d_model is 0 (wte is %s)", path.c_str(), shape_str(wte->shape).c_str());
     c.num_heads = read_n_head_from_config(path, c.channels);
     if (c.num_heads <= 0 || c.channels % c.num_heads != 0)
         die("'%s': cannot infer n_head for C=%d (put a config.json with n_head beside it)", path.c_str(), c.channels);
+    gpt2_check_config(c, path);
     gpt2_allocate(model);
     model->source = path;
     int64_t V = c.vocab_size, C = c.channels, L = c.num_layers;
@@ -194,22 +209,23 @@ inline void gpt2_load_llmc_bin(GPT2* model, const std::string& path) {
     GPT2Config& c = model->config;
     c.max_seq_len = header[2]; c.vocab_size = header[3]; c.num_layers = header[4]; c.num_heads = header[5]; c.channels = header[6];
     int Vp = header[7];
-    if (c.max_seq_len <= 0 || c.vocab_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 || c.channels <= 0 ||
-        c.channels % c.num_heads != 0 || Vp < c.vocab_size)
-        die("'%s': invalid llm.c header (maxT %d V %d L %d NH %d C %d Vp %d)", path.c_str(), c.max_seq_len, c.vocab_size,
-            c.num_layers, c.num_heads, c.channels, Vp);
-    gpt2_allocate(model);
-    model->source = path;
+    if (Vp < c.vocab_size || Vp > (1 << 24))
+        die("'%s': invalid llm.c header (V %d, padded V %d)", path.c_str(), c.vocab_size, Vp);
+    gpt2_check_config(c, path);
+    // sizes in the file: wte has Vp rows, there is no second copy of wte; checked against the
+    // file's size before anything is allocated (the bounds above keep the sums from overflowing)
     size_t V = c.vocab_size, C = c.channels;
-    // sizes in the file: wte has Vp rows, there is no second copy of wte
-    size_t file_sizes[NUM_PARAMETER_TENSORS - 1];
+    size_t sizes[NUM_PARAMETER_TENSORS], file_sizes[NUM_PARAMETER_TENSORS - 1];
+    gpt2_param_sizes(c, sizes);
     file_sizes[0] = (size_t)Vp * C;
-    for (int i = 2; i < NUM_PARAMETER_TENSORS; i++) file_sizes[i - 1] = model->param_sizes[i];
+    for (int i = 2; i < NUM_PARAMETER_TENSORS; i++) file_sizes[i - 1] = sizes[i];
     size_t total = 0;
     for (size_t s : file_sizes) total += s;
     long long expect = 1024 + (long long)total * (bf16 ? 2 : 4);
     long long have = file_size(path.c_str());
     if (have != expect) die("'%s': llm.c checkpoint is %lld bytes, expected %lld for its header: truncated or corrupt", path.c_str(), have, expect);
+    gpt2_allocate(model);
+    model->source = path;
     float* dst[NUM_PARAMETER_TENSORS - 1] = {model->params.wte, model->params.wpe, model->params.ln1w, model->params.ln1b,
         model->params.qkvw, model->params.qkvb, model->params.attprojw, model->params.attprojb, model->params.ln2w,
         model->params.ln2b, model->params.fcw, model->params.fcb, model->params.fcprojw, model->params.fcprojb,

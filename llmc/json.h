@@ -23,6 +23,15 @@ struct JsonValue {
     }
 };
 
+// A number read from a file as a whole integer in [lo, hi] (|lo|, |hi| <= 2^53, where doubles are
+// exact): false for non-numbers, fractions and out-of-range values, so no cast is ever undefined.
+inline bool json_integer(const JsonValue* v, long long lo, long long hi, long long* out) {
+    if (!v || v->kind != JsonValue::NUMBER || !(v->num >= (double)lo && v->num <= (double)hi)) return false;
+    if (v->num != (double)(long long)v->num) return false;
+    *out = (long long)v->num;
+    return true;
+}
+
 struct JsonParser {
     const char* p;
     const char* end;

@@ -110,7 +110,10 @@ inline void sae_load(SAE* sae, const std::string& dir, int expect_C) {
     const StTensorInfo* we = safetensors_find(&st, "W_enc");
     if (!we) die("'%s': missing tensor 'W_enc'", path.c_str());
     if (we->shape.size() != 2) die("'%s': W_enc has shape %s, expected [d_in, d_sae]", path.c_str(), shape_str(we->shape).c_str());
+    if (we->shape[0] > 65536 || we->shape[1] > (1LL << 30))
+        die("'%s': W_enc is %s, larger than any SAE this engine trains", path.c_str(), shape_str(we->shape).c_str());
     int C = (int)we->shape[0], D = (int)we->shape[1];
+    if (D < 1) die("'%s': W_enc is %s: d_sae is 0", path.c_str(), shape_str(we->shape).c_str());
     if (C != expect_C) die("'%s': W_enc is [%d, %d] but the model's d_model is %d", path.c_str(), C, D, expect_C);
     sae_allocate(sae, C, D);
     float* dst[NUM_SAE_TENSORS] = {sae->W_enc, sae->b_enc, sae->W_dec, sae->b_dec};
@@ -123,10 +126,11 @@ inline void sae_load(SAE* sae, const std::string& dir, int expect_C) {
     if (file_exists(cfg_path)) {
         JsonValue root;
         if (!json_parse(read_text_file(cfg_path), root) || root.kind != JsonValue::OBJECT) die("'%s' is not valid JSON", cfg_path.c_str());
-        const JsonValue* d_in = root.get("d_in");
-        const JsonValue* d_sae = root.get("d_sae");
-        if ((d_in && d_in->kind == JsonValue::NUMBER && (int)d_in->num != C) || (d_sae && d_sae->kind == JsonValue::NUMBER && (int)d_sae->num != D))
-            die("'%s' says d_in/d_sae differ from the tensors' [%d, %d]", cfg_path.c_str(), C, D);
+        long long d_in = C, d_sae = D;  // absent: nothing to compare
+        if ((root.get("d_in") && !json_integer(root.get("d_in"), 1, 1LL << 30, &d_in)) ||
+            (root.get("d_sae") && !json_integer(root.get("d_sae"), 1, 1LL << 30, &d_sae)))
+            die("'%s': d_in and d_sae must be integers in [1, 2^30]", cfg_path.c_str());
+        if (d_in != C || d_sae != D) die("'%s' says d_in/d_sae differ from the tensors' [%d, %d]", cfg_path.c_str(), C, D);
     }
 }
 

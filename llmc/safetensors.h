@@ -67,6 +67,11 @@ inline void safetensors_open(SafeTensors* st, const std::string& path) {
     JsonValue root;
     if (!json_parse(header, root) || root.kind != JsonValue::OBJECT)
         die("'%s' is not a valid safetensors file: its header is not a JSON object", path.c_str());
+    std::vector<std::string> names;
+    for (const auto& m : root.members) names.push_back(m.first);
+    std::sort(names.begin(), names.end());
+    for (size_t i = 1; i < names.size(); i++)  // JSON allows it, but which one would be meant?
+        if (names[i] == names[i - 1]) die("'%s': the header names '%s' twice: the file is corrupt", path.c_str(), names[i].c_str());
     for (const auto& m : root.members) {
         const JsonValue& v = m.second;
         if (m.first == "__metadata__") {
@@ -88,17 +93,27 @@ inline void safetensors_open(SafeTensors* st, const std::string& path) {
         t.dtype = dtype->str;
         int esize = safetensors_dtype_size(t.dtype);
         if (esize == 0) die("'%s': tensor '%s' has unknown dtype '%s'", path.c_str(), t.name.c_str(), t.dtype.c_str());
+        // every size is a whole number small enough to count bytes (2^53, where doubles are exact),
+        // and so is every running product; whether they fit this file is checked below
+        const long long MAXN = 1LL << 53;
         uint64_t numel = 1;
+        bool empty = false;
         for (const auto& d : shape->items) {
-            if (d.kind != JsonValue::NUMBER || d.num < 0 || d.num != (double)(int64_t)d.num)
-                die("'%s': tensor '%s' has an invalid shape", path.c_str(), t.name.c_str());
-            t.shape.push_back((int64_t)d.num);
-            numel *= (uint64_t)d.num;
+            long long dim = 0;
+            if (!json_integer(&d, 0, MAXN, &dim))
+                die("'%s': tensor '%s' has an invalid shape (a dimension that is not an integer in [0, 2^53])", path.c_str(), t.name.c_str());
+            t.shape.push_back(dim);
+            if (dim == 0) empty = true;
+            if (dim > 0 && numel > (uint64_t)MAXN / (uint64_t)dim)  // checked before it could wrap
+                die("'%s': tensor '%s' has shape %s: too many elements for any file", path.c_str(), t.name.c_str(), shape_str(t.shape).c_str());
+            if (dim > 0) numel *= (uint64_t)dim;
         }
-        for (const auto& o : offs->items)
-            if (o.kind != JsonValue::NUMBER || o.num < 0) die("'%s': tensor '%s' has invalid data_offsets", path.c_str(), t.name.c_str());
-        t.begin = (uint64_t)offs->items[0].num;
-        t.end = (uint64_t)offs->items[1].num;
+        if (empty) numel = 0;
+        long long begin = 0, end = 0;
+        if (!json_integer(&offs->items[0], 0, MAXN, &begin) || !json_integer(&offs->items[1], 0, MAXN, &end))
+            die("'%s': tensor '%s' has invalid data_offsets (not integers in [0, 2^53])", path.c_str(), t.name.c_str());
+        t.begin = (uint64_t)begin;
+        t.end = (uint64_t)end;
         if (t.end < t.begin || t.end - t.begin != numel * (uint64_t)esize)
             die("'%s': tensor '%s' data_offsets [%llu, %llu) do not match its shape %s and dtype %s", path.c_str(), t.name.c_str(),
                 (unsigned long long)t.begin, (unsigned long long)t.end, shape_str(t.shape).c_str(), t.dtype.c_str());

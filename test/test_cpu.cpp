@@ -367,6 +367,46 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
         run_cmd("mkdir -p " + bad + "/empty");
         expect_rejected(good + "--resume " + bad + "/empty", "no training state there");
     }
+    SECTION("untrusted sizes in a safetensors header") {
+        // a header as written, then `data` zero bytes of tensor data
+        auto raw_st = [&](const std::string& name, const std::string& header, size_t data) {
+            std::string h = header;
+            while ((8 + h.size()) % 8) h += ' ';
+            std::string bytes(8, '\0');
+            for (int i = 0; i < 8; i++) bytes[i] = (char)((h.size() >> (8 * i)) & 0xff);
+            write_bytes(name, bytes + h + std::string(data, '\0'));
+            return bad + "/" + name;
+        };
+        std::string train = " --train " + dir + "/train.bin";
+        auto entry = [](const std::string& name, const std::string& shape, const std::string& offsets) {
+            return "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":" + offsets + "}";
+        };
+        expect_rejected("--model " + raw_st("huge.safetensors", "{" + entry("wte.weight", "[1e30,2]", "[0,8]") + "}", 8) + train,
+                        "has an invalid shape");
+        expect_rejected("--model " + raw_st("frac.safetensors", "{" + entry("wte.weight", "[2.5,1]", "[0,8]") + "}", 8) + train,
+                        "has an invalid shape");
+        expect_rejected("--model " + raw_st("offs.safetensors", "{" + entry("wte.weight", "[2,1]", "[0,1e30]") + "}", 8) + train,
+                        "has invalid data_offsets");
+        expect_rejected("--model " + raw_st("prod.safetensors", "{" + entry("wte.weight", "[4294967296,4294967296]", "[0,8]") + "}", 8) + train,
+                        "too many elements");
+        expect_rejected("--model " + raw_st("dup.safetensors", "{" + entry("wte.weight", "[2,1]", "[0,8]") + "," +
+                                            entry("wte.weight", "[2,1]", "[8,16]") + "}", 16) + train, "names 'wte.weight' twice");
+        expect_rejected("--model " + raw_st("c0.safetensors", "{" + entry("wte.weight", "[5,0]", "[0,0]") + "," + entry("wpe.weight", "[4,0]", "[0,0]") +
+                                            "," + entry("h.0.ln_1.weight", "[0]", "[0,0]") + "}", 0) + train, "d_model is 0");
+    }
+    SECTION("untrusted numbers in config.json and llm.c headers") {
+        run_cmd("mkdir -p " + bad + "/nh && cp " + dir + "/model.safetensors " + bad + "/nh/");
+        write_bytes("nh/config.json", "{\"n_head\": 1e30}");
+        expect_rejected("--model " + bad + "/nh/model.safetensors --train " + dir + "/train.bin", "n_head must be an integer in [1, 65536]");
+        write_bytes("nh/config.json", "{\"n_head\": 0.5}");
+        expect_rejected("--model " + bad + "/nh/model.safetensors --train " + dir + "/train.bin", "n_head must be an integer in [1, 65536]");
+        std::string b = read_text_file(dir + "/model.bin");
+        int32_t* header = (int32_t*)&b[0];
+        header[6] = 1 << 20;  // d_model: L x 12 C^2 would overflow the size sum
+        header[5] = 1;
+        write_bytes("bigc.bin", b);
+        expect_rejected("--model " + bad + "/bigc.bin --train " + dir + "/train.bin", "not a GPT-2 this engine can load");
+    }
     SECTION("llm.c checkpoint with a bad magic") {
         std::string b = read_text_file(dir + "/model.bin");
         write_bytes("bad.bin", b.substr(0, 4096));  // truncated, magic intact

@@ -753,7 +753,7 @@ int run(const TrainConfig& cfg) {
     run_begin(&run, cfg, &e.host_sae, hm.data(), hv.data(), &data, e.host_model.source);
     if (!cfg.resume.empty()) upload_state(&e, hm, hv, run.ts.alive_fired);
     auto run_eval = [&](long long step) {
-        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.last_alive));
+        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.ts.last_alive));
     };
     auto save = [&](long long step) {
         download_state(&e, hm, hv, run.ts.alive_fired);
@@ -763,7 +763,6 @@ int run(const TrainConfig& cfg) {
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
     std::vector<float> s(NUM_STATS_FIXED + e.K);
     std::vector<float> zeros(NUM_STATS_FIXED + e.K, 0.0f);
-    long long last_eval_samples = run.ts.step * run.sched.eff_batch;
     long long step = run.ts.step;
     std::vector<double> step_seconds;  // after warm-up, for the median
     while (keep_training(run.sched, cfg, step)) {
@@ -792,7 +791,7 @@ int run(const TrainConfig& cfg) {
             sae_count_alive(e.stats.alive_count, e.stats.fired_train, e.D, 0);
             cudaCheck(cudaMemcpy(&alive, e.stats.alive_count, sizeof(int), cudaMemcpyDeviceToHost));
             cudaCheck(cudaMemset(e.stats.fired_train, 0, e.D * sizeof(unsigned int)));
-            sl.alive = run.last_alive = alive;
+            sl.alive = run.ts.last_alive = alive;
             run.ts.alive_tokens = 0;
         }
         double dt = now_seconds() - t0;
@@ -802,7 +801,7 @@ int run(const TrainConfig& cfg) {
         sl.step = step;
         sl.lr = lr;
         sl.tokens_per_s = (double)cfg.batch * cfg.seq_len * cfg.grad_accum / dt;
-        step_end(&run, cfg, sl, &last_eval_samples, save, run_eval);
+        step_end(&run, cfg, sl, save, run_eval);
     }
     if (!step_seconds.empty()) print_timing(&e, step_seconds);
     run_end(&run, cfg, &data, step, save, run_eval, [&] { dump_features(&e, &data.val, cfg); });

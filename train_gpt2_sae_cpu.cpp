@@ -805,7 +805,7 @@ int train_main(int argc, char** argv) {
     run_begin(&run, cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &data, e.model.source);
     e.fired = run.ts.alive_fired;
     auto run_eval = [&](long long step) {
-        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.last_alive));
+        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.ts.last_alive));
     };
     auto save = [&](long long step) {
         run.ts.alive_fired = e.fired;
@@ -813,7 +813,6 @@ int train_main(int argc, char** argv) {
     };
     if (run.ts.step == 0 || cfg.eval_only) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
-    long long last_eval_samples = run.ts.step * run.sched.eff_batch;
     long long step = run.ts.step;
     while (keep_training(run.sched, cfg, step)) {
         double t0 = now_seconds();
@@ -837,13 +836,13 @@ int train_main(int argc, char** argv) {
         if (run.ts.alive_tokens >= cfg.alive_window) {
             alive_now = 0;
             for (float f : e.fired) alive_now += f > 0.0f;
-            run.last_alive = alive_now;
+            run.ts.last_alive = alive_now;
             std::fill(e.fired.begin(), e.fired.end(), 0.0f);
             run.ts.alive_tokens = 0;
         }
         double tps = cfg.batch * cfg.seq_len * A / (now_seconds() - t0);
         StepLog sl = {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps, alive_now};
-        step_end(&run, cfg, sl, &last_eval_samples, save, run_eval);
+        step_end(&run, cfg, sl, save, run_eval);
     }
     run_end(&run, cfg, &data, step, save, run_eval, [&] { dump_features(&e, &data.val, cfg); });
     gpt2_free(&e.model);

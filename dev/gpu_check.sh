@@ -37,12 +37,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 
 # paper shape model (random weights) and the small references the sanitizer and comparisons use
 P=/tmp/gpt2s
-bench_args="--model $P --train $P/train.bin --val $P/val.bin --init-sae $P/init_sae --batch 8 --seq-len 1024 --grad-accum 2 --eval-samples 0 --samples 400000"
+bench_args="--overwrite --model $P --train $P/train.bin --val $P/val.bin --init-sae $P/init_sae --batch 8 --seq-len 1024 --grad-accum 2 --eval-samples 0 --samples 400000"
 make_paper_model() { [ -f $P/init_sae/sae_weights.safetensors ] || step make_gpt2s 150 python3 dev/make_random_gpt2.py --out $P --dict-size 46080 --train-tokens 600000 --val-tokens 16384; }
 R=build/ref/e2e_ds
-san_args="--model $R/model.safetensors --train $R/train.bin --val $R/val.bin --layer 1 --batch 2 --seq-len 8 --grad-accum 2 --init-sae $R/init_sae --max-steps 2 --samples 200 --eval-samples 2 --eval-every 0"
+san_args="--overwrite --model $R/model.safetensors --train $R/train.bin --val $R/val.bin --layer 1 --batch 2 --seq-len 8 --grad-accum 2 --init-sae $R/init_sae --max-steps 2 --samples 200 --eval-samples 2 --eval-every 0"
 M=/tmp/cmp_model
-cmp_args="--model $M --train $M/train.bin --val $M/val.bin --layer 1 --init-sae $M/init_sae --batch 4 --seq-len 64 --grad-accum 2 --lr 1e-3 --warmup-samples 40 --samples 4000 --max-grad-norm 0.05 --max-steps 30 --shuffle 0 --eval-samples 16 --eval-every 0"
+cmp_args="--overwrite --model $M --train $M/train.bin --val $M/val.bin --layer 1 --init-sae $M/init_sae --batch 4 --seq-len 64 --grad-accum 2 --lr 1e-3 --warmup-samples 40 --samples 4000 --max-grad-norm 0.05 --max-steps 30 --shuffle 0 --eval-samples 16 --eval-every 0"
 compare_mode() {  # GPU fp32 and bf16 against the CPU trainer, 30 updates with accumulation and clipping
     local mode=$1 tag=${1/+/_}
     [ -f $M/init_sae/sae_weights.safetensors ] || python3 dev/make_random_gpt2.py --out $M --n-layer 4 --n-head 4 --d-model 128 --vocab 512 --max-t 64 --train-tokens 200000 --val-tokens 8192 --dict-size 2048 > "$LOG/cmp_model.log" 2>&1
@@ -55,7 +55,7 @@ compare_mode() {  # GPU fp32 and bf16 against the CPU trainer, 30 updates with a
 memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $1 --precision $2 --out /tmp/san_$1$2; }
 
 # the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
-demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
+demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --overwrite --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
 
 if [ "$stage" = core ] || [ "$stage" = all ]; then
     step test_gpt2_sae 200 ./test_gpt2_sae

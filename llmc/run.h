@@ -66,31 +66,90 @@ inline void close_loaders(RunData* d, const TrainConfig& cfg) {
 
 // what a run keeps on the host between its steps
 struct RunState {
-    TrainState ts;                 // step, data position, alive window: what --resume restores
+    TrainState ts;                 // step, data position, alive window, eval cadence: what --resume restores
     Schedule sched;
     Logger logger;
-    long long last_alive = -1;     // features alive in the last completed training window
     std::vector<float> sparsity;   // (D) from the latest eval, for the export; empty before the first
     std::string model_name;        // the export's metadata.model_name
+    long long start_step = 0;      // the step this process started at (--resume's)
 };
 
-// Before the first step: --resume's state (SAE parameters and Adam moments into sae, m, v on the
-// host; the data position into the training loader), the output folder and the log.
+// A save is a set: the training state, the SAELens export, cfg.json and sparsity. It is written
+// into OUT/.save.tmp, which is renamed to OUT/.save.ready in one step (the commit), and then its
+// files are moved into OUT. A kill before the commit leaves the previous save whole; after it,
+// save_set_recover (run at every start) finishes the moves. So the files of OUT always come from
+// one save, or OUT/.save.ready says a finished save is still being moved into place.
+inline void save_set_recover(const std::string& dir) {
+    std::string ready = dir + "/.save.ready";
+    if (dir_exists(ready)) {
+        for (const std::string& f : list_files(ready)) rename_check(ready + "/" + f, dir + "/" + f);
+        if (rmdir(ready.c_str()) != 0) die("could not remove '%s': %s", ready.c_str(), strerror(errno));
+    }
+    remove_file_dir(dir + "/.save.tmp");
+}
+
+// The log cut back to a saved step: the lines of updates <= step (an eval at a step comes before
+// that step's save), then the resumed run appends. A line a kill left half-written goes too.
+inline void log_cut_to_step(const std::string& path, const std::string& from, long long step) {
+    if (!file_exists(from)) return;
+    std::string text = read_text_file(from), kept;
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t nl = text.find('\n', pos);
+        if (nl == std::string::npos) break;  // no newline: a half-written last line
+        std::string line = text.substr(pos, nl - pos);
+        JsonValue v;
+        long long s = 0;
+        if (!json_parse(line, v) || !json_integer(v.get("step"), 0, 1LL << 50, &s) || s > step) break;
+        kept += line + "\n";
+        pos = nl + 1;
+    }
+    std::string tmp = path + ".tmp";
+    FILE* fp = fopenCheck(tmp.c_str(), "w");
+    fwriteCheck(kept.data(), 1, kept.size(), fp, tmp.c_str());
+    fclose_check(fp, tmp.c_str());
+    rename_check(tmp, path);
+}
+
+// Before the first step: the output folder (a run already there is continued only with --resume,
+// replaced only with --overwrite), --resume's state (SAE parameters and Adam moments into sae, m, v
+// on the host; the data position into the training loader; the log cut back to the saved step)
+// and the log.
 inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m, float* v, RunData* d, const std::string& model_source) {
-    run->ts.alive_fired.assign(sae->D, 0.0f);
-    if (!cfg.resume.empty()) {
-        train_state_load(cfg.resume, sae, m, v, &run->ts, cfg);
-        d->train.rows_consumed = run->ts.rows_consumed;
-        printf("resumed from %s at step %lld\n", cfg.resume.c_str(), run->ts.step);
+    const char* run_files[] = {"train_state.safetensors", "sae_weights.safetensors", "cfg.json", "sparsity.safetensors"};
+    bool has_run = file_exists(cfg.log) || dir_exists(cfg.out + "/.save.ready");
+    for (const char* f : run_files) has_run = has_run || file_exists(cfg.out + "/" + f);
+    if (has_run && cfg.resume.empty()) {
+        if (!cfg.overwrite)
+            die("--out %s already holds a run (or --log %s exists): --resume %s continues it, --overwrite starts over there, "
+                "or choose another --out", cfg.out.c_str(), cfg.log.c_str(), cfg.out.c_str());
+        for (const char* f : run_files) unlink((cfg.out + "/" + f).c_str());
+        remove_file_dir(cfg.out + "/.save.ready");
     }
     make_dir(cfg.out);
+    save_set_recover(cfg.out);
+    run->ts.alive_fired.assign(sae->D, 0.0f);
+    if (!cfg.eval_only) {
+        std::vector<std::string> inputs = {model_source};
+        for (const Shard& sh : d->train.shards) inputs.push_back(sh.path);
+        run->ts.inputs = inputs_fingerprint(inputs);
+    }
+    if (!cfg.resume.empty()) {
+        if (cfg.resume != cfg.out) save_set_recover(cfg.resume);
+        train_state_load(cfg.resume, sae, m, v, &run->ts, cfg);
+        d->train.rows_consumed = run->ts.rows_consumed;
+        if (!cfg.eval_only)
+            log_cut_to_step(cfg.log, file_exists(cfg.log) ? cfg.log : cfg.resume + "/log.jsonl", run->ts.step);
+        printf("resumed from %s at step %lld\n", cfg.resume.c_str(), run->ts.step);
+    }
+    run->start_step = run->ts.step;
     logger_open(&run->logger, cfg.log, !cfg.resume.empty());
     run->sched = schedule_from_config(cfg);
     if (!cfg.eval_only) run->model_name = model_name_for_export(model_source);  // once per run: it may checksum 548 MB
 }
 
 // the training state (for --resume) and the SAELens export, from host copies of the SAE, its Adam
-// moments and the alive flags (run->ts.alive_fired)
+// moments and the alive flags (run->ts.alive_fired), as one set (save_set_recover)
 inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
                      const RunData& d) {
     const float* blocks[3] = {sae->memory.data(), m, v};
@@ -100,8 +159,12 @@ inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, cons
             die("the SAE's %s hold a non-finite value at step %lld (training diverged? try a lower --lr): nothing was saved", names[i], step);
     run->ts.step = step;
     run->ts.rows_consumed = d.train.rows_consumed;
-    train_state_save(cfg.out, sae, m, v, run->ts, cfg);
-    sae_export(sae, cfg.out, cfg, run->model_name, step, run->sparsity.empty() ? nullptr : &run->sparsity);
+    std::string stage = cfg.out + "/.save.tmp";
+    remove_file_dir(stage);
+    train_state_save(stage, sae, m, v, run->ts, cfg);
+    sae_export(sae, stage, cfg, run->model_name, step, run->sparsity.empty() ? nullptr : &run->sparsity);
+    rename_check(stage, cfg.out + "/.save.ready");  // the commit
+    save_set_recover(cfg.out);
     printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
 }
 
@@ -112,16 +175,17 @@ inline void report_eval(RunState* run, const TrainConfig& cfg, long long step, c
     logger_log_eval(&run->logger, step, m);
 }
 
-// the end of update `step`: its line, then a periodic save or eval (the last update's come after the loop)
+// the end of update `step`: its line, then a periodic eval and save (the last update's come after
+// the loop); the eval first, so a save holds everything the log says up to its step
 template <typename Save, typename Eval>
-inline void step_end(RunState* run, const TrainConfig& cfg, const StepLog& sl, long long* last_eval_samples, Save save, Eval eval) {
+inline void step_end(RunState* run, const TrainConfig& cfg, const StepLog& sl, Save save, Eval eval) {
     print_step(&run->logger, sl, run->sched.S);
     bool last = is_last(run->sched, cfg, sl.step);
-    if (should_save(cfg, sl.step, last)) save(sl.step);
-    if (should_eval(run->sched, cfg, sl.step, *last_eval_samples, last)) {
+    if (should_eval(run->sched, cfg, sl.step, run->ts.last_eval_samples, last)) {
         eval(sl.step);
-        *last_eval_samples = sl.step * run->sched.eff_batch;
+        run->ts.last_eval_samples = sl.step * run->sched.eff_batch;
     }
+    if (should_save(cfg, sl.step, last)) save(sl.step);
 }
 
 // --dump-features: streams the first --dump-tokens val tokens (whole rows), B rows at a time,
@@ -151,10 +215,10 @@ inline void feature_dump_finish(const FeatureDump* fd, const DataLoader* val, co
 }
 
 // after the last update (at once with --eval-only): the final eval and save, the feature dump,
-// then the log and the loaders closed
+// then the log and the loaders closed. A run resumed from its final save has both already.
 template <typename Save, typename Eval, typename Dump>
 inline void run_end(RunState* run, const TrainConfig& cfg, RunData* d, long long step, Save save, Eval eval, Dump dump) {
-    if (!cfg.eval_only) {
+    if (!cfg.eval_only && (step > run->start_step || cfg.resume.empty())) {
         eval(step);
         save(step);
     }

@@ -141,8 +141,39 @@ struct TrainState {
     long long step = 0;            // updates done
     long long rows_consumed = 0;   // training data position
     long long alive_tokens = 0;    // tokens in the current alive window
+    long long last_alive = -1;     // features alive in the last completed window (the eval lines log it)
+    long long last_eval_samples = 0;  // training rows at the last periodic eval: the eval cadence
     std::vector<float> alive_fired;  // (D) 1 if the feature fired in the current window
+    std::string inputs;            // fingerprint of the model and training data (run_begin sets it)
 };
+
+// What a resumed run must share with the saved one, as text compared exactly: everything that
+// changes the updates or the log. --samples, --max-steps, --save-every, the eval and dump flags,
+// --out, --log and --device may change (README says why).
+inline std::vector<std::pair<std::string, std::string>> resume_settings(const TrainConfig& cfg) {
+    auto num = [](double x) { char b[64]; snprintf(b, sizeof(b), "%.17g", x); return std::string(b); };
+    return {{"layer", std::to_string(cfg.layer)}, {"mode", mode_name(cfg.mode)}, {"batch", std::to_string(cfg.batch)},
+            {"seq_len", std::to_string(cfg.seq_len)}, {"grad_accum", std::to_string(cfg.grad_accum)},
+            {"seed", std::to_string(cfg.seed)}, {"shuffle", std::to_string(cfg.shuffle)}, {"lr", num(cfg.lr)},
+            {"warmup_samples", std::to_string(cfg.warmup_samples)}, {"min_lr_factor", num(cfg.min_lr_factor)},
+            {"max_grad_norm", num(cfg.max_grad_norm)}, {"weight_decay", num(cfg.weight_decay)},
+            {"sparsity_coeff", num(cfg.sparsity_coeff)}, {"kl_coeff", num(cfg.kl_coeff)}, {"mse_coeff", num(cfg.mse_coeff)},
+            {"ds_coeff", num(cfg.ds_coeff)}, {"alive_window", std::to_string(cfg.alive_window)}, {"precision", cfg.precision}};
+}
+
+// The model and the training data as a short fingerprint: each file's size and the SHA-256 of
+// its first MiB, hashed together. Cheap on a 548 MB model, and a different file shows.
+inline std::string inputs_fingerprint(const std::vector<std::string>& paths) {
+    std::string all;
+    for (const std::string& p : paths) {
+        FILE* fp = fopenCheck(p.c_str(), "rb");
+        std::string head(1 << 20, '\0');
+        head.resize(fread(&head[0], 1, head.size(), fp));
+        fclose(fp);
+        all += std::to_string(file_size(p.c_str())) + ":" + sha256_hex(head) + "\n";
+    }
+    return sha256_hex(all).substr(0, 16);
+}
 
 inline void train_state_save(const std::string& dir, const SAE* sae, const float* m, const float* v, const TrainState& ts,
                              const TrainConfig& cfg) {
@@ -157,12 +188,12 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
         off += sae->sizes[i];
     }
     t.push_back({"alive_fired", {sae->D}, ts.alive_fired.data()});
-    safetensors_write(dir + "/train_state.safetensors", t,
-                      {{"step", std::to_string(ts.step)}, {"rows_consumed", std::to_string(ts.rows_consumed)},
-                       {"alive_tokens", std::to_string(ts.alive_tokens)}, {"layer", std::to_string(cfg.layer)},
-                       {"mode", mode_name(cfg.mode)}, {"batch", std::to_string(cfg.batch)}, {"seq_len", std::to_string(cfg.seq_len)},
-                       {"grad_accum", std::to_string(cfg.grad_accum)}, {"seed", std::to_string(cfg.seed)},
-                       {"shuffle", std::to_string(cfg.shuffle)}});
+    std::vector<std::pair<std::string, std::string>> meta = {
+        {"step", std::to_string(ts.step)}, {"rows_consumed", std::to_string(ts.rows_consumed)},
+        {"alive_tokens", std::to_string(ts.alive_tokens)}, {"last_alive", std::to_string(ts.last_alive)},
+        {"last_eval_samples", std::to_string(ts.last_eval_samples)}, {"inputs", ts.inputs}};
+    for (const auto& kv : resume_settings(cfg)) meta.push_back(kv);
+    safetensors_write(dir + "/train_state.safetensors", t, meta);
 }
 
 // restores into an SAE already allocated at the right shape; checks the run is the same kind
@@ -188,12 +219,13 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     const StTensorInfo* we = safetensors_find(&st, "W_enc");
     if (!we || we->shape.size() != 2 || we->shape[0] != sae->C || we->shape[1] != sae->D)
         die("'%s': the saved SAE is not [%d, %d] (check --dict-size / --dict-ratio and --model)", path.c_str(), sae->C, sae->D);
-    struct { const char* key; long long want; } same[] = {
-        {"layer", cfg.layer}, {"batch", cfg.batch}, {"seq_len", cfg.seq_len}, {"grad_accum", cfg.grad_accum},
-        {"seed", (long long)cfg.seed}, {"shuffle", cfg.shuffle}};
-    for (const auto& s : same)
-        if (meta_int(s.key, 0, 1LL << 62) != s.want) die("'%s' was saved with %s %s, this run has %lld", path.c_str(), s.key, meta(s.key).c_str(), s.want);
-    if (meta("mode") != mode_name(cfg.mode)) die("'%s' was saved with mode %s, this run has %s", path.c_str(), meta("mode").c_str(), mode_name(cfg.mode));
+    for (const auto& kv : resume_settings(cfg))
+        if (meta(kv.first.c_str()) != kv.second)
+            die("'%s' was saved with %s %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
+                kv.first.c_str(), meta(kv.first.c_str()).c_str(), kv.second.c_str());
+    if (!cfg.eval_only && meta("inputs") != ts->inputs)
+        die("'%s' was saved from another model or training data (fingerprint %s, now %s): resume with the same --model and --train",
+            path.c_str(), meta("inputs").c_str(), ts->inputs.c_str());
     size_t off = 0;
     for (int i = 0; i < NUM_SAE_TENSORS; i++) {
         auto shape = sae_tensor_shape(sae, i);
@@ -213,10 +245,14 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     ts->step = meta_int("step", 0, BIG);
     ts->rows_consumed = meta_int("rows_consumed", 0, BIG);
     ts->alive_tokens = meta_int("alive_tokens", 0, BIG);
+    ts->last_alive = meta_int("last_alive", -1, sae->D);
+    ts->last_eval_samples = meta_int("last_eval_samples", 0, BIG);
     // the fields must agree: every update consumes batch x grad_accum rows
     if (ts->rows_consumed != ts->step * cfg.batch * cfg.grad_accum)
         die("'%s': rows_consumed %lld does not match step %lld x batch %d x grad_accum %d", path.c_str(), ts->rows_consumed, ts->step,
             cfg.batch, cfg.grad_accum);
+    if (ts->last_eval_samples > ts->rows_consumed)
+        die("'%s': last_eval_samples %lld is past rows_consumed %lld", path.c_str(), ts->last_eval_samples, ts->rows_consumed);
     if (ts->alive_tokens > ts->step * cfg.batch * cfg.seq_len * cfg.grad_accum)
         die("'%s': alive_tokens %lld is more than the %lld tokens of %lld updates", path.c_str(), ts->alive_tokens,
             ts->step * cfg.batch * cfg.seq_len * cfg.grad_accum, ts->step);

@@ -260,6 +260,7 @@ inline void safetensors_write(const std::string& path, const std::vector<StWrite
     for (int i = 0; i < 8; i++) lenbytes[i] = (uint8_t)(hlen >> (8 * i));
     fwriteCheck(lenbytes, 1, 8, fp, tmp.c_str());
     fwriteCheck(header.data(), 1, header.size(), fp, tmp.c_str());
+    file_op_point();  // a kill here leaves a half-written .tmp, as a real crash could
     for (const auto& t : tensors) {
         size_t n = 1;
         for (auto d : t.shape) n *= (size_t)d;

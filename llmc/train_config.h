@@ -48,6 +48,7 @@ struct TrainConfig {
     std::string precision = "fp32";
     int device = 0;
     bool eval_only = false;
+    bool overwrite = false;       // a fresh run may replace a run already in --out
     std::string dump_features;    // folder for the per-feature frequency and top activations
     long long dump_tokens = 100000;
     int dump_topk = 10;
@@ -83,6 +84,7 @@ inline void print_usage(const char* prog, bool gpu) {
     printf("  --out DIR               SAE export and training state [out]\n");
     printf("  --save-every N          also save every N updates [0 = at the end only]\n");
     printf("  --resume DIR            continue bit-exactly from DIR/train_state.safetensors\n");
+    printf("  --overwrite             start over in an --out that already holds a run (its files are replaced)\n");
     printf("  --log FILE              JSON-lines log [OUT/log.jsonl]\n");
     printf("  --eval-every N          eval every N training rows [40000; 0 = start and end only]\n");
     printf("  --eval-samples N        eval rows from --val [500]\n");
@@ -183,6 +185,7 @@ inline TrainConfig parse_args(int argc, char** argv, bool gpu) {
         std::string f = argv[i];
         if (f == "--help" || f == "-h") { print_usage(argv[0], gpu); exit(0); }
         if (f == "--eval-only") { c.eval_only = true; continue; }
+        if (f == "--overwrite") { c.overwrite = true; continue; }
         if (f.rfind("--", 0) != 0) die("unexpected argument '%s' (see --help)", f.c_str());
         if (i + 1 >= argc) die("%s needs a value (see --help)", f.c_str());
         set_flag(c, f, argv[++i], gpu);

@@ -11,6 +11,11 @@ which prints one line a user can act on and exits non-zero. No error is swallowe
 #include <stdint.h>
 #include <string>
 #include <sys/stat.h>
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+#include <algorithm>
+#include <vector>
 #include <math.h>
 #include <time.h>
 
@@ -73,9 +78,47 @@ inline void make_dir(const std::string& dir) {
     }
 }
 
+// Test hook for the kill-and-resume tests: with SAE_KILL_AT_FILE_OP=k in the environment, the
+// process kills itself (SIGKILL, as a crash or an OOM kill would) at the k-th file write or rename
+// of the run, so a test can stop a save at every point of it. Unset, it does nothing.
+inline void file_op_point() {
+    static long long kill_at = getenv("SAE_KILL_AT_FILE_OP") ? atoll(getenv("SAE_KILL_AT_FILE_OP")) : -1;
+    static long long count = 0;
+    if (kill_at > 0 && ++count == kill_at) {
+        fflush(stdout);
+        raise(SIGKILL);
+    }
+}
+
 // files are written to path.tmp and renamed, so a crash never leaves a half-written file
 inline void rename_check(const std::string& from, const std::string& to) {
+    file_op_point();
     if (rename(from.c_str(), to.c_str()) != 0) die("could not rename '%s' to '%s': %s", from.c_str(), to.c_str(), strerror(errno));
+}
+
+inline bool dir_exists(const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// the names of the plain files in dir (not . and .., not subfolders), sorted
+inline std::vector<std::string> list_files(const std::string& dir) {
+    std::vector<std::string> names;
+    DIR* d = opendir(dir.c_str());
+    if (!d) die("could not list '%s': %s", dir.c_str(), strerror(errno));
+    while (struct dirent* e = readdir(d))
+        if (file_exists(dir + "/" + e->d_name)) names.push_back(e->d_name);
+    closedir(d);
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+// removes a folder of plain files (a save's staging folder)
+inline void remove_file_dir(const std::string& dir) {
+    if (!dir_exists(dir)) return;
+    for (const std::string& f : list_files(dir))
+        if (unlink((dir + "/" + f).c_str()) != 0) die("could not remove '%s/%s': %s", dir.c_str(), f.c_str(), strerror(errno));
+    if (rmdir(dir.c_str()) != 0) die("could not remove '%s': %s (it should hold only files)", dir.c_str(), strerror(errno));
 }
 
 inline std::string read_text_file(const std::string& path) {

@@ -22,7 +22,7 @@ else
 fi
 rm -rf "$OUT/features"  # a feature dump from an earlier run must not outlive it
 start=$(date +%s)
-$TRAINER --out "$OUT" --dump-features "$OUT/features"
+$TRAINER --out "$OUT" --overwrite --dump-features "$OUT/features"
 echo "training and feature dump took $(( $(date +%s) - start )) s"
 /usr/bin/python3 scripts/report.py --log "$OUT/log.jsonl" --features "$OUT/features" --tokenizer data/gpt2 \
     --out "$OUT/report.html"

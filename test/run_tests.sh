@@ -50,6 +50,7 @@ else
     echo "SKIP gpu: nvcc not found, so test_gpt2_sae was not built (the GPU tests need it and a GPU)"
     skipped=$((skipped + 1))
 fi
+run kill_resume /usr/bin/python3 test/test_kill_resume.py -v
 run starter_pack bash test/test_starter_pack.sh
 run openwebtext /usr/bin/python3 test/test_openwebtext.py
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -414,6 +414,35 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
     }
 }
 
+TEST_CASE("a run folder is continued only with --resume and replaced only with --overwrite", "[errors]") {
+    std::string dir = ref_for_mode("e2e");
+    std::string out = "build/test_out/folder";
+    run_cmd("rm -rf " + out);
+    REQUIRE(run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 2")).code == 0);
+    std::string state = read_text_file(out + "/train_state.safetensors"), log = read_text_file(out + "/log.jsonl");
+    auto rejected = [&](const std::string& extra, const std::string& message) {
+        RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, extra));
+        INFO(extra << "\n" << r.out);
+        CHECK(r.code == 1);
+        CHECK(r.out.find(message) != std::string::npos);
+        CHECK(read_text_file(out + "/train_state.safetensors") == state);  // untouched
+        CHECK(read_text_file(out + "/log.jsonl") == log);
+    };
+    rejected("--max-steps 4", "already holds a run");
+    rejected("--max-steps 4 --resume " + out + " --lr 2e-3", "was saved with lr 0.001, this run has 0.002");
+    rejected("--max-steps 4 --resume " + out + " --sparsity-coeff 2", "was saved with sparsity_coeff 1.5");
+    rejected("--max-steps 4 --resume " + out + " --alive-window 1000", "was saved with alive_window");
+    std::string swapped = trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 4 --resume " + out);
+    swapped.replace(swapped.find(dir + "/train.bin"), (dir + "/train.bin").size(), dir + "/val.bin");
+    RunResult r = run_cmd(swapped);
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("from another model or training data") != std::string::npos);
+    // --overwrite starts over: the same run from step 0
+    REQUIRE(run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 2 --overwrite")).code == 0);
+    CHECK(read_text_file(out + "/train_state.safetensors") == state);
+}
+
 TEST_CASE("NaN in the loss stops the run without writing", "[errors]") {
     std::string dir = ref_for_mode("e2e");
     // a model with one NaN in ln_f makes the very first loss NaN

@@ -49,8 +49,12 @@ struct GPT2 {
     GPT2Weights params;
     size_t param_sizes[NUM_PARAMETER_TENSORS];
     size_t num_parameters = 0;
-    float* params_memory = nullptr;
+    std::vector<float> memory;     // every parameter, one block: freed with the model, so no exit path leaks it
+    float* params_memory = nullptr;  // memory.data()
     std::string source;  // the file it came from
+    GPT2() = default;
+    GPT2(const GPT2&) = delete;  // params point into memory: a copy would point into the original's
+    GPT2& operator=(const GPT2&) = delete;
 };
 
 inline void gpt2_param_sizes(const GPT2Config& c, size_t* s) {
@@ -79,7 +83,8 @@ inline void gpt2_allocate(GPT2* model) {
     gpt2_param_sizes(model->config, model->param_sizes);
     model->num_parameters = 0;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) model->num_parameters += model->param_sizes[i];
-    model->params_memory = (float*)mallocCheck(model->num_parameters * sizeof(float));
+    model->memory.assign(model->num_parameters, 0.0f);
+    model->params_memory = model->memory.data();
     float** ptrs[NUM_PARAMETER_TENSORS] = {
         &model->params.wte, &model->params.wte_unembed, &model->params.wpe, &model->params.ln1w, &model->params.ln1b,
         &model->params.qkvw, &model->params.qkvb, &model->params.attprojw, &model->params.attprojb, &model->params.ln2w,
@@ -89,7 +94,10 @@ inline void gpt2_allocate(GPT2* model) {
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) { *ptrs[i] = p; p += model->param_sizes[i]; }
 }
 
-inline void gpt2_free(GPT2* model) { free(model->params_memory); model->params_memory = nullptr; }
+inline void gpt2_free(GPT2* model) {
+    std::vector<float>().swap(model->memory);
+    model->params_memory = nullptr;
+}
 
 // subtract the mean over the d_model axis from every weight that writes to the residual
 // stream (SPEC §2); LayerNorm removes that mean anyway, so the clean logits are unchanged

@@ -188,10 +188,17 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
         off += sae->sizes[i];
     }
     t.push_back({"alive_fired", {sae->D}, ts.alive_fired.data()});
-    std::vector<std::pair<std::string, std::string>> meta = {
+    std::vector<std::pair<std::string, std::string>> meta;
+    for (const StWriteEntry& e : t) {  // one checksum per tensor, verified by train_state_load
+        size_t n = 1;
+        for (int64_t d : e.shape) n *= (size_t)d;
+        meta.push_back({"checksum." + e.name, std::to_string(checksum64(e.data, n * sizeof(float)))});
+    }
+    std::vector<std::pair<std::string, std::string>> fields = {
         {"step", std::to_string(ts.step)}, {"rows_consumed", std::to_string(ts.rows_consumed)},
         {"alive_tokens", std::to_string(ts.alive_tokens)}, {"last_alive", std::to_string(ts.last_alive)},
         {"last_eval_samples", std::to_string(ts.last_eval_samples)}, {"inputs", ts.inputs}};
+    for (const auto& kv : fields) meta.push_back(kv);
     for (const auto& kv : resume_settings(cfg)) meta.push_back(kv);
     safetensors_write(dir + "/train_state.safetensors", t, meta);
 }
@@ -236,6 +243,19 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     }
     ts->alive_fired.assign(sae->D, 0.0f);
     safetensors_read(&st, "alive_fired", {sae->D}, ts->alive_fired.data());
+    auto verify = [&](const std::string& name, const float* data, size_t n) {
+        std::string want = meta(("checksum." + name).c_str());
+        if (want != std::to_string(checksum64(data, n * sizeof(float))))
+            die("'%s': tensor '%s' does not match its checksum: the file is corrupt", path.c_str(), name.c_str());
+    };
+    off = 0;
+    for (int i = 0; i < NUM_SAE_TENSORS; i++) {
+        verify(SAE_TENSOR_NAMES[i], sae->memory.data() + off, sae->sizes[i]);
+        verify(std::string("adam_m.") + SAE_TENSOR_NAMES[i], m + off, sae->sizes[i]);
+        verify(std::string("adam_v.") + SAE_TENSOR_NAMES[i], v + off, sae->sizes[i]);
+        off += sae->sizes[i];
+    }
+    verify("alive_fired", ts->alive_fired.data(), sae->D);
     const float* blocks[4] = {sae->memory.data(), m, v, ts->alive_fired.data()};
     const char* names[4] = {"the SAE parameters", "Adam's m", "Adam's v", "alive_fired"};
     size_t sizes[4] = {sae->num_parameters, sae->num_parameters, sae->num_parameters, (size_t)sae->D};

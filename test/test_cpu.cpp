@@ -229,10 +229,10 @@ static void expect_rejected(const std::string& args, const std::string& message_
     CHECK(!file_exists(out + "/train_state.safetensors"));
 }
 
-// restores a saved training state from its bytes, then changes one thing: element 3 of a tensor,
-// or one metadata field's text
+// restores a saved training state from its bytes, then changes one thing: element 3 of a tensor
+// (its checksum updated to match, unless stale_checksum), or one metadata field's text
 static void tamper_state(const std::string& state, const std::string& saved, const std::string& tensor, float value,
-                         const std::string& key, const std::string& text) {
+                         const std::string& key, const std::string& text, bool stale_checksum = false) {
     { std::ofstream f(state, std::ios::binary); f << saved; }
     SafeTensors st;
     safetensors_open(&st, state);
@@ -240,7 +240,12 @@ static void tamper_state(const std::string& state, const std::string& saved, con
     std::vector<StWriteEntry> entries;
     for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
     for (size_t i = 0; i < st.tensors.size(); i++) {
-        if (st.tensors[i].name == tensor) data[i][3] = value;
+        if (st.tensors[i].name == tensor) {
+            data[i][3] = value;
+            for (auto& kv : st.metadata)
+                if (kv.first == "checksum." + tensor && !stale_checksum)
+                    kv.second = std::to_string(checksum64(data[i].data(), data[i].size() * sizeof(float)));
+        }
         entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
     }
     for (auto& kv : st.metadata)
@@ -350,8 +355,9 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
         RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", run_dir, "--max-steps 2"));
         REQUIRE(r.code == 0);
         std::string state = run_dir + "/train_state.safetensors", saved = read_text_file(state);
-        struct { const char* tensor; float value; const char* key; const char* text; const char* message; } cases[] = {
+        struct { const char* tensor; float value; const char* key; const char* text; const char* message; bool stale = false; } cases[] = {
             {"adam_v.W_dec", INFINITY, "", "", "Adam's v hold a non-finite value"},
+            {"W_enc", 0.125f, "", "", "tensor 'W_enc' does not match its checksum", true},
             {"", 0, "rows_consumed", "-5", "metadata 'rows_consumed' is '-5', not an integer"},
             {"", 0, "step", "4junk", "metadata 'step' is '4junk', not an integer"},
             {"", 0, "step", "99999999999999999999", "metadata 'step' is '99999999999999999999', not an integer"},
@@ -359,7 +365,7 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
             {"", 0, "alive_tokens", "1000000", "alive_tokens 1000000 is more than"},
         };
         for (const auto& c : cases) {
-            tamper_state(state, saved, c.tensor, c.value, c.key, c.text);
+            tamper_state(state, saved, c.tensor, c.value, c.key, c.text, c.stale);
             std::string out = bad + "/resumed";
             run_cmd("rm -rf " + out);
             RunResult rr = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 4 --resume " + run_dir));

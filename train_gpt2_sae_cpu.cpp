@@ -554,6 +554,12 @@ void engine_init(Engine* e, const TrainConfig& cfg, int B) {
     e->B = B; e->T = cfg.seq_len; e->C = mc.channels; e->V = mc.vocab_size; e->NH = mc.num_heads;
     e->n_layer = mc.num_layers; e->L = cfg.layer; e->D = e->sae.D;
     size_t N = (size_t)B * e->T, C = e->C, D = e->D, V = e->V;
+    bool downstream = cfg.mode != MODE_LOCAL;
+    int K = e->n_layer - 1 - e->L;
+    // the plan first: what follows allocates exactly these floats
+    size_t floats = N * C * 9 + N * D * 2 + D * C * 2 + D + 2 * N * V + N * 2 + 3 * e->sae.num_parameters +
+                    block_acts_floats(B, e->T, e->C, e->NH) * (1 + (downstream ? e->n_layer - e->L : 0)) + (K > 0 ? 2 * K : 0) * N * C;
+    check_host_memory(floats * 4.0, "the SAE's gradients and Adam moments and the activations");
     sae_allocate(&e->grads, e->C, e->D);
     e->adam_m.assign(e->sae.num_parameters, 0.0f);
     e->adam_v.assign(e->sae.num_parameters, 0.0f);
@@ -561,18 +567,14 @@ void engine_init(Engine* e, const TrainConfig& cfg, int B) {
     e->W_dec_norm.resize(D * C); e->inv_norm.resize(D); e->dpre.resize(N * D); e->dW_dec_norm.resize(D * C);
     e->dx_hat.resize(N * C); e->dresid.resize(N * C); e->dlnf.resize(N * C); e->fired.assign(D, 0.0f);
     e->lnf.resize(N * C); e->lnf_mean.resize(N); e->lnf_rstd.resize(N);
-    bool downstream = cfg.mode != MODE_LOCAL;
     e->logits_clean.resize(N * V); e->logits_spliced.resize(N * V);  // eval needs them in every mode
     block_acts_allocate(&e->scratch_acts, B, e->T, e->C, e->NH);
     if (downstream) {
         e->spliced_acts.resize(e->n_layer - e->L);
         for (auto& a : e->spliced_acts) block_acts_allocate(&a, B, e->T, e->C, e->NH);
     }
-    int K = e->n_layer - 1 - e->L;
     e->ds_clean.assign(K > 0 ? K : 0, std::vector<float>(N * C));
     e->ds_spliced.assign(K > 0 ? K : 0, std::vector<float>(N * C));
-    size_t floats = N * C * 9 + N * D * 2 + D * C * 2 + D + 2 * N * V + N * 2 + 3 * e->sae.num_parameters +
-                    block_acts_floats(B, e->T, e->C, e->NH) * (1 + (downstream ? e->n_layer - e->L : 0)) + (K > 0 ? 2 * K : 0) * N * C;
     printf("allocated: GPT-2 %.1f MiB, SAE params+grads+Adam %.1f MiB, activations %.1f MiB\n",
            e->model.num_parameters * 4.0 / (1 << 20), 4.0 * e->sae.num_parameters * 4.0 / (1 << 20), floats * 4.0 / (1 << 20));
 }

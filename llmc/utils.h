@@ -132,6 +132,28 @@ inline std::string read_text_file(const std::string& path) {
     return s;
 }
 
+// MemAvailable from /proc/meminfo, in bytes; -1 where the system does not say
+inline long long host_memory_available() {
+    FILE* fp = fopen("/proc/meminfo", "r");
+    if (!fp) return -1;
+    char line[256];
+    long long kib = -1;
+    while (fgets(line, sizeof(line), fp))
+        if (sscanf(line, "MemAvailable: %lld kB", &kib) == 1) break;
+    fclose(fp);
+    return kib < 0 ? -1 : kib * 1024;
+}
+
+// Host memory is planned as the GPU trainer plans device memory: what a part of the run needs
+// is checked against what the machine has free before it is allocated (with overcommit a big
+// allocation succeeds and the OOM killer strikes later, without a word).
+inline void check_host_memory(double bytes, const char* what) {
+    long long avail = host_memory_available();
+    if (avail >= 0 && bytes > (double)avail)
+        die("%s needs %.2f GiB of host memory but only %.2f GiB is available: lower --batch, --seq-len or --dict-size", what,
+            bytes / 1073741824.0, avail / 1073741824.0);
+}
+
 // A 64-bit checksum of n bytes (8 at a time, multiply-xorshift mixing; not cryptographic): what a
 // training state stores per tensor, so a flipped or overwritten byte is caught on load. Fast
 // enough (GB/s) to run over the paper-sized SAE and its Adam moments at every save.

@@ -51,6 +51,7 @@ else
     skipped=$((skipped + 1))
 fi
 run kill_resume /usr/bin/python3 test/test_kill_resume.py -v
+run corrupt_inputs /usr/bin/python3 test/test_corrupt_inputs.py -v
 run starter_pack bash test/test_starter_pack.sh
 run openwebtext /usr/bin/python3 test/test_openwebtext.py
 echo "$passed passed, $failed failed, $skipped skipped"

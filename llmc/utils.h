@@ -47,8 +47,10 @@ inline void fwrite_check(const void* ptr, size_t size, size_t nmemb, FILE* fp, c
 }
 #define fwriteCheck(ptr, size, nmemb, fp, what) fwrite_check(ptr, size, nmemb, fp, what, __FILE__, __LINE__)
 
+// a write that failed earlier (fprintf does not say) is caught here, before the file is renamed into place
 inline void fclose_check(FILE* fp, const char* what) {
-    if (fclose(fp) != 0) die("closing '%s' failed: %s", what, strerror(errno));
+    bool failed = ferror(fp) != 0;
+    if (fclose(fp) != 0 || failed) die("writing '%s' failed: %s", what, strerror(errno));
 }
 
 inline void* malloc_check(size_t size, const char* file, int line) {

@@ -39,6 +39,9 @@ run() {  # name, command...
     if [ $rc -eq 0 ]; then echo "PASS $name ($p test cases)"; else echo "FAIL $name ($f failed, see $log)"; tail -30 "$log"; fi
 }
 run cpu ./test_cpu
+# the exactness and resume tests again at 1 and 4 threads: results must not depend on the count
+run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads]"
+run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run report /usr/bin/python3 test/test_report.py -v

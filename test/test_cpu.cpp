@@ -452,6 +452,22 @@ TEST_CASE("a run folder is continued only with --resume and replaced only with -
     CHECK(read_text_file(out + "/train_state.safetensors") == state);
 }
 
+TEST_CASE("results do not depend on the thread count", "[threads]") {
+    std::string dir = ref_for_mode("e2e+ds");
+    std::string state[2];
+    int threads[2] = {1, 4};
+    for (int i = 0; i < 2; i++) {
+        std::string out = "build/test_out/threads" + std::to_string(threads[i]);
+        run_cmd("rm -rf " + out);
+        RunResult r = run_cmd("OMP_NUM_THREADS=" + std::to_string(threads[i]) + " " +
+                              trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e+ds", out, "--max-steps 6 --eval-samples 4"));
+        INFO(r.out);
+        REQUIRE(r.code == 0);
+        state[i] = read_text_file(out + "/train_state.safetensors");
+    }
+    CHECK(state[0] == state[1]);
+}
+
 TEST_CASE("NaN in the loss stops the run without writing", "[errors]") {
     std::string dir = ref_for_mode("e2e");
     // a model with one NaN in ln_f makes the very first loss NaN

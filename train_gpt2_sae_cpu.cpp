@@ -559,6 +559,9 @@ void engine_init(Engine* e, const TrainConfig& cfg, int B) {
     // the plan first: what follows allocates exactly these floats
     size_t floats = N * C * 9 + N * D * 2 + D * C * 2 + D + 2 * N * V + N * 2 + 3 * e->sae.num_parameters +
                     block_acts_floats(B, e->T, e->C, e->NH) * (1 + (downstream ? e->n_layer - e->L : 0)) + (K > 0 ? 2 * K : 0) * N * C;
+    printf("host memory plan: GPT-2 %.1f MiB, SAE params+grads+Adam %.1f MiB, activations %.1f MiB\n",
+           e->model.num_parameters * 4.0 / (1 << 20), 4.0 * e->sae.num_parameters * 4.0 / (1 << 20),
+           (floats - 3.0 * e->sae.num_parameters) * 4.0 / (1 << 20));
     check_host_memory(floats * 4.0, "the SAE's gradients and Adam moments and the activations");
     sae_allocate(&e->grads, e->C, e->D);
     e->adam_m.assign(e->sae.num_parameters, 0.0f);
@@ -575,8 +578,6 @@ void engine_init(Engine* e, const TrainConfig& cfg, int B) {
     }
     e->ds_clean.assign(K > 0 ? K : 0, std::vector<float>(N * C));
     e->ds_spliced.assign(K > 0 ? K : 0, std::vector<float>(N * C));
-    printf("allocated: GPT-2 %.1f MiB, SAE params+grads+Adam %.1f MiB, activations %.1f MiB\n",
-           e->model.num_parameters * 4.0 / (1 << 20), 4.0 * e->sae.num_parameters * 4.0 / (1 << 20), floats * 4.0 / (1 << 20));
 }
 
 // runs GPT-2 blocks [from, to) over resid in place, without keeping activations

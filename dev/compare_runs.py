@@ -18,26 +18,12 @@ measures how many features sit at the ReLU threshold, not the arithmetic. Needs 
 import argparse
 import json
 import os
-import struct
 import sys
 
 import numpy as np
 
-DT = {"F32": np.float32, "F16": np.float16}
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype=DT[v["dtype"]]).reshape(v["shape"]).astype(np.float64)
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from report import read_safetensors  # noqa: E402  (the repo's numpy safetensors reader)
 
 
 def read_log(path):
@@ -62,8 +48,8 @@ def main():
         err = max(abs(x - y) / max(abs(y), 1e-30) for x, y in pairs)
         worst = max(worst, err)
         print(f"  log {key:10s} max rel diff over {len(pairs)} steps: {err:.3e}")
-    sa = read_safetensors(os.path.join(args.a, "sae_weights.safetensors"))
-    sb = read_safetensors(os.path.join(args.b, "sae_weights.safetensors"))
+    sa = {k: v.astype(np.float64) for k, v in read_safetensors(os.path.join(args.a, "sae_weights.safetensors"))[0].items()}
+    sb = {k: v.astype(np.float64) for k, v in read_safetensors(os.path.join(args.b, "sae_weights.safetensors"))[0].items()}
     for k in ["W_enc", "b_enc", "W_dec", "b_dec"]:
         frob = np.linalg.norm(sa[k] - sb[k]) / max(np.linalg.norm(sb[k]), 1e-30)
         mx = np.abs(sa[k] - sb[k]).max() / max(np.abs(sb[k]).max(), 1e-30)

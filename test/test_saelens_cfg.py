@@ -26,32 +26,19 @@ llm.c .bin, with no eval, must name the model by the file's stem and write no sp
 import json
 import os
 import shutil
-import struct
 import subprocess
+import sys
 import tempfile
 import unittest
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from report import read_safetensors  # noqa: E402  (the repo's numpy safetensors reader)
+
 TRAINER = os.path.join(ROOT, "train_gpt2_sae_cpu")
 D_SAE, LAYER, T, EVAL_ROWS = 64, 1, 8, 16
-
-
-def read_safetensors(path):
-    """{name: (dtype, shape, numpy array)} for F32 tensors, as llmc/safetensors.h writes them"""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        arr = np.frombuffer(data[a:b], dtype="<f4").reshape(info["shape"]) if info["dtype"] == "F32" else None
-        out[name] = (info["dtype"], info["shape"], arr)
-    return out
 
 
 def run(args):
@@ -154,10 +141,10 @@ class SaeLensCfgTest(unittest.TestCase):
             self.assertIs(type(v), bool)
 
     def test_sparsity_is_log10_density_of_the_last_eval(self):
-        st = read_safetensors(os.path.join(self.out, "sparsity.safetensors"))
+        st, _ = read_safetensors(os.path.join(self.out, "sparsity.safetensors"))
         self.assertEqual(list(st), ["sparsity"])
-        dtype, shape, s = st["sparsity"]
-        self.assertEqual((dtype, shape), ("F32", [D_SAE]))
+        s = st["sparsity"]
+        self.assertEqual((s.dtype, list(s.shape)), (np.float32, [D_SAE]))
         last = self.evals[-1]
         tokens = last["tokens"]
         self.assertEqual(tokens, EVAL_ROWS * T)

@@ -43,13 +43,15 @@ def first_tensor(header):
     return next(k for k in header if k != "__metadata__")
 
 
+def truncations(data, rng, n, start):
+    """n copies of data cut at random lengths in [start, len(data))"""
+    return [(f"truncated to {cut} bytes", data[:cut]) for cut in (rng.randrange(start, len(data)) for _ in range(n))]
+
+
 def model_mutations(data, rng):
     """(what, bytes) pairs, each a model file the loader must refuse"""
     header, body = split_safetensors(data)
-    out = []
-    for _ in range(4):
-        cut = rng.randrange(8, len(data))
-        out.append((f"truncated to {cut} bytes", data[:cut]))
+    out = truncations(data, rng, 4, 8)
     out.append(("header length past the end", struct.pack("<Q", len(data)) + data[8:]))
     out.append(("header length 0", struct.pack("<Q", 0) + data[8:]))
     out.append(("header not JSON", data[:8] + b"#" + data[9:]))
@@ -81,10 +83,7 @@ def model_mutations(data, rng):
 
 def shard_mutations(data, vocab, rng):
     n = len(data) // 2 - 512
-    out = []
-    for _ in range(3):
-        cut = rng.randrange(0, len(data) - 1)
-        out.append((f"truncated to {cut} bytes", data[:cut]))
+    out = truncations(data, rng, 3, 0)
     out.append(("bad magic", struct.pack("<i", 1234) + data[4:]))
     out.append(("bad version", data[:4] + struct.pack("<i", 9) + data[8:]))
     out.append(("count larger than the file", data[:8] + struct.pack("<i", n + 10) + data[12:]))
@@ -96,10 +95,7 @@ def shard_mutations(data, vocab, rng):
 
 def state_mutations(data, rng):
     header, body = split_safetensors(data)
-    out = []
-    for _ in range(3):
-        cut = rng.randrange(8, len(data))
-        out.append((f"truncated to {cut} bytes", data[:cut]))
+    out = truncations(data, rng, 3, 8)
     for _ in range(4):  # any changed byte of tensor data breaks that tensor's checksum
         pos = rng.randrange(0, len(body))
         b = bytearray(body)
@@ -178,7 +174,7 @@ class CorruptInputsTest(unittest.TestCase):
         with open(self.ref + "/model.bin", "rb") as f:
             data = f.read()
         hdr = list(struct.unpack("<256i", data[:1024]))
-        cases = [(f"truncated to {c} bytes", data[:c]) for c in sorted(self.rng.sample(range(1024, len(data)), 3))]
+        cases = truncations(data, self.rng, 3, 1024)
         for slot, value, what in [(2, 0, "maxT 0"), (3, -1, "V -1"), (4, 1 << 30, "2^30 layers"), (5, 3, "n_head not dividing C"),
                                   (6, 1 << 20, "C 2^20"), (7, 5, "padded V below V"), (1, 4, "version 4")]:
             h = list(hdr)

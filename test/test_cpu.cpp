@@ -229,19 +229,20 @@ static void expect_rejected(const std::string& args, const std::string& message_
     CHECK(!file_exists(out + "/train_state.safetensors"));
 }
 
-// restores a saved training state from its bytes, then changes one thing: element 3 of a tensor
-// (its checksum updated to match, unless stale_checksum), or one metadata field's text
-static void tamper_state(const std::string& state, const std::string& saved, const std::string& tensor, float value,
-                         const std::string& key, const std::string& text, bool stale_checksum = false) {
-    { std::ofstream f(state, std::ios::binary); f << saved; }
+// Copies the safetensors file src to dst with element `index` of tensor `tensor` set to `value`
+// (no such tensor: the data unchanged) and metadata field `key` set to `text` (no such key: the
+// metadata unchanged). A training state's checksum of the changed tensor is updated to match,
+// unless stale_checksum.
+static void rewrite_safetensors(const std::string& src, const std::string& dst, const std::string& tensor, size_t index, float value,
+                                const std::string& key = "", const std::string& text = "", bool stale_checksum = false) {
     SafeTensors st;
-    safetensors_open(&st, state);
+    safetensors_open(&st, src);
     std::vector<std::vector<float>> data;
     std::vector<StWriteEntry> entries;
     for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
     for (size_t i = 0; i < st.tensors.size(); i++) {
         if (st.tensors[i].name == tensor) {
-            data[i][3] = value;
+            data[i][index] = value;
             for (auto& kv : st.metadata)
                 if (kv.first == "checksum." + tensor && !stale_checksum)
                     kv.second = std::to_string(checksum64(data[i].data(), data[i].size() * sizeof(float)));
@@ -250,7 +251,7 @@ static void tamper_state(const std::string& state, const std::string& saved, con
     }
     for (auto& kv : st.metadata)
         if (kv.first == key) kv.second = text;
-    safetensors_write(state, entries, st.metadata);
+    safetensors_write(dst, entries, st.metadata);
 }
 
 TEST_CASE("bad input is rejected with a clear message and nothing written", "[errors]") {
@@ -333,18 +334,9 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
         expect_rejected(good + "--dict-size 67108864", "needs 65.00 GiB of host memory but only");
     }
     SECTION("a NaN in the --init-sae weights") {
-        std::string sae_dir = bad + "/nan_sae", src = dir + "/init_sae/sae_weights.safetensors";
+        std::string sae_dir = bad + "/nan_sae";
         run_cmd("mkdir -p " + sae_dir);
-        SafeTensors st;
-        safetensors_open(&st, src);
-        std::vector<std::vector<float>> data;
-        std::vector<StWriteEntry> entries;
-        for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
-        for (size_t i = 0; i < st.tensors.size(); i++) {
-            if (st.tensors[i].name == "W_enc") data[i][7] = NAN;
-            entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
-        }
-        safetensors_write(sae_dir + "/sae_weights.safetensors", entries);
+        rewrite_safetensors(dir + "/init_sae/sae_weights.safetensors", sae_dir + "/sae_weights.safetensors", "W_enc", 7, NAN);
         expect_rejected(good + "--init-sae " + sae_dir, "W_enc holds a non-finite value (NaN or Inf) at index 7");
     }
     SECTION("a tampered training state") {
@@ -362,7 +354,8 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
             {"", 0, "alive_tokens", "1000000", "alive_tokens 1000000 is more than"},
         };
         for (const auto& c : cases) {
-            tamper_state(state, saved, c.tensor, c.value, c.key, c.text, c.stale);
+            { std::ofstream f(state, std::ios::binary); f << saved; }  // back to the state as saved
+            rewrite_safetensors(state, state, c.tensor, 3, c.value, c.key, c.text, c.stale);
             std::string out = bad + "/resumed";
             run_cmd("rm -rf " + out);
             RunResult rr = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 4 --resume " + run_dir));
@@ -473,16 +466,7 @@ TEST_CASE("NaN in the loss stops the run without writing", "[errors]") {
     // a model with one NaN in ln_f makes the very first loss NaN
     std::string bad = "build/test_out/nanmodel";
     run_cmd("rm -rf " + bad + " && mkdir -p " + bad);
-    SafeTensors st;
-    safetensors_open(&st, dir + "/model.safetensors");
-    std::vector<std::vector<float>> data;
-    std::vector<StWriteEntry> entries;
-    for (const auto& t : st.tensors) data.push_back(safetensors_read_vec(&st, t.name, t.shape));
-    for (size_t i = 0; i < st.tensors.size(); i++) {
-        if (st.tensors[i].name == "ln_f.weight") data[i][0] = NAN;
-        entries.push_back({st.tensors[i].name, st.tensors[i].shape, data[i].data()});
-    }
-    safetensors_write(bad + "/model.safetensors", entries);
+    rewrite_safetensors(dir + "/model.safetensors", bad + "/model.safetensors", "ln_f.weight", 0, NAN);
     run_cmd("cp " + dir + "/config.json " + bad + "/");
     std::string out = "build/test_out/nan";
     run_cmd("rm -rf " + out);

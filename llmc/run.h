@@ -33,7 +33,7 @@ inline void load_model_and_sae(GPT2* model, SAE* sae, const TrainConfig& cfg) {
         sae_load(sae, cfg.init_sae, mc.channels);
         printf("SAE from %s: d_in %d, d_sae %d\n", cfg.init_sae.c_str(), sae->C, sae->D);
     } else {
-        double P = 2.0 * mc.channels * config_d_sae(cfg, mc.channels) + config_d_sae(cfg, mc.channels) + mc.channels;
+        double P = (double)sae_num_parameters(mc.channels, config_d_sae(cfg, mc.channels));
         check_host_memory(4.0 * P * sizeof(float), "the SAE with its gradients and Adam moments");  // either trainer holds 4 copies at most
         sae_allocate(sae, mc.channels, config_d_sae(cfg, mc.channels));
         sae_init_random(sae, cfg.seed);

@@ -31,10 +31,13 @@ inline void sae_bind(SAE* sae) {
     sae->b_dec = sae->W_dec + sae->sizes[2];
 }
 
+// W_enc (C,D) + b_enc (D) + W_dec (D,C) + b_dec (C)
+inline size_t sae_num_parameters(int C, int D) { return 2 * (size_t)C * D + D + C; }
+
 inline void sae_allocate(SAE* sae, int C, int D) {
     sae->C = C; sae->D = D;
     sae->sizes[0] = (size_t)C * D; sae->sizes[1] = D; sae->sizes[2] = (size_t)D * C; sae->sizes[3] = C;
-    sae->num_parameters = sae->sizes[0] + sae->sizes[1] + sae->sizes[2] + sae->sizes[3];
+    sae->num_parameters = sae_num_parameters(C, D);
     sae->memory.assign(sae->num_parameters, 0.0f);
     sae_bind(sae);
 }

@@ -22,11 +22,12 @@ struct GPT2Config {
 };
 
 // in this order in the block; wte is the centred copy for the embedding lookup,
-// wte_unembed the original for the LM head (TransformerLens builds W_U unprocessed)
+// wte_unembed the LM head's copy: as loaded (TransformerLens builds W_U unprocessed) less its
+// mean row, which moves every logit of a position by one constant (gpt2_shift_unembed)
 #define NUM_PARAMETER_TENSORS 17
 struct GPT2Weights {
     float* wte;         // (V, C) centred
-    float* wte_unembed; // (V, C) as loaded
+    float* wte_unembed; // (V, C) as loaded, less the mean row over the vocabulary
     float* wpe;         // (maxT, C) centred
     float* ln1w;        // (L, C)
     float* ln1b;        // (L, C)
@@ -131,6 +132,22 @@ inline void gpt2_centre_weights(GPT2* model) {
         centre_out_axis(w.fcprojw + (size_t)l * C * 4 * C, C, 4 * C);
         centre_rows(w.fcprojb + (size_t)l * C, 1, C);
     }
+}
+
+// Subtract the mean row over the vocabulary from the LM head's copy of wte. Each logit of a position
+// then moves by the same constant (lnf . mean row), so softmax, KL, CE, argmax and the gradients
+// are unchanged in exact arithmetic; but real GPT-2 small's logits sit around -60..-100, where
+// bf16's spacing (0.25-0.5) would bias the KL upwards, and after the shift they sit near 0.
+// The mean is taken in double, in row order: the same bits in both trainers.
+inline void gpt2_shift_unembed(GPT2* model) {
+    int V = model->config.vocab_size, C = model->config.channels;
+    float* w = model->params.wte_unembed;
+    std::vector<double> mean(C, 0.0);
+    for (int v = 0; v < V; v++)
+        for (int i = 0; i < C; i++) mean[i] += w[(size_t)v * C + i];
+    for (int i = 0; i < C; i++) mean[i] /= V;
+    for (int v = 0; v < V; v++)
+        for (int i = 0; i < C; i++) w[(size_t)v * C + i] = (float)((double)w[(size_t)v * C + i] - mean[i]);
 }
 
 // n_head from a config.json beside the weights, if there is one
@@ -259,8 +276,9 @@ inline void gpt2_load_llmc_bin(GPT2* model, const std::string& path) {
     memcpy(model->params.wte_unembed, model->params.wte, V * C * sizeof(float));
 }
 
-// PATH is a .bin (llm.c), a .safetensors file, or a directory holding model.safetensors
-inline void gpt2_load(GPT2* model, const std::string& path_in) {
+// PATH is a .bin (llm.c), a .safetensors file, or a directory holding model.safetensors;
+// shift_unembed false keeps W_U exactly as loaded (tests measure what the shift changes)
+inline void gpt2_load(GPT2* model, const std::string& path_in, bool shift_unembed = true) {
     std::string path = path_in;
     struct stat st;
     if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) path += "/model.safetensors";
@@ -273,4 +291,5 @@ inline void gpt2_load(GPT2* model, const std::string& path_in) {
     if (got == 1 && magic == 20240326) gpt2_load_llmc_bin(model, path);
     else gpt2_load_hf_safetensors(model, path);
     gpt2_centre_weights(model);
+    if (shift_unembed) gpt2_shift_unembed(model);
 }

@@ -26,7 +26,7 @@ schedule.h, logger.h and utils.h.
 inline void load_model_and_sae(GPT2* model, SAE* sae, const TrainConfig& cfg) {
     gpt2_load(model, cfg.model);
     const GPT2Config& mc = model->config;
-    printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred)\n",
+    printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred, W_U less its mean row)\n",
            model->source.c_str(), mc.num_layers, mc.num_heads, mc.channels, mc.vocab_size, mc.max_seq_len, model->num_parameters);
     check_config_against_model(cfg, mc.num_layers, mc.max_seq_len);
     if (!cfg.init_sae.empty()) {

@@ -144,7 +144,10 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
     else if (f == "--mse-coeff") c.mse_coeff = parse_float_flag(fl, v, 0, 1e9);
     else if (f == "--ds-coeff") c.ds_coeff = parse_float_flag(fl, v, 0, 1e9);
     else if (f == "--batch") c.batch = (int)parse_int_flag(fl, v, 1, 1 << 20);
-    else if (f == "--seq-len") c.seq_len = (int)parse_int_flag(fl, v, 1, 1 << 20);
+    else if (f == "--seq-len") {  // the eval's CE predicts each row's next token: a row of 1 has none
+        c.seq_len = (int)parse_int_flag(fl, v, 1, 1 << 20);
+        if (c.seq_len < 2) die("--seq-len %d: rows need at least 2 tokens (the eval's CE predicts each next token)", c.seq_len);
+    }
     else if (f == "--grad-accum") c.grad_accum = (int)parse_int_flag(fl, v, 1, 1 << 20);
     else if (f == "--lr") c.lr = parse_float_flag(fl, v, 0, 10);
     else if (f == "--warmup-samples") c.warmup_samples = parse_int_flag(fl, v, 0, BIG);
@@ -218,8 +221,8 @@ inline bool apply_demo_presets(TrainConfig& c, bool gpu) {
         {"--samples", "2400"}, {"--warmup-samples", "80"},
         {"--eval-every", "800"}, {"--eval-samples", "16"}, {"--alive-window", "50000"},
     };
-    for (auto& p : presets)
-        if (!given(p[0])) set_flag(c, p[0], p[1], gpu);
+    for (auto& p : presets)  // --dict-ratio given: the preset --dict-size would override it
+        if (!given(p[0]) && !(std::string(p[0]) == "--dict-size" && given("--dict-ratio"))) set_flag(c, p[0], p[1], gpu);
     printf("no --model and no %s: training the bundled demo model %s (GPT-2 vocabulary, 4 layers, d 128) at layer %d; "
            "for the paper's run on GPT-2 small, fetch it with: bash scripts/download_starter_pack.sh\n",
            TrainConfig().model.c_str(), DEMO_MODEL_DIR, c.layer);
@@ -234,8 +237,14 @@ inline void check_config_against_model(const TrainConfig& c, int n_layer, int ma
     if (c.seq_len > max_seq_len) die("--seq-len %d exceeds the model's context of %d", c.seq_len, max_seq_len);
 }
 
+// d_sae from --dict-size, or --dict-ratio x d_model rounded; 1 <= d_sae <= 2^30 (the bound --dict-size
+// and --init-sae have), checked where C is known: check_config_against_model
 inline int config_d_sae(const TrainConfig& c, int C) {
-    return c.dict_size > 0 ? c.dict_size : (int)lround(c.dict_ratio * C);
+    if (c.dict_size > 0) return c.dict_size;
+    double d = round(c.dict_ratio * C);  // halves away from zero, as lround
+    if (d < 1 || d > (double)(1 << 30))
+        die("--dict-ratio %g x d_model %d rounds to d_sae %.0f: it must be in [1, 2^30]", c.dict_ratio, C, d);
+    return (int)d;
 }
 
 inline void print_config(const TrainConfig& c, int d_in, int d_sae) {

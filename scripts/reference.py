@@ -429,7 +429,10 @@ def layer_checks(w, cfg):
     (dls,) = torch.autograd.grad(kl, [ls_])
     out.update(kl_logits_clean=lc, kl_logits_spliced=ls, kl_value=kl.detach().reshape(1), kl_dlogits=dls)
 
+    # a softmax loss's gradient sums to 0 over the vocabulary; only such a gradient ignores the
+    # engine's shift of W_U by its mean row (SPEC §2), so the test gradient is one too
     inp, dlogits = r(B, T, C), r(B, T, V)
+    dlogits = dlogits - dlogits.mean(dim=-1, keepdim=True)
     _, (dinp,) = forward_backward(lambda x: lm_head(x, w), [inp], dlogits)
     out.update(head_inp=inp, head_dlogits=dlogits, head_dinp=dinp)
     return out

@@ -65,6 +65,19 @@ static double rel_err(const std::vector<float>& a, const std::vector<float>& b) 
     return rel_err(a.data(), b);
 }
 
+// each row of (rows, V) logits less its mean: the engine's W_U is shifted by its mean row (SPEC §2),
+// which moves each row of logits by one constant, so logits are compared up to that constant
+static std::vector<float> row_centred(const std::vector<float>& x, size_t V) {
+    std::vector<float> out(x.size());
+    for (size_t r = 0; r + V <= x.size(); r += V) {
+        double mean = 0.0;
+        for (size_t v = 0; v < V; v++) mean += x[r + v];
+        mean /= V;
+        for (size_t v = 0; v < V; v++) out[r + v] = (float)(x[r + v] - mean);
+    }
+    return out;
+}
+
 #define CHECK_CLOSE(ours, theirs, tol, what) do { double e_ = rel_err(ours, theirs); INFO(what << " rel err " << e_); CHECK(e_ <= (tol)); } while (0)
 
 

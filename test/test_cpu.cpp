@@ -151,8 +151,8 @@ static void check_single_pass(const std::string& mode) {
     dataloader_free(&dl);
     clean_forward(&e, 2);
     spliced_forward(&e, 2, false);
-    CHECK_CLOSE(e.logits_clean, t("logits_clean"), PASS_TOL, "logits_clean");
-    CHECK_CLOSE(e.logits_spliced, t("logits_spliced"), PASS_TOL, "logits_spliced");
+    CHECK_CLOSE(row_centred(e.logits_clean, e.V), row_centred(t("logits_clean"), e.V), PASS_TOL, "logits_clean (each row less its mean)");
+    CHECK_CLOSE(row_centred(e.logits_spliced, e.V), row_centred(t("logits_spliced"), e.V), PASS_TOL, "logits_spliced (each row less its mean)");
     scalar(m.ce_clean, "ce_clean");
     scalar(m.ce_spliced, "ce_spliced");
     scalar(m.explained_variance, "explained_variance");
@@ -164,6 +164,84 @@ static void check_single_pass(const std::string& mode) {
 TEST_CASE("local mode: one micro-batch matches PyTorch", "[pass]") { check_single_pass("local"); }
 TEST_CASE("e2e mode: one micro-batch matches PyTorch", "[pass]") { check_single_pass("e2e"); }
 TEST_CASE("e2e+ds mode: one micro-batch matches PyTorch", "[pass]") { check_single_pass("e2e+ds"); }
+
+// ----------------------------------------------------------------------------
+// the shift of W_U by its mean row (gpt2_shift_unembed), at GPT-2 small's logit scale
+
+// The reference model with GPT-2 small's logit scale added: ln_f's bias 3 on every channel and
+// every W_U row -80/(3C) on every channel put the logits near -80, and a per-token multiple of
+// that direction (sd 5%) spreads them by a few units per token, as GPT-2's are. The shift
+// removes the shared part exactly and leaves the per-token spread.
+static void engine_real_scale(Engine* e, const std::string& dir, bool shift) {
+    const char* argv[] = {"test", "--mode", "e2e+ds", "--layer", "1", "--batch", "2", "--seq-len", "8", "--grad-accum", "1"};
+    TrainConfig cfg = parse_args(11, (char**)argv, false);
+    gpt2_load(&e->model, dir + "/model.safetensors", false);
+    GPT2Weights& w = e->model.params;
+    int C = e->model.config.channels, V = e->model.config.vocab_size;
+    for (int i = 0; i < C; i++) w.lnfb[i] += 3.0f;
+    for (int v = 0; v < V; v++) {
+        float t = 1.0f + 0.05f * sinf(12.9898f * v);  // a fixed per-token spread around 1
+        for (int i = 0; i < C; i++) w.wte_unembed[(size_t)v * C + i] += t * (-80.0f / (3.0f * C));
+    }
+    if (shift) gpt2_shift_unembed(&e->model);
+    sae_load(&e->sae, dir + "/init_sae", C);
+    engine_init(e, cfg, cfg.batch);
+}
+
+static double mean_of(const std::vector<float>& x) {
+    double s = 0.0;
+    for (float f : x) s += f;
+    return s / x.size();
+}
+
+// In fp32 a logit near -80 rounds by ~80 x 2^-24 ~ 5e-6 per op, so a loss or metric built from
+// differences of logits moves by ~1e-5 at most, and a gradient through p_spliced - p_clean by as
+// much relative to its scale: the bound is PASS_TOL (measured: 2e-7 on the KL, 1e-6 on the
+// gradients). A term the shift got wrong (a missing constant, a gradient that does not cancel)
+// is off by O(1).
+TEST_CASE("W_U less its mean row changes no loss, metric or gradient beyond fp32 rounding at GPT-2's logit scale", "[shift]") {
+    std::string dir = ref_for_mode("e2e+ds");
+    std::vector<int> tok = ref_tokens(dir, 2, 8);
+    Engine plain, shifted;
+    engine_real_scale(&plain, dir, false);
+    engine_real_scale(&shifted, dir, true);
+    MicroLosses a = micro_step(&plain, tok.data(), 1), b = micro_step(&shifted, tok.data(), 1);
+    sae_finish_grads(&plain);
+    sae_finish_grads(&shifted);
+    clean_forward(&plain, 2);
+    clean_forward(&shifted, 2);
+    INFO("mean logit without the shift " << mean_of(plain.logits_clean) << ", with it " << mean_of(shifted.logits_clean));
+    CHECK(mean_of(plain.logits_clean) < -60.0);             // the test is at GPT-2's scale...
+    CHECK(fabs(mean_of(shifted.logits_clean)) < 5.0);       // ...and the shift moves it to near 0
+    const double ABS = PASS_TOL;
+    auto same = [&](double x, double y, const char* what) {
+        INFO(what << ": without the shift " << x << ", with it " << y);
+        CHECK(fabs(x - y) <= ABS * std::max(1.0, fabs(y)));
+    };
+    same(a.kl, b.kl, "kl");
+    same(a.ds_mse, b.ds_mse, "ds_mse");
+    same(a.loss, b.loss, "loss");
+    CHECK(a.mse == b.mse);            // before the LM head: the same bits
+    CHECK(a.sparsity == b.sparsity);
+    const char* gn[4] = {"grad_W_enc", "grad_b_enc", "grad_W_dec", "grad_b_dec"};
+    float* ga[4] = {plain.grads.W_enc, plain.grads.b_enc, plain.grads.W_dec, plain.grads.b_dec};
+    for (int i = 0; i < 4; i++) {
+        size_t n = shifted.grads.sizes[i];
+        std::vector<float> gb(ga[i] - plain.grads.memory.data() + shifted.grads.memory.data(),
+                              ga[i] - plain.grads.memory.data() + shifted.grads.memory.data() + n);
+        CHECK_CLOSE(ga[i], gb, PASS_TOL, gn[i]);
+    }
+    DataLoader dl;
+    dataloader_init(&dl, dir + "/train.bin", "--val", 1, 8, 97, false, 0);
+    EvalMetrics ma = evaluate(&plain, &dl, 2, -1), mb = evaluate(&shifted, &dl, 2, -1);
+    dataloader_free(&dl);
+    same(ma.ce_clean, mb.ce_clean, "eval CE clean");
+    same(ma.ce_spliced, mb.ce_spliced, "eval CE spliced");
+    same(ma.kl, mb.kl, "eval KL");
+    same(ma.top1_agree, mb.top1_agree, "eval top-1 agreement");
+    same(ma.ds_mse[0], mb.ds_mse[0], "eval ds MSE");
+    CHECK(ma.l0 == mb.l0);
+}
 
 // ----------------------------------------------------------------------------
 // ten optimizer steps through the real command line

@@ -45,6 +45,7 @@ run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run report /usr/bin/python3 test/test_report.py -v
+run pareto /usr/bin/python3 test/test_pareto.py -v
 run saelens_cfg /usr/bin/python3 test/test_saelens_cfg.py -v
 run saelens python3 test/test_saelens.py -v  # the PATH python: skips where sae_lens is not installed
 if command -v "${NVCC:-nvcc}" >/dev/null; then

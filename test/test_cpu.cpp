@@ -388,6 +388,8 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
     SECTION("e2e+ds at the last layer") { expect_rejected(good + "--mode e2e+ds --layer 2", "e2e+ds needs a downstream layer"); }
     SECTION("empty glob") { expect_rejected("--model " + dir + "/model.safetensors --train '" + bad + "/nothing_*.bin'", "matches no files"); }
     SECTION("flag out of range") { expect_rejected(good + "--lr -1", "--lr -1 is out of range"); }
+    SECTION("--seq-len 1: no next token for the eval's CE") { expect_rejected(good + "--seq-len 1", "--seq-len 1: rows need at least 2 tokens"); }
+    SECTION("a --dict-ratio that rounds d_sae to 0") { expect_rejected(good + "--dict-ratio 0.01", "--dict-ratio 0.01 x d_model 32 rounds to d_sae 0"); }
     SECTION("unknown flag") { expect_rejected(good + "--bogus 1", "unknown flag '--bogus'"); }
     SECTION("missing default model") {
         // in the repo a missing GPT-2 small means the bundled demo; from elsewhere neither is there

@@ -31,10 +31,10 @@ train_gpt2_sae: train_gpt2_sae.cu $(HOST_HEADERS) $(CUDA_HEADERS)
 # -O1 (it comes after CXXFLAGS' -O3, so it wins) for compile time: the test includes the whole CPU
 # trainer and Catch2, and -O3 takes ~25 s of CPU to build it against ~15 s; the test runs no faster
 # at -O3, its time goes to scripts/reference.py and the -O3 trainer binary it runs
-test_cpu: test/test_cpu.cpp train_gpt2_sae_cpu.cpp $(HOST_HEADERS)
+test_cpu: test/test_cpu.cpp test/test_common.h train_gpt2_sae_cpu.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) -O1 $< -o $@
 
-test_gpt2_sae: test/test_gpt2_sae.cu train_gpt2_sae.cu $(HOST_HEADERS) $(CUDA_HEADERS)
+test_gpt2_sae: test/test_gpt2_sae.cu test/test_common.h train_gpt2_sae.cu $(HOST_HEADERS) $(CUDA_HEADERS)
 	$(NVCC) $(NVCCFLAGS) $< $(CUDA_LIBS) -o $@
 
 test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS)

@@ -525,100 +525,158 @@ double mse_forward_backward(float* da, const float* a, const float* b, size_t n,
 }
 
 // ----------------------------------------------------------------------------
-// the engine: frozen GPT-2, the SAE, its gradients and Adam state, and the activations
+// the engine: frozen GPT-2 and its clean pass, shared by every SAE of the run, and the scratch one
+// SAE at a time uses; each SAE's own state is an SaeRun. A run trains one SAE, a --sweep several:
+// each SAE's numbers are the same bits either way (SAEs never share a matmul, only inputs).
 
 struct MicroLosses {
     double kl = NAN, sparsity = NAN, mse = NAN, ds_mse = NAN, l0 = NAN, loss = NAN;
 };
 
-struct Engine {
-    TrainConfig cfg;
-    GPT2 model;
+// one SAE of the run: its flags, parameters, gradients, Adam moments, and its run on the host
+struct SaeRun {
+    TrainConfig cfg;                 // the run's flags with this SAE's --sweep line
+    int L = 0, D = 0;
     SAE sae, grads;
     std::vector<float> adam_m, adam_v;
-    int B = 0, T = 0, C = 0, V = 0, NH = 0, D = 0, L = 0, n_layer = 0;
-    // activations of one micro-batch (B rows at most)
-    std::vector<float> resid, x, c, x_hat, W_dec_norm, inv_norm, dpre, dW_dec_norm, dx_hat, dresid;
-    std::vector<float> logits_clean, logits_spliced, lnf, lnf_mean, lnf_rstd, dlnf;
+    std::vector<float> W_dec_norm, inv_norm;  // (D,C), (D): the normalised decoder of the current update
+    std::vector<float> dW_dec_norm;  // (D,C) gradient wrt W_dec_norm, accumulated over an update's micro-batches
+    std::vector<float> fired;        // (D) features that fired in the current alive window
+    RunState run;                    // step, log, schedule (llmc/run.h)
+};
+
+struct Engine {
+    GPT2 model;
+    int B = 0, T = 0, C = 0, V = 0, NH = 0, n_layer = 0;
+    int L_lo = 0, L_hi = 0;          // the lowest and highest SAE layer
+    bool train_logits = false;       // some SAE trains on the KL: the clean pass goes to the logits
+    // the clean pass: clean[l - L_lo] is resid_pre_l for l in [L_lo, n_layer), an SAE's input and
+    // the e2e+ds targets; the clean logits every KL uses
+    std::vector<std::vector<float>> clean;
+    std::vector<float> logits_clean;
+    std::vector<int> argmax_clean;   // (N) the eval's top-1 of the clean logits
+    // scratch for one SAE at a time, sized for the largest
+    std::vector<float> resid, c, x_hat, dpre, dx_hat, dresid, lnf, lnf_mean, lnf_rstd, dlnf, logits_spliced;
     std::vector<BlockActs> spliced_acts;           // blocks L..n_layer-1 of the spliced run
     BlockActs scratch_acts;                        // blocks run without a backward
     BlockGrads block_grads;
-    std::vector<std::vector<float>> ds_clean;      // clean resid_pre_k, k = L+1..n_layer-1
-    std::vector<std::vector<float>> ds_spliced;    // spliced resid_pre_k, the same k
-    std::vector<float> fired;                      // (D) features that fired in the last forward
+    std::vector<std::vector<float>> ds_spliced;    // spliced resid_pre_k, k = L+1..n_layer-1
 };
 
-void engine_init(Engine* e, const TrainConfig& cfg, int B) {
-    e->cfg = cfg;
+// what one SAE holds: parameters, gradients, Adam m and v, W_dec_norm and dW_dec_norm, inv_norm and fired
+size_t sae_run_floats(int C, int D) { return 4 * sae_num_parameters(C, D) + 2 * (size_t)D * C + 2 * (size_t)D; }
+
+// The memory plan of the run, printed per SAE before anything is allocated: the engine (GPT-2, the
+// clean pass and the scratch, sized for the largest SAE and the lowest layer) and each SAE. A sweep
+// that does not fit says how many of its SAEs would.
+void plan_memory(const Engine* e, const std::vector<TrainConfig>& cfgs, const std::vector<int>& d_sae, int B) {
+    size_t N = (size_t)B * e->T, C = e->C, V = e->V;
+    int L_lo = e->n_layer, D_max = 0;
+    bool downstream = false;
+    for (size_t i = 0; i < cfgs.size(); i++) {
+        L_lo = std::min(L_lo, cfgs[i].layer);
+        D_max = std::max(D_max, d_sae[i]);
+        downstream = downstream || cfgs[i].mode != MODE_LOCAL;
+    }
+    size_t acts = block_acts_floats(B, e->T, e->C, e->NH);
+    double engine = 4.0 * ((size_t)(e->n_layer - L_lo) * N * C + 2 * N * V + N * C * 6 + N * 3 + 2 * N * D_max + acts +
+                           (downstream ? (size_t)(e->n_layer - L_lo) * acts : 0) + (size_t)std::max(e->n_layer - 1 - L_lo, 0) * N * C);
+    std::vector<double> per_sae;
+    double total = engine;
+    for (size_t i = 0; i < cfgs.size(); i++) total += per_sae.emplace_back(4.0 * sae_run_floats(e->C, d_sae[i]));
+    printf("host memory plan: GPT-2 %.1f MiB, clean pass and activations %.1f MiB, %s %.1f MiB\n", e->model.num_parameters * 4.0 / (1 << 20),
+           engine / (1 << 20), cfgs.size() > 1 ? "SAEs with gradients and Adam moments" : "SAE with gradients and Adam moments",
+           (total - engine) / (1 << 20));
+    if (cfgs.size() > 1) {
+        for (size_t i = 0; i < cfgs.size(); i++) printf("  SAE %-16s %9.1f MiB\n", cfgs[i].name.c_str(), per_sae[i] / (1 << 20));
+        long long avail = host_memory_available();
+        if (avail > 0 && total > (double)avail) {
+            double left = avail - engine;
+            size_t fit = 0;
+            for (double b : per_sae) if (left >= b) { left -= b; fit++; }
+            die("the sweep needs %.2f GiB of host memory but only %.2f GiB are available: %zu of its %zu SAEs would fit (in file order)",
+                total / (1 << 30), avail / (double)(1 << 30), fit, cfgs.size());
+        }
+    }
+    check_host_memory(per_sae[0], "the SAE with its gradients and Adam moments");
+    check_host_memory(total, "the SAE, its gradients and Adam moments and the activations");
+}
+
+// the engine for SAEs at layers and in modes cfgs (d_sae each), B rows a micro-batch at most
+void engine_init(Engine* e, const std::vector<TrainConfig>& cfgs, const std::vector<int>& d_sae, int B) {
     const GPT2Config& mc = e->model.config;
-    e->B = B; e->T = cfg.seq_len; e->C = mc.channels; e->V = mc.vocab_size; e->NH = mc.num_heads;
-    e->n_layer = mc.num_layers; e->L = cfg.layer; e->D = e->sae.D;
-    size_t N = (size_t)B * e->T, C = e->C, D = e->D, V = e->V;
-    bool downstream = cfg.mode != MODE_LOCAL;
-    int K = e->n_layer - 1 - e->L;
-    // the plan first: what follows allocates exactly these floats
-    size_t floats = N * C * 9 + N * D * 2 + D * C * 2 + D + 2 * N * V + N * 2 + 3 * e->sae.num_parameters +
-                    block_acts_floats(B, e->T, e->C, e->NH) * (1 + (downstream ? e->n_layer - e->L : 0)) + (K > 0 ? 2 * K : 0) * N * C;
-    printf("host memory plan: GPT-2 %.1f MiB, SAE params+grads+Adam %.1f MiB, activations %.1f MiB\n",
-           e->model.num_parameters * 4.0 / (1 << 20), 4.0 * e->sae.num_parameters * 4.0 / (1 << 20),
-           (floats - 3.0 * e->sae.num_parameters) * 4.0 / (1 << 20));
-    check_host_memory(floats * 4.0, "the SAE's gradients and Adam moments and the activations");
-    sae_allocate(&e->grads, e->C, e->D);
-    e->adam_m.assign(e->sae.num_parameters, 0.0f);
-    e->adam_v.assign(e->sae.num_parameters, 0.0f);
-    e->resid.resize(N * C); e->x.resize(N * C); e->c.resize(N * D); e->x_hat.resize(N * C);
-    e->W_dec_norm.resize(D * C); e->inv_norm.resize(D); e->dpre.resize(N * D); e->dW_dec_norm.resize(D * C);
-    e->dx_hat.resize(N * C); e->dresid.resize(N * C); e->dlnf.resize(N * C); e->fired.assign(D, 0.0f);
-    e->lnf.resize(N * C); e->lnf_mean.resize(N); e->lnf_rstd.resize(N);
-    e->logits_clean.resize(N * V); e->logits_spliced.resize(N * V);  // eval needs them in every mode
+    e->B = B; e->T = cfgs[0].seq_len; e->C = mc.channels; e->V = mc.vocab_size; e->NH = mc.num_heads; e->n_layer = mc.num_layers;
+    plan_memory(e, cfgs, d_sae, B);
+    e->L_lo = e->n_layer; e->L_hi = 0;
+    int D_max = 0;
+    for (size_t i = 0; i < cfgs.size(); i++) {
+        e->L_lo = std::min(e->L_lo, cfgs[i].layer);
+        e->L_hi = std::max(e->L_hi, cfgs[i].layer);
+        D_max = std::max(D_max, d_sae[i]);
+        e->train_logits = e->train_logits || cfgs[i].mode != MODE_LOCAL;
+    }
+    size_t N = (size_t)B * e->T, C = e->C, V = e->V;
+    e->clean.assign(e->n_layer - e->L_lo, std::vector<float>(N * C));
+    e->logits_clean.resize(N * V); e->logits_spliced.resize(N * V); e->argmax_clean.resize(N);  // eval needs them in every mode
+    e->resid.resize(N * C); e->x_hat.resize(N * C); e->dx_hat.resize(N * C); e->dresid.resize(N * C);
+    e->c.resize(N * D_max); e->dpre.resize(N * D_max);
+    e->lnf.resize(N * C); e->lnf_mean.resize(N); e->lnf_rstd.resize(N); e->dlnf.resize(N * C);
     block_acts_allocate(&e->scratch_acts, B, e->T, e->C, e->NH);
-    if (downstream) {
-        e->spliced_acts.resize(e->n_layer - e->L);
+    if (e->train_logits) {
+        e->spliced_acts.resize(e->n_layer - e->L_lo);
         for (auto& a : e->spliced_acts) block_acts_allocate(&a, B, e->T, e->C, e->NH);
     }
-    e->ds_clean.assign(K > 0 ? K : 0, std::vector<float>(N * C));
-    e->ds_spliced.assign(K > 0 ? K : 0, std::vector<float>(N * C));
+    e->ds_spliced.assign(std::max(e->n_layer - 1 - e->L_lo, 0), std::vector<float>(N * C));
 }
 
-// runs GPT-2 blocks [from, to) over resid in place, without keeping activations
-void gpt2_blocks_forward(Engine* e, float* resid, int from, int to, int B) {
-    for (int l = from; l < to; l++) block_forward(&e->model, l, &e->scratch_acts, resid, resid, B, e->T);
+// an SAE's training state beside its parameters (loaded or initialised already into s->sae)
+void sae_run_init(SaeRun* s, const TrainConfig& cfg, int C) {
+    s->cfg = cfg;
+    s->L = cfg.layer;
+    s->D = s->sae.D;
+    sae_allocate(&s->grads, C, s->D);
+    s->adam_m.assign(s->sae.num_parameters, 0.0f);
+    s->adam_v.assign(s->sae.num_parameters, 0.0f);
+    s->W_dec_norm.resize((size_t)s->D * C); s->inv_norm.resize(s->D); s->dW_dec_norm.resize((size_t)s->D * C);
+    s->fired.assign(s->D, 0.0f);
 }
 
-// the SAE input: the centred residual entering block L
-void forward_to_sae(Engine* e, const int* tokens, int B) {
+// the SAE input of an SAE at layer L: the centred residual entering block L
+const float* sae_input(const Engine* e, int L) { return e->clean[L - e->L_lo].data(); }
+
+// The clean pass, once per micro-batch for every SAE: embedding, then blocks 0..n_layer-1 keeping
+// each resid_pre_l from the lowest SAE layer on, then the LM head; to_logits false stops at the
+// highest SAE layer (local mode needs no logits)
+void clean_forward(Engine* e, const int* tokens, int B, bool to_logits) {
     const GPT2Weights& w = e->model.params;
-    encoder_forward(e->x.data(), tokens, w.wte, w.wpe, B, e->T, e->C);
-    gpt2_blocks_forward(e, e->x.data(), 0, e->L, B);
-}
-
-void sae_forward(Engine* e, int B) {
-    int N = B * e->T;
-    sae_decoder_normalize(e->W_dec_norm.data(), e->inv_norm.data(), e->sae.W_dec, e->D, e->C);
-    sae_encoder_forward(e->c.data(), e->x.data(), e->sae.W_enc, e->sae.b_enc, N, e->C, e->D);
-    sae_decoder_forward(e->x_hat.data(), e->c.data(), e->W_dec_norm.data(), e->sae.b_dec, N, e->C, e->D);
-}
-
-// clean run from x to the logits, keeping the residuals the e2e+ds terms compare against
-void clean_forward(Engine* e, int B) {
     int N = B * e->T;
     std::vector<float>& r = e->resid;
-    memcpy(r.data(), e->x.data(), (size_t)N * e->C * sizeof(float));
-    for (int l = e->L; l < e->n_layer; l++) {
-        if (l > e->L) memcpy(e->ds_clean[l - e->L - 1].data(), r.data(), (size_t)N * e->C * sizeof(float));
+    encoder_forward(r.data(), tokens, w.wte, w.wpe, B, e->T, e->C);
+    size_t bytes = (size_t)N * e->C * sizeof(float);
+    int blocks = to_logits ? e->n_layer : e->L_hi;
+    for (int l = 0; l < blocks; l++) {
+        if (l >= e->L_lo) memcpy(e->clean[l - e->L_lo].data(), r.data(), bytes);
         block_forward(&e->model, l, &e->scratch_acts, r.data(), r.data(), B, e->T);
     }
-    lm_head_forward(&e->model, e->logits_clean.data(), e->lnf.data(), nullptr, nullptr, r.data(), N);
+    if (!to_logits) memcpy(e->clean[e->L_hi - e->L_lo].data(), r.data(), bytes);  // the highest SAE layer's input
+    if (to_logits) lm_head_forward(&e->model, e->logits_clean.data(), e->lnf.data(), nullptr, nullptr, r.data(), N);
 }
 
-// spliced run from x_hat to the logits; with_grad keeps every block's activations
-void spliced_forward(Engine* e, int B, bool with_grad) {
+void sae_forward(Engine* e, SaeRun* s, int B) {
+    int N = B * e->T;
+    sae_decoder_normalize(s->W_dec_norm.data(), s->inv_norm.data(), s->sae.W_dec, s->D, e->C);
+    sae_encoder_forward(e->c.data(), sae_input(e, s->L), s->sae.W_enc, s->sae.b_enc, N, e->C, s->D);
+    sae_decoder_forward(e->x_hat.data(), e->c.data(), s->W_dec_norm.data(), s->sae.b_dec, N, e->C, s->D);
+}
+
+// spliced run from x_hat at layer L to the logits; with_grad keeps every block's activations
+void spliced_forward(Engine* e, int L, int B, bool with_grad) {
     int N = B * e->T;
     std::vector<float>& r = e->resid;
     memcpy(r.data(), e->x_hat.data(), (size_t)N * e->C * sizeof(float));
-    for (int l = e->L; l < e->n_layer; l++) {
-        if (l > e->L) memcpy(e->ds_spliced[l - e->L - 1].data(), r.data(), (size_t)N * e->C * sizeof(float));
-        BlockActs* a = with_grad ? &e->spliced_acts[l - e->L] : &e->scratch_acts;
+    for (int l = L; l < e->n_layer; l++) {
+        if (l > L) memcpy(e->ds_spliced[l - L - 1].data(), r.data(), (size_t)N * e->C * sizeof(float));
+        BlockActs* a = with_grad ? &e->spliced_acts[l - L] : &e->scratch_acts;
         block_forward(&e->model, l, a, r.data(), r.data(), B, e->T);
     }
     lm_head_forward(&e->model, e->logits_spliced.data(), e->lnf.data(), e->lnf_mean.data(), e->lnf_rstd.data(), r.data(), N);
@@ -637,56 +695,56 @@ void sae_sparsity_l0(double* l1_sum, double* l0_sum, float* fired, const float* 
     }
 }
 
-// one micro-batch: forward, losses, backward into e->grads (+=), everything scaled by 1/accum
-MicroLosses micro_step(Engine* e, const int* tokens, int accum) {
-    const TrainConfig& cfg = e->cfg;
-    int B = e->B, T = e->T, C = e->C, N = B * T;
+// one micro-batch of one SAE, after the clean pass (clean_forward): forward, losses, backward into
+// s->grads (+=), everything scaled by 1/accum
+MicroLosses micro_step(Engine* e, SaeRun* s, int accum) {
+    const TrainConfig& cfg = s->cfg;
+    int B = e->B, T = e->T, C = e->C, N = B * T, L = s->L;
+    const float* x = sae_input(e, L);
     MicroLosses out;
-    forward_to_sae(e, tokens, B);
-    sae_forward(e, B);
+    sae_forward(e, s, B);
     double l1 = 0.0, l0 = 0.0;
-    sae_sparsity_l0(&l1, &l0, e->fired.data(), e->c.data(), N, e->D);
+    sae_sparsity_l0(&l1, &l0, s->fired.data(), e->c.data(), N, s->D);
     out.sparsity = l1 / N / C;
     out.l0 = l0 / N;
     std::fill(e->dx_hat.begin(), e->dx_hat.end(), 0.0f);
     out.loss = cfg.sparsity_coeff * out.sparsity;
     // MSE(x_hat, x) is logged in every mode; it is part of the loss only in local mode
     float mse_scale = cfg.mode == MODE_LOCAL ? (float)(cfg.mse_coeff / ((double)N * C * accum)) : 0.0f;
-    out.mse = mse_forward_backward(cfg.mode == MODE_LOCAL ? e->dx_hat.data() : nullptr, e->x_hat.data(), e->x.data(), (size_t)N * C, mse_scale) / ((double)N * C);
+    out.mse = mse_forward_backward(cfg.mode == MODE_LOCAL ? e->dx_hat.data() : nullptr, e->x_hat.data(), x, (size_t)N * C, mse_scale) / ((double)N * C);
     if (cfg.mode == MODE_LOCAL) out.loss += cfg.mse_coeff * out.mse;
     if (cfg.mode != MODE_LOCAL) {
-        clean_forward(e, B);
-        spliced_forward(e, B, true);
+        spliced_forward(e, L, B, true);
         out.kl = kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), (float)(cfg.kl_coeff / ((double)N * accum)), N, e->V) / N;
         out.loss += cfg.kl_coeff * out.kl;
         // backward: LM head, then blocks n_layer-1..L; the downstream MSE terms enter at resid_pre_k
         lm_head_backward(&e->model, e->dresid.data(), e->dlnf.data(), e->logits_spliced.data(), e->resid.data(), e->lnf_mean.data(),
                          e->lnf_rstd.data(), N);
-        int K = e->n_layer - 1 - e->L;
+        int K = e->n_layer - 1 - L;
         double ds_total = 0.0;
-        for (int l = e->n_layer - 1; l >= e->L; l--) {
-            const BlockActs* a = &e->spliced_acts[l - e->L];
+        for (int l = e->n_layer - 1; l >= L; l--) {
+            const BlockActs* a = &e->spliced_acts[l - L];
             block_backward(&e->model, l, a, &e->block_grads, e->dresid.data(), e->dresid.data(), B, T);
-            if (l > e->L) {
+            if (l > L) {
                 // dresid is now the gradient wrt resid_pre_l, where the e2e+ds term for layer l enters
                 bool use = cfg.mode == MODE_E2E_DS;
                 float scale = use ? (float)(cfg.ds_coeff / K / ((double)N * C * accum)) : 0.0f;
-                ds_total += mse_forward_backward(use ? e->dresid.data() : nullptr, e->ds_spliced[l - e->L - 1].data(),
-                                                 e->ds_clean[l - e->L - 1].data(), (size_t)N * C, scale) / ((double)N * C);
+                ds_total += mse_forward_backward(use ? e->dresid.data() : nullptr, e->ds_spliced[l - L - 1].data(),
+                                                 e->clean[l - e->L_lo].data(), (size_t)N * C, scale) / ((double)N * C);
             }
         }
         if (K > 0) out.ds_mse = ds_total / K;
         if (cfg.mode == MODE_E2E_DS) out.loss += cfg.ds_coeff * out.ds_mse;
         for (size_t i = 0; i < (size_t)N * C; i++) e->dx_hat[i] += e->dresid[i];
     }
-    sae_backward(&e->grads, e->dW_dec_norm.data(), e->dpre.data(), &e->sae, e->W_dec_norm.data(), e->x.data(), e->c.data(),
+    sae_backward(&s->grads, s->dW_dec_norm.data(), e->dpre.data(), &s->sae, s->W_dec_norm.data(), x, e->c.data(),
                  e->dx_hat.data(), (float)(cfg.sparsity_coeff / ((double)N * C * accum)), N);
     return out;
 }
 
 // dW_dec from the dW_dec_norm the update's micro-batches accumulated
-void sae_finish_grads(Engine* e) {
-    sae_decoder_normalize_backward(e->grads.W_dec, e->dW_dec_norm.data(), e->sae.W_dec, e->inv_norm.data(), e->D, e->C);
+void sae_finish_grads(SaeRun* s) {
+    sae_decoder_normalize_backward(s->grads.W_dec, s->dW_dec_norm.data(), s->sae.W_dec, s->inv_norm.data(), s->D, s->grads.C);
 }
 
 // Σ g² over all SAE parameters: torch's norm of the per-tensor norms, in double in one fixed order
@@ -715,80 +773,97 @@ void adamw_update(float* params, float* m, float* v, const float* grads, size_t 
 }
 
 // one optimizer update t (1 for the first) at learning rate lr; returns the gradient norm before clipping
-double update(Engine* e, double lr, long long t) {
-    size_t n = e->sae.num_parameters;
-    double norm_sq = global_norm_squared(e->grads.memory.data(), n);
+double update(SaeRun* s, double lr, long long t) {
+    size_t n = s->sae.num_parameters;
+    double norm_sq = global_norm_squared(s->grads.memory.data(), n);
     double step_size, bc2_sqrt;
     adamw_scalars((int)t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
-    adamw_update(e->sae.memory.data(), e->adam_m.data(), e->adam_v.data(), e->grads.memory.data(), n, lr, 0.9, 0.999, step_size,
-                 bc2_sqrt, 1e-8, e->cfg.weight_decay, norm_sq, e->cfg.max_grad_norm);
+    adamw_update(s->sae.memory.data(), s->adam_m.data(), s->adam_v.data(), s->grads.memory.data(), n, lr, 0.9, 0.999, step_size,
+                 bc2_sqrt, 1e-8, s->cfg.weight_decay, norm_sq, s->cfg.max_grad_norm);
     return (float)sqrt(norm_sq);
 }
 
 // ----------------------------------------------------------------------------
-// eval (SPEC §6) on the first eval_samples rows of the val data, with the number of eval tokens
-// each feature fired on (the export's sparsity.safetensors)
+// eval (SPEC §6) on the first eval_rows rows of the val data, for every SAE at once (one clean
+// pass per batch), with the number of eval tokens each feature fired on (the export's sparsity)
 
-EvalMetrics evaluate(Engine* e, const DataLoader* val, int eval_rows, long long alive_train) {
-    int T = e->T, C = e->C, D = e->D;
-    int K = e->n_layer - 1 - e->L;
-    EvalSums s;
-    s.ds_mse.assign(K > 0 ? K : 0, 0.0);
-    s.fire_count.assign(D, 0);
+std::vector<EvalMetrics> evaluate(Engine* e, std::vector<SaeRun>& saes, const DataLoader* val, int eval_rows) {
+    int T = e->T, C = e->C;
+    std::vector<EvalSums> sums(saes.size());
+    for (size_t i = 0; i < saes.size(); i++) {
+        sums[i].ds_mse.assign(std::max(e->n_layer - 1 - saes[i].L, 0), 0.0);
+        sums[i].fire_count.assign(saes[i].D, 0);
+    }
     std::vector<int> tokens((size_t)e->B * T);
     for (int row = 0; row < eval_rows; row += e->B) {
         int B = std::min(e->B, eval_rows - row);
         int N = B * T;
         dataloader_get_rows(val, row, B, tokens.data());
-        forward_to_sae(e, tokens.data(), B);
-        sae_forward(e, B);
-        double l1 = 0.0;  // not an eval metric
-        sae_sparsity_l0(&l1, &s.l0, nullptr, e->c.data(), N, D, s.fire_count.data());
-        // explained variance against the mean of x over this batch's tokens
-        std::vector<double> xmean(C, 0.0);
-        for (int n = 0; n < N; n++) for (int i = 0; i < C; i++) xmean[i] += e->x[(size_t)n * C + i];
-        for (int i = 0; i < C; i++) xmean[i] /= N;
-        for (int n = 0; n < N; n++) {
-            double num = 0, den = 0;
-            for (int i = 0; i < C; i++) {
-                double xi = e->x[(size_t)n * C + i], d = e->x_hat[(size_t)n * C + i] - xi;
-                num += d * d;
-                den += (xi - xmean[i]) * (xi - xmean[i]);
-                s.mse += d * d;
-            }
-            s.explained_variance += 1.0 - num / den;
-        }
-        clean_forward(e, B);
-        spliced_forward(e, B, false);
-        for (int k = 0; k < K; k++)
-            s.ds_mse[k] += mse_forward_backward(nullptr, e->ds_spliced[k].data(), e->ds_clean[k].data(), (size_t)N * C, 0.0f);
-        s.ce_clean += ce_forward(e->logits_clean.data(), tokens.data(), B, T, e->V);
-        s.ce_spliced += ce_forward(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+        clean_forward(e, tokens.data(), B, true);
+        double ce_clean = ce_forward(e->logits_clean.data(), tokens.data(), B, T, e->V);
         for (int n = 0; n < N; n++) {
             const float* lc = e->logits_clean.data() + (size_t)n * e->V;
-            const float* ls = e->logits_spliced.data() + (size_t)n * e->V;
-            int ac = 0, as = 0;
-            for (int v = 1; v < e->V; v++) { if (lc[v] > lc[ac]) ac = v; if (ls[v] > ls[as]) as = v; }
-            s.top1_agree += ac == as;
+            int ac = 0;
+            for (int v = 1; v < e->V; v++) if (lc[v] > lc[ac]) ac = v;
+            e->argmax_clean[n] = ac;
         }
-        s.kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
-        s.tokens += N;
+        for (size_t i = 0; i < saes.size(); i++) {
+            SaeRun* s = &saes[i];
+            EvalSums& su = sums[i];
+            const float* x = sae_input(e, s->L);
+            sae_forward(e, s, B);
+            double l1 = 0.0;  // not an eval metric
+            sae_sparsity_l0(&l1, &su.l0, nullptr, e->c.data(), N, s->D, su.fire_count.data());
+            // explained variance against the mean of x over this batch's tokens
+            std::vector<double> xmean(C, 0.0);
+            for (int n = 0; n < N; n++) for (int j = 0; j < C; j++) xmean[j] += x[(size_t)n * C + j];
+            for (int j = 0; j < C; j++) xmean[j] /= N;
+            for (int n = 0; n < N; n++) {
+                double num = 0, den = 0;
+                for (int j = 0; j < C; j++) {
+                    double xi = x[(size_t)n * C + j], d = e->x_hat[(size_t)n * C + j] - xi;
+                    num += d * d;
+                    den += (xi - xmean[j]) * (xi - xmean[j]);
+                    su.mse += d * d;
+                }
+                su.explained_variance += 1.0 - num / den;
+            }
+            spliced_forward(e, s->L, B, false);
+            for (size_t k = 0; k < su.ds_mse.size(); k++)
+                su.ds_mse[k] += mse_forward_backward(nullptr, e->ds_spliced[k].data(), e->clean[s->L + 1 + k - e->L_lo].data(), (size_t)N * C, 0.0f);
+            su.ce_clean += ce_clean;
+            su.ce_spliced += ce_forward(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+            for (int n = 0; n < N; n++) {
+                const float* ls = e->logits_spliced.data() + (size_t)n * e->V;
+                int as = 0;
+                for (int v = 1; v < e->V; v++) if (ls[v] > ls[as]) as = v;
+                su.top1_agree += e->argmax_clean[n] == as;
+            }
+            su.kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
+            su.tokens += N;
+        }
     }
-    return eval_metrics_finish(s, eval_rows, T, C, D, alive_train);
+    std::vector<EvalMetrics> out;
+    for (size_t i = 0; i < saes.size(); i++)
+        out.push_back(eval_metrics_finish(sums[i], eval_rows, T, C, saes[i].D, saes[i].run.ts.last_alive));
+    return out;
 }
 
 // ----------------------------------------------------------------------------
-// --dump-features: per-feature firing frequency and top activations over the first val tokens
+// --dump-features: per-feature firing frequency and top activations over the first val tokens,
+// for every SAE (one clean pass per batch)
 
-void dump_features(Engine* e, const DataLoader* val, const TrainConfig& cfg) {
-    FeatureDump fd;
-    feature_dump_init(&fd, e->D, cfg.dump_topk);
-    feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
-        forward_to_sae(e, tokens, B);
-        sae_forward(e, B);
-        feature_dump_add(&fd, e->c.data(), B * e->T, first_pos);
+void dump_features(Engine* e, std::vector<SaeRun>& saes, const DataLoader* val) {
+    std::vector<FeatureDump> fds(saes.size());
+    for (size_t i = 0; i < saes.size(); i++) feature_dump_init(&fds[i], saes[i].D, saes[i].cfg.dump_topk);
+    feature_dump_stream(val, saes[0].cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+        clean_forward(e, tokens, B, false);
+        for (size_t i = 0; i < saes.size(); i++) {
+            sae_forward(e, &saes[i], B);
+            feature_dump_add(&fds[i], e->c.data(), B * e->T, first_pos);
+        }
     });
-    feature_dump_finish(&fd, val, cfg, e->model.source);
+    for (size_t i = 0; i < saes.size(); i++) feature_dump_finish(&fds[i], val, saes[i].cfg, e->model.source);
 }
 
 // ----------------------------------------------------------------------------
@@ -796,58 +871,103 @@ void dump_features(Engine* e, const DataLoader* val, const TrainConfig& cfg) {
 
 int train_main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
-    TrainConfig cfg = parse_args(argc, argv, false);
-    apply_demo_presets(cfg, false);
+    TrainConfig raw = parse_flags(argc, argv, false);
+    apply_demo_presets(raw, false);
+    std::vector<TrainConfig> cfgs = run_configs(raw, false);  // one per SAE
+    const TrainConfig& cfg = cfgs[0];                         // what the SAEs share
     Engine e;
-    load_model_and_sae(&e.model, &e.sae, cfg);
+    load_model(&e.model, cfg);
+    std::vector<int> d_sae;
+    for (const TrainConfig& c : cfgs) d_sae.push_back(planned_d_sae(c, e.model.config));
     RunData data;
     open_loaders(&data, cfg, e.model.config.vocab_size);
-    engine_init(&e, cfg, cfg.batch);
+    engine_init(&e, cfgs, d_sae, cfg.batch);
+    std::vector<SaeRun> saes(cfgs.size());
+    for (size_t i = 0; i < cfgs.size(); i++) {
+        load_sae(&saes[i].sae, cfgs[i], e.C);
+        sae_run_init(&saes[i], cfgs[i], e.C);
+    }
+    if (!raw.sweep.empty()) print_sweep(cfgs, d_sae);
+    print_config(cfg, e.C, saes[0].D);
 
-    RunState run;
-    run_begin(&run, cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), &data, e.model.source);
-    e.fired = run.ts.alive_fired;
+    if (!raw.sweep.empty()) sweep_begin(raw, cfgs, d_sae);
+    std::vector<RunState*> runs;
+    for (SaeRun& s : saes) {
+        die_context() = sweep_context(s.cfg);
+        run_begin(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), &data, e.model.source);
+        die_context().clear();
+        s.fired = s.run.ts.alive_fired;
+        runs.push_back(&s.run);
+        if (s.run.ts.step != saes[0].run.ts.step)
+            die("--resume %s: SAE %s was saved at step %lld and %s at step %lld: a sweep's SAEs are saved together", raw.resume.c_str(),
+                s.cfg.name.c_str(), s.run.ts.step, saes[0].cfg.name.c_str(), saes[0].run.ts.step);
+    }
     auto run_eval = [&](long long step) {
-        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.ts.last_alive));
+        if (!data.eval_rows) return;
+        std::vector<EvalMetrics> ms = evaluate(&e, saes, &data.val, data.eval_rows);
+        for (size_t i = 0; i < saes.size(); i++) report_eval(&saes[i].run, saes[i].cfg, step, ms[i]);
     };
-    auto save = [&](long long step) {
-        run.ts.alive_fired = e.fired;
-        save_run(&run, cfg, &e.sae, e.adam_m.data(), e.adam_v.data(), step, data);
+    auto save = [&](long long step) {  // every SAE in one set (llmc/run.h)
+        remove_file_dir(raw.out + "/.save.tmp");
+        for (SaeRun& s : saes) {
+            s.run.ts.alive_fired = s.fired;
+            save_stage(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), step, data,
+                       raw.out + "/.save.tmp" + (s.cfg.name.empty() ? "" : "/" + s.cfg.name));
+        }
+        save_commit(raw.out);
+        printf("saved %s and training state to %s at step %lld\n", saes.size() > 1 ? (std::to_string(saes.size()) + " SAEs").c_str() : "SAE",
+               raw.out.c_str(), step);
     };
-    if (run.ts.step == 0 || cfg.eval_only) run_eval(0);
+    if (saes[0].run.ts.step == 0 || cfg.eval_only) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
-    long long step = run.ts.step;
-    while (keep_training(run.sched, cfg, step)) {
+    long long step = saes[0].run.ts.step;
+    while (keep_training(saes[0].run.sched, cfg, step)) {
         double t0 = now_seconds();
-        std::fill(e.grads.memory.begin(), e.grads.memory.end(), 0.0f);
-        std::fill(e.dW_dec_norm.begin(), e.dW_dec_norm.end(), 0.0f);
-        MicroLosses sum;
-        sum.kl = sum.sparsity = sum.mse = sum.ds_mse = sum.l0 = sum.loss = 0.0;
+        std::vector<MicroLosses> sums(saes.size());
+        for (size_t i = 0; i < saes.size(); i++) {
+            std::fill(saes[i].grads.memory.begin(), saes[i].grads.memory.end(), 0.0f);
+            std::fill(saes[i].dW_dec_norm.begin(), saes[i].dW_dec_norm.end(), 0.0f);
+            sums[i].kl = sums[i].sparsity = sums[i].mse = sums[i].ds_mse = sums[i].l0 = sums[i].loss = 0.0;
+        }
         for (int a = 0; a < cfg.grad_accum; a++) {
             dataloader_next_batch(&data.train, tokens.data());
-            MicroLosses ml = micro_step(&e, tokens.data(), cfg.grad_accum);
-            sum.kl += ml.kl; sum.sparsity += ml.sparsity; sum.mse += ml.mse; sum.ds_mse += ml.ds_mse; sum.l0 += ml.l0; sum.loss += ml.loss;
+            clean_forward(&e, tokens.data(), cfg.batch, e.train_logits);
+            for (size_t i = 0; i < saes.size(); i++) {
+                MicroLosses ml = micro_step(&e, &saes[i], cfg.grad_accum);
+                MicroLosses& su = sums[i];
+                su.kl += ml.kl; su.sparsity += ml.sparsity; su.mse += ml.mse; su.ds_mse += ml.ds_mse; su.l0 += ml.l0; su.loss += ml.loss;
+            }
         }
         double A = cfg.grad_accum;
-        double lr = lr_at_step(cfg.lr, step, run.sched.W, run.sched.S, cfg.min_lr_factor);
-        sae_finish_grads(&e);
-        double gnorm = update(&e, lr, step + 1);
-        step++;
-        check_finite(sum.loss, gnorm, step);
-        run.ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
-        long long alive_now = -1;
-        if (run.ts.alive_tokens >= cfg.alive_window) {
-            alive_now = 0;
-            for (float f : e.fired) alive_now += f > 0.0f;
-            run.ts.last_alive = alive_now;
-            std::fill(e.fired.begin(), e.fired.end(), 0.0f);
-            run.ts.alive_tokens = 0;
+        double lr = lr_at_step(cfg.lr, step, saes[0].run.sched.W, saes[0].run.sched.S, cfg.min_lr_factor);
+        std::vector<double> gnorm(saes.size());
+        for (size_t i = 0; i < saes.size(); i++) {
+            sae_finish_grads(&saes[i]);
+            gnorm[i] = update(&saes[i], lr, step + 1);
         }
+        step++;
         double tps = cfg.batch * cfg.seq_len * A / (now_seconds() - t0);
-        StepLog sl = {step, lr, sum.loss / A, sum.kl / A, sum.sparsity / A, sum.mse / A, sum.ds_mse / A, sum.l0 / A, gnorm, tps, alive_now};
-        step_end(&run, cfg, sl, save, run_eval);
+        std::vector<StepLog> sls;
+        for (size_t i = 0; i < saes.size(); i++) {
+            SaeRun& s = saes[i];
+            die_context() = sweep_context(s.cfg);
+            check_finite(sums[i].loss, gnorm[i], step);
+            die_context().clear();
+            s.run.ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
+            long long alive_now = -1;
+            if (s.run.ts.alive_tokens >= cfg.alive_window) {
+                alive_now = 0;
+                for (float f : s.fired) alive_now += f > 0.0f;
+                s.run.ts.last_alive = alive_now;
+                std::fill(s.fired.begin(), s.fired.end(), 0.0f);
+                s.run.ts.alive_tokens = 0;
+            }
+            const MicroLosses& su = sums[i];
+            sls.push_back({step, lr, su.loss / A, su.kl / A, su.sparsity / A, su.mse / A, su.ds_mse / A, su.l0 / A, gnorm[i], tps, alive_now});
+        }
+        step_end(runs, cfg, sls, save, run_eval);
     }
-    run_end(&run, cfg, &data, step, save, run_eval, [&] { dump_features(&e, &data.val, cfg); });
+    run_end(runs, cfg, &data, step, save, run_eval, [&] { dump_features(&e, saes, &data.val); });
     gpt2_free(&e.model);
     return 0;
 }

@@ -124,3 +124,10 @@ inline void print_eval(long long step, const EvalMetrics& e, int first_ds_layer)
     for (size_t i = 0; i < e.ds_mse.size(); i++) printf("  ds MSE L%-5zu  %.6g\n", first_ds_layer + i, e.ds_mse[i]);
     printf("--------------------------------------------\n");
 }
+
+// one SAE of a sweep: its eval on one line
+inline void print_eval_line(const std::string& name, long long step, const EvalMetrics& e) {
+    printf("eval at step %lld | %-14s | CE increase %.4f | KL %.5f | L0 %.2f | alive %lld/%lld | expl. var %.4f | MSE %.6g\n", step,
+           name.c_str(), e.ce_spliced - e.ce_clean, e.kl, e.l0, e.alive, e.alive + e.dead, e.explained_variance, e.mse);
+}
+

@@ -20,24 +20,57 @@ schedule.h, logger.h and utils.h.
 #include "logger.h"
 #include "feature_dump.h"
 #include "schedule.h"
+#include "sweep.h"
 
-// GPT-2 (residual-writing weights centred, SPEC §2) and the SAE (--init-sae, or the library's
-// init), with the flags checked against the model; prints both and the config
-inline void load_model_and_sae(GPT2* model, SAE* sae, const TrainConfig& cfg) {
+// GPT-2 (residual-writing weights centred, SPEC §2), printed
+inline void load_model(GPT2* model, const TrainConfig& cfg) {
     gpt2_load(model, cfg.model);
     const GPT2Config& mc = model->config;
     printf("GPT-2 from %s: L %d, NH %d, C %d, V %d, maxT %d (%zu parameters, residual-writing weights centred, W_U less its mean row)\n",
            model->source.c_str(), mc.num_layers, mc.num_heads, mc.channels, mc.vocab_size, mc.max_seq_len, model->num_parameters);
+}
+
+// d_sae of an SAE before it is loaded: --init-sae's W_enc (its header only), or the flags; with
+// the flags checked against the model, so a bad sweep line is named before anything is allocated
+inline int planned_d_sae(const TrainConfig& cfg, const GPT2Config& mc) {
+    die_context() = sweep_context(cfg);
     check_config_against_model(cfg, mc.num_layers, mc.max_seq_len);
-    if (!cfg.init_sae.empty()) {
-        sae_load(sae, cfg.init_sae, mc.channels);
-        printf("SAE from %s: d_in %d, d_sae %d\n", cfg.init_sae.c_str(), sae->C, sae->D);
+    int D = 0;
+    if (cfg.init_sae.empty()) {
+        D = config_d_sae(cfg, mc.channels);
     } else {
-        double P = (double)sae_num_parameters(mc.channels, config_d_sae(cfg, mc.channels));
-        check_host_memory(4.0 * P * sizeof(float), "the SAE with its gradients and Adam moments");  // either trainer holds 4 copies at most
-        sae_allocate(sae, mc.channels, config_d_sae(cfg, mc.channels));
-        sae_init_random(sae, cfg.seed);
+        std::string path = cfg.init_sae + "/sae_weights.safetensors";
+        SafeTensors st;
+        safetensors_open(&st, path);
+        const StTensorInfo* we = safetensors_find(&st, "W_enc");
+        if (!we || we->shape.size() != 2 || we->shape[1] < 1 || we->shape[1] > (1LL << 30))
+            die("'%s': W_enc is missing or not [d_in, d_sae] with 1 <= d_sae <= 2^30", path.c_str());
+        D = (int)we->shape[1];
     }
+    die_context().clear();
+    return D;
+}
+
+// the SAE: --init-sae, or the library's init from --init-seed
+inline void load_sae(SAE* sae, const TrainConfig& cfg, int C) {
+    die_context() = sweep_context(cfg);
+    if (!cfg.init_sae.empty()) {
+        sae_load(sae, cfg.init_sae, C);
+        printf("SAE%s%s from %s: d_in %d, d_sae %d\n", cfg.name.empty() ? "" : " ", cfg.name.c_str(), cfg.init_sae.c_str(), sae->C, sae->D);
+    } else {
+        sae_allocate(sae, C, config_d_sae(cfg, C));
+        sae_init_random(sae, (unsigned long long)cfg.init_seed);
+    }
+    die_context().clear();
+}
+
+// GPT-2 and one SAE, with the flags checked against the model; prints both and the config
+inline void load_model_and_sae(GPT2* model, SAE* sae, const TrainConfig& cfg) {
+    load_model(model, cfg);
+    const GPT2Config& mc = model->config;
+    double P = (double)sae_num_parameters(mc.channels, planned_d_sae(cfg, mc));
+    check_host_memory(4.0 * P * sizeof(float), "the SAE with its gradients and Adam moments");  // either trainer holds 4 copies at most
+    load_sae(sae, cfg, mc.channels);
     print_config(cfg, sae->C, sae->D);
 }
 
@@ -73,6 +106,7 @@ struct RunState {
     Logger logger;
     std::vector<float> sparsity;   // (D) from the latest eval, for the export; empty before the first
     std::string model_name;        // the export's metadata.model_name
+    std::string name;              // the SAE's name in a sweep (its step-line label)
     long long start_step = 0;      // the step this process started at (--resume's)
 };
 
@@ -81,12 +115,16 @@ struct RunState {
 // files are moved into OUT. A kill before the commit leaves the previous save whole; after it,
 // save_set_recover (run at every start) finishes the moves. So the files of OUT always come from
 // one save, or OUT/.save.ready says a finished save is still being moved into place.
+// A sweep's save is one set for all its SAEs: each is staged in OUT/.save.tmp/NAME, and moved into OUT/NAME.
+inline void move_files_into(const std::string& from, const std::string& to) {
+    make_dir(to);
+    for (const std::string& f : list_files(from)) rename_check(from + "/" + f, to + "/" + f);
+    for (const std::string& sub : list_dirs(from)) move_files_into(from + "/" + sub, to + "/" + sub);
+    if (rmdir(from.c_str()) != 0) die("could not remove '%s': %s", from.c_str(), strerror(errno));
+}
+
 inline void save_set_recover(const std::string& dir) {
-    std::string ready = dir + "/.save.ready";
-    if (dir_exists(ready)) {
-        for (const std::string& f : list_files(ready)) rename_check(ready + "/" + f, dir + "/" + f);
-        if (rmdir(ready.c_str()) != 0) die("could not remove '%s': %s", ready.c_str(), strerror(errno));
-    }
+    if (dir_exists(dir + "/.save.ready")) move_files_into(dir + "/.save.ready", dir);
     remove_file_dir(dir + "/.save.tmp");
 }
 
@@ -113,21 +151,48 @@ inline void log_cut_to_step(const std::string& path, const std::string& from, lo
     rename_check(tmp, path);
 }
 
-// Before the first step: the output folder (a run already there is continued only with --resume,
-// replaced only with --overwrite), --resume's state (SAE parameters and Adam moments into sae, m, v
-// on the host; the data position into the training loader; the log cut back to the saved step)
-// and the log.
-inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m, float* v, RunData* d, const std::string& model_source) {
-    const char* run_files[] = {"train_state.safetensors", "sae_weights.safetensors", "cfg.json", "sparsity.safetensors"};
-    bool has_run = file_exists(cfg.log) || dir_exists(cfg.out + "/.save.ready");
-    for (const char* f : run_files) has_run = has_run || file_exists(cfg.out + "/" + f);
-    if (has_run && cfg.resume.empty()) {
-        if (!cfg.overwrite)
-            die("--out %s already holds a run (or --log %s exists): --resume %s continues it, --overwrite starts over there, "
-                "or choose another --out", cfg.out.c_str(), cfg.log.c_str(), cfg.out.c_str());
-        for (const char* f : run_files) unlink((cfg.out + "/" + f).c_str());
-        remove_file_dir(cfg.out + "/.save.ready");
+static const char* const RUN_FILES[] = {"train_state.safetensors", "sae_weights.safetensors", "cfg.json", "sparsity.safetensors"};
+
+inline bool folder_holds_run(const TrainConfig& cfg) {
+    bool has_run = file_exists(cfg.log) || dir_exists(cfg.out + "/.save.ready") || file_exists(cfg.out + "/sweep.json");
+    for (const char* f : RUN_FILES) has_run = has_run || file_exists(cfg.out + "/" + f);
+    return has_run;
+}
+
+// a run already in --out is continued only with --resume, replaced only with --overwrite
+inline void refuse_or_clear_run(const TrainConfig& cfg, const std::string& top) {
+    if (!cfg.resume.empty() || !folder_holds_run(cfg)) return;
+    if (!cfg.overwrite)
+        die("--out %s already holds a run (or --log %s exists): --resume %s continues it, --overwrite starts over there, "
+            "or choose another --out", top.c_str(), cfg.log.c_str(), top.c_str());
+    for (const char* f : RUN_FILES) unlink((cfg.out + "/" + f).c_str());
+    unlink((cfg.out + "/sweep.json").c_str());
+    remove_file_dir(cfg.out + "/.save.ready");
+}
+
+// Before a sweep's first step (run_begin then follows for each SAE): OUT checked as a whole
+// before anything is written, a save interrupted by a kill finished, and OUT/sweep.json written.
+inline void sweep_begin(const TrainConfig& raw, const std::vector<TrainConfig>& runs, const std::vector<int>& d_sae) {
+    TrainConfig top = raw;
+    top.log = raw.out + "/sweep.json";
+    refuse_or_clear_run(top, raw.out);
+    for (const TrainConfig& c : runs) refuse_or_clear_run(c, raw.out);
+    if (!raw.resume.empty()) {
+        save_set_recover(raw.resume);
+        sweep_check_resume(raw.resume, runs);
     }
+    make_dir(raw.out);
+    save_set_recover(raw.out);
+    sweep_json_write(raw.out, runs, d_sae);
+}
+
+// Before the first step: the output folder (refuse_or_clear_run), --resume's state (SAE
+// parameters and Adam moments into sae, m, v on the host; the data position into the training
+// loader; the log cut back to the saved step) and the log.
+inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m, float* v, RunData* d, const std::string& model_source) {
+    refuse_or_clear_run(cfg, cfg.out);
+    if (cfg.name.empty() && !cfg.resume.empty() && file_exists(cfg.resume + "/sweep.json"))
+        die("--resume %s holds a sweep: give its --sweep FILE too", cfg.resume.c_str());
     make_dir(cfg.out);
     save_set_recover(cfg.out);
     run->ts.alive_fired.assign(sae->D, 0.0f);
@@ -145,49 +210,84 @@ inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m,
         printf("resumed from %s at step %lld\n", cfg.resume.c_str(), run->ts.step);
     }
     run->start_step = run->ts.step;
+    run->name = cfg.name;
     logger_open(&run->logger, cfg.log, !cfg.resume.empty());
     run->sched = schedule_from_config(cfg);
     if (!cfg.eval_only) run->model_name = model_name_for_export(model_source);  // once per run: it may checksum 548 MB
 }
 
 // the training state (for --resume) and the SAELens export, from host copies of the SAE, its Adam
-// moments and the alive flags (run->ts.alive_fired), as one set (save_set_recover)
-inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
-                     const RunData& d) {
+// moments and the alive flags (run->ts.alive_fired), written into the folder `stage`
+inline void save_stage(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
+                       const RunData& d, const std::string& stage) {
     const float* blocks[3] = {sae->memory.data(), m, v};
     const char* names[3] = {"parameters", "Adam m", "Adam v"};
     for (int i = 0; i < 3; i++)  // a NaN never reaches an export or a state
         if (first_non_finite(blocks[i], sae->num_parameters) >= 0)
-            die("the SAE's %s hold a non-finite value at step %lld (training diverged? try a lower --lr): nothing was saved", names[i], step);
+            die("%sthe SAE's %s hold a non-finite value at step %lld (training diverged? try a lower --lr): nothing was saved",
+                cfg.name.empty() ? "" : ("SAE " + cfg.name + ": ").c_str(), names[i], step);
     run->ts.step = step;
     run->ts.rows_consumed = d.train.rows_consumed;
-    std::string stage = cfg.out + "/.save.tmp";
-    remove_file_dir(stage);
     train_state_save(stage, sae, m, v, run->ts, cfg);
     sae_export(sae, stage, cfg, run->model_name, step, run->sparsity.empty() ? nullptr : &run->sparsity);
-    rename_check(stage, cfg.out + "/.save.ready");  // the commit
-    save_set_recover(cfg.out);
+}
+
+// what was staged in OUT/.save.tmp becomes the save in one rename (the commit), then moves into place
+inline void save_commit(const std::string& out) {
+    rename_check(out + "/.save.tmp", out + "/.save.ready");
+    save_set_recover(out);
+}
+
+// one SAE's save as one set (save_set_recover)
+inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
+                     const RunData& d) {
+    remove_file_dir(cfg.out + "/.save.tmp");
+    save_stage(run, cfg, sae, m, v, step, d, cfg.out + "/.save.tmp");
+    save_commit(cfg.out);
     printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
 }
 
-// an eval's metrics on stdout and in the log; its firing counts become the export's sparsity
+// an eval's metrics on stdout (a block for a single run, a line per SAE of a sweep) and in the
+// log; its firing counts become the export's sparsity
 inline void report_eval(RunState* run, const TrainConfig& cfg, long long step, const EvalMetrics& m) {
     run->sparsity = sae_log10_sparsity(m.fire_count, m.tokens);
-    print_eval(step, m, cfg.layer + 1);
+    if (cfg.name.empty()) print_eval(step, m, cfg.layer + 1);
+    else print_eval_line(cfg.name, step, m);
     logger_log_eval(&run->logger, step, m);
 }
 
-// the end of update `step`: its line, then a periodic eval and save (the last update's come after
-// the loop); the eval first, so a save holds everything the log says up to its step
+// The end of update `step` for every SAE of the run: their lines, then a periodic eval and save of
+// all of them (the last update's come after the loop); the eval first, so a save holds everything
+// the log says up to its step. A sweep prints one line for all its SAEs; tokens/s counts tokens
+// through GPT-2, SAE-tokens/s tokens through an SAE.
+template <typename Save, typename Eval>
+inline void step_end(const std::vector<RunState*>& runs, const TrainConfig& cfg, const std::vector<StepLog>& sls, Save save, Eval eval) {
+    long long step = sls[0].step;
+    if (runs.size() == 1 && cfg.name.empty()) {
+        print_step(&runs[0]->logger, sls[0], runs[0]->sched.S);
+    } else {
+        std::string line = "step " + std::to_string(step) + "/" + std::to_string(runs[0]->sched.S);
+        char buf[160];
+        for (size_t i = 0; i < runs.size(); i++) {
+            logger_log_step(&runs[i]->logger, sls[i]);
+            snprintf(buf, sizeof(buf), " | %s %.4f kl %s L0 %.1f", runs[i]->name.c_str(), sls[i].loss, json_num(sls[i].kl).c_str(), sls[i].l0);
+            line += buf;
+        }
+        snprintf(buf, sizeof(buf), " | lr %.2e | %.0f tok/s, %.0f SAE-tok/s", sls[0].lr, sls[0].tokens_per_s, sls[0].tokens_per_s * runs.size());
+        printf("%s%s\n", line.c_str(), buf);
+    }
+    bool last = is_last(runs[0]->sched, cfg, step);
+    if (should_eval(runs[0]->sched, cfg, step, runs[0]->ts.last_eval_samples, last)) {
+        eval(step);
+        for (RunState* r : runs) r->ts.last_eval_samples = step * r->sched.eff_batch;
+    }
+    if (should_save(cfg, step, last)) save(step);
+}
+
+// one SAE's run (the GPU trainer's)
 template <typename Save, typename Eval>
 inline void step_end(RunState* run, const TrainConfig& cfg, const StepLog& sl, Save save, Eval eval) {
-    print_step(&run->logger, sl, run->sched.S);
-    bool last = is_last(run->sched, cfg, sl.step);
-    if (should_eval(run->sched, cfg, sl.step, run->ts.last_eval_samples, last)) {
-        eval(sl.step);
-        run->ts.last_eval_samples = sl.step * run->sched.eff_batch;
-    }
-    if (should_save(cfg, sl.step, last)) save(sl.step);
+    step_end(std::vector<RunState*>{run}, cfg, std::vector<StepLog>{sl}, save, eval);
 }
 
 // --dump-features: streams the first --dump-tokens val tokens (whole rows), B rows at a time,
@@ -219,14 +319,19 @@ inline void feature_dump_finish(const FeatureDump* fd, const DataLoader* val, co
 // after the last update (at once with --eval-only): the final eval and save, the feature dump,
 // then the log and the loaders closed. A run resumed from its final save has both already.
 template <typename Save, typename Eval, typename Dump>
-inline void run_end(RunState* run, const TrainConfig& cfg, RunData* d, long long step, Save save, Eval eval, Dump dump) {
-    if (!cfg.eval_only && (step > run->start_step || cfg.resume.empty())) {
+inline void run_end(const std::vector<RunState*>& runs, const TrainConfig& cfg, RunData* d, long long step, Save save, Eval eval, Dump dump) {
+    if (!cfg.eval_only && (step > runs[0]->start_step || cfg.resume.empty())) {
         eval(step);
         save(step);
     }
     if (!cfg.dump_features.empty()) dump();
-    logger_close(&run->logger);
+    for (RunState* r : runs) logger_close(&r->logger);
     close_loaders(d, cfg);
+}
+
+template <typename Save, typename Eval, typename Dump>
+inline void run_end(RunState* run, const TrainConfig& cfg, RunData* d, long long step, Save save, Eval eval, Dump dump) {
+    run_end(std::vector<RunState*>{run}, cfg, d, step, save, eval, dump);
 }
 
 // a trainer's main: no input ends in an abort; an exception (a std::bad_alloc above all) becomes one line and exit 1

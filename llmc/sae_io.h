@@ -94,9 +94,9 @@ inline void sae_export(const SAE* sae, const std::string& dir, const TrainConfig
     fprintf(fp, "  },\n");
     fprintf(fp, "  \"training\": {\"engine\": \"sae.c\", \"mode\": \"%s\", \"sparsity_coeff\": %.9g, \"kl_coeff\": %.9g, "
                 "\"mse_coeff\": %.9g, \"ds_coeff\": %.9g, \"lr\": %.9g, \"batch\": %d, \"seq_len\": %d, \"grad_accum\": %d, "
-                "\"samples\": %lld, \"steps_done\": %lld, \"seed\": %llu}\n",
+                "\"samples\": %lld, \"steps_done\": %lld, \"seed\": %llu, \"init_seed\": %lld}\n",
             mode_name(cfg.mode), cfg.sparsity_coeff, cfg.kl_coeff, cfg.mse_coeff, cfg.ds_coeff, cfg.lr, cfg.batch, cfg.seq_len,
-            cfg.grad_accum, cfg.samples, step, cfg.seed);
+            cfg.grad_accum, cfg.samples, step, cfg.seed, cfg.init_seed);
     fprintf(fp, "}\n");
     fclose_check(fp, tmp.c_str());
     rename_check(tmp, dir + "/cfg.json");

@@ -35,7 +35,8 @@ struct TrainConfig {
     double weight_decay = 0.0;
     long long samples = 400000;
     long long max_steps = -1;     // stop after this many updates without changing the schedule
-    unsigned long long seed = 0;
+    unsigned long long seed = 0;  // row shuffling, and the SAE init unless --init-seed
+    long long init_seed = -1;     // the SAE init; -1 = --seed
     int shuffle = 1;
     std::string init_sae;
     std::string out = "out";
@@ -52,6 +53,9 @@ struct TrainConfig {
     std::string dump_features;    // folder for the per-feature frequency and top activations
     long long dump_tokens = 100000;
     int dump_topk = 10;
+    std::string sweep;            // --sweep FILE: one SAE per JSON line (llmc/sweep.h)
+    std::string name;             // this SAE's name in a sweep; empty for a single run
+    int sweep_line = 0;           // its line in the sweep file
     std::vector<std::string> given;  // flags named on the command line: presets never override them
 };
 
@@ -78,7 +82,8 @@ inline void print_usage(const char* prog, bool gpu) {
     printf("  --weight-decay X        decoupled (AdamW) weight decay [0]\n");
     printf("  --samples N             schedule length in rows [400000]\n");
     printf("  --max-steps N           stop after N updates, schedule unchanged [no limit]\n");
-    printf("  --seed N                SAE init and shuffling seed [0]\n");
+    printf("  --seed N                shuffling seed, and SAE init seed unless --init-seed [0]\n");
+    printf("  --init-seed N           SAE init seed [--seed]\n");
     printf("  --shuffle 0|1           shuffle training rows per epoch [1]\n");
     printf("  --init-sae DIR          start from a SAELens-layout SAE folder\n");
     printf("  --out DIR               SAE export and training state [out]\n");
@@ -93,6 +98,7 @@ inline void print_usage(const char* prog, bool gpu) {
     printf("  --dump-features DIR     after training (or --eval-only): per-feature frequency and top activations\n");
     printf("  --dump-tokens N         val tokens streamed for --dump-features [100000]\n");
     printf("  --dump-topk K           top activations kept per feature [10]\n");
+    printf("  --sweep FILE            many SAEs in one run: one JSON object per line (README, Sweeps); each writes OUT/NAME\n");
     if (gpu) {
         printf("  --precision P           bf16 | fp32 [bf16]\n");
         printf("  --device N              CUDA device [0]\n");
@@ -123,7 +129,7 @@ inline double parse_float_flag(const char* flag, const char* s, double lo, doubl
 inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool gpu) {
     const char* fl = f.c_str();
     const long long BIG = 1LL << 50;
-    const char* path_flags[] = {"--model", "--train", "--val", "--init-sae", "--out", "--resume", "--log", "--dump-features"};
+    const char* path_flags[] = {"--model", "--train", "--val", "--init-sae", "--out", "--resume", "--log", "--dump-features", "--sweep"};
     for (const char* pf : path_flags)  // an empty --out would put the run in the root folder
         if (f == pf && !*v) die("%s needs a path, got an empty string", fl);
     if (f == "--model") c.model = v;
@@ -157,6 +163,7 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
     else if (f == "--samples") c.samples = parse_int_flag(fl, v, 1, BIG);
     else if (f == "--max-steps") c.max_steps = parse_int_flag(fl, v, 0, BIG);
     else if (f == "--seed") c.seed = (unsigned long long)parse_int_flag(fl, v, 0, BIG);
+    else if (f == "--init-seed") c.init_seed = parse_int_flag(fl, v, 0, BIG);
     else if (f == "--shuffle") c.shuffle = (int)parse_int_flag(fl, v, 0, 1);
     else if (f == "--init-sae") c.init_sae = v;
     else if (f == "--out") c.out = v;
@@ -169,6 +176,10 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
     else if (f == "--dump-features") c.dump_features = v;
     else if (f == "--dump-tokens") c.dump_tokens = parse_int_flag(fl, v, 1, BIG);
     else if (f == "--dump-topk") c.dump_topk = (int)parse_int_flag(fl, v, 1, 32);
+    else if (f == "--sweep") {
+        if (gpu) die("--sweep: the GPU trainer does not run sweeps yet (train_gpt2_sae_cpu does)");
+        c.sweep = v;
+    }
     else if (f == "--precision") {
         c.precision = v;
         if (gpu ? (c.precision != "fp32" && c.precision != "bf16") : c.precision != "fp32")
@@ -181,7 +192,8 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
     else die("unknown flag '%s' (see --help)", fl);
 }
 
-inline TrainConfig parse_args(int argc, char** argv, bool gpu) {
+// the flags as given: a coefficient not given stays NAN (finish_config fills the mode's default)
+inline TrainConfig parse_flags(int argc, char** argv, bool gpu) {
     TrainConfig c;
     if (gpu) c.precision = "bf16";
     for (int i = 1; i < argc; i++) {
@@ -194,15 +206,23 @@ inline TrainConfig parse_args(int argc, char** argv, bool gpu) {
         set_flag(c, f, argv[++i], gpu);
         c.given.push_back(f);
     }
+    return c;
+}
+
+// what the flags leave to the mode and to --out; one SAE's config is complete after this
+inline TrainConfig finish_config(TrainConfig c) {
     // the library's defaults per mode (SPEC §1)
     if (isnan(c.sparsity_coeff)) c.sparsity_coeff = c.mode == MODE_LOCAL ? 6.0 : 1.5;
     if (isnan(c.kl_coeff)) c.kl_coeff = c.mode == MODE_E2E_DS ? 0.5 : 1.0;
     if (isnan(c.mse_coeff)) c.mse_coeff = 1.0;
     if (isnan(c.ds_coeff)) c.ds_coeff = 2.5;
     if (c.log.empty()) c.log = c.out + "/log.jsonl";
+    if (c.init_seed < 0) c.init_seed = (long long)c.seed;
     if (c.eval_only && c.init_sae.empty() && c.resume.empty()) die("--eval-only needs --init-sae DIR (the SAE to evaluate)");
     return c;
 }
+
+inline TrainConfig parse_args(int argc, char** argv, bool gpu) { return finish_config(parse_flags(argc, argv, gpu)); }
 
 // A fresh clone has no GPT-2 small (scripts/download_starter_pack.sh fetches it). Then, when --model
 // is not given, both trainers train the bundled demo model instead, so the first run works offline;
@@ -252,13 +272,15 @@ inline void print_config(const TrainConfig& c, int d_in, int d_sae) {
     printf("| %-21s | %-50s |\n", "model", c.model.c_str());
     printf("| %-21s | %-50s |\n", "train", c.train.c_str());
     printf("| %-21s | %-50s |\n", "val", c.val.c_str());
-    printf("| %-21s | %-50s |\n", "mode", mode_name(c.mode));
-    printf("| %-21s | %-50d |\n", "layer", c.layer);
-    printf("| %-21s | %-50s |\n", "d_in x d_sae", (std::to_string(d_in) + " x " + std::to_string(d_sae)).c_str());
-    printf("| %-21s | %-50g |\n", "sparsity_coeff", c.sparsity_coeff);
-    if (c.mode != MODE_LOCAL) printf("| %-21s | %-50g |\n", "kl_coeff", c.kl_coeff);
-    if (c.mode == MODE_LOCAL) printf("| %-21s | %-50g |\n", "mse_coeff", c.mse_coeff);
-    if (c.mode == MODE_E2E_DS) printf("| %-21s | %-50g |\n", "ds_coeff", c.ds_coeff);
+    if (c.name.empty()) {  // a sweep's SAEs each have their own (print_sweep)
+        printf("| %-21s | %-50s |\n", "mode", mode_name(c.mode));
+        printf("| %-21s | %-50d |\n", "layer", c.layer);
+        printf("| %-21s | %-50s |\n", "d_in x d_sae", (std::to_string(d_in) + " x " + std::to_string(d_sae)).c_str());
+        printf("| %-21s | %-50g |\n", "sparsity_coeff", c.sparsity_coeff);
+        if (c.mode != MODE_LOCAL) printf("| %-21s | %-50g |\n", "kl_coeff", c.kl_coeff);
+        if (c.mode == MODE_LOCAL) printf("| %-21s | %-50g |\n", "mse_coeff", c.mse_coeff);
+        if (c.mode == MODE_E2E_DS) printf("| %-21s | %-50g |\n", "ds_coeff", c.ds_coeff);
+    }
     printf("| %-21s | %-50s |\n", "B x T x accum", (std::to_string(c.batch) + " x " + std::to_string(c.seq_len) + " x " + std::to_string(c.grad_accum)).c_str());
     printf("| %-21s | %-50g |\n", "lr", c.lr);
     printf("| %-21s | %-50lld |\n", "warmup_samples", c.warmup_samples);

@@ -19,10 +19,16 @@ which prints one line a user can act on and exits non-zero. No error is swallowe
 #include <math.h>
 #include <time.h>
 
+// what die() names before its message while one part of an input is read, e.g. "sweep.jsonl line 3: "
+inline std::string& die_context() {
+    static std::string context;
+    return context;
+}
+
 [[noreturn]] inline void die(const char* fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "error: ");
+    fprintf(stderr, "error: %s", die_context().c_str());
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
@@ -115,12 +121,25 @@ inline std::vector<std::string> list_files(const std::string& dir) {
     return names;
 }
 
-// removes a folder of plain files (a save's staging folder)
+// the names of the subfolders of dir (not . and ..), sorted
+inline std::vector<std::string> list_dirs(const std::string& dir) {
+    std::vector<std::string> names;
+    DIR* d = opendir(dir.c_str());
+    if (!d) die("could not list '%s': %s", dir.c_str(), strerror(errno));
+    while (struct dirent* e = readdir(d))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && dir_exists(dir + "/" + e->d_name)) names.push_back(e->d_name);
+    closedir(d);
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+// removes a folder of plain files and folders of them (a save's staging folder; a sweep's has one per SAE)
 inline void remove_file_dir(const std::string& dir) {
     if (!dir_exists(dir)) return;
     for (const std::string& f : list_files(dir))
         if (unlink((dir + "/" + f).c_str()) != 0) die("could not remove '%s/%s': %s", dir.c_str(), f.c_str(), strerror(errno));
-    if (rmdir(dir.c_str()) != 0) die("could not remove '%s': %s (it should hold only files)", dir.c_str(), strerror(errno));
+    for (const std::string& sub : list_dirs(dir)) remove_file_dir(dir + "/" + sub);
+    if (rmdir(dir.c_str()) != 0) die("could not remove '%s': %s (it should hold only files and folders)", dir.c_str(), strerror(errno));
 }
 
 inline std::string read_text_file(const std::string& path) {

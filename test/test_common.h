@@ -192,3 +192,111 @@ static void check_resume(const std::string& binary, const std::string& extra_all
     }
 }
 
+
+// ----------------------------------------------------------------------------
+// --sweep: each SAE of a sweep equals, bit for bit, the single run with the same flags plus its
+// line's keys, in its log terms (training and eval lines; not tokens/s), its training state, its
+// export and its sparsity; and a resumed sweep equals a straight one
+
+// every tensor of two safetensors files, bit for bit
+static void check_same_tensors(const std::string& a, const std::string& b) {
+    SafeTensors sa, sb;
+    safetensors_open(&sa, a);
+    safetensors_open(&sb, b);
+    REQUIRE(sa.tensors.size() == sb.tensors.size());
+    for (const auto& ti : sa.tensors) {
+        INFO(a << " vs " << b << ": " << ti.name);
+        REQUIRE(safetensors_find(&sb, ti.name) != nullptr);
+        auto x = safetensors_read_vec(&sa, ti.name, ti.shape), y = safetensors_read_vec(&sb, ti.name, ti.shape);
+        REQUIRE(x.size() == y.size());
+        CHECK(memcmp(x.data(), y.data(), x.size() * 4) == 0);
+    }
+}
+
+// the lines of a JSON-lines log, the eval lines too or not
+static std::vector<std::string> log_lines(const std::string& path, bool evals) {
+    std::ifstream f(path);
+    REQUIRE(f.good());
+    std::vector<std::string> out;
+    std::string line;
+    while (std::getline(f, line))
+        if (evals || line.find("\"eval\": true") == std::string::npos) out.push_back(line);
+    return out;
+}
+
+// every line of two JSON-lines logs with the same keys and values, tokens/s aside; a resumed run's
+// log has an eval more (at the end of its first part), so it is compared without the evals
+static void check_same_log(const std::string& a, const std::string& b, bool evals) {
+    std::vector<std::string> A = log_lines(a, evals), B = log_lines(b, evals);
+    REQUIRE(A.size() == B.size());
+    CHECK(A.size() >= 10);
+    for (size_t n = 0; n < A.size(); n++) {
+        const std::string &la = A[n], &lb = B[n];
+        JsonValue va, vb;
+        REQUIRE(json_parse(la, va));
+        REQUIRE(json_parse(lb, vb));
+        REQUIRE(va.members.size() == vb.members.size());
+        for (size_t i = 0; i < va.members.size(); i++) {
+            INFO(a << ": " << la << "\n" << b << ": " << lb);
+            CHECK(va.members[i].first == vb.members[i].first);
+            if (va.members[i].first == "tokens_per_s") continue;
+            const JsonValue &x = va.members[i].second, &y = vb.members[i].second;
+            CHECK(x.kind == y.kind);
+            CHECK(x.num == y.num);
+            CHECK(x.items.size() == y.items.size());
+            for (size_t k = 0; k < x.items.size() && k < y.items.size(); k++) CHECK(x.items[k].num == y.items[k].num);
+        }
+    }
+}
+
+static void check_sweep_exact(const std::string& binary, const std::string& extra, const std::string& tag) {
+    std::string dir = ref_for_mode("e2e+ds");  // 3 layers: e2e+ds up to layer 1
+    std::string root = "build/test_out/sweep_" + tag;
+    run_cmd("rm -rf " + root + " && mkdir -p " + root);
+    std::string base = binary + " --model " + dir + "/model.safetensors --train " + dir + "/train.bin --val " + dir +
+                       "/val.bin --batch 2 --seq-len 8 --grad-accum 2 --lr 1e-3 --warmup-samples 8 --samples 200 --max-grad-norm 0.1 "
+                       "--seed 3 --dict-size 64 --eval-samples 4 --eval-every 24 --save-every 5 " + extra;
+    // three SAEs: every mode, three layers, a d_sae of the line's own, one from --init-sae, two seeds of their own
+    struct Line { const char* name; const char* json; const char* flags; };
+    std::vector<Line> lines = {
+        {"loc2", "{\"name\": \"loc2\", \"mode\": \"local\", \"layer\": 2, \"sparsity_coeff\": 3, \"dict_size\": 48, \"init_seed\": 5}",
+         "--mode local --layer 2 --sparsity-coeff 3 --dict-size 48 --init-seed 5"},
+        {"e2e0", "{\"name\": \"e2e0\", \"mode\": \"e2e\", \"layer\": 0, \"sparsity_coeff\": 0.5, \"kl_coeff\": 2, \"init_seed\": 7}",
+         "--mode e2e --layer 0 --sparsity-coeff 0.5 --kl-coeff 2 --init-seed 7"},
+        {"ds1", ("{\"name\": \"ds1\", \"mode\": \"e2e+ds\", \"layer\": 1, \"ds_coeff\": 1, \"init_sae\": \"" + dir + "/init_sae\"}").c_str(),
+         ""},
+    };
+    std::string ds1_json = "{\"name\": \"ds1\", \"mode\": \"e2e+ds\", \"layer\": 1, \"ds_coeff\": 1, \"init_sae\": \"" + dir + "/init_sae\"}";
+    std::string ds1_flags = "--mode e2e+ds --layer 1 --ds-coeff 1 --init-sae " + dir + "/init_sae";
+    std::string file = root + "/sweep.jsonl";
+    {
+        std::ofstream f(file);
+        f << lines[0].json << "\n" << lines[1].json << "\n\n" << ds1_json << "\n";  // a blank line is allowed
+    }
+    RunResult rs = run_cmd(base + " --sweep " + file + " --max-steps 10 --out " + root + "/sweep");
+    INFO(rs.out);
+    REQUIRE(rs.code == 0);
+    CHECK(rs.out.find("SAE-tok/s") != std::string::npos);
+    RunResult part = run_cmd(base + " --sweep " + file + " --max-steps 4 --out " + root + "/part");
+    REQUIRE(part.code == 0);
+    RunResult resumed = run_cmd(base + " --sweep " + file + " --max-steps 10 --out " + root + "/part --resume " + root + "/part");
+    INFO(resumed.out);
+    REQUIRE(resumed.code == 0);
+    JsonValue rec;
+    REQUIRE(json_parse(read_text_file(root + "/sweep/sweep.json"), rec));
+    REQUIRE(rec.get("saes")->items.size() == 3);
+    for (int i = 0; i < 3; i++) {
+        std::string name = lines[i].name, flags = i == 2 ? ds1_flags : lines[i].flags;
+        CHECK(rec.get("saes")->items[i].get("name")->str == name);
+        std::string single = root + "/single_" + name;
+        RunResult r1 = run_cmd(base + " " + flags + " --max-steps 10 --out " + single);
+        INFO(r1.out);
+        REQUIRE(r1.code == 0);
+        for (const std::string& run : {root + "/sweep/" + name, root + "/part/" + name}) {
+            INFO("SAE " << name << ": " << run << " against " << single);
+            check_same_log(single + "/log.jsonl", run + "/log.jsonl", run == root + "/sweep/" + name);
+            for (const char* f : {"train_state.safetensors", "sae_weights.safetensors", "sparsity.safetensors"})
+                check_same_tensors(single + "/" + f, run + "/" + f);
+        }
+    }
+}

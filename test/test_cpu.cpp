@@ -32,15 +32,40 @@ What is compared against what, and why the tolerances are what they are:
 static const double PASS_TOL = 2e-5;   // single passes (see the top comment)
 static const double STEPS_TOL = 1e-4;  // after 10 Adam updates
 
-// an engine on the reference model and SAE, configured like the reference run
-static void engine_from_ref(Engine* e, const std::string& dir, const std::string& mode, int accum = 2) {
+// the engine and one SAE: the trainer's state for a run of one SAE
+struct OneSae {
+    Engine e;
+    std::vector<SaeRun> saes = std::vector<SaeRun>(1);
+    SaeRun& s() { return saes[0]; }
+    std::vector<float> x() { const float* p = sae_input(&e, s().L); return std::vector<float>(p, p + (size_t)e.B * e.T * e.C); }
+};
+
+// The engine and SAE of the reference model, configured like the reference run; the model is
+// loaded as the trainer does, unless shift_unembed is false and prepare, if given, changes it.
+static void engine_from_ref(OneSae* r, const std::string& dir, const std::string& mode, int accum = 2, bool shift_unembed = true,
+                            void (*prepare)(GPT2*) = nullptr) {
     const char* argv_mode = mode.c_str();
     const char* argv[] = {"test", "--mode", argv_mode, "--layer", "1", "--batch", "2", "--seq-len", "8", "--grad-accum",
                           accum == 2 ? "2" : "1"};
     TrainConfig cfg = parse_args(11, (char**)argv, false);
-    gpt2_load(&e->model, dir + "/model.safetensors");
-    sae_load(&e->sae, dir + "/init_sae", e->model.config.channels);
-    engine_init(e, cfg, cfg.batch);
+    gpt2_load(&r->e.model, dir + "/model.safetensors", shift_unembed);
+    if (prepare) prepare(&r->e.model);
+    sae_load(&r->s().sae, dir + "/init_sae", r->e.model.config.channels);
+    engine_init(&r->e, {cfg}, {r->s().sae.D}, cfg.batch);
+    sae_run_init(&r->s(), cfg, r->e.C);
+}
+
+// one micro-batch as the trainer runs it: the clean pass, then the SAE's step
+static MicroLosses one_micro_step(OneSae* r, const int* tokens, int accum) {
+    clean_forward(&r->e, tokens, r->e.B, r->e.train_logits);
+    return micro_step(&r->e, &r->s(), accum);
+}
+
+// the clean and spliced logits of the SAE on B rows (into logits_clean and logits_spliced)
+static void forward_both(OneSae* r, const int* tokens, int B) {
+    clean_forward(&r->e, tokens, B, true);
+    sae_forward(&r->e, &r->s(), B);
+    spliced_forward(&r->e, r->s().L, B, false);
 }
 
 // ----------------------------------------------------------------------------
@@ -49,8 +74,9 @@ static void engine_from_ref(Engine* e, const std::string& dir, const std::string
 TEST_CASE("each GPT-2 layer pass matches PyTorch", "[layers]") {
     std::string dir = ref_for_mode("e2e");
     std::string lp = dir + "/layers.safetensors";
-    Engine e;
-    engine_from_ref(&e, dir, "e2e");
+    OneSae r;
+    engine_from_ref(&r, dir, "e2e");
+    Engine& e = r.e;
     int B = 2, T = 8, C = 32, NH = 2, V = 97, N = B * T;
     auto t = [&](const char* n) { return read_tensor(lp, n); };
 
@@ -120,12 +146,13 @@ static void check_single_pass(const std::string& mode) {
     std::string dir = ref_for_mode(mode);
     std::string ep = dir + "/expected.safetensors";
     auto t = [&](const std::string& n) { return read_tensor(ep, n); };
-    Engine e;
-    engine_from_ref(&e, dir, mode, 1);  // accum 1: gradients of the micro-batch loss itself
+    OneSae r;
+    engine_from_ref(&r, dir, mode, 1);  // accum 1: gradients of the micro-batch loss itself
+    Engine& e = r.e;
     std::vector<int> tok = ref_tokens(dir, 2, 8);
-    MicroLosses ml = micro_step(&e, tok.data(), 1);
-    sae_finish_grads(&e);
-    CHECK_CLOSE(e.x, t("sae_in"), PASS_TOL, "sae_in (centred residual)");
+    MicroLosses ml = one_micro_step(&r, tok.data(), 1);
+    sae_finish_grads(&r.s());
+    CHECK_CLOSE(r.x(), t("sae_in"), PASS_TOL, "sae_in (centred residual)");
     CHECK_CLOSE(e.c, t("c"), PASS_TOL, "c");
     CHECK_CLOSE(e.x_hat, t("x_hat"), PASS_TOL, "x_hat");
     auto scalar = [&](double ours, const char* name) {
@@ -142,15 +169,14 @@ static void check_single_pass(const std::string& mode) {
         scalar(ml.ds_mse, "ds_mse");
     }
     const char* gn[4] = {"grad_W_enc", "grad_b_enc", "grad_W_dec", "grad_b_dec"};
-    float* gp[4] = {e.grads.W_enc, e.grads.b_enc, e.grads.W_dec, e.grads.b_dec};
+    float* gp[4] = {r.s().grads.W_enc, r.s().grads.b_enc, r.s().grads.W_dec, r.s().grads.b_dec};
     for (int i = 0; i < 4; i++) CHECK_CLOSE(gp[i], t(gn[i]), PASS_TOL, mode << " " << gn[i]);
     // logits and the eval metrics on the same rows (every mode's eval runs both branches)
     DataLoader dl;
     dataloader_init(&dl, dir + "/train.bin", "--val", 1, 8, 97, false, 0);
-    EvalMetrics m = evaluate(&e, &dl, 2, -1);
+    EvalMetrics m = evaluate(&e, r.saes, &dl, 2)[0];
     dataloader_free(&dl);
-    clean_forward(&e, 2);
-    spliced_forward(&e, 2, false);
+    forward_both(&r, tok.data(), 2);
     CHECK_CLOSE(row_centred(e.logits_clean, e.V), row_centred(t("logits_clean"), e.V), PASS_TOL, "logits_clean (each row less its mean)");
     CHECK_CLOSE(row_centred(e.logits_spliced, e.V), row_centred(t("logits_spliced"), e.V), PASS_TOL, "logits_spliced (each row less its mean)");
     scalar(m.ce_clean, "ce_clean");
@@ -172,21 +198,16 @@ TEST_CASE("e2e+ds mode: one micro-batch matches PyTorch", "[pass]") { check_sing
 // every W_U row -80/(3C) on every channel put the logits near -80, and a per-token multiple of
 // that direction (sd 5%) spreads them by a few units per token, as GPT-2's are. The shift
 // removes the shared part exactly and leaves the per-token spread.
-static void engine_real_scale(Engine* e, const std::string& dir, bool shift) {
-    const char* argv[] = {"test", "--mode", "e2e+ds", "--layer", "1", "--batch", "2", "--seq-len", "8", "--grad-accum", "1"};
-    TrainConfig cfg = parse_args(11, (char**)argv, false);
-    gpt2_load(&e->model, dir + "/model.safetensors", false);
-    GPT2Weights& w = e->model.params;
-    int C = e->model.config.channels, V = e->model.config.vocab_size;
+static void real_scale(GPT2* model) {
+    GPT2Weights& w = model->params;
+    int C = model->config.channels, V = model->config.vocab_size;
     for (int i = 0; i < C; i++) w.lnfb[i] += 3.0f;
     for (int v = 0; v < V; v++) {
         float t = 1.0f + 0.05f * sinf(12.9898f * v);  // a fixed per-token spread around 1
         for (int i = 0; i < C; i++) w.wte_unembed[(size_t)v * C + i] += t * (-80.0f / (3.0f * C));
     }
-    if (shift) gpt2_shift_unembed(&e->model);
-    sae_load(&e->sae, dir + "/init_sae", C);
-    engine_init(e, cfg, cfg.batch);
 }
+static void real_scale_shifted(GPT2* model) { real_scale(model); gpt2_shift_unembed(model); }
 
 static double mean_of(const std::vector<float>& x) {
     double s = 0.0;
@@ -202,14 +223,13 @@ static double mean_of(const std::vector<float>& x) {
 TEST_CASE("W_U less its mean row changes no loss, metric or gradient beyond fp32 rounding at GPT-2's logit scale", "[shift]") {
     std::string dir = ref_for_mode("e2e+ds");
     std::vector<int> tok = ref_tokens(dir, 2, 8);
-    Engine plain, shifted;
-    engine_real_scale(&plain, dir, false);
-    engine_real_scale(&shifted, dir, true);
-    MicroLosses a = micro_step(&plain, tok.data(), 1), b = micro_step(&shifted, tok.data(), 1);
-    sae_finish_grads(&plain);
-    sae_finish_grads(&shifted);
-    clean_forward(&plain, 2);
-    clean_forward(&shifted, 2);
+    OneSae rp, rs;
+    engine_from_ref(&rp, dir, "e2e+ds", 1, false, real_scale);
+    engine_from_ref(&rs, dir, "e2e+ds", 1, false, real_scale_shifted);
+    Engine &plain = rp.e, &shifted = rs.e;
+    MicroLosses a = one_micro_step(&rp, tok.data(), 1), b = one_micro_step(&rs, tok.data(), 1);
+    sae_finish_grads(&rp.s());
+    sae_finish_grads(&rs.s());
     INFO("mean logit without the shift " << mean_of(plain.logits_clean) << ", with it " << mean_of(shifted.logits_clean));
     CHECK(mean_of(plain.logits_clean) < -60.0);             // the test is at GPT-2's scale...
     CHECK(fabs(mean_of(shifted.logits_clean)) < 5.0);       // ...and the shift moves it to near 0
@@ -224,16 +244,16 @@ TEST_CASE("W_U less its mean row changes no loss, metric or gradient beyond fp32
     CHECK(a.mse == b.mse);            // before the LM head: the same bits
     CHECK(a.sparsity == b.sparsity);
     const char* gn[4] = {"grad_W_enc", "grad_b_enc", "grad_W_dec", "grad_b_dec"};
-    float* ga[4] = {plain.grads.W_enc, plain.grads.b_enc, plain.grads.W_dec, plain.grads.b_dec};
+    const SAE &gp = rp.s().grads, &gs = rs.s().grads;
+    float* ga[4] = {gp.W_enc, gp.b_enc, gp.W_dec, gp.b_dec};
     for (int i = 0; i < 4; i++) {
-        size_t n = shifted.grads.sizes[i];
-        std::vector<float> gb(ga[i] - plain.grads.memory.data() + shifted.grads.memory.data(),
-                              ga[i] - plain.grads.memory.data() + shifted.grads.memory.data() + n);
+        size_t off = ga[i] - gp.memory.data();
+        std::vector<float> gb(gs.memory.begin() + off, gs.memory.begin() + off + gs.sizes[i]);
         CHECK_CLOSE(ga[i], gb, PASS_TOL, gn[i]);
     }
     DataLoader dl;
     dataloader_init(&dl, dir + "/train.bin", "--val", 1, 8, 97, false, 0);
-    EvalMetrics ma = evaluate(&plain, &dl, 2, -1), mb = evaluate(&shifted, &dl, 2, -1);
+    EvalMetrics ma = evaluate(&plain, rp.saes, &dl, 2)[0], mb = evaluate(&shifted, rs.saes, &dl, 2)[0];
     dataloader_free(&dl);
     same(ma.ce_clean, mb.ce_clean, "eval CE clean");
     same(ma.ce_spliced, mb.ce_spliced, "eval CE spliced");
@@ -266,20 +286,16 @@ TEST_CASE("HF safetensors in F16/BF16 with the transformer. prefix, and llm.c .b
     }
     SECTION("bf16 with prefix: the reference's logits, computed from the rounded weights, are reproduced") {
         for (const std::string& dir : {bf, f16}) {
-            Engine e;
-            const char* argv[] = {"test", "--layer", "1", "--batch", "2", "--seq-len", "8"};
-            TrainConfig cfg = parse_args(7, (char**)argv, false);
-            gpt2_load(&e.model, dir + "/model.safetensors");
-            sae_load(&e.sae, dir + "/init_sae", e.model.config.channels);
-            engine_init(&e, cfg, 2);
+            OneSae r;
+            engine_from_ref(&r, dir, "e2e");
             std::vector<int> tok = ref_tokens(dir, 2, 8);
-            forward_to_sae(&e, tok.data(), 2);
-            sae_forward(&e, 2);
-            clean_forward(&e, 2);
-            spliced_forward(&e, 2, false);
-            CHECK_CLOSE(e.logits_clean, read_tensor(dir + "/expected.safetensors", "logits_clean"), PASS_TOL, dir << " logits_clean");
-            CHECK_CLOSE(e.logits_spliced, read_tensor(dir + "/expected.safetensors", "logits_spliced"), PASS_TOL, dir << " logits_spliced");
-            gpt2_free(&e.model);
+            forward_both(&r, tok.data(), 2);
+            int V = r.e.V;
+            CHECK_CLOSE(row_centred(r.e.logits_clean, V), row_centred(read_tensor(dir + "/expected.safetensors", "logits_clean"), V), PASS_TOL,
+                        dir << " logits_clean (each row less its mean)");
+            CHECK_CLOSE(row_centred(r.e.logits_spliced, V), row_centred(read_tensor(dir + "/expected.safetensors", "logits_spliced"), V),
+                        PASS_TOL, dir << " logits_spliced (each row less its mean)");
+            gpt2_free(&r.e.model);
         }
     }
     if (a.params_memory) gpt2_free(&a);
@@ -290,6 +306,10 @@ TEST_CASE("HF safetensors in F16/BF16 with the transformer. prefix, and llm.c .b
 // resume
 
 TEST_CASE("resume after 4 steps continues bit-exactly", "[resume]") { check_resume("./train_gpt2_sae_cpu", ""); }
+
+TEST_CASE("each SAE of a sweep equals its single run bit for bit, and a resumed sweep a straight one", "[sweep]") {
+    check_sweep_exact("./train_gpt2_sae_cpu", "", "cpu");
+}
 
 // ----------------------------------------------------------------------------
 // bad input: a clear one-line error, exit code 1, nothing written
@@ -410,8 +430,8 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
     }
     SECTION("the log cannot be written") { expect_rejected(good + "--log /dev/full", "could not write the log '/dev/full'"); }
     SECTION("a dictionary larger than host memory") {  // planned and refused before anything is allocated
-        expect_rejected(good + "--dict-size 1073741824", "the SAE with its gradients and Adam moments needs 1040.00 GiB of host memory");
-        expect_rejected(good + "--dict-size 67108864", "needs 65.00 GiB of host memory but only");
+        expect_rejected(good + "--dict-size 1073741824", "the SAE with its gradients and Adam moments needs 1304.00 GiB of host memory");
+        expect_rejected(good + "--dict-size 67108864", "needs 81.50 GiB of host memory but only");
     }
     SECTION("a NaN in the --init-sae weights") {
         std::string sae_dir = bad + "/nan_sae";

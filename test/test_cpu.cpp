@@ -516,6 +516,47 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
     }
 }
 
+// a sweep file with `content` ends the run with one line holding `message`, exit 1, and no --out folder
+static void expect_sweep_rejected(const std::string& content, const std::string& message) {
+    std::string dir = ref_for_mode("e2e+ds");
+    std::string file = "build/test_out/bad_sweep.jsonl", out = "build/test_out/bad_sweep_out";
+    run_cmd("rm -rf " + out + " && mkdir -p build/test_out");
+    {
+        std::ofstream f(file);
+        f << content;
+    }
+    RunResult r = run_cmd("./train_gpt2_sae_cpu --model " + dir + "/model.safetensors --train " + dir + "/train.bin --batch 2 --seq-len 8 "
+                          "--layer 1 --eval-samples 0 --dict-size 16 --sweep " + file + " --out " + out);
+    INFO("sweep file:\n" << content << "\noutput:\n" << r.out);
+    CHECK(r.code == 1);
+    size_t at = r.out.find("error: ");
+    REQUIRE(at != std::string::npos);
+    std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+    CHECK(line.find(message) != std::string::npos);
+    CHECK(r.out.find('\n', at) + 1 >= r.out.size());  // the error is the last line: nothing after it
+    CHECK(!dir_exists(out));
+}
+
+TEST_CASE("a bad sweep file is refused with one line naming the file and the line, before anything is written", "[errors]") {
+    const std::string ok = "{\"name\": \"a\", \"mode\": \"local\"}\n";
+    std::string at2 = "--sweep build/test_out/bad_sweep.jsonl line 2: ";
+    SECTION("an unknown key") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"lamda\": 3}\n", at2 + "unknown key \"lamda\""); }
+    SECTION("a duplicate name") { expect_sweep_rejected(ok + "{\"name\": \"a\"}\n", at2 + "the name \"a\" is already used on line 1"); }
+    SECTION("a bad name") { expect_sweep_rejected(ok + "{\"name\": \"../x\"}\n", at2 + "\"name\" must be a string of letters"); }
+    SECTION("a missing name") { expect_sweep_rejected(ok + "{\"layer\": 1}\n", at2 + "every line needs a \"name\""); }
+    SECTION("a layer out of range") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"layer\": 3}\n", at2 + "--layer 3 is out of range: the model has 3 layers"); }
+    SECTION("e2e+ds at the last layer") {
+        expect_sweep_rejected(ok + "{\"name\": \"b\", \"mode\": \"e2e+ds\", \"layer\": 2}\n", at2 + "e2e+ds needs a downstream layer");
+    }
+    SECTION("dict_size and dict_ratio on one line") {
+        expect_sweep_rejected(ok + "{\"name\": \"b\", \"dict_size\": 8, \"dict_ratio\": 2}\n", at2 + "give \"dict_size\" or \"dict_ratio\", not both");
+    }
+    SECTION("a value out of its flag's range") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"sparsity_coeff\": -1}\n", at2 + "--sparsity-coeff -1 is out of range"); }
+    SECTION("a value of the wrong type") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"layer\": 1.5}\n", at2 + "\"layer\" must be a whole number"); }
+    SECTION("an empty file") { expect_sweep_rejected("\n\n", "--sweep 'build/test_out/bad_sweep.jsonl' holds no SAE"); }
+    SECTION("malformed JSON") { expect_sweep_rejected(ok + "{\"name\": \"b\",\n", at2 + "not a JSON object"); }
+}
+
 TEST_CASE("a run folder is continued only with --resume and replaced only with --overwrite", "[errors]") {
     std::string dir = ref_for_mode("e2e");
     std::string out = "build/test_out/folder";

@@ -546,7 +546,7 @@ TEST_CASE("a bad sweep file is refused with one line naming the file and the lin
     SECTION("a missing name") { expect_sweep_rejected(ok + "{\"layer\": 1}\n", at2 + "every line needs a \"name\""); }
     SECTION("a layer out of range") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"layer\": 3}\n", at2 + "--layer 3 is out of range: the model has 3 layers"); }
     SECTION("e2e+ds at the last layer") {
-        expect_sweep_rejected(ok + "{\"name\": \"b\", \"mode\": \"e2e+ds\", \"layer\": 2}\n", at2 + "e2e+ds needs a downstream layer");
+        expect_sweep_rejected(ok + "{\"name\": \"b\", \"mode\": \"e2e+ds\", \"layer\": 2}\n", at2 + "--layer 2: e2e+ds needs a downstream layer");
     }
     SECTION("dict_size and dict_ratio on one line") {
         expect_sweep_rejected(ok + "{\"name\": \"b\", \"dict_size\": 8, \"dict_ratio\": 2}\n", at2 + "give \"dict_size\" or \"dict_ratio\", not both");

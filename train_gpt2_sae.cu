@@ -65,6 +65,15 @@ struct DeviceArena {
 // ----------------------------------------------------------------------------
 // GPT-2 weights on the device, floatX, llm.c layout; the LM head padded to Vp rows of zeros
 
+// The per-layer vectors (LayerNorm parameters and biases, (L,n) on the host) are held with a
+// layer stride of n rounded up to 8 elements, so every layer's slice starts 16-byte aligned in
+// fp32 and bf16: cuBLASLt's bias epilogues need that (matmul.cuh checks it), and l*n is not
+// (C = 100 in bf16: 200 bytes). layer_vec(w.qkvb, l, 3 * C) is layer l's (3C) slice.
+inline size_t layer_stride(size_t n) { return (n + 7) / 8 * 8; }
+inline bool is_layer_vector(int i) { return i == 3 || i == 4 || i == 6 || i == 8 || i == 9 || i == 10 || i == 12 || i == 14; }
+template <typename floatX>
+const floatX* layer_vec(const floatX* base, int l, int n) { return base + (size_t)l * layer_stride(n); }
+
 template <typename floatX>
 struct GPT2Device {
     GPT2Config config;
@@ -80,8 +89,11 @@ void gpt2_device_carve(GPT2Device<floatX>* d, const GPT2* host, DeviceArena* a) 
     d->Vp = (c.vocab_size + 127) / 128 * 128;  // aligned rows keep the LM-head matmul on the fast path
     floatX** ptrs[NUM_PARAMETER_TENSORS] = {&d->wte, &d->wte_unembed, &d->wpe, &d->ln1w, &d->ln1b, &d->qkvw, &d->qkvb,
         &d->attprojw, &d->attprojb, &d->ln2w, &d->ln2b, &d->fcw, &d->fcb, &d->fcprojw, &d->fcprojb, &d->lnfw, &d->lnfb};
-    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++)
-        *ptrs[i] = a->take<floatX>(i == 1 ? (size_t)d->Vp * c.channels : host->param_sizes[i]);
+    for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
+        size_t n = i == 1 ? (size_t)d->Vp * c.channels : host->param_sizes[i];
+        if (is_layer_vector(i)) n = (size_t)c.num_layers * layer_stride(n / c.num_layers);
+        *ptrs[i] = a->take<floatX>(n);
+    }
 }
 
 template <typename floatX>
@@ -92,7 +104,13 @@ void gpt2_device_upload(GPT2Device<floatX>* d, const GPT2* host, float* staging)
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) {
         size_t n = host->param_sizes[i];
         cudaCheck(cudaMemcpy(staging, src, n * sizeof(float), cudaMemcpyHostToDevice));
-        cast_copy(ptrs[i], staging, n, 0);
+        if (is_layer_vector(i)) {  // layer by layer into the padded layout (the padding is never read)
+            const int L = d->config.num_layers;
+            const size_t row = n / L;
+            for (int l = 0; l < L; l++) cast_copy(ptrs[i] + (size_t)l * layer_stride(row), staging + (size_t)l * row, row, 0);
+        } else {
+            cast_copy(ptrs[i], staging, n, 0);
+        }
         src += n;
     }
     size_t pad = (size_t)(d->Vp - d->config.vocab_size) * d->config.channels;
@@ -112,7 +130,7 @@ struct SaeDevice {
     float *W_enc, *b_enc, *W_dec, *b_dec;      // into params
     float *dW_enc, *db_enc, *dW_dec, *db_dec;  // into grads
     float *dW_dec_norm, *inv_norm;             // (D,C) accumulated over an update's micro-batches, (D)
-    floatX *W_enc_x, *b_enc_x, *W_dec_norm, *b_dec_x;  // in fp32, W_enc_x, b_enc_x, b_dec_x alias the masters
+    floatX *W_enc_x, *b_enc_x, *W_dec_norm, *b_dec_x;  // in fp32, W_enc_x aliases the master
 };
 
 // what one block keeps for its backward pass (qkv's head-split copy and the attention probabilities included)
@@ -226,8 +244,10 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     s.dW_dec_norm = a->take<float>(D * C);             // (D,C)
     s.inv_norm = a->take<float>(D);                    // (D)
     s.W_enc_x = fp32 ? nullptr : a->take<floatX>(C * D);  // (C,D) bf16 copy; fp32 reads the master
-    s.b_enc_x = fp32 ? nullptr : a->take<floatX>(D);      // (D)
-    s.b_dec_x = fp32 ? nullptr : a->take<floatX>(C);      // (C)
+    // the biases are copied in fp32 too: the epilogues need 16-byte aligned biases, and the
+    // masters' b_enc at C*D and b_dec at 2*C*D + D floats are not when C*D or D is not a multiple of 4
+    s.b_enc_x = a->take<floatX>(D);                    // (D)
+    s.b_dec_x = a->take<floatX>(C);                    // (C)
     s.W_dec_norm = a->take<floatX>(D * C);             // (D,C)
     e->bytes_sae = a->used - start;
 
@@ -284,14 +304,31 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     e->bytes_acts = a->used - start;
 }
 
-// named views into the SAE's parameter and gradient blocks; in fp32 the matmuls read the masters
+// named views into the SAE's parameter and gradient blocks; in fp32 the encoder matmul reads the master W_enc
 template <typename floatX>
 void sae_device_bind(SaeDevice<floatX>* s, const SAE* host) {
     s->W_enc = s->params; s->b_enc = s->W_enc + host->sizes[0]; s->W_dec = s->b_enc + host->sizes[1]; s->b_dec = s->W_dec + host->sizes[2];
     s->dW_enc = s->grads; s->db_enc = s->dW_enc + host->sizes[0]; s->dW_dec = s->db_enc + host->sizes[1]; s->db_dec = s->dW_dec + host->sizes[2];
-    if (std::is_same<floatX, float>::value) {
-        s->W_enc_x = (floatX*)s->W_enc; s->b_enc_x = (floatX*)s->b_enc; s->b_dec_x = (floatX*)s->b_dec;
-    }
+    if (std::is_same<floatX, float>::value) s->W_enc_x = (floatX*)s->W_enc;
+}
+
+// Refuses, before anything is allocated, a run whose largest cuBLASLt operands reach 2^31
+// elements: c and dc (N,D), the logits (N,Vp), the attention matrices (B,NH,T,T). matmul.cuh
+// passes each dimension as an int and the sizes and strides to cuBLASLt in 64 bits, so nothing
+// wraps on our side, but cuBLAS has failed at that span before (pytorch#17897, raft#3097) and no
+// run this large has been checked. N < 2^31 / Vp also keeps every int N = B*T in range.
+inline void gpu_check_shapes(const TrainConfig& cfg, const GPT2Config& mc, int D) {
+    const long long B = cfg.batch, T = cfg.seq_len, N = B * T, Vp = (mc.vocab_size + 127) / 128 * 128, limit = 1LL << 31;
+    const char* why = "cuBLASLt operands this large are untested";
+    if (N * D >= limit)
+        die("--batch %lld x --seq-len %lld x d_sae %d = %lld elements (>= 2^31) in the SAE activations (N,D): %s; lower --batch, --seq-len or --dict-size",
+            B, T, D, N * D, why);
+    if (N * Vp >= limit)
+        die("--batch %lld x --seq-len %lld x padded vocabulary %lld = %lld elements (>= 2^31) in the logits (N,Vp): %s; lower --batch or --seq-len",
+            B, T, Vp, N * Vp, why);
+    if (B * mc.num_heads * T * T >= limit)
+        die("--batch %lld x %d heads x --seq-len %lld squared = %lld elements (>= 2^31) in the attention matrices: %s; lower --batch or --seq-len",
+            B, mc.num_heads, T, B * mc.num_heads * T * T, why);
 }
 
 // allocates everything in one cudaMalloc and prints the plan; host_model and host_sae must be loaded
@@ -366,15 +403,15 @@ void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX*
     int C = e->C, N = B * e->T;
     size_t NC = (size_t)N * C;
     if (a->inp != inp) cudaCheck(cudaMemcpyAsync(a->inp, inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->inp, w.ln1w + l * C, w.ln1b + l * C, N, C, 0);
-    matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, w.qkvb + l * 3 * C, N, C, 3 * C, 0);
+    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->inp, layer_vec(w.ln1w, l, C), layer_vec(w.ln1b, l, C), N, C, 0);
+    matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, layer_vec(w.qkvb, l, 3 * C), N, C, 3 * C, 0);
     attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
     cudaCheck(cudaMemcpyAsync(a->res2, a->inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    matmul_forward_residual(a->res2, a->atty, w.attprojw + (size_t)l * C * C, w.attprojb + l * C, N, C, C, 0);  // res2 = inp + attproj(atty)
-    layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w.ln2w + l * C, w.ln2b + l * C, N, C, 0);
-    matmul_forward_gelu(a->fch_gelu, a->fch, a->ln2, w.fcw + (size_t)l * 4 * C * C, w.fcb + l * 4 * C, N, C, 4 * C, 0);
+    matmul_forward_residual(a->res2, a->atty, w.attprojw + (size_t)l * C * C, layer_vec(w.attprojb, l, C), N, C, C, 0);  // res2 = inp + attproj(atty)
+    layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, layer_vec(w.ln2w, l, C), layer_vec(w.ln2b, l, C), N, C, 0);
+    matmul_forward_gelu(a->fch_gelu, a->fch, a->ln2, w.fcw + (size_t)l * 4 * C * C, layer_vec(w.fcb, l, 4 * C), N, C, 4 * C, 0);
     cudaCheck(cudaMemcpyAsync(out, a->res2, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    matmul_forward_residual(out, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, w.fcprojb + l * C, N, 4 * C, C, 0);  // out = res2 + fcproj(...)
+    matmul_forward_residual(out, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, layer_vec(w.fcprojb, l, C), N, 4 * C, C, 0);  // out = res2 + fcproj(...)
 }
 
 // final LayerNorm and the LM head on the *uncentred* wte (SPEC §2); logits (N,Vp)
@@ -394,17 +431,16 @@ void forward_to_sae(Engine<floatX>* e, int B) {
     for (int l = 0; l < e->L; l++) block_forward(e, l, &e->acts.scratch, e->acts.x, e->acts.x, B);
 }
 
-// refreshes the floatX copies of the SAE weights and the normalised decoder (once per update)
+// refreshes the floatX copies of the SAE weights and the normalised decoder (once per update);
+// the bias copies in both precisions (aligned for the epilogues, see engine_carve)
 template <typename floatX>
 void sae_prepare_weights(Engine<floatX>* e) {
     NvtxRange r("sae_prepare_weights");
     SaeDevice<floatX>& s = e->sae;
     sae_decoder_normalize(s.W_dec_norm, s.inv_norm, s.W_dec, e->D, e->C, 0);
-    if (!std::is_same<floatX, float>::value) {
-        cast_copy(s.W_enc_x, s.W_enc, (size_t)e->C * e->D, 0);
-        cast_copy(s.b_enc_x, s.b_enc, (size_t)e->D, 0);
-        cast_copy(s.b_dec_x, s.b_dec, (size_t)e->C, 0);
-    }
+    if (!std::is_same<floatX, float>::value) cast_copy(s.W_enc_x, s.W_enc, (size_t)e->C * e->D, 0);
+    cast_copy(s.b_enc_x, s.b_enc, (size_t)e->D, 0);
+    cast_copy(s.b_dec_x, s.b_dec, (size_t)e->C, 0);
 }
 
 // c = relu(x W_enc + b_enc) (N,D), x_hat = c W_dec_norm + b_dec (N,C)
@@ -461,13 +497,13 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     matmul_backward_dinp(g.dfch, g.dres2, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, 0);
     gelu_backward_inplace(g.dfch, a->fch, (size_t)N * 4 * C, 0);
     matmul_backward_dinp(g.dln, g.dfch, w.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, false, 0);
-    layernorm_backward_dinp(g.dres2, g.dln, a->res2, w.ln2w + l * C, a->ln2_mean, a->ln2_rstd, N, C, true, 0);
+    layernorm_backward_dinp(g.dres2, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, true, 0);
     // attention: res2 = inp + attproj(attn(qkv(ln1(inp))))
     matmul_backward_dinp(g.datty, g.dres2, w.attprojw + (size_t)l * C * C, N, C, C, false, 0);
     attention_backward(g.dqkv, g.dqkvr, g.datt, g.scratch, g.datty, a->qkvr, a->att, B, e->T, C, e->NH, 0);
     matmul_backward_dinp(g.dln, g.dqkv, w.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, false, 0);
     cudaCheck(cudaMemcpyAsync(dresid, g.dres2, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    layernorm_backward_dinp(dresid, g.dln, a->inp, w.ln1w + l * C, a->ln1_mean, a->ln1_rstd, N, C, true, 0);
+    layernorm_backward_dinp(dresid, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, true, 0);
 }
 
 // the LM head's backward: dresid (N,C) from the KL gradient left in logits_spliced
@@ -744,6 +780,7 @@ template <typename floatX>
 int run(const TrainConfig& cfg) {
     Engine<floatX> e;
     load_model_and_sae(&e.host_model, &e.host_sae, cfg);
+    gpu_check_shapes(cfg, e.host_model.config, e.host_sae.D);
     RunData data;
     open_loaders(&data, cfg, e.host_model.config.vocab_size);
     engine_init(&e, cfg, cfg.batch);

@@ -3,11 +3,14 @@
 #   GPU tests (test_gpt2_sae: fp32 and bf16, three modes, 10 steps, resume), the paper-shape
 #   benchmarks (GPT-2 small shape, random weights, d_sae 46080, B 8, T 1024, accumulation 2),
 #   compute-sanitizer memcheck / racecheck / initcheck on short runs, train_gpt2_sae (fp32, bf16)
-#   against train_gpt2_sae_cpu on one model, data and SAE, and the dev/cuda kernel benches (every
-#   bench's CPU self-test, GPU checks and timing: dev/cuda/run_all.sh).
+#   against train_gpt2_sae_cpu on one model, data and SAE, the dev/cuda kernel benches (every
+#   bench's CPU self-test, GPU checks and timing: dev/cuda/run_all.sh), and issue 16's checks: odd
+#   shapes against PyTorch and the CPU trainer, bf16 against fp32 at GPT-2 small's scales (the KL
+#   error with W_U shifted and as loaded, in $OUT/issue16.txt).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
 # Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final]
-#   core: GPU tests, the no-flag demo, e2e bf16 layer-6 benchmark, memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
+#   core: GPU tests (issue 16's as steps of their own), the no-flag demo, e2e bf16 layer-6 benchmark, memcheck e2e+ds,
+#         GPU vs CPU in e2e, kernel checks
 #   extra: the other sanitizer runs, modes, layers and precisions
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
 set -u
@@ -54,11 +57,23 @@ compare_mode() {  # GPU fp32 and bf16 against the CPU trainer, 30 updates with a
 }
 memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $1 --precision $2 --out /tmp/san_$1$2; }
 
+# issue 16 (test_gpt2_sae's [odd] and [real] cases, kept out of the test_gpt2_sae step): C 100 with 4
+# heads of 25, d_sae 1001, T 17, V 1000 against PyTorch (both precisions, both trainers); bf16
+# against fp32 on dev/make_random_gpt2.py --real-scale (GPT-2 small, logits near -80 before W_U's
+# shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
+# updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
+gpu_tests() {
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]"
+    step test_odd_shapes 90 ./test_gpt2_sae "[odd]"
+    step test_real_scale 150 ./test_gpt2_sae "[real]"
+    grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" | tee "$OUT/issue16.txt"
+}
+
 # the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
 demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --overwrite --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
 
 if [ "$stage" = core ] || [ "$stage" = all ]; then
-    step test_gpt2_sae 200 ./test_gpt2_sae
+    gpu_tests
     demo_gpu
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
@@ -80,7 +95,7 @@ if [ "$stage" = extra ] || [ "$stage" = all ]; then
     compare_mode e2e+ds
 fi
 if [ "$stage" = final ]; then  # one call after a change: everything that can move, in priority order
-    step test_gpt2_sae 200 ./test_gpt2_sae
+    gpu_tests
     demo_gpu
     make_paper_model
     for mode in e2e local e2e+ds; do

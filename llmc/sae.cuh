@@ -189,66 +189,89 @@ void bias_grad_colsum(float* dbias, const floatX* dout, int N, int OC, bool accu
 // ----------------------------------------------------------------------------
 // sparsity statistics: Σ|c|, count(c > 0), and which features fired
 
-// Grid (ceil(D/256), R): thread owns column d and rows blockIdx.y, +R, ... so it can OR its
-// fired flag locally and store it once; an optional per-feature count is added with one 64-bit
-// integer atomic per thread (integer sums are exact, so any order gives the same total). Each
-// block writes its L1 and L0 partials; a second one-block kernel adds them in a fixed order. The
-// L0 partial is a count held in a float: exact while a block sees fewer than 2^24 elements
-// (256·N/R; 95k at the paper shape).
+// Grid (X, R): X column tiles of 256 threads, R row slices. Thread (x, y, t) owns columns
+// col = 256·x + t, col + 256·X, ... (one column unless D > 256·4096 = 2^20: the largest
+// dictionaries take several tiles per thread) and, in each, rows y, y + R, ...; it ORs each
+// column's fired flag locally and stores it once, and adds the optional per-feature count with
+// one 64-bit integer atomic per column (integer sums are exact, so any order gives the same
+// total). Each block writes an L1 partial (fp32) and an L0 partial (a 64-bit count: exact at
+// any N·D); a second one-block kernel adds each in a fixed order. The grid depends only on
+// (N, D), so the same inputs give the same bits.
 #define SAE_STATS_BLOCK 256
 #define SAE_STATS_MAX_PARTIALS 4096
 // Scratch for the per-block partials, one pair of arrays for the whole program. Rule: call
 // sae_sparsity_l0 from one stream at a time (two calls in flight at once would share these
 // partials). The trainer launches everything on stream 0, so it holds.
 static __device__ float sae_l1_partials[SAE_STATS_MAX_PARTIALS];
-static __device__ float sae_l0_partials[SAE_STATS_MAX_PARTIALS];
+static __device__ unsigned long long sae_l0_partials[SAE_STATS_MAX_PARTIALS];
 
 template <typename floatX>
-__global__ void sae_sparsity_l0_kernel(float* l1_partials, float* l0_partials, unsigned int* fired, unsigned long long* fire_count,
-                                       const floatX* c, int N, int D) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+__global__ void sae_sparsity_l0_kernel(float* l1_partials, unsigned long long* l0_partials, unsigned int* fired,
+                                       unsigned long long* fire_count, const floatX* c, int N, int D) {
     float l1 = 0.0f;
-    unsigned int l0 = 0;
-    if (col < D) {
+    unsigned long long l0 = 0;
+    // col + 256·X <= D + 2^20 - 1 < 2^31 for every D <= 2^30: the int cannot wrap
+    for (int col = blockIdx.x * blockDim.x + threadIdx.x; col < D; col += gridDim.x * blockDim.x) {
+        unsigned int count = 0;  // this column's firings in this row slice, <= N
         #pragma unroll 4
         for (int row = blockIdx.y; row < N; row += gridDim.y) {
             const float v = to_float(c[(size_t)row * D + col]);
             l1 += fabsf(v);
-            l0 += v > 0.0f ? 1u : 0u;
+            count += v > 0.0f ? 1u : 0u;
         }
-        if (l0 > 0) fired[col] = 1u;  // plain store of the same value: no race on the result
-        if (fire_count && l0 > 0) atomicAdd(fire_count + col, (unsigned long long)l0);
+        if (count > 0) {
+            fired[col] = 1u;  // plain store of the same value: no race on the result
+            if (fire_count) atomicAdd(fire_count + col, (unsigned long long)count);
+        }
+        l0 += count;
     }
     l1 = block_reduce_sum(l1);
     l0 = block_reduce_sum(l0);
     if (threadIdx.x == 0) {
         const int b = blockIdx.y * gridDim.x + blockIdx.x;
         l1_partials[b] = l1;
-        l0_partials[b] = (float)l0;
+        l0_partials[b] = l0;
     }
+}
+
+// l0_sum[0] += Σ partials: the count summed exactly in 64 bits, then added as deterministic_sum adds
+static __global__ void sae_l0_total_kernel(float* l0_sum, const unsigned long long* partials, int n) {
+    unsigned long long total = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) total += partials[i];
+    total = block_reduce_sum(total);
+    if (threadIdx.x == 0) l0_sum[0] = (float)((double)l0_sum[0] + (double)total);
+}
+
+// the grid of sae_sparsity_l0_kernel: column tiles up to the partials' capacity, then rows split
+// so that the partials fit. Host-only arithmetic, so dev/cuda/sae.cu checks it without a GPU.
+inline dim3 sae_sparsity_grid(int N, int D) {
+    const int grid_x = std::min(ceil_div(D, SAE_STATS_BLOCK), SAE_STATS_MAX_PARTIALS);
+    const int grid_y = std::max(1, std::min(N, SAE_STATS_MAX_PARTIALS / grid_x));
+    return dim3(grid_x, grid_y);
 }
 
 // l1_sum += Σ|c|, l0_sum += count(c > 0): device scalars, accumulated (zero them at the start of
 // an accumulation window); fired (D): set to 1 where the feature was > 0 on any token, never
-// cleared here (zero it at the start of an alive window). c (N,D) floatX. No host sync.
-// sparsity = l1_sum / (N·C) per micro-batch, L0 = l0_sum / N. fire_count (D), if given (the
-// eval's, for SAELens's sparsity.safetensors): += tokens on which each feature was > 0.
+// cleared here (zero it at the start of an alive window). c (N,D) floatX, any D >= 1 (the CLI
+// allows up to 2^30). No host sync. sparsity = l1_sum / (N·C) per micro-batch, L0 = l0_sum / N.
+// fire_count (D), if given (the eval's, for SAELens's sparsity.safetensors): += tokens on which
+// each feature was > 0.
 template <typename floatX>
 void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c, int N, int D, cudaStream_t stream,
                      unsigned long long* fire_count = nullptr) {
     NVTX_RANGE_FN();
     if (N == 0 || D == 0) return;
-    const int grid_x = ceil_div(D, SAE_STATS_BLOCK);
-    // rows split so that the partials fit; depends only on the shape, so the sum order is fixed
-    const int grid_y = std::max(1, std::min(N, SAE_STATS_MAX_PARTIALS / grid_x));
-    if (grid_x > SAE_STATS_MAX_PARTIALS) { fprintf(stderr, "sae_sparsity_l0: D = %d too large\n", D); exit(EXIT_FAILURE); }
-    float *l1_partials, *l0_partials;
+    const dim3 grid = sae_sparsity_grid(N, D);
+    const int num_partials = (int)(grid.x * grid.y);
+    float* l1_partials;
+    unsigned long long* l0_partials;
     cudaCheck(cudaGetSymbolAddress((void**)&l1_partials, sae_l1_partials));
     cudaCheck(cudaGetSymbolAddress((void**)&l0_partials, sae_l0_partials));
-    sae_sparsity_l0_kernel<<<dim3(grid_x, grid_y), SAE_STATS_BLOCK, 0, stream>>>(l1_partials, l0_partials, fired, fire_count, c, N, D);
+    sae_sparsity_l0_kernel<<<grid, SAE_STATS_BLOCK, 0, stream>>>(l1_partials, l0_partials, fired, fire_count, c, N, D);
     cudaLaunchCheck();
-    deterministic_sum(l1_sum, l1_partials, grid_x * grid_y, true, stream);
-    deterministic_sum(l0_sum, l0_partials, grid_x * grid_y, true, stream);
+    deterministic_sum(l1_sum, l1_partials, num_partials, true, stream);
+    sae_l0_total_kernel<<<1, 1024, 0, stream>>>(l0_sum, l0_partials, num_partials);
+    cudaLaunchCheck();
 }
 
 static __global__ void sae_count_alive_kernel(int* alive, const unsigned int* fired, int D) {

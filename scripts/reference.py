@@ -169,6 +169,31 @@ def init_gpt2(cfg):
     return w
 
 
+def real_scale_gpt2(w, cfg):
+    """Gives init_gpt2's weights (in place) the scales of real GPT-2 small that strain bf16 (dev/make_random_gpt2.py
+    --real-scale): logits averaging about -80 with a few units of spread over the vocabulary, and a residual of
+    norm ~3000 at position 0 in every layer. wte = r_v + u + s_v·w2: r_v random (the spread), u a shared row (the
+    -80) and s_v a per-token multiple of w2 (a per-token bias, as GPT-2's frequency bias), u and w2 on 16 dims each.
+    ln_f's bias puts 20 on u's dims and 4 on w2's, where ln_f's weight is 0.05, so ln_f's output meets u in ~-80 at
+    every position. wpe[0] gets (+2450, -1225, -1225) on three dims: norm 3000, and a zero mean over d_model, so it
+    survives the centring at load."""
+    C, V = cfg.d_model, cfg.vocab
+    g = torch.Generator().manual_seed(cfg.seed + 5)
+    dims = torch.randperm(C, generator=g)
+    big, u_dims, w2_dims = dims[:3], dims[3:19], dims[19:35]
+    alpha, beta_u, beta_w2 = -4.0, 20.0, 4.0  # u's size and ln_f's bias along u and w2: alpha·beta_u = -80
+    wte = torch.randn(V, C, generator=g) * (4.0 / math.sqrt(C + beta_u ** 2 + beta_w2 ** 2))  # spread ~4 per position
+    wte[:, u_dims] += alpha / 4.0  # |u| = |alpha| over 16 dims
+    wte[:, w2_dims] += torch.randn(V, 1, generator=g) * 0.6 / 4.0  # s_v ~ N(0, 0.6²): a few units of per-token bias
+    w["wte.weight"] = wte
+    w["ln_f.weight"][u_dims] = 0.05
+    w["ln_f.weight"][w2_dims] = 0.05
+    w["ln_f.bias"][u_dims] = beta_u / 4.0
+    w["ln_f.bias"][w2_dims] = beta_w2 / 4.0
+    w["wpe.weight"][0, big] += torch.tensor([2450.0, -1225.0, -1225.0])
+    return w
+
+
 def load_weights(path, prefix):
     """Read model.safetensors back (so the reference uses exactly what the file holds, rounded to its
     dtype) and return float32 weights under the unprefixed HF names."""
@@ -263,6 +288,24 @@ def init_sae(cfg):
     b_dec = torch.empty(C).uniform_(-1 / math.sqrt(D), 1 / math.sqrt(D))
     W_dec = torch.nn.init.orthogonal_(torch.empty(D, C))
     return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+
+
+def init_sae_near_identity(cfg, eps, x_scale):
+    """An SAE that reconstructs x up to a relative error ~eps (dev/make_random_gpt2.py --real-scale scales eps to a
+    KL of ~0.05). Features 0..2C-1 are ±q_i for a random orthonormal basis q (relu(x·q_i)·q_i - relu(-x·q_i)·q_i = x
+    exactly at eps = 0), their encoder columns perturbed by eps·N(0, 1/C); the other D-2C features are random unit
+    directions that fire on a few percent of tokens (threshold 2·x_scale/sqrt(C), x_scale the typical |x|) with an
+    encoder scaled by eps. Needs D >= 2C."""
+    C, D = cfg.d_model, cfg.dict_size
+    assert D >= 2 * C, "init_sae_near_identity needs dict_size >= 2 * d_model"
+    g = torch.Generator().manual_seed(cfg.seed + 6)
+    q, _ = torch.linalg.qr(torch.randn(C, C, generator=g))  # columns q_i
+    extra = torch.randn(D - 2 * C, C, generator=g)
+    extra = extra / extra.norm(dim=1, keepdim=True)
+    W_enc = torch.cat([torch.cat([q, -q], 1) + eps * torch.randn(C, 2 * C, generator=g) / math.sqrt(C), eps * extra.t()], 1)
+    b_enc = torch.cat([torch.zeros(2 * C), torch.full((D - 2 * C,), -eps * 2.0 * x_scale / math.sqrt(C))])
+    return {"W_enc": W_enc.contiguous(), "b_enc": b_enc, "W_dec": torch.cat([q.t(), -q.t(), extra], 0).contiguous(),
+            "b_dec": torch.zeros(C)}
 
 
 def sae_forward(x, sae):

@@ -11,8 +11,10 @@ Build and run (the command line of every bench, dev/cuda/common.h):
   cd dev/cuda && make sae
   ./sae [check|cpu|N]   no argument: everything; check: CPU self-test and every GPU check (fp32
                         and bf16); cpu: CPU self-test only (no GPU): finite-difference checks of
-                        the normalisation backward and the L1 + ReLU backward references, and the
-                        encoder reference on a hand example; N: check and time variant N alone
+                        the normalisation backward and the L1 + ReLU backward references, the
+                        encoder reference on a hand example, and the sparsity kernel's grid
+                        (sae_sparsity_grid) walked on the CPU for d_sae up to 2^30; N: check and
+                        time variant N alone
                         (the kernels with one version run without N)
 Variants, of two kernels (the others have one version each, the llmc one, shipped in fp32 and
 bf16):
@@ -35,8 +37,9 @@ Checks, each shape chosen to leave partial warps / blocks / packs:
   L1+ReLU    (N,D) = (1,1) (3,1000) (37,4099) (256,46080), in place too; (8192,46080) sampled rows
   colsum     (N,OC) = (1,1) (7,33) (37,4099) (1000,768) (256,46080) (8192,768) (8192,46080),
              overwrite and accumulate, and bit-identical on a second run
-  stats      (N,D) = (1,1) (3,1000) (37,4099) (256,46080) (8192,46080): l1 and l0 accumulated
-             onto nonzero values, fired flags OR-ed onto preset ones, alive count
+  stats      (N,D) = (1,1) (3,1000) (3,1001) (37,4099) (256,46080) (2,2^20+1001) (1,2^22+3)
+             (8192,46080): l1 and l0 accumulated onto nonzero values, fired flags OR-ed onto
+             preset ones, alive count; past D = 2^20 each thread walks several column tiles
   encoder    (N,C,D) = (37,100,1000) (5,768,4099) (variants 3, 4) and (64,768,4096) (all) in full,
              (8192,768,46080) on 8 rows (all); c poisoned first
 Tolerances: fp32 outputs 1e-5 relative (reference in double; the GPU sums in fp32 in another
@@ -185,9 +188,38 @@ int encoder_cpu_self_test() {
     return !ok;
 }
 
+// The sparsity kernel's grid for the shapes the trainer can meet, walked on the CPU the way the
+// kernel walks it: every column visited by exactly one (block x, thread), no row slice empty,
+// the partials within their arrays, and col + stride short of 2^31 (the kernel's int loop); for
+// the two largest D only the bounds (a visit count per column would take GiBs).
+int stats_grid_cpu_self_test() {
+    int failures = 0;
+    const int shapes[][2] = {{1, 1}, {3, 1001}, {8192, 46080}, {2, (1 << 20) + 1001}, {1, (1 << 22) + 3}, {16384, 1 << 20},
+                             {2, 1 << 30}, {1, (1 << 30) - 1}};
+    for (auto& sh : shapes) {
+        const int N = sh[0], D = sh[1];
+        const dim3 g = sae_sparsity_grid(N, D);
+        const long long stride = (long long)g.x * SAE_STATS_BLOCK;
+        bool ok = g.x >= 1 && g.y >= 1 && (long long)g.x * g.y <= SAE_STATS_MAX_PARTIALS && (int)g.y <= N &&
+                  (long long)D - 1 + stride < (1LL << 31) && stride * ((D + stride - 1) / stride) >= D;
+        if (ok && D <= (1 << 23)) {
+            std::vector<unsigned char> visits(D, 0);
+            for (unsigned bx = 0; bx < g.x; bx++)
+                for (int t = 0; t < SAE_STATS_BLOCK; t++)
+                    for (long long col = (long long)bx * SAE_STATS_BLOCK + t; col < D; col += stride) visits[col]++;
+            for (int d = 0; d < D; d++) ok = ok && visits[d] == 1;
+        }
+        printf("  cpu stats grid N=%d D=%d: (%u, %u) blocks, %lld column tile(s) per thread %s\n", N, D, g.x, g.y,
+               ((long long)D + stride - 1) / stride, ok ? "ok" : "FAIL");
+        failures += !ok;
+    }
+    return failures;
+}
+
 int cpu_self_test() {
     int failures = decoder_cpu_self_test();
-    return failures + encoder_cpu_self_test();
+    failures += encoder_cpu_self_test();
+    return failures + stats_grid_cpu_self_test();
 }
 
 // ----------------------------------------------------------------------------
@@ -529,7 +561,7 @@ int run_checks(int only, float tol, bool big) {
     const int colsum_shapes[][2] = {{1, 1}, {7, 33}, {37, 4099}, {1000, 768}, {256, 46080}, {8192, 768}};
     for (auto& s : colsum_shapes) failures += check_colsum<floatX>(s[0], s[1], 1e-5f);  // fp32 sums whatever floatX
     if (big) failures += check_colsum<floatX>(8192, 46080, 1e-5f);
-    const int stats_shapes[][2] = {{1, 1}, {3, 1000}, {37, 4099}, {256, 46080}};
+    const int stats_shapes[][2] = {{1, 1}, {3, 1000}, {3, 1001}, {37, 4099}, {256, 46080}, {2, (1 << 20) + 1001}, {1, (1 << 22) + 3}};
     for (auto& s : stats_shapes) failures += check_stats<floatX>(s[0], s[1], 1e-5f);
     if (big) failures += check_stats<floatX>(8192, 46080, 1e-5f);
     return failures;

@@ -586,6 +586,39 @@ TEST_CASE("a run folder is continued only with --resume and replaced only with -
     CHECK(read_text_file(out + "/train_state.safetensors") == state);
 }
 
+TEST_CASE("a sweep folder is continued only with --resume and its --sweep file, and replaced only with --overwrite", "[errors]") {
+    std::string dir = ref_for_mode("e2e");
+    std::string out = "build/test_out/sweep_folder", file = "build/test_out/sweep_folder.jsonl", other = "build/test_out/sweep_other.jsonl";
+    run_cmd("rm -rf " + out);
+    {
+        std::ofstream f(file), g(other);
+        f << "{\"name\": \"a\", \"mode\": \"local\"}\n{\"name\": \"b\"}\n";
+        g << "{\"name\": \"a\", \"mode\": \"local\"}\n{\"name\": \"c\"}\n";
+    }
+    std::string sweep = trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 2 --sweep " + file);
+    sweep.replace(sweep.find("--init-sae"), std::string("--init-sae " + dir + "/init_sae").size(), "--dict-size 16");
+    REQUIRE(run_cmd(sweep).code == 0);
+    std::string state = read_text_file(out + "/b/train_state.safetensors"), record = read_text_file(out + "/sweep.json");
+    auto rejected = [&](const std::string& cmd, const std::string& message) {
+        RunResult r = run_cmd(cmd);
+        INFO(cmd << "\n" << r.out);
+        CHECK(r.code == 1);
+        CHECK(r.out.find(message) != std::string::npos);
+        CHECK(read_text_file(out + "/b/train_state.safetensors") == state);  // untouched
+        CHECK(read_text_file(out + "/sweep.json") == record);
+    };
+    rejected(sweep, "already holds a run");
+    rejected(sweep + " --log " + out + "/log.jsonl", "--log names one file");
+    std::string single = trainer_cmd("./train_gpt2_sae_cpu", dir, "e2e", out, "--max-steps 2");
+    rejected(single, "already holds a run");  // a single run does not replace a sweep
+    rejected(single + " --resume " + out, "holds a sweep: give its --sweep FILE too");
+    std::string swapped = sweep + " --resume " + out;
+    swapped.replace(swapped.find(file), file.size(), other);
+    rejected(swapped, "resume with the sweep file that started it");
+    REQUIRE(run_cmd(sweep + " --overwrite").code == 0);  // the same sweep from step 0
+    CHECK(read_text_file(out + "/b/train_state.safetensors") == state);
+}
+
 TEST_CASE("results do not depend on the thread count", "[threads]") {
     std::string dir = ref_for_mode("e2e+ds");
     std::string state[2];

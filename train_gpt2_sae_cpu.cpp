@@ -850,6 +850,47 @@ std::vector<EvalMetrics> evaluate(Engine* e, std::vector<SaeRun>& saes, const Da
 }
 
 // ----------------------------------------------------------------------------
+// --dump-features, the ablation effect: for the features that fire most often on the eval rows,
+// the mean change in KL and in CE on the eval tokens when that feature alone is zeroed in the
+// spliced model (its activations set to 0 and x_hat decoded again, exactly as the decoder does)
+
+AblationEffects ablation_effects(Engine* e, SaeRun* s, const DataLoader* val, int eval_rows) {
+    AblationEffects ab;
+    ab.features = most_frequent_features(s->run.sparsity, ABLATION_FEATURES);
+    int T = e->T, D = s->D, F = (int)ab.features.size();
+    std::vector<double> kl(F, 0.0), ce(F, 0.0);
+    std::vector<float> column((size_t)e->B * T);
+    std::vector<int> tokens((size_t)e->B * T);
+    for (int row = 0; row < eval_rows; row += e->B) {
+        int B = std::min(e->B, eval_rows - row), N = B * T;
+        dataloader_get_rows(val, row, B, tokens.data());
+        clean_forward(e, tokens.data(), B, true);
+        sae_forward(e, s, B);
+        spliced_forward(e, s->L, B, false);
+        ab.ce += ce_forward(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+        ab.kl += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
+        for (int j = 0; j < F; j++) {
+            long long f = ab.features[j];
+            for (int n = 0; n < N; n++) { column[n] = e->c[(size_t)n * D + f]; e->c[(size_t)n * D + f] = 0.0f; }
+            sae_decoder_forward(e->x_hat.data(), e->c.data(), s->W_dec_norm.data(), s->sae.b_dec, N, e->C, D);
+            for (int n = 0; n < N; n++) e->c[(size_t)n * D + f] = column[n];
+            spliced_forward(e, s->L, B, false);
+            ce[j] += ce_forward(e->logits_spliced.data(), tokens.data(), B, T, e->V);
+            kl[j] += kl_forward_backward(e->logits_spliced.data(), e->logits_clean.data(), 0.0f, N, e->V);
+        }
+        ab.tokens += N;
+    }
+    double ce_positions = (double)eval_rows * (T - 1);
+    for (int j = 0; j < F; j++) {
+        ab.d_kl.push_back((float)((kl[j] - ab.kl) / ab.tokens));
+        ab.d_ce.push_back((float)((ce[j] - ab.ce) / ce_positions));
+    }
+    ab.kl /= ab.tokens;
+    ab.ce /= ce_positions;
+    return ab;
+}
+
+// ----------------------------------------------------------------------------
 // --dump-features: per-feature firing frequency and top activations over the first val tokens,
 // for every SAE (one clean pass per batch)
 
@@ -967,7 +1008,11 @@ int train_main(int argc, char** argv) {
         }
         step_end(runs, cfg, sls, save, run_eval);
     }
-    run_end(runs, cfg, &data, step, save, run_eval, [&] { dump_features(&e, saes, &data.val); });
+    run_end(runs, cfg, &data, step, save, run_eval, [&] {
+        dump_features(&e, saes, &data.val);
+        for (SaeRun& s : saes)
+            if (data.eval_rows && !s.run.sparsity.empty()) ablation_write(ablation_effects(&e, &s, &data.val, data.eval_rows), s.cfg.dump_features);
+    });
     gpt2_free(&e.model);
     return 0;
 }

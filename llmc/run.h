@@ -344,3 +344,38 @@ inline int run_main(int (*train_main)(int, char**), int argc, char** argv) {
         die("%s", ex.what());
     }
 }
+
+// --dump-features' ablation effects (the trainers' ablation_effects): features (F), ordered by
+// eval firing frequency, and the mean change in KL and CE when each alone is zeroed; written to
+// DIR/ablation.safetensors beside the dump, with the unablated KL and CE as metadata
+#define ABLATION_FEATURES 50
+struct AblationEffects {
+    std::vector<long long> features;
+    std::vector<float> d_kl, d_ce;
+    double kl = 0.0, ce = 0.0;  // the SAE spliced in as it is
+    long long tokens = 0;
+};
+
+// the (up to) n features that fired on most eval tokens, by the last eval's log10 frequency
+// (ties: lower id first); features that never fired are left out (zeroing them changes nothing)
+inline std::vector<long long> most_frequent_features(const std::vector<float>& log10_freq, int n) {
+    std::vector<long long> ids;
+    for (size_t d = 0; d < log10_freq.size(); d++)
+        if (log10_freq[d] > -10.0f) ids.push_back((long long)d);  // log10(0 + 1e-10) = -10: never fired
+    std::stable_sort(ids.begin(), ids.end(), [&](long long a, long long b) { return log10_freq[a] > log10_freq[b]; });
+    if ((int)ids.size() > n) ids.resize(n);
+    return ids;
+}
+
+inline void ablation_write(const AblationEffects& ab, const std::string& dir) {
+    int64_t F = (int64_t)ab.features.size();
+    safetensors_write(dir + "/ablation.safetensors",
+                      {{"features", {F}, ab.features.data(), "I64"}, {"d_kl", {F}, ab.d_kl.data()}, {"d_ce", {F}, ab.d_ce.data()}},
+                      {{"tokens", std::to_string(ab.tokens)}, {"kl", json_num(ab.kl)}, {"ce_spliced", json_num(ab.ce)}});
+    int worst = 0;
+    for (int64_t j = 1; j < F; j++) if (ab.d_ce[j] > ab.d_ce[worst]) worst = (int)j;
+    if (F > 0)
+        printf("ablation of the %lld most frequent features over %lld eval tokens to %s: largest CE increase %.4f nats (feature %lld)\n",
+               (long long)F, ab.tokens, dir.c_str(), ab.d_ce[worst], ab.features[worst]);
+}
+

@@ -264,6 +264,45 @@ TEST_CASE("W_U less its mean row changes no loss, metric or gradient beyond fp32
 }
 
 // ----------------------------------------------------------------------------
+// the ablation effect of --dump-features
+
+// Zeroing a feature in the spliced model is the same as an SAE in which it cannot fire (its W_enc
+// column 0, its b_enc -1): the decoder then sees the same activations, so the eval of that SAE
+// gives the ablated KL and CE bit for bit, and the effect is their difference from the plain eval.
+TEST_CASE("the ablation effect of a feature equals the eval of the SAE without that feature", "[ablation]") {
+    std::string dir = ref_for_mode("e2e");
+    OneSae r;
+    engine_from_ref(&r, dir, "e2e");
+    DataLoader dl;
+    dataloader_init(&dl, dir + "/val.bin", "--val", 1, 8, 97, false, 0);
+    int rows = 4;
+    EvalMetrics base = evaluate(&r.e, r.saes, &dl, rows)[0];
+    r.s().run.sparsity = sae_log10_sparsity(base.fire_count, base.tokens);
+    AblationEffects ab = ablation_effects(&r.e, &r.s(), &dl, rows);
+    REQUIRE(ab.features.size() == std::min<size_t>(ABLATION_FEATURES, (size_t)base.alive));
+    for (size_t j = 1; j < ab.features.size(); j++)  // most frequent first
+        CHECK(base.fire_count[ab.features[j - 1]] >= base.fire_count[ab.features[j]]);
+    CHECK(fabs(ab.kl - base.kl) <= 1e-12 * base.kl);
+    SAE& sae = r.s().sae;
+    for (size_t j : {(size_t)0, ab.features.size() / 2, ab.features.size() - 1}) {
+        long long f = ab.features[j];
+        std::vector<float> col(sae.C);
+        for (int i = 0; i < sae.C; i++) { col[i] = sae.W_enc[(size_t)i * sae.D + f]; sae.W_enc[(size_t)i * sae.D + f] = 0.0f; }
+        float b = sae.b_enc[f];
+        sae.b_enc[f] = -1.0f;
+        EvalMetrics without = evaluate(&r.e, r.saes, &dl, rows)[0];
+        for (int i = 0; i < sae.C; i++) sae.W_enc[(size_t)i * sae.D + f] = col[i];
+        sae.b_enc[f] = b;
+        INFO("feature " << f << ": ablation dKL " << ab.d_kl[j] << " dCE " << ab.d_ce[j] << "; evals: KL " << base.kl << " -> " << without.kl
+                        << ", CE " << base.ce_spliced << " -> " << without.ce_spliced);
+        CHECK(fabs(ab.d_kl[j] - (without.kl - base.kl)) <= 1e-6 * fabs(without.kl - base.kl) + 1e-12);
+        CHECK(fabs(ab.d_ce[j] - (without.ce_spliced - base.ce_spliced)) <= 1e-6 * fabs(without.ce_spliced - base.ce_spliced) + 1e-12);
+        CHECK(without.kl != base.kl);  // the feature mattered: the check is not vacuous
+    }
+    dataloader_free(&dl);
+}
+
+// ----------------------------------------------------------------------------
 // ten optimizer steps through the real command line
 
 TEST_CASE("local mode: 10 updates with accumulation and clipping match PyTorch", "[steps]") { check_ten_steps("./train_gpt2_sae_cpu", "local", "", STEPS_TOL, "cpu"); }

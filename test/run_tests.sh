@@ -40,11 +40,12 @@ run() {  # name, command...
 }
 run cpu ./test_cpu
 # the exactness and resume tests again at 1 and 4 threads: results must not depend on the count
-run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads]"
-run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads]"
+run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads],[sweep]"
+run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run report /usr/bin/python3 test/test_report.py -v
+run features_viewer /usr/bin/python3 test/test_features_viewer.py -v
 run pareto /usr/bin/python3 test/test_pareto.py -v
 run saelens_cfg /usr/bin/python3 test/test_saelens_cfg.py -v
 run saelens python3 test/test_saelens.py -v  # the PATH python: skips where sae_lens is not installed

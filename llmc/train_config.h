@@ -47,6 +47,7 @@ struct TrainConfig {
     int eval_samples = 500;
     long long alive_window = 500000;  // tokens
     std::string precision = "fp32";
+    std::string attention = "materialized";  // GPU: or flash (llmc/attention.cuh)
     int device = 0;
     bool eval_only = false;
     bool overwrite = false;       // a fresh run may replace a run already in --out
@@ -101,9 +102,11 @@ inline void print_usage(const char* prog, bool gpu) {
     printf("  --sweep FILE            many SAEs in one run: one JSON object per line (README, Sweeps); each writes OUT/NAME\n");
     if (gpu) {
         printf("  --precision P           bf16 | fp32 [bf16]\n");
+        printf("  --attention A           materialized | flash [materialized until flash has passed on a GPU]; flash: bf16, head size 64\n");
         printf("  --device N              CUDA device [0]\n");
     } else {
         printf("  --precision fp32        accepted so command lines carry over to the GPU trainer\n");
+        printf("  --attention materialized  accepted so command lines carry over to the GPU trainer\n");
     }
 }
 
@@ -184,6 +187,11 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
         c.precision = v;
         if (gpu ? (c.precision != "fp32" && c.precision != "bf16") : c.precision != "fp32")
             die("--precision must be %s, got '%s'", gpu ? "bf16 or fp32" : "fp32 (the CPU trainer is fp32 only)", v);
+    }
+    else if (f == "--attention") {
+        c.attention = v;
+        if (gpu ? (c.attention != "materialized" && c.attention != "flash") : c.attention != "materialized")
+            die("--attention must be %s, got '%s'", gpu ? "materialized or flash" : "materialized (the CPU trainer has no flash attention)", v);
     }
     else if (f == "--device") {
         if (!gpu) die("--device is for the GPU trainer");

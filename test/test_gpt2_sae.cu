@@ -18,6 +18,11 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
 - odd shapes ([odd], issue 16): the same bounds at C = 100 (4 heads of 25), d_sae = 1001, T = 17,
   V = 1000, where bias slices, row strides and the vocabulary padding are misaligned or ragged
   (one pass of the GPU trainer in three modes, 10 updates of both trainers).
+- flash attention ([flash], issue 14): --attention flash against PyTorch and against
+  --attention materialized, one bf16 pass on a GPT-2 with head size 64 (C 128, 2 heads), T 80 (a
+  full 64-row tile and a partial one): the bf16 pass bound, 6e-2. Flash rounds less than the
+  materialised path (scores and probabilities stay fp32), so its error should be at most the
+  materialised one's; a wrong index or mask is O(1).
 - real scale ([real], issue 16): bf16 against fp32 on dev/make_random_gpt2.py --real-scale (GPT-2
   small's shape and scales: logits near -80 before W_U's shift, position 0 at norm 3000, an SAE
   at KL 0.05): one pass at 6e-2, its KL within 2% (a CPU emulation of the bf16 storage predicts
@@ -60,23 +65,24 @@ static std::vector<float> row_centred(const std::vector<float>& a, size_t rows, 
 }
 
 // trainer flags for one micro-batch of B rows of T tokens, accum 1, SAE at `layer`
-static TrainConfig pass_config(const std::string& mode, int layer, int B, int T, bool fp32) {
+static TrainConfig pass_config(const std::string& mode, int layer, int B, int T, bool fp32, const std::string& attention = "materialized") {
     std::string sl = std::to_string(layer), sb = std::to_string(B), st = std::to_string(T);
     const char* argv[] = {"test", "--mode", mode.c_str(), "--layer", sl.c_str(), "--batch", sb.c_str(), "--seq-len", st.c_str(),
-                          "--grad-accum", "1", "--precision", fp32 ? "fp32" : "bf16"};
-    return parse_args(13, (char**)argv, true);
+                          "--grad-accum", "1", "--precision", fp32 ? "fp32" : "bf16", "--attention", attention.c_str()};
+    return parse_args(15, (char**)argv, true);
 }
 
 // one micro-batch on the GPU with the reference's model, SAE and rows 0..B-1, accum 1; by default
 // the common reference (C 32, D 64, V 97, B 2, T 8)
 template <typename floatX>
-static void check_single_pass(const std::string& mode, std::string dir = "", int layer = 1, int B = 2, int T = 8) {
+static void check_single_pass(const std::string& mode, std::string dir = "", int layer = 1, int B = 2, int T = 8,
+                              const std::string& attention = "materialized") {
     bool fp32 = std::is_same<floatX, float>::value;
     double tol = fp32 ? FP32_PASS_TOL : BF16_PASS_TOL;
     if (dir.empty()) dir = ref_for_mode(mode);
     std::string ep = dir + "/expected.safetensors";
     auto t = [&](const std::string& n) { return read_tensor(ep, n); };
-    TrainConfig cfg = pass_config(mode, layer, B, T, fp32);
+    TrainConfig cfg = pass_config(mode, layer, B, T, fp32, attention);
     Engine<floatX> e;
     gpt2_load(&e.host_model, dir + "/model.safetensors");
     sae_load(&e.host_sae, dir + "/init_sae", e.host_model.config.channels);
@@ -92,7 +98,7 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     std::vector<float> s(zeros.size());
     cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
     std::string tag = std::string(fp32 ? "fp32 " : "bf16 ") + mode + " C" + std::to_string(C) + " D" + std::to_string(D) +
-                      " V" + std::to_string(V) + " T" + std::to_string(T);
+                      " V" + std::to_string(V) + " T" + std::to_string(T) + (attention == "flash" ? " flash" : "");
     double worst = 0.0;
     auto close = [&](const std::vector<float>& ours, const std::string& name) {
         double err = rel_err(ours, t(name));
@@ -228,6 +234,82 @@ TEST_CASE("odd shapes: 10 updates of both trainers match PyTorch (GPU fp32 and b
     check_steps_on("./train_gpt2_sae", dir, "e2e+ds", "--seq-len 17 --precision fp32", FP32_STEPS_TOL, "odd_gpu_fp32");
     check_steps_on("./train_gpt2_sae", dir, "e2e+ds", "--seq-len 17 --precision bf16", BF16_STEPS_TOL, "odd_gpu_bf16");
     check_steps_on("./train_gpt2_sae_cpu", dir, "e2e+ds", "--seq-len 17", FP32_STEPS_TOL, "odd_cpu");
+}
+
+// ----------------------------------------------------------------------------
+// flash attention (issue 14): a 3-layer GPT-2 with head size 64 (C 128, 2 heads: the one size the
+// flash kernels serve), T 80 (a 64-row tile and a partial one), SAE at layer 1 in e2e+ds, so the
+// flash forward runs in every block and its backward in blocks 1 and 2
+
+static const char* FLASH_ARGS = "--n-layer 3 --n-head 2 --d-model 128 --vocab 97 --max-t 80 --layer 1 --dict-size 256 --mode e2e+ds "
+                                "--batch 2 --seq-len 80 --grad-accum 2 --steps 10 --lr 1e-3 --warmup-samples 8 --samples 200";
+
+// one bf16 e2e+ds micro-batch (rows 0..1) with the given --attention: the loss terms (kl, sparsity,
+// mse, l0, ds_mse) as one vector, then the four SAE gradients
+static std::vector<std::vector<float>> attention_pass(const std::string& dir, const std::string& attention) {
+    const int B = 2, T = 80;
+    TrainConfig cfg = pass_config("e2e+ds", 1, B, T, false, attention);
+    Engine<bf16> e;
+    gpt2_load(&e.host_model, dir + "/model.safetensors");
+    sae_load(&e.host_sae, dir + "/init_sae", e.host_model.config.channels);
+    engine_init(&e, cfg, B);
+    REQUIRE(e.flash == (attention == "flash"));
+    const double N = B * T, C = e.C;
+    std::vector<int> tok = ref_tokens(dir, B, T);
+    upload_rows(&e, tok.data(), B);
+    std::vector<float> s(NUM_STATS_FIXED + e.K, 0.0f);
+    cudaCheck(cudaMemcpy(e.stats.sums, s.data(), s.size() * sizeof(float), cudaMemcpyHostToDevice));
+    sae_prepare_weights(&e);
+    micro_step(&e, 1, 0);
+    sae_finish_grads(&e);
+    cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    double ds = 0;
+    for (int k = 0; k < e.K; k++) ds += s[STAT_DS + k] / N / C / e.K;
+    std::vector<float> terms = {(float)(s[STAT_KL] / N), (float)(s[STAT_L1] / N / C), (float)(s[STAT_MSE] / N / C),
+                                (float)(s[STAT_L0] / N), (float)ds};
+    const size_t CD = (size_t)e.C * e.D;
+    std::vector<std::vector<float>> out = {terms, download(e.sae.dW_enc, CD), download(e.sae.db_enc, (size_t)e.D),
+                                           download(e.sae.dW_dec, CD), download(e.sae.db_dec, (size_t)e.C)};
+    engine_free(&e);
+    gpt2_free(&e.host_model);
+    return out;
+}
+
+TEST_CASE("flash attention: one bf16 pass matches PyTorch and --attention materialized (head size 64, T 80)", "[gpu][flash]") {
+    std::string dir = reference("flash_hs64", FLASH_ARGS);
+    check_single_pass<bf16>("e2e+ds", dir, 1, 2, 80, "flash");
+    check_single_pass<bf16>("e2e+ds", dir, 1, 2, 80, "materialized");
+    auto m = attention_pass(dir, "materialized"), f = attention_pass(dir, "flash");
+    const char* term_names[5] = {"kl", "sparsity", "mse", "l0", "ds_mse"};
+    double worst = 0.0;
+    for (int i = 0; i < 5; i++) {
+        double err = fabs(f[0][i] - m[0][i]) / (fabs(m[0][i]) + 1e-12);
+        printf("  flash vs materialized %-8s %.6g vs %.6g relative error %.2e\n", term_names[i], f[0][i], m[0][i], err);
+        INFO(term_names[i] << ": flash " << f[0][i] << " materialized " << m[0][i]);
+        CHECK(err <= BF16_PASS_TOL);
+        worst = std::max(worst, err);
+    }
+    const char* grad_names[4] = {"grad_W_enc", "grad_b_enc", "grad_W_dec", "grad_b_dec"};
+    for (int i = 0; i < 4; i++) {
+        double err = rel_err(f[i + 1], m[i + 1]);
+        printf("  flash vs materialized %-10s relative error %.2e (max |flash - materialized| / max |materialized|)\n", grad_names[i], err);
+        INFO(grad_names[i] << " rel err " << err);
+        CHECK(err <= BF16_PASS_TOL);
+        worst = std::max(worst, err);
+    }
+    printf("measured: flash vs materialized attention, bf16 one pass: worst relative error %.3g (tolerance %.1g)\n", worst, BF16_PASS_TOL);
+}
+
+TEST_CASE("flash attention: the trainer refuses it with fp32 and at a head size it does not serve, in one line", "[gpu][flash]") {
+    std::string dir = ref_for_mode("e2e");  // C 32, 2 heads: head size 16
+    RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e", "build/test_out/flash_refused", "--attention flash --max-steps 1"));
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--attention flash serves head size 64 only") != std::string::npos);
+    r = run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e", "build/test_out/flash_refused", "--attention flash --precision fp32 --max-steps 1"));
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("--attention flash is for --precision bf16") != std::string::npos);
 }
 
 // ----------------------------------------------------------------------------

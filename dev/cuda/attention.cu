@@ -4,31 +4,60 @@ reference in double, checks, timing at GPT-2 small's shape.
 
 Build and run (the command line of every bench, dev/cuda/common.h):
   cd dev/cuda && make attention
-  ./attention [check|cpu|1]   no argument or 1: everything; check: CPU self-test and GPU checks;
-                              cpu: CPU self-test only (no GPU)
-One implementation, variant 1 (llm.c's materialised-attention scheme: one kernel splitting the
-heads of q, k and v, cuBLASLt q·kᵀ and att·v each batched over all B·NH heads, causal softmax
-kernel, one kernel merging the heads). The trainer ships it in fp32 and bf16, with two paths in
-the head split / merge: 16-byte packs where hs, the row stride and the pointers allow (GPT-2's
-shapes: hs 64), one element per thread otherwise (checked below with hs 15).
+  ./attention [check|cpu|N]   no argument: everything; check: CPU self-test and GPU checks;
+                              cpu: CPU self-test only (no GPU); N: variant N's checks and timing
+  ATTENTION_SMALL=1 ./attention 2   (or 3) the flash checks at the small shapes only, no timing
+                              (for compute-sanitizer, dev/gpu_check.sh)
+Variants:
+  1. materialised, llm.c's scheme (the trainer's default, fp32 and bf16): one kernel splitting the
+     heads of q, k and v, cuBLASLt q·kᵀ and att·v each batched over all B·NH heads, causal softmax
+     kernel, one kernel merging the heads; two paths in the head split / merge: 16-byte packs where
+     hs, the row stride and the pointers allow (GPT-2's shapes: hs 64), one element per thread
+     otherwise (checked below with hs 15).
+  2. flash, the simple tiled kernels (the trainer's --attention flash; head size 64): q, k, v read
+     in place from (B,T,3C), scores and softmax in fp32, no (T,T) matrix; the backward recomputes
+     the probabilities from the stored log-sum-exp and writes each output element once (no atomics).
+  3. flash forward on tensor cores, FA2's scheme (here only; bf16, head size 64): mma.sync
+     m16n8k16 with fp32 accumulation, ldmatrix, cp.async double buffering, q in registers; its
+     backward is variant 2's. See the comment above flash_forward_mma_kernel.
 
-Checks, fp32 then bf16, with every output and every scratch buffer poisoned first (the result
-must not depend on what scratch held): (B,T,C,NH) = (2,8,32,2) hs 16, (2,64,128,2) hs 64,
-(1,1024,128,2) hs 64 (full length), and last (1,37,48,3): odd T, so in bf16 the rows of the
+Checks of variant 1, fp32 then bf16, with every output and every scratch buffer poisoned first
+(the result must not depend on what scratch held): (B,T,C,NH) = (2,8,32,2) hs 16, (2,64,128,2)
+hs 64, (1,1024,128,2) hs 64 (full length), and last (1,37,48,3): odd T, so in bf16 the rows of the
 (T,T) matrices are only 2-byte aligned, and (2,19,60,4): hs 15, so the head split/merge take
-their one-element path (every other shape moves 16-byte packs). Compared: the split heads in qkvr (exact copies), the
-probabilities att (and that every masked entry s > t is exactly 0), out, and dinp (B,T,3C).
-Inputs are uniform in [-1, 1] (raw scores q·k up to ~±11 at hs 64, ~±1.4 after scaling).
+their one-element path (every other shape moves 16-byte packs). Compared: the split heads in qkvr
+(exact copies), the probabilities att (and that every masked entry s > t is exactly 0), out, and
+dinp (B,T,3C). Inputs are uniform in [-1, 1] (raw scores q·k up to ~±11 at hs 64, ~±1.4 after
+scaling).
 Before any GPU work, the CPU backward itself is checked against finite differences of the CPU
 forward (this part also runs on a machine without a GPU).
-Tolerances: fp32 1e-5 relative (double reference). bf16 3e-2, looser than the 1e-2 elsewhere
-because the pipeline stores in bf16 between every step: the scores before softmax (an absolute
-error of up to 2^-8·|score|·scale in the exponent), the probabilities, the output, and datt,
-dpreatt in the backward, each a relative rounding of up to 2^-8. A host emulation of exactly
+Tolerances of variant 1: fp32 1e-5 relative (double reference). bf16 3e-2, looser than the 1e-2
+elsewhere because the pipeline stores in bf16 between every step: the scores before softmax (an
+absolute error of up to 2^-8·|score|·scale in the exponent), the probabilities, the output, and
+datt, dpreatt in the backward, each a relative rounding of up to 2^-8. A host emulation of exactly
 those roundings on inputs like these needed 1.7e-2 (out) and 1.3e-2 (dinp) at worst, and 2.3e-6
 for the fp32 pipeline; index or transpose bugs give errors of order 1. Exit code 1 on any mismatch.
-Timing: forward and backward at GPT-2 small's shape, and the head split (q, k, v at once) and
-merge kernels alone in GB/s (bytes read + written).
+
+Checks of variant 2, bf16 then fp32 storage, outputs poisoned first, at (B,T,C,NH) = (1,2,64,1),
+(1,17,64,1), (2,100,128,2), (1,130,64,1) (T = 2, and T not a multiple of the 64-row tile: one,
+two and three tiles, the last partial) and (8,1024,768,12) (GPT-2 small, the CPU reference one
+thread per batch row). Compared: out, the log-sum-exp lse (B,NH,T) and dinp (B,T,3C), and that a
+second run gives the same bits (out, lse, dinp). Tolerances: lse 1e-5 in both precisions (it is
+computed in fp32 from the same rounded inputs, so it is the sharp check of the scale and the mask:
+one key too many or too few moves it by ~1/T). bf16 2e-2 on out and dinp: only out and dinp are
+rounded (2^-8 relative each), plus D = dy·y in the backward, formed from the rounded out as every
+flash backward does, which moves dq by up to ~3e-2 of dq's own scale at T = 1024 (~5e-3 of
+dinp's). The kernels' own code run on the host (each CUDA thread a CPU thread, the same fp32
+operations; not the GPU) needed at worst 3.2e-3 (out) and 4.9e-3 (dinp) over these small shapes
+and T = 64, 256, 300, 512, 1024, and ~2e-6 in fp32 storage, whose tolerance is 1e-5.
+Checks of variant 3: as variant 2's, bf16 only, its forward followed by variant 2's backward.
+Tolerances as variant 2's: its scores are exact products of bf16 inputs summed in fp32, so lse
+stays within 1e-5; out also carries the rounding of P to bf16 before P·v, which the host run of
+the kernel (ldmatrix, mma and cp.async emulated from their PTX definitions) put at 8.0e-3 at
+worst over the small shapes and T = 300, 1024 (2e-2 allowed), and dinp after it at 3.2e-3.
+Timing: variant 1's forward and backward at GPT-2 small's shape, and the head split (q, k, v at
+once) and merge kernels alone in GB/s (bytes read + written); variants 2 and 3 against variant 1
+at the same shape.
 */
 #include "common.h"
 #include "../../llmc/attention.cuh"
@@ -36,8 +65,9 @@ merge kernels alone in GB/s (bytes read + written).
 // ----------------------------------------------------------------------------
 // CPU reference (double inside)
 
-// probabilities of row (b,h,t) into p[0..t]; q, k of head h read from inp (B,T,3C)
-void attention_row_probs_cpu(double* p, const float* inp, int b, int h, int t, int T, int C, int NH) {
+// probabilities of row (b,h,t) into p[0..t]; q, k of head h read from inp (B,T,3C). Returns the
+// row's log-sum-exp of the scaled scores (what the flash forward stores).
+double attention_row_probs_cpu(double* p, const float* inp, int b, int h, int t, int T, int C, int NH) {
     const int hs = C / NH;
     const double scale = 1.0 / sqrt((double)hs);
     const float* q = inp + ((size_t)b * T + t) * 3 * C + (size_t)h * hs;
@@ -52,18 +82,22 @@ void attention_row_probs_cpu(double* p, const float* inp, int b, int h, int t, i
     double sum = 0.0;
     for (int s = 0; s <= t; s++) { p[s] = exp(p[s] - maxv); sum += p[s]; }
     for (int s = 0; s <= t; s++) p[s] /= sum;
+    return maxv + log(sum);
 }
 
-// out (B,T,C), att (B,NH,T,T), inp (B,T,3C)
-void attention_forward_cpu(float* out, float* att, const float* inp, int B, int T, int C, int NH) {
+// out (B,T,C), att (B,NH,T,T) or null, lse (B,NH,T) or null, inp (B,T,3C)
+void attention_forward_cpu(float* out, float* att, float* lse, const float* inp, int B, int T, int C, int NH) {
     const int hs = C / NH;
     std::vector<double> p(T);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                attention_row_probs_cpu(p.data(), inp, b, h, t, T, C, NH);
-                float* att_row = att + (((size_t)b * NH + h) * T + t) * T;
-                for (int s = 0; s < T; s++) att_row[s] = s <= t ? (float)p[s] : 0.0f;
+                const double row_lse = attention_row_probs_cpu(p.data(), inp, b, h, t, T, C, NH);
+                if (lse) lse[((size_t)b * NH + h) * T + t] = (float)row_lse;
+                if (att) {
+                    float* att_row = att + (((size_t)b * NH + h) * T + t) * T;
+                    for (int s = 0; s < T; s++) att_row[s] = s <= t ? (float)p[s] : 0.0f;
+                }
                 for (int d = 0; d < hs; d++) {
                     double acc = 0.0;
                     for (int s = 0; s <= t; s++) acc += p[s] * inp[((size_t)b * T + s) * 3 * C + 2 * C + (size_t)h * hs + d];
@@ -115,6 +149,19 @@ void split_qkv_cpu(float* qkvr, const float* inp, int B, int T, int C, int NH) {
                             inp[((size_t)b * T + t) * 3 * C + (size_t)part * C + (size_t)h * hs + d];
 }
 
+// out (B,T,C), lse (B,NH,T) and dinp (B,T,3C) in one call, one host thread per batch row (the
+// reference at GPT-2 small's shape takes ~30 s on one core; each b touches only its own rows)
+void attention_reference_cpu(float* out, float* lse, float* dinp, const float* dout, const float* inp, int B, int T, int C, int NH) {
+    std::vector<std::thread> threads;
+    for (int b = 0; b < B; b++)
+        threads.emplace_back([=] {
+            const size_t rows = (size_t)b * T;
+            attention_forward_cpu(out + rows * C, nullptr, lse + (size_t)b * NH * T, inp + rows * 3 * C, 1, T, C, NH);
+            attention_backward_cpu(dinp + rows * 3 * C, dout + rows * C, inp + rows * 3 * C, 1, T, C, NH);
+        });
+    for (auto& th : threads) th.join();
+}
+
 // The CPU backward checked against finite differences of the CPU forward: with L = Σ out·dout,
 // dinp must be dL/dinp. Runs before any GPU work (also on a machine without a GPU).
 int cpu_self_test() {
@@ -125,7 +172,7 @@ int cpu_self_test() {
     std::vector<float> dinp(n_inp), out(n_out), att(n_att);
     attention_backward_cpu(dinp.data(), dout, inp, B, T, C, NH);
     auto loss = [&]() {
-        attention_forward_cpu(out.data(), att.data(), inp, B, T, C, NH);
+        attention_forward_cpu(out.data(), att.data(), nullptr, inp, B, T, C, NH);
         double l = 0.0;
         for (size_t i = 0; i < n_out; i++) l += (double)out[i] * dout[i];
         return l;
@@ -144,6 +191,30 @@ int cpu_self_test() {
     // central differences: truncation O(eps^2), float rounding of out ~1e-7/eps
     bool ok = max_err <= 1e-3 * max_grad;
     printf("  cpu backward vs finite differences: max err %.3e (max |grad| %.3e) %s\n", max_err, max_grad, ok ? "ok" : "FAIL");
+
+    // the flash checks' reference (one thread per batch row, lse too) against the calls above, bit
+    // for bit; and exp(score - lse) summed over a row is 1
+    std::vector<float> out2(n_out), lse(B * NH * T), dinp2(n_inp);
+    attention_reference_cpu(out2.data(), lse.data(), dinp2.data(), dout, inp, B, T, C, NH);
+    attention_forward_cpu(out.data(), att.data(), nullptr, inp, B, T, C, NH);
+    const bool same = out == out2 && dinp == dinp2;
+    double worst_sum = 0.0;
+    const int hs = C / NH;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                double sum = 0.0;
+                for (int s = 0; s <= t; s++) {
+                    double dot = 0.0;
+                    for (int d = 0; d < hs; d++)
+                        dot += (double)inp[((size_t)b * T + t) * 3 * C + h * hs + d] * inp[((size_t)b * T + s) * 3 * C + C + h * hs + d];
+                    sum += exp(dot / sqrt((double)hs) - lse[((size_t)b * NH + h) * T + t]);
+                }
+                worst_sum = fmax(worst_sum, fabs(sum - 1.0));
+            }
+    printf("  threaded reference = one-thread reference: %s; rows of exp(score - lse): |sum - 1| <= %.1e %s\n",
+           same ? "ok" : "FAIL", worst_sum, worst_sum <= 1e-6 ? "ok" : "FAIL");
+    ok = ok && same && worst_sum <= 1e-6;
     free(inp); free(dout);
     return ok ? 0 : 1;
 }
@@ -160,7 +231,7 @@ int check_attention(int B, int T, int C, int NH, float tol) {
     round_to_storage<floatX>(inp, n_inp);
     round_to_storage<floatX>(dout, n_out);
     std::vector<float> ref_out(n_out), ref_att(n_att), ref_dinp(n_inp), ref_qkvr(n_inp);
-    attention_forward_cpu(ref_out.data(), ref_att.data(), inp, B, T, C, NH);
+    attention_forward_cpu(ref_out.data(), ref_att.data(), nullptr, inp, B, T, C, NH);
     attention_backward_cpu(ref_dinp.data(), dout, inp, B, T, C, NH);
     split_qkv_cpu(ref_qkvr.data(), inp, B, T, C, NH);
 
@@ -204,6 +275,282 @@ int check_attention(int B, int T, int C, int NH, float tol) {
 }
 
 // ----------------------------------------------------------------------------
+// variant 3: the flash forward on tensor cores, FA2's scheme, bf16 at head size 64 only. A block
+// of 4 warps owns 64 query rows of one (b,h), 16 per warp; q stays in registers as mma A
+// fragments for the whole key loop; key tiles of 64 rows of k and v stream through shared memory
+// by cp.async, double buffered (tile kt+1 loads while tile kt is used); ldmatrix feeds the mma
+// fragments. mma.sync m16n8k16 (bf16 in, fp32 accumulate) computes S = q·kᵀ and o += P·v; the
+// online softmax runs on the S fragments in registers, in fp32, and P is rounded to bf16 only as
+// the A operand of P·v (as FA2 does). Its lse is variant 2's, so variant 2's backward follows it.
+// Should be faster than variant 2 by the tensor cores' ~15x over fp32 FMA on the two matmuls.
+//
+// Fragments (PTX ISA, mma.m16n8k16 with .bf16; g = lane/4, c = lane%4): A (16x16, row-major) in 4
+// registers of 2 bf16: rows g | g+8 | g | g+8, columns 2c,2c+1 | 2c,2c+1 | 2c+8,+9 | 2c+8,+9. B
+// (16x8, k x n) in 2 registers: k = 2c,2c+1 | 2c+8,2c+9, n = g. C/D (16x8 fp32) in 4 floats: row g
+// columns 2c, 2c+1, then row g+8 the same columns. ldmatrix.x4: lanes 8i..8i+7 give the row
+// addresses of 8x8 matrix i, and each lane receives in register i matrix i's row g, columns 2c,
+// 2c+1 (with .trans: rows 2c, 2c+1 of column g). So a matrix stored with B's n along its rows (the
+// k tile: a row per key, the n of q·kᵀ) loads as a B fragment directly, and one stored with B's k
+// along its rows (the v tile: a row per key, the k of P·v) loads as one with .trans; q loads as A.
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// 16 bytes global -> shared, asynchronously; src_bytes 0 fills the 16 bytes with zeros
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// waits until at most N of this thread's committed groups are still in flight
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const bf16* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const bf16* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
+}
+
+// d (16x8 fp32) += a (16x16 bf16) · b (16x8 bf16), one warp
+__device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// two floats as the bf16 pair of one fragment register: lo in the low half (the lower index)
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+constexpr int FA2_WARPS = 4;
+constexpr int FA2_THREADS = 32 * FA2_WARPS;
+
+// A tile of 64 rows of 64 bf16 in shared memory is 8 chunks of 16 bytes per row; chunk c of row r
+// is stored at chunk c ^ (r % 8), so the 8 rows an ldmatrix reads (same chunk, consecutive rows)
+// fall in 8 different bank groups instead of one. Element offset of chunk c of row r:
+__device__ __forceinline__ int fa2_chunk(int r, int c) { return r * FLASH_HS + ((c ^ (r % 8)) * 8); }
+
+// rows tile·64.. of batch b of one head's q, k or v (src: the head's first column, row stride ld)
+// into a swizzled tile by cp.async; rows past T are zero-filled (the source address stays valid)
+__device__ void fa2_load_tile(bf16* tile, const bf16* src, int b, int tile_idx, int T, int ld) {
+    for (int idx = threadIdx.x; idx < FLASH_TILE * 8; idx += blockDim.x) {
+        const int r = idx / 8, c = idx % 8, s = tile_idx * FLASH_TILE + r;
+        cp_async16(tile + fa2_chunk(r, c), src + ((size_t)b * T + min(s, T - 1)) * ld + c * 8, s < T ? 16 : 0);
+    }
+}
+
+// out (B,T,C), lse (B,NH,T), qkv (B,T,3C), as flash_attention_forward_kernel; grid (B·NH, query tiles)
+__global__ void __launch_bounds__(FA2_THREADS) flash_forward_mma_kernel(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
+    __shared__ __align__(128) bf16 q_s[FLASH_TILE * FLASH_HS];
+    __shared__ __align__(128) bf16 k_s[2][FLASH_TILE * FLASH_HS];
+    __shared__ __align__(128) bf16 v_s[2][FLASH_TILE * FLASH_HS];
+    const int C = NH * FLASH_HS;
+    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
+    const int q_tile = gridDim.y - 1 - blockIdx.y;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, c = lane % 4;       // fragment row g (and g+8), columns 2c, 2c+1
+    const int mi = lane / 8, mr = lane % 8;     // the ldmatrix matrix and row this lane addresses
+    const int row0 = q_tile * FLASH_TILE + 16 * warp;  // the warp's first query row
+    const float scale = 1.0f / sqrtf((float)FLASH_HS);
+
+    fa2_load_tile(q_s, qkv + h * FLASH_HS, b, q_tile, T, 3 * C);
+    fa2_load_tile(k_s[0], qkv + C + h * FLASH_HS, b, 0, T, 3 * C);
+    fa2_load_tile(v_s[0], qkv + 2 * C + h * FLASH_HS, b, 0, T, 3 * C);
+    cp_async_commit();
+
+    uint32_t qf[4][4];          // q (16 rows x 64 dims) as A fragments, dims 16k..16k+15 in qf[k]
+    float o[8][4];              // o (16 x 64) as C fragments, dims 8n..8n+7 in o[n]
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g and g+8; l: this lane's columns only
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[n][i] = 0.0f;
+
+    for (int kt = 0; kt <= q_tile; kt++) {
+        const int buf = kt % 2;
+        if (kt < q_tile) {  // prefetch the next key tile into the other buffer, then wait for this one
+            fa2_load_tile(k_s[1 - buf], qkv + C + h * FLASH_HS, b, kt + 1, T, 3 * C);
+            fa2_load_tile(v_s[1 - buf], qkv + 2 * C + h * FLASH_HS, b, kt + 1, T, 3 * C);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // every thread's copies of this tile have landed
+        if (kt == 0) {
+#pragma unroll
+            for (int k = 0; k < 4; k++)  // matrices: rows 0-7 | 8-15 of the warp's 16, dims 16k.. | 16k+8..
+                ldmatrix_x4(qf[k], q_s + fa2_chunk(16 * warp + 8 * (mi % 2) + mr, 2 * k + mi / 2));
+        }
+
+        // S (16 x 64 keys) = q·kᵀ: key block j (keys 8j..8j+7) in s[j]; one ldmatrix.x4 gives the B
+        // fragments of two k-steps (dims 32h2..32h2+31: matrix mi holds dims 32h2+8mi..+7)
+        float s[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[j][i] = 0.0f;
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++) {
+                uint32_t kf[4];
+                ldmatrix_x4(kf, k_s[buf] + fa2_chunk(8 * j + mr, 4 * h2 + mi));
+                mma_16816(s[j], qf[2 * h2], kf);
+                mma_16816(s[j], qf[2 * h2 + 1], kf + 2);
+            }
+        }
+
+        // online softmax of rows g (r = 0: s[j][0..1]) and g+8 (r = 1: s[j][2..3]); the row's max
+        // over the 4 lanes of a quad, which hold its 64 columns
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int t = row0 + g + 8 * r;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float x = s[j][2 * r + e] * scale;
+                    if (kt == q_tile && kt * FLASH_TILE + 8 * j + 2 * c + e > t) x = -INFINITY;  // causal mask, diagonal tile only
+                    s[j][2 * r + e] = x;
+                    mx = fmaxf(mx, x);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float m_new = fmaxf(m[r], mx);  // finite: key 0 of the first tile is in every row
+            corr[r] = expf(m[r] - m_new);
+            l[r] *= corr[r];
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float p = expf(s[j][2 * r + e] - m_new);
+                    l[r] += p;
+                    s[j][2 * r + e] = p;
+                }
+            m[r] = m_new;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            o[n][0] *= corr[0]; o[n][1] *= corr[0];
+            o[n][2] *= corr[1]; o[n][3] *= corr[1];
+        }
+
+        // o += P·v: P's C fragments of key blocks 2k and 2k+1 are the A fragment of keys 16k..16k+15;
+        // v's rows are the k dimension, so ldmatrix.trans (matrix mi: keys 16k+8(mi%2).., dims 16d+8(mi/2)..)
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint32_t pf[4] = {pack_bf16x2(s[2 * k][0], s[2 * k][1]), pack_bf16x2(s[2 * k][2], s[2 * k][3]),
+                                    pack_bf16x2(s[2 * k + 1][0], s[2 * k + 1][1]), pack_bf16x2(s[2 * k + 1][2], s[2 * k + 1][3])};
+#pragma unroll
+            for (int d = 0; d < 4; d++) {
+                uint32_t vf[4];
+                ldmatrix_x4_trans(vf, v_s[buf] + fa2_chunk(16 * k + 8 * (mi % 2) + mr, 2 * d + mi / 2));
+                mma_16816(o[2 * d], pf, vf);
+                mma_16816(o[2 * d + 1], pf, vf + 2);
+            }
+        }
+        __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);  // the row's sum over its quad (same bits in all 4 lanes)
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        const int t = row0 + g + 8 * r;
+        if (t < T) {
+            bf16* out_row = out + ((size_t)b * T + t) * C + h * FLASH_HS;
+            const float inv_l = 1.0f / l[r];
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                out_row[8 * n + 2 * c] = from_float<bf16>(o[n][2 * r] * inv_l);
+                out_row[8 * n + 2 * c + 1] = from_float<bf16>(o[n][2 * r + 1] * inv_l);
+            }
+            if (c == 0) lse[(size_t)bh * T + t] = m[r] + logf(l[r]);
+        }
+    }
+}
+
+void flash_forward_mma(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+    flash_check_args("flash_forward_mma", C, NH, qkv, qkv);
+    if (B == 0 || T == 0) return;
+    const dim3 grid(B * NH, ceil_div(T, FLASH_TILE));
+    flash_forward_mma_kernel<<<grid, FA2_THREADS, 0, stream>>>(out, lse, qkv, T, NH);
+    cudaLaunchCheck();
+}
+
+// the raw bytes of a device array, for the same-bits check
+template <typename T>
+std::vector<char> device_bytes(const T* d, size_t n) {
+    std::vector<char> h(n * sizeof(T));
+    cudaCheck(cudaMemcpy(h.data(), d, h.size(), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+// one flash variant's forward: out (B,T,C), lse (B,NH,T); variant 3 is bf16 only
+template <typename floatX>
+void flash_forward_variant(int variant, floatX* out, float* lse, const floatX* inp, int B, int T, int C, int NH) {
+    if (variant == 2) flash_attention_forward(out, lse, inp, B, T, C, NH, 0);
+    if constexpr (std::is_same<floatX, bf16>::value)
+        if (variant == 3) flash_forward_mma(out, lse, inp, B, T, C, NH, 0);
+}
+
+// one flash variant's forward and backward (variant 2's backward for both): out (B,T,C), lse
+// (B,NH,T), dinp (B,T,3C), dsum (B,NH,T) scratch
+template <typename floatX>
+void flash_run(int variant, floatX* out, float* lse, floatX* dinp, float* dsum, const floatX* dout, const floatX* inp,
+               int B, int T, int C, int NH) {
+    flash_forward_variant(variant, out, lse, inp, B, T, C, NH);
+    flash_attention_backward(dinp, dsum, dout, out, inp, lse, B, T, C, NH, 0);
+}
+
+template <typename floatX>
+int check_flash(int variant, int B, int T, int C, int NH, float tol) {
+    printf("variant %d (flash) %s B=%d T=%d C=%d NH=%d (hs %d):\n", variant, type_name<floatX>(), B, T, C, NH, C / NH);
+    const size_t n_inp = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_lse = (size_t)B * NH * T;
+    float* inp = make_random_float(n_inp);
+    float* dout = make_random_float(n_out);
+    round_to_storage<floatX>(inp, n_inp);
+    round_to_storage<floatX>(dout, n_out);
+    std::vector<float> ref_out(n_out), ref_lse(n_lse), ref_dinp(n_inp);
+    attention_reference_cpu(ref_out.data(), ref_lse.data(), ref_dinp.data(), dout, inp, B, T, C, NH);
+
+    floatX* d_inp = to_device<floatX>(inp, n_inp);
+    floatX* d_dout = to_device<floatX>(dout, n_out);
+    floatX* d_out = device_alloc<floatX>(n_out);
+    floatX* d_dinp = device_alloc<floatX>(n_inp);
+    float* d_lse = device_alloc<float>(n_lse);
+    float* d_dsum = device_alloc<float>(n_lse);
+    auto poison_all = [&] {
+        poison(d_out, n_out * sizeof(floatX)); poison(d_dinp, n_inp * sizeof(floatX));
+        poison(d_lse, n_lse * sizeof(float)); poison(d_dsum, n_lse * sizeof(float));
+    };
+    poison_all();
+    flash_run(variant, d_out, d_lse, d_dinp, d_dsum, d_dout, d_inp, B, T, C, NH);
+
+    int failures = 0;
+    failures += !check_result(d_out, ref_out.data(), "out", n_out, tol);
+    failures += !check_result(d_lse, ref_lse.data(), "lse", n_lse, 1e-5f);
+    failures += !check_result(d_dinp, ref_dinp.data(), "dinp", n_inp, tol);
+    // every element is written by one thread in a fixed order: a second run gives the same bits
+    std::vector<char> out1 = device_bytes(d_out, n_out), lse1 = device_bytes(d_lse, n_lse), dinp1 = device_bytes(d_dinp, n_inp);
+    poison_all();
+    flash_run(variant, d_out, d_lse, d_dinp, d_dsum, d_dout, d_inp, B, T, C, NH);
+    const bool same = out1 == device_bytes(d_out, n_out) && lse1 == device_bytes(d_lse, n_lse) && dinp1 == device_bytes(d_dinp, n_inp);
+    printf("  %-28s %s\n", "second run, same bits", same ? "ok" : "FAIL");
+    failures += !same;
+
+    cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_dinp));
+    cudaCheck(cudaFree(d_lse)); cudaCheck(cudaFree(d_dsum));
+    free(inp); free(dout);
+    return failures;
+}
+
+// ----------------------------------------------------------------------------
 // timing
 
 template <typename floatX>
@@ -242,28 +589,86 @@ void run_benchmark(int B, int T, int C, int NH) {
     free(h_inp);
 }
 
-int gpu_checks(int) {
-    matmul_init();
+// a flash variant against variant 1 (materialised) at one shape, forward and backward. FLOP/s
+// count the causal half of the matmul work: 2 matmuls forward, 5 backward (q·kᵀ recomputed once)
+template <typename floatX>
+void time_flash(int variant, int B, int T, int C, int NH) {
+    const size_t n_inp = (size_t)B * T * 3 * C, n_out = (size_t)B * T * C, n_att = (size_t)B * NH * T * T, n_lse = (size_t)B * NH * T;
+    floatX* d_inp = device_alloc<floatX>(n_inp);
+    floatX* d_dout = device_alloc<floatX>(n_out);
+    fill_random(d_inp, n_inp, 1, -1.0f, 1.0f);
+    fill_random(d_dout, n_out, 2, -1.0f, 1.0f);
+    floatX* d_out = device_alloc<floatX>(n_out);
+    floatX* d_dinp = device_alloc<floatX>(n_inp);
+    float* d_lse = device_alloc<float>(n_lse);
+    float* d_dsum = device_alloc<float>(n_lse);
+    floatX* d_qkvr = device_alloc<floatX>(n_inp);
+    floatX* d_att = device_alloc<floatX>(n_att);
+    floatX* d_dqkvr = device_alloc<floatX>(n_inp);
+    floatX* d_datt = device_alloc<floatX>(n_att);
+    floatX* d_scratch = device_alloc<floatX>(n_out);
+    const float mat_f = benchmark_kernel(2, 10, [&] { attention_forward(d_out, d_qkvr, d_att, d_scratch, d_inp, B, T, C, NH, 0); });
+    const float mat_b = benchmark_kernel(2, 10, [&] {
+        attention_backward(d_dinp, d_dqkvr, d_datt, d_scratch, d_dout, d_qkvr, d_att, B, T, C, NH, 0); });
+    const float flash_f = benchmark_kernel(2, 10, [&] { flash_forward_variant(variant, d_out, d_lse, d_inp, B, T, C, NH); });
+    const float flash_b = benchmark_kernel(2, 10, [&] { flash_attention_backward(d_dinp, d_dsum, d_dout, d_out, d_inp, d_lse, B, T, C, NH, 0); });
+    const double causal_gflop = 2.0 * B * NH * (double)T * T * (C / NH) / 2.0 / 1e9;  // one (T,T,hs) matmul, causal half
+    printf("  variant %d (flash) %s B=%d T=%d C=%d NH=%d: forward %.3f ms (%.1f TFLOP/s causal) vs materialized %.3f ms: %.2fx; "
+           "backward %.3f ms (%.1f TFLOP/s causal) vs materialized %.3f ms: %.2fx\n", variant, type_name<floatX>(), B, T, C, NH,
+           flash_f, 2.0 * causal_gflop / flash_f, mat_f, mat_f / flash_f, flash_b, 5.0 * causal_gflop / flash_b, mat_b, mat_b / flash_b);
+    cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_out)); cudaCheck(cudaFree(d_dinp));
+    cudaCheck(cudaFree(d_lse)); cudaCheck(cudaFree(d_dsum)); cudaCheck(cudaFree(d_qkvr)); cudaCheck(cudaFree(d_att));
+    cudaCheck(cudaFree(d_dqkvr)); cudaCheck(cudaFree(d_datt)); cudaCheck(cudaFree(d_scratch));
+}
+
+// ATTENTION_SMALL set: the flash checks at the small shapes only and no timing (compute-sanitizer runs)
+static bool small_only() { return getenv("ATTENTION_SMALL") != nullptr; }
+
+static const int NUM_VARIANTS = 3;
+
+int gpu_checks(int only) {
+    if (only == 0 || only == 1) matmul_init();  // variant 1 only: the flash checks need no cuBLASLt handle
     int failures = 0;
-    const int shapes[][4] = {{2, 8, 32, 2}, {2, 64, 128, 2}, {1, 1024, 128, 2}};
-    for (const auto& s : shapes) failures += check_attention<float>(s[0], s[1], s[2], s[3], 1e-5f);
-    for (const auto& s : shapes) failures += check_attention<bf16>(s[0], s[1], s[2], s[3], 3e-2f);
-    // odd T last: should cuBLASLt have no kernel for 2-byte-aligned bf16 rows, matmul ends the
-    // program with a message, and everything above has been reported by then
-    failures += check_attention<float>(1, 37, 48, 3, 1e-5f);
-    failures += check_attention<bf16>(1, 37, 48, 3, 3e-2f);
-    failures += check_attention<float>(2, 19, 60, 4, 1e-5f);
-    failures += check_attention<bf16>(2, 19, 60, 4, 3e-2f);
+    if (only == 0 || only == 1) {
+        const int shapes[][4] = {{2, 8, 32, 2}, {2, 64, 128, 2}, {1, 1024, 128, 2}};
+        for (const auto& s : shapes) failures += check_attention<float>(s[0], s[1], s[2], s[3], 1e-5f);
+        for (const auto& s : shapes) failures += check_attention<bf16>(s[0], s[1], s[2], s[3], 3e-2f);
+        // odd T last: should cuBLASLt have no kernel for 2-byte-aligned bf16 rows, matmul ends the
+        // program with a message, and everything above has been reported by then
+        failures += check_attention<float>(1, 37, 48, 3, 1e-5f);
+        failures += check_attention<bf16>(1, 37, 48, 3, 3e-2f);
+        failures += check_attention<float>(2, 19, 60, 4, 1e-5f);
+        failures += check_attention<bf16>(2, 19, 60, 4, 3e-2f);
+    }
+    // T = 2; T of one, two and three tiles with the last one partial; GPT-2 small last
+    const int flash_shapes[][4] = {{1, 2, 64, 1}, {1, 17, 64, 1}, {2, 100, 128, 2}, {1, 130, 64, 1}, {8, 1024, 768, 12}};
+    const int n_flash_shapes = small_only() ? 4 : 5;
+    for (int v = 2; v <= NUM_VARIANTS; v++) {
+        if (only != 0 && only != v) continue;
+        for (int i = 0; i < n_flash_shapes; i++) {
+            const int* s = flash_shapes[i];
+            failures += check_flash<bf16>(v, s[0], s[1], s[2], s[3], 2e-2f);
+            if (v == 2) failures += check_flash<float>(v, s[0], s[1], s[2], s[3], 1e-5f);  // variant 3 is bf16 only
+        }
+    }
     matmul_destroy();
     return failures;
 }
 
-void timing(int) {
+void timing(int only) {
+    if (small_only()) return;
     matmul_init();
     printf("timing, GPT-2 small (median of 10):\n");
-    run_benchmark<bf16>(8, 1024, 768, 12);
-    run_benchmark<float>(8, 1024, 768, 12);
+    if (only == 0 || only == 1) {
+        run_benchmark<bf16>(8, 1024, 768, 12);
+        run_benchmark<float>(8, 1024, 768, 12);
+    }
+    for (int v = 2; v <= NUM_VARIANTS; v++)
+        if (only == 0 || only == v) {
+            time_flash<bf16>(v, 8, 1024, 768, 12);
+            if (v == 2) time_flash<float>(v, 8, 1024, 768, 12);
+        }
     matmul_destroy();
 }
 
-int main(int argc, char** argv) { return bench_main(argc, argv, "attention", 1, cpu_self_test, gpu_checks, timing); }
+int main(int argc, char** argv) { return bench_main(argc, argv, "attention", NUM_VARIANTS, cpu_self_test, gpu_checks, timing); }

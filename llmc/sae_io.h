@@ -200,6 +200,7 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
         {"last_eval_samples", std::to_string(ts.last_eval_samples)}, {"inputs", ts.inputs}};
     for (const auto& kv : fields) meta.push_back(kv);
     for (const auto& kv : resume_settings(cfg)) meta.push_back(kv);
+    meta.push_back({"attention", cfg.attention});  // not in resume_settings: states saved before it have none
     safetensors_write(dir + "/train_state.safetensors", t, meta);
 }
 
@@ -230,6 +231,11 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
         if (meta(kv.first.c_str()) != kv.second)
             die("'%s' was saved with %s %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
                 kv.first.c_str(), meta(kv.first.c_str()).c_str(), kv.second.c_str());
+    std::string attention = "materialized";  // a state saved before --attention existed
+    for (const auto& kv : st.metadata) if (kv.first == "attention") attention = kv.second;
+    if (attention != cfg.attention)  // flash and materialized attention round differently in bf16
+        die("'%s' was saved with --attention %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
+            attention.c_str(), cfg.attention.c_str());
     if (!cfg.eval_only && meta("inputs") != ts->inputs)
         die("'%s' was saved from another model or training data (fingerprint %s, now %s): resume with the same --model and --train",
             path.c_str(), meta("inputs").c_str(), ts->inputs.c_str());

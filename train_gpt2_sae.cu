@@ -2,7 +2,8 @@
 train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GPT-2.
 
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
-(default bf16) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
+(default bf16), --attention materialized|flash (llmc/attention.cuh; flash in bf16 at head size 64
+only) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
 operations under the same names in plain loops, and the host side of a run (loading, loaders,
 saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
 e2e needs runs: blocks below the SAE layer once per batch for both branches, the clean branch
@@ -37,14 +38,14 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include "llmc/encoder.cuh"      // defines: encoder_forward
 #include "llmc/layernorm.cuh"    // defines: layernorm_forward, layernorm_backward_dinp
 #include "llmc/matmul.cuh"       // defines: matmul_init, matmul_forward, matmul_forward_residual, matmul_forward_gelu, matmul_backward_dinp
-#include "llmc/attention.cuh"    // defines: attention_forward, attention_backward
+#include "llmc/attention.cuh"    // defines: attention_forward/backward (materialised), flash_attention_forward/backward
 #include "llmc/gelu.cuh"         // defines: gelu_forward, gelu_backward_inplace
 #include "llmc/sae.cuh"          // defines: sae_encoder_forward, sae_decoder_forward, sae_decoder_backward, sae_encoder_backward, ...
 #include "llmc/kl.cuh"           // defines: kl_forward_backward, ce_forward, argmax_agree
 #include "llmc/mse.cuh"          // defines: mse_forward_backward
 #include "llmc/adamw.cuh"        // defines: global_norm_squared, adamw_update
 #include "llmc/eval.cuh"         // defines: explained_variance_rows
-#include "llmc/feature_dump.cuh" // defines: feature_dump_add_gpu, feature_dump_reset_gpu, feature_dump_download
+#include "llmc/feature_dump.cuh" // defines: FeatureDumpDevice, feature_dump_add_gpu/_add_bands_gpu/_add_contexts_gpu, feature_dump_logit_effects_gpu
 
 // ----------------------------------------------------------------------------
 // one-block device allocation: a plan pass counts the bytes, then every pointer is carved out
@@ -133,17 +134,19 @@ struct SaeDevice {
     floatX *W_enc_x, *b_enc_x, *W_dec_norm, *b_dec_x;  // in fp32, W_enc_x aliases the master
 };
 
-// what one block keeps for its backward pass (qkv's head-split copy and the attention probabilities included)
+// what one block keeps for its backward pass: with materialised attention qkv's head-split copy
+// qkvr and the probabilities att, with flash attention the rows' log-sum-exp lse instead
 template <typename floatX>
 struct BlockActs {
     floatX *inp, *ln1, *qkv, *qkvr, *atty, *att, *res2, *ln2, *fch, *fch_gelu;
-    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd;
+    float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *lse;
 };
 
-// scratch of the block backward
+// scratch of the block backward (dqkvr, datt, scratch: materialised attention; dsum: flash)
 template <typename floatX>
 struct BlockGrads {
     floatX *dres2, *dfch, *dln, *datty, *dqkv, *dqkvr, *datt, *scratch;
+    float* dsum;
 };
 
 // one micro-batch of B rows of T tokens, N = B*T
@@ -172,13 +175,6 @@ struct Stats {
     int *alive_count, *agree_count;       // scalars
 };
 
-// --dump-features state: (D), (D,K), (D,K); null without the flag
-struct DumpDevice {
-    unsigned long long* fire_count = nullptr;
-    float* top_values = nullptr;
-    long long* top_pos = nullptr;
-};
-
 // phases of a step, timed with one CUDA event pair per (micro-batch, phase): nothing waits for
 // them during the step; phase_times_collect reads them after the step's stats copy
 enum Phase { PH_LOWER = 0, PH_SAE_FWD, PH_CLEAN, PH_SPLICED, PH_KL, PH_BACKWARD, PH_SAE_BWD, PH_UPDATE, NUM_PHASES };
@@ -197,26 +193,29 @@ struct Engine {
     GPT2 host_model;                      // loaded in place by run()
     SAE host_sae;                         // the SAE on the host: init, --init-sae, export, state
     int B = 0, T = 0, C = 0, V = 0, Vp = 0, NH = 0, D = 0, L = 0, n_layer = 0, K = 0;
+    bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
     DeviceArena arena;
-    size_t bytes_weights = 0, bytes_sae = 0, bytes_acts = 0;
+    size_t bytes_weights = 0, bytes_sae = 0, bytes_acts = 0, bytes_dump = 0;
     GPT2Device<floatX> model;
     SaeDevice<floatX> sae;
     Activations<floatX> acts;
     Stats stats;
-    DumpDevice dump;
+    FeatureDumpDevice dump;               // --dump-features state; null pointers without the flag
     float* staging;                       // fp32 upload buffer
     PhaseTimes phases;
 };
 
 template <typename floatX>
-void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C, int NH) {
+void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C, int NH, bool flash) {
     const size_t N = (size_t)B * T;
     b->inp = a->take<floatX>(N * C);                   // (N,C)
     b->ln1 = a->take<floatX>(N * C);                   // (N,C)
     b->qkv = a->take<floatX>(N * 3 * C);               // (N,3C)
-    b->qkvr = a->take<floatX>(N * 3 * C);              // (3,B,NH,T,hs)
     b->atty = a->take<floatX>(N * C);                  // (N,C)
-    b->att = a->take<floatX>((size_t)B * NH * T * T);  // (B,NH,T,T)
+    // materialised attention keeps the split heads and the probabilities, flash the rows' log-sum-exp
+    b->qkvr = flash ? nullptr : a->take<floatX>(N * 3 * C);              // (3,B,NH,T,hs)
+    b->att = flash ? nullptr : a->take<floatX>((size_t)B * NH * T * T);  // (B,NH,T,T)
+    b->lse = flash ? a->take<float>((size_t)B * NH * T) : nullptr;       // (B,NH,T)
     b->res2 = a->take<floatX>(N * C);                  // (N,C)
     b->ln2 = a->take<floatX>(N * C);                   // (N,C)
     b->fch = a->take<floatX>(N * 4 * C);               // (N,4C)
@@ -272,18 +271,21 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     act.xsum = a->take<float>(C);                        // (C)
     act.ds_clean.assign(e->K, nullptr);
     for (int k = 0; k < e->K; k++) act.ds_clean[k] = a->take<floatX>(N * C);  // K x (N,C)
-    block_acts_carve(&act.scratch, a, e->B, e->T, e->C, e->NH);
+    block_acts_carve(&act.scratch, a, e->B, e->T, e->C, e->NH, e->flash);
     act.spliced.resize(e->n_layer - e->L);
-    for (auto& b : act.spliced) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH);
+    for (auto& b : act.spliced) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH, e->flash);
     BlockGrads<floatX>& g = act.bg;
     g.dres2 = a->take<floatX>(N * C);                  // (N,C)
     g.dfch = a->take<floatX>(N * 4 * C);               // (N,4C)
     g.dln = a->take<floatX>(N * C);                    // (N,C)
     g.datty = a->take<floatX>(N * C);                  // (N,C)
     g.dqkv = a->take<floatX>(N * 3 * C);               // (N,3C)
-    g.dqkvr = a->take<floatX>(N * 3 * C);              // (N,3C)
-    g.datt = a->take<floatX>((size_t)e->B * e->NH * e->T * e->T);  // (B,NH,T,T)
-    g.scratch = a->take<floatX>(N * C);                // (N,C)
+    // the attention backward's scratch: materialised, the split heads, datt and dy; flash, D = dy·y per row
+    const bool flash = e->flash;
+    g.dqkvr = flash ? nullptr : a->take<floatX>(N * 3 * C);                          // (N,3C)
+    g.datt = flash ? nullptr : a->take<floatX>((size_t)e->B * e->NH * e->T * e->T);  // (B,NH,T,T)
+    g.scratch = flash ? nullptr : a->take<floatX>(N * C);                            // (N,C)
+    g.dsum = flash ? a->take<float>((size_t)e->B * e->NH * e->T) : nullptr;          // (B,NH,T)
 
     e->stats.sums = a->take<float>(NUM_STATS_FIXED + e->K);
     e->stats.fired_train = a->take<unsigned int>(D);   // (D)
@@ -292,16 +294,14 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     e->stats.alive_count = a->take<int>(1);
     e->stats.agree_count = a->take<int>(1);
 
-    const size_t topk = e->cfg.dump_features.empty() ? 0 : (size_t)e->cfg.dump_topk;
-    if (topk) {
-        e->dump.fire_count = a->take<unsigned long long>(D);  // (D)
-        e->dump.top_values = a->take<float>(D * topk);        // (D,K)
-        e->dump.top_pos = a->take<long long>(D * topk);       // (D,K)
-    }
     size_t staging = P;
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) staging = std::max(staging, e->host_model.param_sizes[i]);
     e->staging = a->take<float>(staging);              // the largest tensor uploaded, fp32
     e->bytes_acts = a->used - start;
+
+    start = a->used;
+    if (!e->cfg.dump_features.empty()) feature_dump_device_carve(&e->dump, a, e->D, e->cfg.dump_topk, e->C, e->V);
+    e->bytes_dump = a->used - start;
 }
 
 // named views into the SAE's parameter and gradient blocks; in fp32 the encoder matmul reads the master W_enc
@@ -312,23 +312,28 @@ void sae_device_bind(SaeDevice<floatX>* s, const SAE* host) {
     if (std::is_same<floatX, float>::value) s->W_enc_x = (floatX*)s->W_enc;
 }
 
-// Refuses, before anything is allocated, a run whose largest cuBLASLt operands reach 2^31
-// elements: c and dc (N,D), the logits (N,Vp), the attention matrices (B,NH,T,T). matmul.cuh
+// Refuses, before anything is allocated, --attention flash where the flash kernels do not serve
+// the model's head size, and a run whose largest cuBLASLt operands reach 2^31 elements: c and dc
+// (N,D), the logits (N,Vp), the attention matrices (B,NH,T,T) (materialised only). matmul.cuh
 // passes each dimension as an int and the sizes and strides to cuBLASLt in 64 bits, so nothing
 // wraps on our side, but cuBLAS has failed at that span before (pytorch#17897, raft#3097) and no
 // run this large has been checked. N < 2^31 / Vp also keeps every int N = B*T in range.
 inline void gpu_check_shapes(const TrainConfig& cfg, const GPT2Config& mc, int D) {
     const long long B = cfg.batch, T = cfg.seq_len, N = B * T, Vp = (mc.vocab_size + 127) / 128 * 128, limit = 1LL << 31;
     const char* why = "cuBLASLt operands this large are untested";
+    const bool flash = cfg.attention == "flash";
+    if (flash && !flash_attention_supported(mc.channels, mc.num_heads))
+        die("--attention flash serves head size %d only, and this model's is %d (d_model %d / %d heads): use --attention materialized",
+            FLASH_HS, mc.num_heads > 0 ? mc.channels / mc.num_heads : 0, mc.channels, mc.num_heads);
     if (N * D >= limit)
         die("--batch %lld x --seq-len %lld x d_sae %d = %lld elements (>= 2^31) in the SAE activations (N,D): %s; lower --batch, --seq-len or --dict-size",
             B, T, D, N * D, why);
     if (N * Vp >= limit)
         die("--batch %lld x --seq-len %lld x padded vocabulary %lld = %lld elements (>= 2^31) in the logits (N,Vp): %s; lower --batch or --seq-len",
             B, T, Vp, N * Vp, why);
-    if (B * mc.num_heads * T * T >= limit)
-        die("--batch %lld x %d heads x --seq-len %lld squared = %lld elements (>= 2^31) in the attention matrices: %s; lower --batch or --seq-len",
-            B, mc.num_heads, T, B * mc.num_heads * T * T, why);
+    if (!flash && B * mc.num_heads * T * T >= limit)
+        die("--batch %lld x %d heads x --seq-len %lld squared = %lld elements (>= 2^31) in the attention matrices: %s; lower --batch or --seq-len "
+            "(or use --attention flash, which has none)", B, mc.num_heads, T, B * mc.num_heads * T * T, why);
 }
 
 // allocates everything in one cudaMalloc and prints the plan; host_model and host_sae must be loaded
@@ -339,13 +344,23 @@ void engine_init(Engine<floatX>* e, const TrainConfig& cfg, int B) {
     e->B = B; e->T = cfg.seq_len; e->C = mc.channels; e->V = mc.vocab_size; e->NH = mc.num_heads;
     e->n_layer = mc.num_layers; e->L = cfg.layer; e->D = e->host_sae.D; e->K = std::max(0, e->n_layer - 1 - e->L);
     e->Vp = (e->V + 127) / 128 * 128;
+    e->flash = cfg.attention == "flash";
     DeviceArena plan;
     engine_carve(e, &plan);
     size_t free_b = 0, total_b = 0;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
-    printf("device memory plan (%s): GPT-2 weights %.1f MiB | SAE params+grads+Adam+copies %.1f MiB | activations %.1f MiB | "
+    // materialised: a (B,NH,T,T) matrix per spliced block, one for the blocks without a backward, one datt
+    const int n_att = e->n_layer - e->L + 2;
+    char att_note[96];
+    if (e->flash) snprintf(att_note, sizeof(att_note), "flash attention: no (B,NH,T,T) matrix");
+    else snprintf(att_note, sizeof(att_note), "of which %d (B,NH,T,T) attention matrices %.1f MiB", n_att,
+                  (double)n_att * B * e->NH * e->T * e->T * sizeof(floatX) / 1048576.0);
+    printf("device memory plan (%s): GPT-2 weights %.1f MiB | SAE params+grads+Adam+copies %.1f MiB | activations %.1f MiB (%s) | "
            "total %.2f GiB of %.2f GiB free\n", std::is_same<floatX, float>::value ? "fp32" : "bf16",
-           e->bytes_weights / 1048576.0, e->bytes_sae / 1048576.0, e->bytes_acts / 1048576.0, plan.used / 1073741824.0, free_b / 1073741824.0);
+           e->bytes_weights / 1048576.0, e->bytes_sae / 1048576.0, e->bytes_acts / 1048576.0, att_note, plan.used / 1073741824.0, free_b / 1073741824.0);
+    if (e->bytes_dump)
+        printf("  of which the feature dump %.1f MiB (top-%d, histogram, bands, contexts, logit effects of %d features, in chunks of %d)\n",
+               e->bytes_dump / 1048576.0, cfg.dump_topk, e->D, FEATURE_DUMP_LOGIT_CHUNK);
     if (plan.used + (size_t)(512u << 20) > free_b)
         die("the run needs %.2f GiB of device memory but only %.2f GiB is free: lower --batch, --seq-len or --dict-size",
             plan.used / 1073741824.0, free_b / 1073741824.0);
@@ -405,7 +420,8 @@ void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX*
     if (a->inp != inp) cudaCheck(cudaMemcpyAsync(a->inp, inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
     layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->inp, layer_vec(w.ln1w, l, C), layer_vec(w.ln1b, l, C), N, C, 0);
     matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, layer_vec(w.qkvb, l, 3 * C), N, C, 3 * C, 0);
-    attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
+    if (e->flash) flash_attention_forward(a->atty, a->lse, a->qkv, B, e->T, C, e->NH, 0);
+    else attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
     cudaCheck(cudaMemcpyAsync(a->res2, a->inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
     matmul_forward_residual(a->res2, a->atty, w.attprojw + (size_t)l * C * C, layer_vec(w.attprojb, l, C), N, C, C, 0);  // res2 = inp + attproj(atty)
     layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, layer_vec(w.ln2w, l, C), layer_vec(w.ln2b, l, C), N, C, 0);
@@ -500,7 +516,8 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     layernorm_backward_dinp(g.dres2, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, true, 0);
     // attention: res2 = inp + attproj(attn(qkv(ln1(inp))))
     matmul_backward_dinp(g.datty, g.dres2, w.attprojw + (size_t)l * C * C, N, C, C, false, 0);
-    attention_backward(g.dqkv, g.dqkvr, g.datt, g.scratch, g.datty, a->qkvr, a->att, B, e->T, C, e->NH, 0);
+    if (e->flash) flash_attention_backward(g.dqkv, g.dsum, g.datty, a->atty, a->qkv, a->lse, B, e->T, C, e->NH, 0);
+    else attention_backward(g.dqkv, g.dqkvr, g.datt, g.scratch, g.datty, a->qkvr, a->att, B, e->T, C, e->NH, 0);
     matmul_backward_dinp(g.dln, g.dqkv, w.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, false, 0);
     cudaCheck(cudaMemcpyAsync(dresid, g.dres2, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
     layernorm_backward_dinp(dresid, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, true, 0);
@@ -705,25 +722,46 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
 }
 
 // ----------------------------------------------------------------------------
-// --dump-features: per-feature firing frequency and top activations over the first val tokens,
-// kept on the device in (D,K) buffers, the same result as the CPU trainer's feature_dump_add
+// --dump-features (llmc/feature_dump.cuh): the CPU trainer's passes on the device, the same
+// results from the same activations. Pass 1 over the first val tokens: firing counts, histograms,
+// top-K; pass 2 over the same tokens: band examples and every example's context (only the encoder
+// runs: c is all the dump reads); then the logit effects, in fp32 whatever --precision, from the
+// fp32 master W_dec and the host's fp32 W_U, uploaded into the staging buffer (sized for the
+// largest GPT-2 tensor, wte's V*C included)
 
 template <typename floatX>
 void dump_features(Engine<floatX>* e, const DataLoader* val, const TrainConfig& cfg) {
     NvtxRange r("dump_features");
-    const DumpDevice& d = e->dump;
-    feature_dump_reset_gpu(d.fire_count, d.top_values, d.top_pos, e->D, cfg.dump_topk, 0);
+    double t0 = now_seconds();
+    const FeatureDumpDevice& g = e->dump;
+    const int T = e->T, C = e->C;
+    FeatureDump fd;
+    feature_dump_begin(&fd, cfg, e->D);
+    feature_dump_reset_gpu(g, fd, 0);
     sae_prepare_weights(e);
-    long long n_tokens = feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+    auto encode = [&](const int* tokens, int B) {
         upload_rows(e, tokens, B);
         forward_to_sae(e, B);
-        sae_forward(e, B);
-        feature_dump_add_gpu(d.fire_count, d.top_values, d.top_pos, e->acts.c, B * e->T, e->D, cfg.dump_topk, first_pos, 0);
+        sae_encoder_forward(e->acts.c, e->acts.x, e->sae.W_enc_x, e->sae.b_enc_x, B * T, C, e->D, 0);
+    };
+    long long n_tokens = feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+        encode(tokens, B);
+        feature_dump_add_gpu(g, e->acts.c, B * T, first_pos, 0);
     });
-    FeatureDump fd;
-    feature_dump_init(&fd, e->D, cfg.dump_topk);
-    feature_dump_download(&fd, d.fire_count, d.top_values, d.top_pos, n_tokens);
-    feature_dump_finish(&fd, val, cfg, e->host_model.source);
+    feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+        encode(tokens, B);
+        feature_dump_add_bands_gpu(g, e->acts.c, B * T, first_pos, 0);
+        feature_dump_add_contexts_gpu(g, e->acts.c, B * T, T, first_pos, 0);
+    });
+    const GPT2& m = e->host_model;
+    std::vector<float> mean = m.unembed_mean;
+    if (mean.empty()) mean.assign(C, 0.0f);  // W_U as loaded: nothing to add back
+    cudaCheck(cudaMemcpy(e->staging, m.params.wte_unembed, (size_t)e->V * C * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(g.gamma, m.params.lnfw, C * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(g.unembed_mean, mean.data(), C * sizeof(float), cudaMemcpyHostToDevice));
+    feature_dump_logit_effects_gpu(g, e->sae.W_dec, g.gamma, e->staging, g.unembed_mean, 0);
+    feature_dump_download(&fd, g, n_tokens);
+    feature_dump_finish(&fd, val, cfg, e->host_model.source, now_seconds() - t0);
 }
 
 // ----------------------------------------------------------------------------
@@ -851,6 +889,8 @@ int run(const TrainConfig& cfg) {
 int train_main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
     TrainConfig cfg = parse_args(argc, argv, true);
+    if (cfg.attention == "flash" && cfg.precision == "fp32")
+        die("--attention flash is for --precision bf16: fp32 is the reference precision and keeps the materialized attention");
     apply_demo_presets(cfg, true);
     int ndev = 0;
     cudaError_t err = cudaGetDeviceCount(&ndev);

@@ -27,7 +27,7 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include "llmc/sae.h"          // defines: SAE, sae_allocate, sae_init_random
 #include "llmc/sae_io.h"       // defines: sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"       // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish, print_eval
-#include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add, feature_dump_write
+#include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add/_add_bands/_add_contexts, feature_dump_logit_effects
 #include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end, run_end
 
 // ----------------------------------------------------------------------------
@@ -891,20 +891,38 @@ AblationEffects ablation_effects(Engine* e, SaeRun* s, const DataLoader* val, in
 }
 
 // ----------------------------------------------------------------------------
-// --dump-features: per-feature firing frequency and top activations over the first val tokens,
-// for every SAE (one clean pass per batch)
+// --dump-features (llmc/feature_dump.h), for every SAE (one clean pass per batch): pass 1 over the
+// first val tokens gives firing counts, histograms and the top-K; pass 2 over the same tokens the
+// band examples (which need each feature's maximum) and every example's context; then the logit
+// effects from the decoder and the unembedding. Only the encoder runs: c is all the dump reads.
 
 void dump_features(Engine* e, std::vector<SaeRun>& saes, const DataLoader* val) {
+    double t0 = now_seconds();
     std::vector<FeatureDump> fds(saes.size());
-    for (size_t i = 0; i < saes.size(); i++) feature_dump_init(&fds[i], saes[i].D, saes[i].cfg.dump_topk);
+    for (size_t i = 0; i < saes.size(); i++) feature_dump_begin(&fds[i], saes[i].cfg, saes[i].D);
     feature_dump_stream(val, saes[0].cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
         clean_forward(e, tokens, B, false);
         for (size_t i = 0; i < saes.size(); i++) {
-            sae_forward(e, &saes[i], B);
+            sae_encoder_forward(e->c.data(), sae_input(e, saes[i].L), saes[i].sae.W_enc, saes[i].sae.b_enc, B * e->T, e->C, saes[i].D);
             feature_dump_add(&fds[i], e->c.data(), B * e->T, first_pos);
         }
     });
-    for (size_t i = 0; i < saes.size(); i++) feature_dump_finish(&fds[i], val, saes[i].cfg, e->model.source);
+    feature_dump_stream(val, saes[0].cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
+        clean_forward(e, tokens, B, false);
+        for (size_t i = 0; i < saes.size(); i++) {
+            sae_encoder_forward(e->c.data(), sae_input(e, saes[i].L), saes[i].sae.W_enc, saes[i].sae.b_enc, B * e->T, e->C, saes[i].D);
+            feature_dump_add_bands(&fds[i], e->c.data(), B * e->T, first_pos);
+            feature_dump_add_contexts(&fds[i], e->c.data(), B * e->T, first_pos, e->T);
+        }
+    });
+    const GPT2Weights& w = e->model.params;
+    const float* mean = e->model.unembed_mean.empty() ? nullptr : e->model.unembed_mean.data();
+    for (size_t i = 0; i < saes.size(); i++) {
+        SaeRun* s = &saes[i];
+        sae_decoder_normalize(s->W_dec_norm.data(), s->inv_norm.data(), s->sae.W_dec, s->D, e->C);
+        feature_dump_logit_effects(&fds[i], s->W_dec_norm.data(), w.lnfw, w.wte_unembed, mean, e->C, e->V);
+        feature_dump_finish(&fds[i], val, s->cfg, e->model.source, now_seconds() - t0);
+    }
 }
 
 // ----------------------------------------------------------------------------

@@ -6,11 +6,14 @@
 #   against train_gpt2_sae_cpu on one model, data and SAE, the dev/cuda kernel benches (every
 #   bench's CPU self-test, GPU checks and timing: dev/cuda/run_all.sh), and issue 16's checks: odd
 #   shapes against PyTorch and the CPU trainer, bf16 against fp32 at GPT-2 small's scales (the KL
-#   error with W_U shifted and as loaded, in $OUT/issue16.txt).
+#   error with W_U shifted and as loaded, in $OUT/issue16.txt), and issue 14's flash attention: its
+#   kernel bench (checks and timing against the materialised attention), compute-sanitizer racecheck
+#   and memcheck on its kernels, and the trainer's --attention flash pass (test_gpt2_sae [flash]).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
-# Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final]
-#   core: GPU tests (issue 16's as steps of their own), the no-flag demo, e2e bf16 layer-6 benchmark, memcheck e2e+ds,
-#         GPU vs CPU in e2e, kernel checks
+# Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final|flash]
+#   core: GPU tests (issue 16's and issue 14's as steps of their own), the no-flag demo, e2e bf16 layer-6 benchmark,
+#         memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
+#   flash: issue 14's steps alone (sized for about two minutes; not yet run on a GPU)
 #   extra: the other sanitizer runs, modes, layers and precisions
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
 set -u
@@ -63,23 +66,45 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 # shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
 # updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
 gpu_tests() {
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]"
     step test_odd_shapes 90 ./test_gpt2_sae "[odd]"
     step test_real_scale 150 ./test_gpt2_sae "[real]"
     grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" | tee "$OUT/issue16.txt"
 }
 
+# issue 14, flash attention: dev/cuda/attention variants 2 (the trainer's flash kernels) and 3 (the
+# tensor-core forward, bench only): checks against the CPU reference at T = 2, 17, 100, 130 and at
+# GPT-2 small's shape, the same bits on a second run, then timing against the materialised
+# attention; compute-sanitizer racecheck and memcheck on their kernels at the small shapes
+# (ATTENTION_SMALL); one trainer pass with --attention flash against PyTorch and against
+# --attention materialized (test_gpt2_sae [flash]). The summary lines go to $OUT/issue14.txt.
+flash_checks() {
+    step flash_bench 60 dev/cuda/attention 2
+    step flash_bench_mma 45 dev/cuda/attention 3
+    for v in 2 3; do
+        step "flash_racecheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/attention $v
+        step "flash_memcheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/attention $v
+    done
+    step test_flash 90 ./test_gpt2_sae "[flash]"
+    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$LOG"/flash_*.log "$LOG/test_flash.log" \
+        | tee "$OUT/issue14.txt"
+}
+
 # the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
 demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --overwrite --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
 
+if [ "$stage" = flash ]; then
+    flash_checks
+fi
 if [ "$stage" = core ] || [ "$stage" = all ]; then
     gpu_tests
+    flash_checks
     demo_gpu
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
     memcheck e2e+ds bf16
     compare_mode e2e
-    step dev_cuda 100 env TIMEOUT=40 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing
+    step dev_cuda 150 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing (attention: ~15 s of CPU reference)
 fi
 if [ "$stage" = extra ] || [ "$stage" = all ]; then
     make_paper_model
@@ -96,6 +121,7 @@ if [ "$stage" = extra ] || [ "$stage" = all ]; then
 fi
 if [ "$stage" = final ]; then  # one call after a change: everything that can move, in priority order
     gpu_tests
+    flash_checks
     demo_gpu
     make_paper_model
     for mode in e2e local e2e+ds; do
@@ -104,16 +130,19 @@ if [ "$stage" = final ]; then  # one call after a change: everything that can mo
     step bench_e2e_bf16_L2 90 ./train_gpt2_sae $bench_args --mode e2e --layer 2 --precision bf16 --max-steps 15 --out /tmp/b4
     step bench_e2e_bf16_L10 90 ./train_gpt2_sae $bench_args --mode e2e --layer 10 --precision bf16 --max-steps 15 --out /tmp/b5
     compare_mode e2e; compare_mode local; compare_mode e2e+ds
-    # --dump-features on the GPU against the CPU trainer, same SAE and val rows
+    # --dump-features on the GPU against the CPU trainer, same SAE and val rows, fp32: every tensor (top-K,
+    # histograms, band examples, contexts, logit effects) within dev/compare_features.py's bounds; its
+    # measured lines go to $OUT/issue15.txt
     step dump_cpu 60 ./train_gpt2_sae_cpu $cmp_args --mode e2e --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_cpu --dump-tokens 8192 --out /tmp/dump_cpu_run
     step dump_gpu 30 ./train_gpt2_sae $cmp_args --mode e2e --precision fp32 --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_gpu --dump-tokens 8192 --out /tmp/dump_gpu_run
     step agree_dump 20 python3 dev/compare_features.py /tmp/dump_gpu /tmp/dump_cpu --tol 1e-4
+    grep -h "^measured" "$LOG/agree_dump.log" | tee "$OUT/issue15.txt"
     memcheck e2e bf16
     for mode in local e2e; do
         step "racecheck_${mode}" 90 compute-sanitizer --tool racecheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision bf16 --out /tmp/san_r$mode
         step "initcheck_${mode}" 90 compute-sanitizer --tool initcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision fp32 --out /tmp/san_i$mode
     done
-    step dev_cuda 120 env TIMEOUT=50 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh
+    step dev_cuda 170 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh
     step bench_e2e_fp32_L6 60 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision fp32 --max-steps 7 --out /tmp/b6
 fi
 echo "=== summary"

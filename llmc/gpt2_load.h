@@ -53,6 +53,7 @@ struct GPT2 {
     std::vector<float> memory;     // every parameter, one block: freed with the model, so no exit path leaks it
     float* params_memory = nullptr;  // memory.data()
     std::string source;  // the file it came from
+    std::vector<float> unembed_mean;  // (C) the mean row gpt2_shift_unembed took from wte_unembed; empty if not shifted
     GPT2() = default;
     GPT2(const GPT2&) = delete;  // params point into memory: a copy would point into the original's
     GPT2& operator=(const GPT2&) = delete;
@@ -148,6 +149,7 @@ inline void gpt2_shift_unembed(GPT2* model) {
     for (int i = 0; i < C; i++) mean[i] /= V;
     for (int v = 0; v < V; v++)
         for (int i = 0; i < C; i++) w[(size_t)v * C + i] = (float)((double)w[(size_t)v * C + i] - mean[i]);
+    model->unembed_mean.assign(mean.begin(), mean.end());  // the feature dump adds its effect back (logit effects)
 }
 
 // n_head from a config.json beside the weights, if there is one
@@ -291,5 +293,6 @@ inline void gpt2_load(GPT2* model, const std::string& path_in, bool shift_unembe
     if (got == 1 && magic == 20240326) gpt2_load_llmc_bin(model, path);
     else gpt2_load_hf_safetensors(model, path);
     gpt2_centre_weights(model);
+    model->unembed_mean.clear();
     if (shift_unembed) gpt2_shift_unembed(model);
 }

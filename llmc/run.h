@@ -290,8 +290,19 @@ inline void step_end(RunState* run, const TrainConfig& cfg, const StepLog& sl, S
     step_end(std::vector<RunState*>{run}, cfg, std::vector<StepLog>{sl}, save, eval);
 }
 
-// --dump-features: streams the first --dump-tokens val tokens (whole rows), B rows at a time,
-// through add(tokens, rows, first_pos), which runs the SAE and adds the batch to the dump
+// --dump-features: the dump's host state for an SAE of D features, its size printed (and checked
+// against the free memory) before it is allocated: it does not grow with --dump-tokens
+inline void feature_dump_begin(FeatureDump* fd, const TrainConfig& cfg, int D) {
+    double bytes = feature_dump_host_bytes(D, cfg.dump_topk);
+    printf("feature dump memory plan%s%s: host %.1f MiB (top-%d, histogram, bands, contexts, logit effects of %d features)\n",
+           cfg.name.empty() ? "" : " of SAE ", cfg.name.c_str(), bytes / 1048576.0, cfg.dump_topk, D);
+    check_host_memory(bytes, "the feature dump");
+    feature_dump_init(fd, D, cfg.dump_topk);
+}
+
+// streams the first --dump-tokens val tokens (whole rows), B rows at a time, through
+// add(tokens, rows, first_pos), which runs the SAE and adds the batch to the dump; each pass of
+// the dump calls it once, and every pass sees the same rows
 template <typename AddBatch>
 inline long long feature_dump_stream(const DataLoader* val, const TrainConfig& cfg, int B, AddBatch add) {
     int T = cfg.seq_len;
@@ -305,15 +316,19 @@ inline long long feature_dump_stream(const DataLoader* val, const TrainConfig& c
     return rows * T;
 }
 
-inline void feature_dump_finish(const FeatureDump* fd, const DataLoader* val, const TrainConfig& cfg, const std::string& model_source) {
+// after both passes and the logit effects, on either trainer's state: the bands in hash order,
+// the files, one line
+inline void feature_dump_finish(FeatureDump* fd, const DataLoader* val, const TrainConfig& cfg, const std::string& model_source,
+                                double seconds) {
+    feature_dump_order_bands(fd);
     std::vector<std::string> shards;
     for (const Shard& sh : val->shards) shards.push_back(sh.path);
     feature_dump_write(fd, cfg.dump_features, feature_dump_meta(cfg.val, shards, cfg.seq_len, fd->tokens, fd->D, fd->K, cfg.layer,
                                                                 model_source, mode_name(cfg.mode)));
     long long alive = 0;
     for (long long n : fd->fire_count) alive += n > 0;
-    printf("dumped %lld features' frequencies and top-%d activations over %lld val tokens to %s (%lld fired)\n", (long long)fd->D,
-           fd->K, fd->tokens, cfg.dump_features.c_str(), alive);
+    printf("dumped %lld features' frequencies, top-%d and band examples with contexts, histograms and logit effects over %lld val tokens "
+           "to %s (%lld fired) in %.1f s\n", (long long)fd->D, fd->K, fd->tokens, cfg.dump_features.c_str(), alive, seconds);
 }
 
 // after the last update (at once with --eval-only): the final eval and save, the feature dump,

@@ -222,7 +222,7 @@ struct StWriteEntry {
     std::string name;
     std::vector<int64_t> shape;
     const void* data;            // numel elements of dtype, host memory
-    std::string dtype = "F32";   // "F32", "I64" or "I32"; {name, shape, data} stays an F32 entry
+    std::string dtype = "F32";   // "F32", "F16" (raw half bits), "I64" or "I32"; {name, shape, data} stays an F32 entry
 };
 
 // writes the tensors (in the given order) to path.tmp, then renames it over path
@@ -238,8 +238,8 @@ inline void safetensors_write(const std::string& path, const std::vector<StWrite
     uint64_t off = 0;
     for (size_t i = 0; i < tensors.size(); i++) {
         const std::string& dtype = tensors[i].dtype;
-        if (dtype != "F32" && dtype != "I64" && dtype != "I32")
-            die("safetensors_write '%s': tensor '%s' has dtype '%s'; only F32, I64 and I32 are written", path.c_str(),
+        if (dtype != "F32" && dtype != "F16" && dtype != "I64" && dtype != "I32")
+            die("safetensors_write '%s': tensor '%s' has dtype '%s'; only F32, F16, I64 and I32 are written", path.c_str(),
                 tensors[i].name.c_str(), dtype.c_str());
         uint64_t n = 1;
         for (auto d : tensors[i].shape) n *= (uint64_t)d;

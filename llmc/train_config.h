@@ -96,7 +96,7 @@ inline void print_usage(const char* prog, bool gpu) {
     printf("  --eval-samples N        eval rows from --val [500]\n");
     printf("  --alive-window N        tokens per training alive window [500000]\n");
     printf("  --eval-only             with --init-sae: evaluate and exit\n");
-    printf("  --dump-features DIR     after training (or --eval-only): per-feature frequency and top activations\n");
+    printf("  --dump-features DIR     after training (or --eval-only): per feature frequency, top and band examples, histogram, logit effects, ablation\n");
     printf("  --dump-tokens N         val tokens streamed for --dump-features [100000]\n");
     printf("  --dump-topk K           top activations kept per feature [10]\n");
     printf("  --sweep FILE            many SAEs in one run: one JSON object per line (README, Sweeps); each writes OUT/NAME\n");

@@ -722,6 +722,67 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
 }
 
 // ----------------------------------------------------------------------------
+// --dump-features, the ablation effect (the CPU trainer's ablation_effects): for the features that
+// fire most often on the eval rows (the last eval's counts), the mean change in KL and in CE on
+// the eval tokens when that feature alone is zeroed in the spliced model: its column of c set to
+// 0, x_hat decoded again, the spliced pass rerun. Per batch and feature the KL and CE sums (fp32,
+// deterministic_sum) come back to the host and are added there in double, so an effect below
+// ~1e-6 of the KL is rounding. The column is kept in acts.rows (N floats) while it is zeroed.
+
+template <typename floatX>
+AblationEffects ablation_effects(Engine<floatX>* e, const DataLoader* val, int eval_rows, const std::vector<float>& log10_freq) {
+    NvtxRange r("ablation_effects");
+    AblationEffects ab;
+    ab.features = most_frequent_features(log10_freq, ABLATION_FEATURES);
+    int T = e->T, D = e->D, F = (int)ab.features.size();
+    Activations<floatX>& act = e->acts;
+    float* sums = e->stats.sums;
+    std::vector<double> kl(F, 0.0), ce(F, 0.0);
+    std::vector<int> tokens((size_t)e->B * T);
+    auto spliced_kl_ce = [&](int B, double* kl_sum, double* ce_sum) {  // the spliced model on x_hat
+        int N = B * T;
+        spliced_forward(e, B);
+        ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
+        deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, false, 0);
+        kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
+        deterministic_sum(sums + STAT_KL, act.rows, N, false, 0);
+        float s[NUM_STATS_FIXED];
+        cudaCheck(cudaMemcpy(s, sums, sizeof(s), cudaMemcpyDeviceToHost));
+        *kl_sum += s[STAT_KL];
+        *ce_sum += s[STAT_CE_SPLICED];
+    };
+    sae_prepare_weights(e);
+    const size_t pitch = (size_t)D * sizeof(floatX), w = sizeof(floatX);
+    for (int row = 0; row < eval_rows; row += e->B) {
+        int B = std::min(e->B, eval_rows - row), N = B * T;
+        dataloader_get_rows(val, row, B, tokens.data());
+        upload_rows(e, tokens.data(), B);
+        forward_to_sae(e, B);
+        sae_forward(e, B);
+        clean_forward(e, B);
+        spliced_kl_ce(B, &ab.kl, &ab.ce);
+        floatX* column = (floatX*)act.rows;
+        for (int j = 0; j < F; j++) {
+            floatX* c_f = act.c + ab.features[j];
+            cudaCheck(cudaMemcpy2DAsync(column, w, c_f, pitch, w, N, cudaMemcpyDeviceToDevice, 0));
+            cudaCheck(cudaMemset2DAsync(c_f, pitch, 0, w, N, 0));
+            sae_decoder_forward(act.x_hat, act.c, e->sae.W_dec_norm, e->sae.b_dec_x, N, e->C, D, 0);
+            cudaCheck(cudaMemcpy2DAsync(c_f, pitch, column, w, w, N, cudaMemcpyDeviceToDevice, 0));
+            spliced_kl_ce(B, &kl[j], &ce[j]);
+        }
+        ab.tokens += N;
+    }
+    double ce_positions = (double)eval_rows * (T - 1);
+    for (int j = 0; j < F; j++) {
+        ab.d_kl.push_back((float)((kl[j] - ab.kl) / ab.tokens));
+        ab.d_ce.push_back((float)((ce[j] - ab.ce) / ce_positions));
+    }
+    ab.kl /= ab.tokens;
+    ab.ce /= ce_positions;
+    return ab;
+}
+
+// ----------------------------------------------------------------------------
 // --dump-features (llmc/feature_dump.cuh): the CPU trainer's passes on the device, the same
 // results from the same activations. Pass 1 over the first val tokens: firing counts, histograms,
 // top-K; pass 2 over the same tokens: band examples and every example's context (only the encoder
@@ -879,7 +940,11 @@ int run(const TrainConfig& cfg) {
         step_end(&run, cfg, sl, save, run_eval);
     }
     if (!step_seconds.empty()) print_timing(&e, step_seconds);
-    run_end(&run, cfg, &data, step, save, run_eval, [&] { dump_features(&e, &data.val, cfg); });
+    run_end(&run, cfg, &data, step, save, run_eval, [&] {
+        dump_features(&e, &data.val, cfg);
+        if (data.eval_rows && !run.sparsity.empty())
+            ablation_write(ablation_effects(&e, &data.val, data.eval_rows, run.sparsity), cfg.dump_features);
+    });
     engine_free(&e);
     gpt2_free(&e.host_model);
     return 0;

@@ -18,6 +18,7 @@ Prints one "measured" line per tensor group and exits 1 when a bound fails:
   bands       fracs identical; positions >= 99% identical; values where positions agree <= tol
   contexts    context_first identical; where the example's position agrees in both: NaN at the
               same places, values within one F16 rounding (2^-10 relative) plus tol of the scale
+  ablation    the same features; effects within 1e-5 absolute plus 1%
 The new tensors are skipped, saying so, when either dump predates them. Needs numpy only.
 """
 import argparse
@@ -110,6 +111,22 @@ def main():
                 compared += int(same.sum())
             verdict(name, first and nan_diff == 0 and worst <= tol,
                     f"{compared} windows compared; NaN in different places {nan_diff}; beyond one F16 rounding {worst:.3e} of the largest")
+    # the ablation effects (ablation.safetensors, when both dumps have one): the same features, and
+    # effects within 1e-5 absolute plus 1% (each is a difference of two KL or CE means that carry the
+    # two trainers' ~1e-6 relative difference, and the GPU's per-batch sums are fp32)
+    try:
+        xa, xb = read(args.a + "/ablation.safetensors"), read(args.b + "/ablation.safetensors")
+    except FileNotFoundError:
+        print(f"measured {'ablation':<10} skipped: a dump without ablation.safetensors")
+    else:
+        same = xa["features"].shape == xb["features"].shape and bool((xa["features"] == xb["features"]).all())
+        worst = 0.0
+        if same:
+            for k in ("d_kl", "d_ce"):
+                da, db = xa[k].astype(np.float64), xb[k].astype(np.float64)
+                worst = max(worst, float((np.abs(da - db) - 1e-2 * np.abs(db)).max(initial=0.0)))
+        verdict("ablation", same and worst <= 1e-5,
+                f"features {'identical' if same else 'DIFFER'} ({xb['features'].shape[0]}); effects beyond 1% off by {worst:.3e}")
     print(f"{'OK' if ok else 'EXCEEDS'} (tol {tol:g})")
     sys.exit(0 if ok else 1)
 

@@ -880,13 +880,7 @@ AblationEffects ablation_effects(Engine* e, SaeRun* s, const DataLoader* val, in
         }
         ab.tokens += N;
     }
-    double ce_positions = (double)eval_rows * (T - 1);
-    for (int j = 0; j < F; j++) {
-        ab.d_kl.push_back((float)((kl[j] - ab.kl) / ab.tokens));
-        ab.d_ce.push_back((float)((ce[j] - ab.ce) / ce_positions));
-    }
-    ab.kl /= ab.tokens;
-    ab.ce /= ce_positions;
+    ablation_finish(&ab, kl, ce, eval_rows, T);
     return ab;
 }
 

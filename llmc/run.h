@@ -382,6 +382,18 @@ inline std::vector<long long> most_frequent_features(const std::vector<float>& l
     return ids;
 }
 
+// from the sums over the eval rows (ab->kl, ab->ce unablated; kl[j], ce[j] with feature j zeroed)
+// to the means and the effects: KL per token, CE per predicted position
+inline void ablation_finish(AblationEffects* ab, const std::vector<double>& kl, const std::vector<double>& ce, int eval_rows, int T) {
+    double ce_positions = (double)eval_rows * (T - 1);
+    for (size_t j = 0; j < ab->features.size(); j++) {
+        ab->d_kl.push_back((float)((kl[j] - ab->kl) / ab->tokens));
+        ab->d_ce.push_back((float)((ce[j] - ab->ce) / ce_positions));
+    }
+    ab->kl /= ab->tokens;
+    ab->ce /= ce_positions;
+}
+
 inline void ablation_write(const AblationEffects& ab, const std::string& dir) {
     int64_t F = (int64_t)ab.features.size();
     safetensors_write(dir + "/ablation.safetensors",

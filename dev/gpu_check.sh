@@ -10,9 +10,12 @@
 #   kernel bench (checks and timing against the materialised attention), compute-sanitizer racecheck
 #   and memcheck on its kernels, and the trainer's --attention flash pass (test_gpt2_sae [flash]).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
-# Usage: OUT=/some/dir bash dev/gpu_check.sh [core|extra|all|final|flash]
-#   core: GPU tests (issue 16's and issue 14's as steps of their own), the no-flag demo, e2e bf16 layer-6 benchmark,
-#         memcheck e2e+ds, GPU vs CPU in e2e, kernel checks
+# Usage: OUT=/some/dir bash dev/gpu_check.sh [tests|kernels|core|extra|all|final|flash]
+#   tests:   GPU tests (issue 16's as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
+#            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
+#   kernels: issue 14's flash attention, the e2e bf16 layer-6 benchmark, memcheck e2e+ds, every dev/cuda
+#            bench; about 6 minutes
+#   core: tests then kernels (more than one `run` call allows: call tests, then kernels at once)
 #   flash: issue 14's steps alone (sized for about two minutes; not yet run on a GPU)
 #   extra: the other sanitizer runs, modes, layers and precisions
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
@@ -93,17 +96,30 @@ flash_checks() {
 # the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
 demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --overwrite --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
 
+# --dump-features on the GPU against the CPU trainer, same SAE (compare_mode e2e's) and val rows, fp32:
+# every tensor (top-K, histograms, band examples, contexts, logit effects, ablation) within
+# dev/compare_features.py's bounds; its measured lines go to $OUT/issue15.txt
+dump_compare() {
+    step dump_cpu 60 ./train_gpt2_sae_cpu $cmp_args --mode e2e --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_cpu --dump-tokens 8192 --out /tmp/dump_cpu_run
+    step dump_gpu 30 ./train_gpt2_sae $cmp_args --mode e2e --precision fp32 --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_gpu --dump-tokens 8192 --out /tmp/dump_gpu_run
+    step agree_dump 20 python3 dev/compare_features.py /tmp/dump_gpu /tmp/dump_cpu --tol 1e-4
+    grep -h "^measured" "$LOG/agree_dump.log" | tee "$OUT/issue15.txt"
+}
+
 if [ "$stage" = flash ]; then
     flash_checks
 fi
-if [ "$stage" = core ] || [ "$stage" = all ]; then
+if [ "$stage" = tests ] || [ "$stage" = core ] || [ "$stage" = all ]; then
     gpu_tests
-    flash_checks
     demo_gpu
+    compare_mode e2e
+    dump_compare
+fi
+if [ "$stage" = kernels ] || [ "$stage" = core ] || [ "$stage" = all ]; then
+    flash_checks
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
     memcheck e2e+ds bf16
-    compare_mode e2e
     step dev_cuda 150 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing (attention: ~15 s of CPU reference)
 fi
 if [ "$stage" = extra ] || [ "$stage" = all ]; then
@@ -130,13 +146,7 @@ if [ "$stage" = final ]; then  # one call after a change: everything that can mo
     step bench_e2e_bf16_L2 90 ./train_gpt2_sae $bench_args --mode e2e --layer 2 --precision bf16 --max-steps 15 --out /tmp/b4
     step bench_e2e_bf16_L10 90 ./train_gpt2_sae $bench_args --mode e2e --layer 10 --precision bf16 --max-steps 15 --out /tmp/b5
     compare_mode e2e; compare_mode local; compare_mode e2e+ds
-    # --dump-features on the GPU against the CPU trainer, same SAE and val rows, fp32: every tensor (top-K,
-    # histograms, band examples, contexts, logit effects) within dev/compare_features.py's bounds; its
-    # measured lines go to $OUT/issue15.txt
-    step dump_cpu 60 ./train_gpt2_sae_cpu $cmp_args --mode e2e --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_cpu --dump-tokens 8192 --out /tmp/dump_cpu_run
-    step dump_gpu 30 ./train_gpt2_sae $cmp_args --mode e2e --precision fp32 --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_gpu --dump-tokens 8192 --out /tmp/dump_gpu_run
-    step agree_dump 20 python3 dev/compare_features.py /tmp/dump_gpu /tmp/dump_cpu --tol 1e-4
-    grep -h "^measured" "$LOG/agree_dump.log" | tee "$OUT/issue15.txt"
+    dump_compare
     memcheck e2e bf16
     for mode in local e2e; do
         step "racecheck_${mode}" 90 compute-sanitizer --tool racecheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $mode --precision bf16 --out /tmp/san_r$mode

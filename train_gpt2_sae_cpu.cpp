@@ -571,19 +571,28 @@ size_t sae_run_floats(int C, int D) { return 4 * sae_num_parameters(C, D) + 2 * 
 // that does not fit says how many of its SAEs would.
 void plan_memory(const Engine* e, const std::vector<TrainConfig>& cfgs, const std::vector<int>& d_sae, int B) {
     size_t N = (size_t)B * e->T, C = e->C, V = e->V;
-    int L_lo = e->n_layer, D_max = 0;
-    bool downstream = false;
-    for (size_t i = 0; i < cfgs.size(); i++) {
-        L_lo = std::min(L_lo, cfgs[i].layer);
-        D_max = std::max(D_max, d_sae[i]);
-        downstream = downstream || cfgs[i].mode != MODE_LOCAL;
-    }
     size_t acts = block_acts_floats(B, e->T, e->C, e->NH);
-    double engine = 4.0 * ((size_t)(e->n_layer - L_lo) * N * C + 2 * N * V + N * C * 6 + N * 3 + 2 * N * D_max + acts +
-                           (downstream ? (size_t)(e->n_layer - L_lo) * acts : 0) + (size_t)std::max(e->n_layer - 1 - L_lo, 0) * N * C);
+    // bytes of the engine for the first k SAEs: its clean pass starts at their lowest layer, its
+    // scratch holds their largest activations, and the spliced activations are kept if one is e2e
+    auto engine_bytes = [&](size_t k) {
+        int L_lo = e->n_layer, D_max = 0;
+        bool downstream = false;
+        for (size_t i = 0; i < k; i++) {
+            L_lo = std::min(L_lo, cfgs[i].layer);
+            D_max = std::max(D_max, d_sae[i]);
+            downstream = downstream || cfgs[i].mode != MODE_LOCAL;
+        }
+        return 4.0 * ((size_t)(e->n_layer - L_lo) * N * C + 2 * N * V + N * C * 6 + N * 3 + 2 * N * D_max + acts +
+                      (downstream ? (size_t)(e->n_layer - L_lo) * acts : 0) + (size_t)std::max(e->n_layer - 1 - L_lo, 0) * N * C);
+    };
     std::vector<double> per_sae;
-    double total = engine;
-    for (size_t i = 0; i < cfgs.size(); i++) total += per_sae.emplace_back(4.0 * sae_run_floats(e->C, d_sae[i]));
+    for (size_t i = 0; i < cfgs.size(); i++) per_sae.push_back(4.0 * sae_run_floats(e->C, d_sae[i]));
+    auto total_bytes = [&](size_t k) {
+        double t = engine_bytes(k);
+        for (size_t i = 0; i < k; i++) t += per_sae[i];
+        return t;
+    };
+    double engine = engine_bytes(cfgs.size()), total = total_bytes(cfgs.size());
     printf("host memory plan: GPT-2 %.1f MiB, clean pass and activations %.1f MiB, %s %.1f MiB\n", e->model.num_parameters * 4.0 / (1 << 20),
            engine / (1 << 20), cfgs.size() > 1 ? "SAEs with gradients and Adam moments" : "SAE with gradients and Adam moments",
            (total - engine) / (1 << 20));
@@ -591,9 +600,8 @@ void plan_memory(const Engine* e, const std::vector<TrainConfig>& cfgs, const st
         for (size_t i = 0; i < cfgs.size(); i++) printf("  SAE %-16s %9.1f MiB\n", cfgs[i].name.c_str(), per_sae[i] / (1 << 20));
         long long avail = host_memory_available();
         if (avail > 0 && total > (double)avail) {
-            double left = avail - engine;
             size_t fit = 0;
-            for (double b : per_sae) if (left >= b) { left -= b; fit++; }
+            while (fit < cfgs.size() && total_bytes(fit + 1) <= (double)avail) fit++;
             die("the sweep needs %.2f GiB of host memory but only %.2f GiB are available: %zu of its %zu SAEs would fit (in file order)",
                 total / (1 << 30), avail / (double)(1 << 30), fit, cfgs.size());
         }

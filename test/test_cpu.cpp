@@ -593,6 +593,9 @@ TEST_CASE("a bad sweep file is refused with one line naming the file and the lin
     SECTION("a value out of its flag's range") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"sparsity_coeff\": -1}\n", at2 + "--sparsity-coeff -1 is out of range"); }
     SECTION("a value of the wrong type") { expect_sweep_rejected(ok + "{\"name\": \"b\", \"layer\": 1.5}\n", at2 + "\"layer\" must be a whole number"); }
     SECTION("an empty file") { expect_sweep_rejected("\n\n", "--sweep 'build/test_out/bad_sweep.jsonl' holds no SAE"); }
+    SECTION("a sweep larger than host memory") {  // the second SAE alone needs ~326 GiB: planned, refused, counted
+        expect_sweep_rejected(ok + "{\"name\": \"b\", \"dict_size\": 268435456}\n", "1 of its 2 SAEs would fit (in file order)");
+    }
     SECTION("malformed JSON") { expect_sweep_rejected(ok + "{\"name\": \"b\",\n", at2 + "not a JSON object"); }
 }
 

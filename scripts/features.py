@@ -8,7 +8,9 @@ the features and one page per feature, or that page alone as a file.
 
 RUN is the folder --dump-features wrote (features.safetensors, features.json; llmc/feature_dump.h)
 or a run folder holding one at RUN/features. The contexts are decoded from the val shards that
-features.json names, with report.py's readers.
+features.json names. The dump's reader (Dump) and the renderers of a feature's items live in
+report.py, whose feature cards show the same items; this file adds the pages, the index and the
+server.
 
   /                 the index: a feature id search, the live features sorted by firing frequency or
                     max activation (?sort=freq|max&order=desc|asc&page=K, 100 a page) and the dead
@@ -35,110 +37,17 @@ import re
 import sys
 import urllib.parse
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import CSS, TokenStream, die, display_text, fmt, nice_ticks, read_features, read_safetensors, read_tokenizer  # noqa: E402
+from report import CSS, Dump, ablation_table, die, example_tables, fmt, hist_plot, logit_tables  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE_SIZE, DEAD_PAGE_SIZE = 100, 500
-OLD_FIRST, OLD_WIDTH = -19, 24  # the context window newer dumps store, shown for older ones too
-
-# the tensors each section needs beyond the core ones report.py reads; a dump without them is older
-SECTIONS = {
-    "logits": ["logit_top_tokens", "logit_top_values", "logit_bottom_tokens", "logit_bottom_values"],
-    "hist": ["hist_edges", "hist_counts"],
-    "bands": ["band_fracs", "band_pos", "band_values"],
-    "contexts": ["context_acts_top", "context_first"],
-    "band_contexts": ["context_acts_band"],
-}
-
-
-# ----------------------------------------------------------------------------
-# the dump, read once at start: every request only indexes these arrays
-
-class Dump:
-    def __init__(self, run, tokenizer):
-        folder = run
-        if not os.path.isfile(os.path.join(run, "features.safetensors")) and os.path.isfile(os.path.join(run, "features", "features.safetensors")):
-            folder = os.path.join(run, "features")  # a run folder, the dump where demo.sh and README put it
-        self.folder = folder
-        # read_features checks features.json and the core tensors; the rest come from the same file
-        self.meta, self.freq, self.top_values, self.top_pos, fires = read_features(folder)
-        spath = os.path.join(folder, "features.safetensors")
-        t, _ = read_safetensors(spath)
-        D, K = self.top_values.shape
-        self.D, self.K = D, K
-        self.fires = fires  # None in a dump without fire_count
-        self.live = fires > 0 if fires is not None else self.freq > 0
-        self.T = self.meta["seq_len"]
-        if not isinstance(self.T, int) or self.T <= 0:
-            die(f"'{folder}/features.json': seq_len must be a positive integer, got {self.T!r}")
-
-        # the newer tensors: each must have its shape when present
-        n_edges = t["hist_edges"].shape[0] if "hist_edges" in t and t["hist_edges"].ndim == 1 else None
-        n_bands = t["band_fracs"].shape[0] - 1 if "band_fracs" in t and t["band_fracs"].ndim == 1 else None
-        E = t["band_pos"].shape[2] if "band_pos" in t and t["band_pos"].ndim == 3 else None
-        W = t["context_acts_top"].shape[2] if "context_acts_top" in t and t["context_acts_top"].ndim == 3 else None
-        shapes = {"logit_top_tokens": (D, None), "logit_top_values": (D, None), "logit_bottom_tokens": (D, None),
-                  "logit_bottom_values": (D, None), "hist_edges": (n_edges,), "hist_counts": (D, n_edges + 1 if n_edges else None),
-                  "band_fracs": (None,), "band_pos": (D, n_bands, E), "band_values": (D, n_bands, E),
-                  "context_acts_top": (D, K, W), "context_first": (1,), "context_acts_band": (D, n_bands, E, W)}
-        for name, want in shapes.items():
-            if name in t:
-                got = t[name].shape
-                if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
-                    die(f"'{spath}': tensor '{name}' has shape {list(got)}, expected {['*' if w is None else w for w in want]}")
-        for a, b in (("logit_top_tokens", "logit_top_values"), ("logit_bottom_tokens", "logit_bottom_values")):
-            if a in t and b in t and t[a].shape != t[b].shape:
-                die(f"'{spath}': '{a}' {list(t[a].shape)} and '{b}' {list(t[b].shape)} differ")
-        self.t = t
-        self.missing = {s: [n for n in names if n not in t] for s, names in SECTIONS.items()}
-
-        self.ablation, self.ablation_n = self.read_ablation(os.path.join(folder, "ablation.safetensors"))
-        self.table = read_tokenizer(tokenizer)
-        self.stream = TokenStream(self.meta["val_shards"], self.meta.get("cwd"), folder)
-        for name in ("top_pos", "band_pos"):
-            if name in t and t[name].size and int(t[name].max()) >= self.stream.total:
-                die(f"{name} holds position {int(t[name].max())} but the val shards hold {self.stream.total} tokens: "
-                    f"features.json does not match features.safetensors")
-
-        # the index's orders: live features only, ties broken by id so every run lists the same
-        live = np.nonzero(self.live)[0]
-        self.max_act = self.top_values[:, 0].astype(np.float64) if K else np.zeros(D)
-        self.orders = {}
-        for sort, key in (("freq", self.freq), ("max", self.max_act)):
-            self.orders[(sort, "desc")] = live[np.lexsort((live, -key[live]))]
-            self.orders[(sort, "asc")] = live[np.lexsort((live, key[live]))]
-        self.dead = np.nonzero(~self.live)[0]
-
-    def read_ablation(self, path):
-        """-> ({feature: (mean dKL, mean dCE)}, features covered); ({}, 0) without the file"""
-        if not os.path.isfile(path):
-            return {}, 0
-        t, _ = read_safetensors(path)
-        shapes = [t[n].shape if n in t else None for n in ("features", "d_kl", "d_ce")]
-        if None in shapes or len(shapes[0]) != 1 or len(set(shapes)) != 1:
-            die(f"'{path}': expected tensors features, d_kl and d_ce, all of one shape (F); got {shapes}")
-        ids = t["features"].astype(np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.D):
-            die(f"'{path}': feature ids must be in 0..{self.D - 1}, found {int(ids.min())}..{int(ids.max())}")
-        return {int(f): (float(k), float(c)) for f, k, c in zip(ids, t["d_kl"], t["d_ce"])}, int(ids.size)
-
-    def token(self, i):
-        """a token id -> its decoded text as HTML (per token: a character split over two tokens shows as �)"""
-        i = int(i)
-        b = self.table[i] if 0 <= i < len(self.table) and self.table[i] is not None else f"<unk {i}>".encode()
-        return display_text(b) or "&nbsp;"
 
 
 # ----------------------------------------------------------------------------
 # page pieces
 
 EXTRA_CSS = """
-.tok { border-radius: 2px; } .tok.act { outline: 2px solid #c60; }
-code.tokname { white-space: pre; background: #f2f2f2; border-radius: 2px; padding: 0 3px; font-size: 13px; }
-.cols { display: flex; flex-wrap: wrap; gap: 40px; } .note { color: #777; } .flow { fill: #9a9a9a; }
 nav { margin: 6px 0 12px; } nav a, .pager a { margin-right: 10px; } .cur { font-weight: 600; margin-right: 10px; }
 .deadids a { display: inline-block; min-width: 3.5em; font-variant-numeric: tabular-nums; }
 """
@@ -149,152 +58,33 @@ def page(title, body):
             f"<style>{CSS}{EXTRA_CSS}</style></head><body>{body}</body></html>\n")
 
 
-def missing_note(dump, section):
-    names = dump.missing[section]
-    return f"<p class=note>Not in this dump (it lacks {', '.join(names)}: a dump written before they existed).</p>"
-
-
 def section_logits(dump, d):
-    if dump.missing["logits"]:
-        return "<h2>Logit effects</h2>" + missing_note(dump, "logits")
-    t = dump.t
-
-    def table(title, toks, vals):
-        rows = "".join(f"<tr><td><code class=tokname title='token {int(k)}'>{dump.token(k)}</code></td><td class=num>{float(v):+.4g}</td></tr>"
-                       for k, v in zip(toks, vals) if k >= 0)  # -1: a vocabulary smaller than the list
-        return f"<table class=logits><tr><th>{title}</th><th>logit</th></tr>{rows}</table>"
-    return ("<h2>Logit effects</h2><p>The feature's decoder direction read by the unembedding: the tokens whose logits it raises "
-            "most and lowers most.</p><div class=cols>"
-            + table("promoted", t["logit_top_tokens"][d], t["logit_top_values"][d])
-            + table("suppressed", t["logit_bottom_tokens"][d], t["logit_bottom_values"][d]) + "</div>")
-
-
-def svg_log_histogram(edges, counts, width=720, height=230):
-    """counts = [underflow, one per bin of edges, overflow]; bins are log-spaced, so drawn equally
-    wide; the under- and overflow bars stand apart at the ends"""
-    nb = len(edges) - 1
-    ml, mr, mt, mb = 56, 12, 26, 36
-    pw, ph = width - ml - mr, height - mt - mb
-    slot = pw / (nb + 6)  # nb bins, the two flow bars, and room between for the end labels
-    xs = [ml + slot * 0.5] + [ml + slot * (3 + i) for i in range(nb)] + [ml + slot * (nb + 4.5)]
-    top = max(nice_ticks(0, max(max(counts), 1))[-1], 1)
-    out = [f'<svg class="plot hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
-           "<title>histogram of nonzero activations</title>",
-           f'<text x="{ml}" y="16" class="ptitle">nonzero activations ({fmt(int(sum(counts)))}), log-spaced bins</text>',
-           f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>']
-    for t in nice_ticks(0, top):
-        yv = mt + ph - t / top * ph
-        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{yv:.1f}" y2="{yv:.1f}" class="grid"/>'
-                   f'<text x="{ml - 4}" y="{yv + 3:.1f}" class="tick" text-anchor="end">{fmt(t, 3)}</text>')
-    labels = [f"&lt; {edges[0]:.3g}"] + [f"[{lo:.3g}, {hi:.3g})" for lo, hi in zip(edges[:-1], edges[1:])] + [f"≥ {edges[-1]:.3g}"]
-    for i, (x, c) in enumerate(zip(xs, counts)):
-        if c > 0:
-            h = c / top * ph
-            cls = "bar flow" if i in (0, nb + 1) else "bar"
-            out.append(f'<rect x="{x + 0.5:.1f}" y="{mt + ph - h:.1f}" width="{max(slot - 1, 0.5):.1f}" height="{h:.1f}" '
-                       f'class="{cls}"><title>{labels[i]}: {int(c):,}</title></rect>')
-    ty = mt + ph + 14
-    out.append(f'<text x="{xs[0] + slot / 2:.1f}" y="{ty}" class="tick" text-anchor="middle">&lt;</text>'
-               f'<text x="{xs[-1] + slot / 2:.1f}" y="{ty}" class="tick" text-anchor="middle">≥</text>')
-    for i, e in enumerate(edges):  # a label at each decade
-        k = math.log10(e) if e > 0 else None
-        if k is not None and abs(k - round(k)) < 1e-4:
-            x = ml + slot * (3 + i)
-            out.append(f'<text x="{x:.1f}" y="{ty}" class="tick" text-anchor="middle">1e{int(round(k))}</text>')
-    out.append(f'<text x="{ml + pw / 2}" y="{height - 3}" class="tick" text-anchor="middle">activation (log scale)</text></svg>')
-    return "".join(out)
+    intro = "" if dump.missing["logits"] else ("<p>The feature's decoder direction read by the unembedding: the tokens whose "
+                                               "logits it raises most and lowers most.</p>")
+    return "<h2>Logit effects</h2>" + intro + logit_tables(dump, d)
 
 
 def section_hist(dump, d):
-    if dump.missing["hist"]:
-        return "<h2>Activation histogram</h2>" + missing_note(dump, "hist")
-    edges = [float(e) for e in dump.t["hist_edges"]]
-    counts = [int(c) for c in dump.t["hist_counts"][d]]
-    if not sum(counts):
-        return "<h2>Activation histogram</h2><p>No nonzero activation.</p>"
-    return (f"<h2>Activation histogram</h2><p>Bars at the ends: below {edges[0]:.3g} and from {edges[-1]:.3g} up. "
-            f"Hover a bar for its bin and count.</p>{svg_log_histogram(edges, counts)}")
-
-
-def render_context(dump, d, p, value, acts, known):
-    """the tokens around stream position p within its row, each shaded by the feature's activation
-    on it (background alpha = activation / the feature's max), the activating token outlined.
-    acts: the stored window (NaN outside the row), or None for a dump without it: then only the
-    positions in known ({position: value}, the feature's examples) have a value"""
-    T, fmax = dump.T, float(dump.max_act[d])
-    first = int(dump.t["context_first"][0]) if acts is not None else OLD_FIRST
-    W = len(acts) if acts is not None else OLD_WIDTH
-    row_start = (p // T) * T
-    lo, hi = max(p + first, row_start), min(p + first + W, row_start + T, dump.stream.total)
-    toks = dump.stream.get(lo, hi)
-    parts = ['<span class=edge title="row start">⟦</span>' if lo == row_start else '<span class=edge>…</span>']
-    for q, tok in zip(range(lo, hi), toks):
-        # as stored: F32 for the example's own value, F16 for the window
-        a = np.float32(value) if q == p else (acts[q - p - first] if acts is not None else known.get(q))
-        if a is not None and np.isnan(a):
-            continue  # the dump says outside the row: trust it over T
-        text = dump.token(tok)
-        if a is None:
-            parts.append(f'<span class=tok title="not stored">{text}</span>')
-            continue
-        alpha = min(max(float(a) / fmax, 0.0), 1.0) if fmax > 0 else 0.0
-        cls = "tok act" if q == p else "tok"
-        exact = np.format_float_positional(a, trim="-")  # the shortest decimal that reads back as the stored value
-        parts.append(f'<span class="{cls}" style="background:rgba(255,140,0,{alpha:.3f})" title="{exact}">{text}</span>')
-    parts.append('<span class=edge title="row end">⟧</span>' if hi == row_start + T else '<span class=edge>…</span>')
-    return "".join(parts)
-
-
-def examples_table(dump, d, values, positions, acts, known):
-    rows = []
-    # largest first (the band slots are stored in hash order), empty slots (-1) left out
-    for j in sorted((j for j in range(len(positions)) if positions[j] >= 0), key=lambda j: (-values[j], positions[j])):
-        v, p = values[j], positions[j]
-        ctx = render_context(dump, d, int(p), float(v), acts[j] if acts is not None else None, known)
-        rows.append(f"<tr class=ex><td class=num>{float(v):.4g}</td><td class=num>{int(p) // dump.T:,}:{int(p) % dump.T}</td>"
-                    f"<td class=ctx>{ctx}</td></tr>")
-    if not rows:
-        return "<p class=note>No examples.</p>"
-    return f"<table class=ctxs><tr><th>value</th><th>row:t</th><th>context</th></tr>{''.join(rows)}</table>"
+    intro = ""
+    if not dump.missing["hist"] and dump.t["hist_counts"][d].any():
+        edges = dump.t["hist_edges"]
+        intro = f"<p>Bars at the ends: below {edges[0]:.3g} and from {edges[-1]:.3g} up. Hover a bar for its bin and count.</p>"
+    return "<h2>Activation histogram</h2>" + intro + hist_plot(dump, d)
 
 
 def section_examples(dump, d):
-    t = dump.t
-    acts = t["context_acts_top"][d] if not dump.missing["contexts"] else None
-    note = "" if acts is not None else missing_note(dump, "contexts").replace("</p>", " Only the feature's stored examples are shaded.</p>")
-    # without stored windows, the values a context can show are those of the feature's own examples
-    known = {int(p): v for p, v in zip(dump.top_pos[d], dump.top_values[d]) if p >= 0}
-    if not dump.missing["bands"]:
-        known.update({int(p): v for p, v in zip(t["band_pos"][d].ravel(), t["band_values"][d].ravel()) if p >= 0})
-    out = [f"<h2>Top activations</h2><p>The {dump.K} largest activations of the dump, each in its row of {dump.T} tokens "
-           "(⟦ ⟧ mark the row's ends, ↵ a newline): every token shaded by the feature's activation on it relative to its max, "
-           f"the activating token outlined; hover a token for its activation.</p>{note}",
-           examples_table(dump, d, dump.top_values[d], dump.top_pos[d], acts, known)]
-    out.append("<h2>Band examples</h2>")
-    if dump.missing["bands"]:
-        out.append(missing_note(dump, "bands"))
-        return "".join(out)
-    fracs = [float(f) for f in t["band_fracs"]]
-    bacts = t["context_acts_band"][d] if not dump.missing["band_contexts"] and acts is not None else None
-    if bacts is None:
-        out.append(missing_note(dump, "band_contexts" if dump.missing["band_contexts"] else "contexts"))
-    out.append("<p>Examples from lower activations: each band is a range of fractions of the feature's max, highest first.</p>")
-    fmax = float(dump.max_act[d])
-    for b in reversed(range(len(fracs) - 1)):
-        lo, hi = fracs[b], fracs[b + 1]
-        out.append(f"<h3 class=band>({lo:g}, {hi:g}] of max: activations in ({lo * fmax:.4g}, {hi * fmax:.4g}]</h3>")
-        out.append(examples_table(dump, d, t["band_values"][d, b], t["band_pos"][d, b], bacts[b] if bacts is not None else None, known))
-    return "".join(out)
+    top, bands = example_tables(dump, d, "h3")
+    intro = "" if dump.missing["bands"] else ("<p>Examples from lower activations: each band is a range of fractions of the "
+                                              "feature's max, highest first.</p>")
+    return (f"<h2>Top activations</h2><p>The {dump.K} largest activations of the dump, each in its row of {dump.T} tokens "
+            "(⟦ ⟧ mark the row's ends, ↵ a newline): every token shaded by the feature's activation on it relative to its max, "
+            f"the activating token outlined; hover a token for its activation.</p>{top}<h2>Band examples</h2>{intro}{bands}")
 
 
 def section_ablation(dump, d):
-    if not dump.ablation_n:
-        return "<h2>Ablation</h2><p class=note>Not computed (no ablation.safetensors in the dump).</p>"
-    if d not in dump.ablation:
-        return f"<h2>Ablation</h2><p class=note>Not computed for this feature (ablation.safetensors covers {dump.ablation_n:,} features).</p>"
-    dkl, dce = dump.ablation[d]
-    return ("<h2>Ablation</h2><p>With this feature alone zeroed in the spliced model, the mean change over the ablation's tokens:</p>"
-            f"<table class=metrics><tr><th>ΔKL</th><th>ΔCE</th></tr><tr><td class=dkl>{fmt(dkl)}</td><td class=dce>{fmt(dce)}</td></tr></table>")
+    intro = ("<p>With this feature alone zeroed in the spliced model, the mean change over the ablation's tokens:</p>"
+             if d in dump.ablation else "")
+    return "<h2>Ablation</h2>" + intro + ablation_table(dump, d)
 
 
 def render_feature(dump, d, nav=True):

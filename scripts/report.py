@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """
 One self-contained HTML page about a trained SAE: its training curves, its eval metrics, how
-often its features fire, and the text that makes its most and least frequent live features
-fire hardest.
+often its features fire, and a card for each of its most and least frequent live features with
+the items of that feature's scripts/features.py page: its logit effects, the histogram of its
+activations, its top and band examples with every context token shaded by its activation, and
+its ablation effect.
 
     scripts/report.py --log RUN/log.jsonl --features DUMPDIR --tokenizer data/gpt2 \
         [--out DUMPDIR/report.html] [--n-features 20] [--context 12]
@@ -10,14 +12,17 @@ fire hardest.
 Reads
   --log        the trainer's JSON-lines log (SPEC §8): training lines and "eval": true lines
   --features   the folder --dump-features wrote (llmc/feature_dump.h): features.safetensors
-               (frequency, top_values, top_pos, ...) and features.json (the val shards the
-               positions index into, seq_len, and what was run)
+               (frequency, top_values, top_pos, ...), features.json (the val shards the
+               positions index into, seq_len, and what was run) and ablation.safetensors if
+               the trainer wrote one. A dump written before the logit effects, histogram, band
+               examples and context activations existed still renders: each card says what it lacks.
   --tokenizer  a folder holding GPT-2's encoder.json (or the file itself), to decode tokens
 Writes one HTML file with inline SVG and CSS: no scripts, nothing fetched when it is viewed.
 
-Needs only Python 3 and numpy (Debian's /usr/bin/python3 has both). Every bad input ends with
-one line "error: ..." and exit code 1. Left out: per-token activations beyond the stored
-top-K (the dump keeps only those), and anything interactive.
+This file also holds what scripts/features.py (the viewer of any feature) imports: the readers,
+the Dump it serves from, and the renderers of one feature's items, so a card and a page show
+the same thing. Needs only Python 3 and numpy (Debian's /usr/bin/python3 has both). Every bad
+input ends with one line "error: ..." and exit code 1. Left out: anything interactive.
 """
 import argparse
 import html
@@ -201,6 +206,99 @@ class TokenStream:
 
 
 # ----------------------------------------------------------------------------
+# the dump, read whole: the report's cards and every request of scripts/features.py index these arrays
+
+# the tensors each item needs beyond the core ones read_features reads; a dump without them is older
+SECTIONS = {
+    "logits": ["logit_top_tokens", "logit_top_values", "logit_bottom_tokens", "logit_bottom_values"],
+    "hist": ["hist_edges", "hist_counts"],
+    "bands": ["band_fracs", "band_pos", "band_values"],
+    "contexts": ["context_acts_top", "context_first"],
+    "band_contexts": ["context_acts_band"],
+}
+OLD_FIRST, OLD_WIDTH = -19, 24  # the context window newer dumps store, shown for older ones too
+
+
+class Dump:
+    """a --dump-features folder (or a run folder holding it at features/) with every tensor in memory;
+    missing[item] names the tensors of SECTIONS an older dump lacks"""
+
+    def __init__(self, run, tokenizer):
+        folder = run
+        if not os.path.isfile(os.path.join(run, "features.safetensors")) and os.path.isfile(os.path.join(run, "features", "features.safetensors")):
+            folder = os.path.join(run, "features")  # a run folder, the dump where demo.sh and README put it
+        self.folder = folder
+        # read_features checks features.json and the core tensors; the rest come from the same file
+        self.meta, self.freq, self.top_values, self.top_pos, fires = read_features(folder)
+        spath = os.path.join(folder, "features.safetensors")
+        t, _ = read_safetensors(spath)
+        D, K = self.top_values.shape
+        self.D, self.K = D, K
+        self.fires = fires  # None in a dump without fire_count
+        self.live = fires > 0 if fires is not None else self.freq > 0
+        self.T = self.meta["seq_len"]
+        if not isinstance(self.T, int) or self.T <= 0:
+            die(f"'{folder}/features.json': seq_len must be a positive integer, got {self.T!r}")
+
+        # the newer tensors: each must have its shape when present
+        n_edges = t["hist_edges"].shape[0] if "hist_edges" in t and t["hist_edges"].ndim == 1 else None
+        n_bands = t["band_fracs"].shape[0] - 1 if "band_fracs" in t and t["band_fracs"].ndim == 1 else None
+        E = t["band_pos"].shape[2] if "band_pos" in t and t["band_pos"].ndim == 3 else None
+        W = t["context_acts_top"].shape[2] if "context_acts_top" in t and t["context_acts_top"].ndim == 3 else None
+        shapes = {"logit_top_tokens": (D, None), "logit_top_values": (D, None), "logit_bottom_tokens": (D, None),
+                  "logit_bottom_values": (D, None), "hist_edges": (n_edges,), "hist_counts": (D, n_edges + 1 if n_edges else None),
+                  "band_fracs": (None,), "band_pos": (D, n_bands, E), "band_values": (D, n_bands, E),
+                  "context_acts_top": (D, K, W), "context_first": (1,), "context_acts_band": (D, n_bands, E, W)}
+        for name, want in shapes.items():
+            if name in t:
+                got = t[name].shape
+                if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want)):
+                    die(f"'{spath}': tensor '{name}' has shape {list(got)}, expected {['*' if w is None else w for w in want]}")
+        for a, b in (("logit_top_tokens", "logit_top_values"), ("logit_bottom_tokens", "logit_bottom_values")):
+            if a in t and b in t and t[a].shape != t[b].shape:
+                die(f"'{spath}': '{a}' {list(t[a].shape)} and '{b}' {list(t[b].shape)} differ")
+        self.t = t
+        self.missing = {s: [n for n in names if n not in t] for s, names in SECTIONS.items()}
+
+        self.ablation, self.ablation_n = self.read_ablation(os.path.join(folder, "ablation.safetensors"))
+        self.table = read_tokenizer(tokenizer)
+        self.stream = TokenStream(self.meta["val_shards"], self.meta.get("cwd"), folder)
+        for name in ("top_pos", "band_pos"):
+            if name in t and t[name].size and int(t[name].max()) >= self.stream.total:
+                die(f"{name} holds position {int(t[name].max())} but the val shards hold {self.stream.total} tokens: "
+                    f"features.json does not match features.safetensors")
+
+        # the live features by frequency and by max activation (the viewer's index, the report's most
+        # and least frequent), ties broken by id so every run lists the same
+        live = np.nonzero(self.live)[0]
+        self.max_act = self.top_values[:, 0].astype(np.float64) if K else np.zeros(D)
+        self.orders = {}
+        for sort, key in (("freq", self.freq), ("max", self.max_act)):
+            self.orders[(sort, "desc")] = live[np.lexsort((live, -key[live]))]
+            self.orders[(sort, "asc")] = live[np.lexsort((live, key[live]))]
+        self.dead = np.nonzero(~self.live)[0]
+
+    def read_ablation(self, path):
+        """-> ({feature: (mean dKL, mean dCE)}, features covered); ({}, 0) without the file"""
+        if not os.path.isfile(path):
+            return {}, 0
+        t, _ = read_safetensors(path)
+        shapes = [t[n].shape if n in t else None for n in ("features", "d_kl", "d_ce")]
+        if None in shapes or len(shapes[0]) != 1 or len(set(shapes)) != 1:
+            die(f"'{path}': expected tensors features, d_kl and d_ce, all of one shape (F); got {shapes}")
+        ids = t["features"].astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.D):
+            die(f"'{path}': feature ids must be in 0..{self.D - 1}, found {int(ids.min())}..{int(ids.max())}")
+        return {int(f): (float(k), float(c)) for f, k, c in zip(ids, t["d_kl"], t["d_ce"])}, int(ids.size)
+
+    def token(self, i):
+        """a token id -> its decoded text as HTML (per token: a character split over two tokens shows as �)"""
+        i = int(i)
+        b = self.table[i] if 0 <= i < len(self.table) and self.table[i] is not None else f"<unk {i}>".encode()
+        return display_text(b) or "&nbsp;"
+
+
+# ----------------------------------------------------------------------------
 # numbers and SVG plots
 
 def fmt(x, digits=4):
@@ -326,6 +424,42 @@ def svg_histogram(title, edges, counts, xlabel, width=720, height=240):
     return "".join(out)
 
 
+def svg_log_histogram(edges, counts, width=720, height=230):
+    """counts = [underflow, one per bin of edges, overflow]; bins are log-spaced, so drawn equally
+    wide; the under- and overflow bars stand apart at the ends"""
+    nb = len(edges) - 1
+    ml, mr, mt, mb = 56, 12, 26, 36
+    pw, ph = width - ml - mr, height - mt - mb
+    slot = pw / (nb + 6)  # nb bins, the two flow bars, and room between for the end labels
+    xs = [ml + slot * 0.5] + [ml + slot * (3 + i) for i in range(nb)] + [ml + slot * (nb + 4.5)]
+    top = max(nice_ticks(0, max(max(counts), 1))[-1], 1)
+    out = [f'<svg class="plot hist" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
+           "<title>histogram of nonzero activations</title>",
+           f'<text x="{ml}" y="16" class="ptitle">nonzero activations ({fmt(int(sum(counts)))}), log-spaced bins</text>',
+           f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>']
+    for t in nice_ticks(0, top):
+        yv = mt + ph - t / top * ph
+        out.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{yv:.1f}" y2="{yv:.1f}" class="grid"/>'
+                   f'<text x="{ml - 4}" y="{yv + 3:.1f}" class="tick" text-anchor="end">{fmt(t, 3)}</text>')
+    labels = [f"&lt; {edges[0]:.3g}"] + [f"[{lo:.3g}, {hi:.3g})" for lo, hi in zip(edges[:-1], edges[1:])] + [f"≥ {edges[-1]:.3g}"]
+    for i, (x, c) in enumerate(zip(xs, counts)):
+        if c > 0:
+            h = c / top * ph
+            cls = "bar flow" if i in (0, nb + 1) else "bar"
+            out.append(f'<rect x="{x + 0.5:.1f}" y="{mt + ph - h:.1f}" width="{max(slot - 1, 0.5):.1f}" height="{h:.1f}" '
+                       f'class="{cls}"><title>{labels[i]}: {int(c):,}</title></rect>')
+    ty = mt + ph + 14
+    out.append(f'<text x="{xs[0] + slot / 2:.1f}" y="{ty}" class="tick" text-anchor="middle">&lt;</text>'
+               f'<text x="{xs[-1] + slot / 2:.1f}" y="{ty}" class="tick" text-anchor="middle">≥</text>')
+    for i, e in enumerate(edges):  # a label at each decade
+        k = math.log10(e) if e > 0 else None
+        if k is not None and abs(k - round(k)) < 1e-4:
+            x = ml + slot * (3 + i)
+            out.append(f'<text x="{x:.1f}" y="{ty}" class="tick" text-anchor="middle">1e{int(round(k))}</text>')
+    out.append(f'<text x="{ml + pw / 2}" y="{height - 3}" class="tick" text-anchor="middle">activation (log scale)</text></svg>')
+    return "".join(out)
+
+
 # ----------------------------------------------------------------------------
 # page sections
 
@@ -399,69 +533,155 @@ def display_text(b):
     return s
 
 
-def render_context(stream, table, pos, T, context, feature_hits, vmax):
-    """the tokens around pos within its row (the SAE saw nothing before the row's start), the
-    activating token highlighted with its value; other top-K hits of the feature in the window
-    are shaded by their value"""
-    row_start = (pos // T) * T
-    lo, hi = max(row_start, pos - context), min(row_start + T, pos + 1 + max(2, context // 2), stream.total)
-    toks = stream.get(lo, hi)
+# ----------------------------------------------------------------------------
+# one feature's items, shared by the report's cards and scripts/features.py's pages: each returns
+# its HTML without a heading (the card and the page head and explain it their own way), or a note
+# saying which tensors an older dump lacks
 
-    def tok_bytes(t):
-        return table[t] if 0 <= t < len(table) and table[t] is not None else f"<unk {t}>".encode()
+def missing_note(dump, section):
+    names = dump.missing[section]
+    return f"<p class=note>Not in this dump (it lacks {', '.join(names)}: a dump written before they existed).</p>"
 
+
+def logit_tables(dump, d):
+    """the tokens whose logits feature d's decoder direction raises most, and lowers most, side by side"""
+    if dump.missing["logits"]:
+        return missing_note(dump, "logits")
+    t = dump.t
+
+    def table(title, toks, vals):
+        rows = "".join(f"<tr><td><code class=tokname title='token {int(k)}'>{dump.token(k)}</code></td><td class=num>{float(v):+.4g}</td></tr>"
+                       for k, v in zip(toks, vals) if k >= 0)  # -1: a vocabulary smaller than the list
+        return f"<table class=logits><tr><th>{title}</th><th>logit</th></tr>{rows}</table>"
+    return ("<div class=cols>" + table("promoted", t["logit_top_tokens"][d], t["logit_top_values"][d])
+            + table("suppressed", t["logit_bottom_tokens"][d], t["logit_bottom_values"][d]) + "</div>")
+
+
+def hist_plot(dump, d, width=720, height=230):
+    """feature d's histogram of nonzero activations"""
+    if dump.missing["hist"]:
+        return missing_note(dump, "hist")
+    counts = [int(c) for c in dump.t["hist_counts"][d]]
+    if not sum(counts):
+        return "<p>No nonzero activation.</p>"
+    return svg_log_histogram([float(e) for e in dump.t["hist_edges"]], counts, width, height)
+
+
+def render_context(dump, d, p, value, acts, known, before=None):
+    """the tokens around stream position p within its row, each shaded by the feature's activation
+    on it (background alpha = activation / the feature's max), the activating token outlined.
+    acts: the stored window (NaN outside the row), or None for a dump without it: then only the
+    positions in known ({position: value}, the feature's examples) have a value. before: at most
+    that many tokens before p (the report's --context), else the whole window"""
+    T, fmax = dump.T, float(dump.max_act[d])
+    first = int(dump.t["context_first"][0]) if acts is not None else OLD_FIRST
+    W = len(acts) if acts is not None else OLD_WIDTH
+    row_start = (p // T) * T
+    lo, hi = max(p + first, row_start), min(p + first + W, row_start + T, dump.stream.total)
+    if before is not None:
+        lo = max(lo, p - before)
+    toks = dump.stream.get(lo, hi)
     parts = ['<span class=edge title="row start">⟦</span>' if lo == row_start else '<span class=edge>…</span>']
-    run = b""
-    for p, t in zip(range(lo, hi), toks):
-        v = feature_hits.get(p)
-        if v is None:
-            run += tok_bytes(int(t))
+    for q, tok in zip(range(lo, hi), toks):
+        # as stored: F32 for the example's own value, F16 for the window
+        a = np.float32(value) if q == p else (acts[q - p - first] if acts is not None else known.get(q))
+        if a is not None and np.isnan(a):
+            continue  # the dump says outside the row: trust it over T
+        text = dump.token(tok)
+        if a is None:
+            parts.append(f'<span class=tok title="not stored">{text}</span>')
             continue
-        parts.append(display_text(run))
-        run = b""
-        alpha = 0.25 + 0.75 * (v / vmax if vmax > 0 else 1.0)
-        text = display_text(tok_bytes(int(t))) or "&nbsp;"
-        if p == pos:
-            parts.append(f'<mark style="background:rgba(255,140,0,{alpha:.2f})" title="token {int(t)} at position {p}: {v:.4g}">'
-                         f'{text}</mark><span class=val>{v:.3g}</span>')
-        else:
-            parts.append(f'<span class=hit style="background:rgba(255,140,0,{alpha * 0.5:.2f})" title="also in the top-K: {v:.4g}">{text}</span>')
-    parts.append(display_text(run))
+        alpha = min(max(float(a) / fmax, 0.0), 1.0) if fmax > 0 else 0.0
+        cls = "tok act" if q == p else "tok"
+        exact = np.format_float_positional(a, trim="-")  # the shortest decimal that reads back as the stored value
+        parts.append(f'<span class="{cls}" style="background:rgba(255,140,0,{alpha:.3f})" title="{exact}">{text}</span>')
     parts.append('<span class=edge title="row end">⟧</span>' if hi == row_start + T else '<span class=edge>…</span>')
     return "".join(parts)
 
 
-def feature_card(d, freq, fires, vals, pos, stream, table, T, context):
-    hits = {int(p): float(v) for v, p in zip(vals[d], pos[d]) if p >= 0}
-    vmax = float(vals[d].max()) if len(vals[d]) else 0.0
+def examples_table(dump, d, values, positions, acts, known, before=None):
     rows = []
-    for v, p in zip(vals[d], pos[d]):
-        if p < 0:
-            continue
-        ctx = render_context(stream, table, int(p), T, context, hits, vmax)
-        rows.append(f"<tr><td class=num>{float(v):.4g}</td><td class=num>{int(p) // T:,}:{int(p) % T}</td><td class=ctx>{ctx}</td></tr>")
+    # largest first (the band slots are stored in hash order), empty slots (-1) left out
+    for j in sorted((j for j in range(len(positions)) if positions[j] >= 0), key=lambda j: (-values[j], positions[j])):
+        v, p = values[j], positions[j]
+        ctx = render_context(dump, d, int(p), float(v), acts[j] if acts is not None else None, known, before)
+        rows.append(f"<tr class=ex><td class=num>{float(v):.4g}</td><td class=num>{int(p) // dump.T:,}:{int(p) % dump.T}</td>"
+                    f"<td class=ctx>{ctx}</td></tr>")
+    if not rows:
+        return "<p class=note>No examples.</p>"
+    return f"<table class=ctxs><tr><th>value</th><th>row:t</th><th>context</th></tr>{''.join(rows)}</table>"
+
+
+def example_tables(dump, d, band_tag, before=None):
+    """-> (feature d's top-K table, its band tables each under a band_tag heading), every context
+    token shaded by the feature's activation"""
+    t = dump.t
+    acts = t["context_acts_top"][d] if not dump.missing["contexts"] else None
+    note = "" if acts is not None else missing_note(dump, "contexts").replace("</p>", " Only the feature's stored examples are shaded.</p>")
+    # without stored windows, the values a context can show are those of the feature's own examples
+    known = {int(p): v for p, v in zip(dump.top_pos[d], dump.top_values[d]) if p >= 0}
+    if not dump.missing["bands"]:
+        known.update({int(p): v for p, v in zip(t["band_pos"][d].ravel(), t["band_values"][d].ravel()) if p >= 0})
+    top = note + examples_table(dump, d, dump.top_values[d], dump.top_pos[d], acts, known, before)
+    if dump.missing["bands"]:
+        return top, missing_note(dump, "bands")
+    bands = []
+    bacts = t["context_acts_band"][d] if not dump.missing["band_contexts"] and acts is not None else None
+    if bacts is None:
+        bands.append(missing_note(dump, "band_contexts" if dump.missing["band_contexts"] else "contexts"))
+    fracs, fmax = [float(f) for f in t["band_fracs"]], float(dump.max_act[d])
+    for b in reversed(range(len(fracs) - 1)):  # highest first
+        lo, hi = fracs[b], fracs[b + 1]
+        bands.append(f"<{band_tag} class=band>({lo:g}, {hi:g}] of max: activations in ({lo * fmax:.4g}, {hi * fmax:.4g}]</{band_tag}>")
+        bands.append(examples_table(dump, d, t["band_values"][d, b], t["band_pos"][d, b], bacts[b] if bacts is not None else None, known, before))
+    return top, "".join(bands)
+
+
+def ablation_table(dump, d):
+    """the mean change in KL and CE with feature d alone zeroed, where ablation.safetensors covers it"""
+    if not dump.ablation_n:
+        return "<p class=note>Not computed (no ablation.safetensors in the dump).</p>"
+    if d not in dump.ablation:
+        return f"<p class=note>Not computed for this feature (ablation.safetensors covers {dump.ablation_n:,} features).</p>"
+    dkl, dce = dump.ablation[d]
+    return f"<table class=metrics><tr><th>ΔKL</th><th>ΔCE</th></tr><tr><td class=dkl>{fmt(dkl)}</td><td class=dce>{fmt(dce)}</td></tr></table>"
+
+
+# ----------------------------------------------------------------------------
+# the report's feature cards
+
+def feature_card(dump, d, before):
+    """feature d's items as its scripts/features.py page shows them, compact: a small histogram,
+    contexts cut to `before` tokens before the activating one"""
+    freq, fires = dump.freq[d], dump.fires
     count = f"{int(fires[d]):,} token{'s' if fires[d] != 1 else ''}, " if fires is not None else ""
-    return (f'<div class=feature id="f{d}"><h3>feature {d}</h3><p class=fmeta>fires on {count}{freq[d] * 100:.3g}% '
-            f"(log10 {math.log10(freq[d]):.2f}); max {vmax:.4g}</p>"
-            f"<table class=ctxs><tr><th>value</th><th>row:t</th><th>context</th></tr>{''.join(rows)}</table></div>")
+    top, bands = example_tables(dump, d, "h5", before)
+    return (f'<div class=feature id="f{d}"><h3>feature {d}</h3><p class=fmeta>fires on {count}{freq * 100:.3g}% '
+            f"(log10 {math.log10(freq):.2f}); max {float(dump.max_act[d]):.4g}</p>"
+            f"<div class=cols><div><h4>Logit effects</h4>{logit_tables(dump, d)}</div>"
+            f"<div><h4>Activation histogram</h4>{hist_plot(dump, d, 360, 170)}</div>"
+            f"<div><h4>Ablation</h4>{ablation_table(dump, d)}</div></div>"
+            f"<h4>Top activations</h4>{top}<h4>Band examples</h4>{bands}</div>")
 
 
-def section_features(meta, freq, fires, vals, pos, stream, table, n_features, context):
-    T = int(meta["seq_len"])
-    live = np.nonzero(fires > 0 if fires is not None else freq > 0)[0]
-    # most frequent first; ties by feature id so the page is the same on every run
-    order = live[np.lexsort((live, -freq[live]))]
+def section_features(dump, n_features, before):
+    order = dump.orders[("freq", "desc")]  # most frequent first, ties by id so the page is the same on every run
     most = order[:n_features]
     rest = order[len(most):]
     least = rest[::-1][:n_features]  # rarest first, never repeating a feature shown above
-    out = [f"<h2>Top activations</h2><p>Each row: the value, the row and offset in the val stream, and up to {context} tokens "
-           f"before the activating token (highlighted, value beside it) and a few after, within its row of {T} "
-           f"(⟦ ⟧ mark the row's ends; ↵ is a newline). Other top-{vals.shape[1]} hits of the same feature in the window are shaded.</p>",
+    out = [f"<h2>Features</h2><p>Each card holds what the feature's page in scripts/features.py shows: the tokens whose logits "
+           "its decoder direction raises and lowers most (<b>logit effects</b>); the <b>histogram</b> of its nonzero activations "
+           "(log-spaced bins, the bars at the ends below and above them; hover a bar for its count); the mean change in KL and CE "
+           "on the eval tokens with the feature alone zeroed (<b>ablation</b>, computed for the features that fire most on them); "
+           f"its top-{dump.K} activations, and <b>band examples</b> from ranges of fractions of its max, highest first. Each example "
+           f"shows up to {before} tokens before the activating one and those after it that the dump stores, within its row of "
+           f"{dump.T} (⟦ ⟧ mark the row's ends, ↵ a newline): every token shaded by the feature's activation on it relative to its "
+           "max, the activating token outlined; hover a token for its activation.</p>",
            f"<h2>The {len(most)} most frequent live features</h2>"]
-    out += [feature_card(int(d), freq, fires, vals, pos, stream, table, T, context) for d in most]
+    out += [feature_card(dump, int(d), before) for d in most]
     out.append(f"<h2>The {len(least)} least frequent live features</h2>")
-    out += [feature_card(int(d), freq, fires, vals, pos, stream, table, T, context) for d in least]
-    if not len(live):
+    out += [feature_card(dump, int(d), before) for d in least]
+    if not len(order):
         out.append("<p>No live features.</p>")
     return "".join(out)
 
@@ -474,9 +694,10 @@ table { border-collapse: collapse; } td, th { padding: 2px 8px; border-bottom: 1
 table.metrics td { text-align: right; font-variant-numeric: tabular-nums; } table.meta td:first-child { color: #555; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; color: #444; }
 td.ctx { font-family: Menlo, Consolas, 'DejaVu Sans Mono', monospace; font-size: 13px; white-space: pre-wrap; }
-mark { color: #000; border-radius: 2px; padding: 0 1px; outline: 1px solid #c60; }
-.hit { border-radius: 2px; } .val { font-size: 10px; color: #a40; vertical-align: super; margin: 0 3px 0 1px; }
-.nl { color: #999; } .edge { color: #aaa; }
+.tok { border-radius: 2px; } .tok.act { outline: 2px solid #c60; } .nl { color: #999; } .edge { color: #aaa; }
+code.tokname { white-space: pre; background: #f2f2f2; border-radius: 2px; padding: 0 3px; font-size: 13px; }
+.cols { display: flex; flex-wrap: wrap; gap: 40px; } .note { color: #777; } .flow { fill: #9a9a9a; }
+.feature { margin-top: 28px; } .feature h4 { font-size: 13px; margin: 10px 0 2px; } h5.band { font-size: 12px; font-weight: normal; margin: 6px 0 2px; }
 .plots { display: flex; flex-wrap: wrap; gap: 8px; } svg.plot { background: #fff; }
 .ptitle { font-size: 12px; font-weight: 600; fill: #333; } .tick { font-size: 10px; fill: #555; }
 .frame { fill: none; stroke: #bbb; } .grid { stroke: #eee; } .axis { stroke: #999; } .bar { fill: #4a78b5; }
@@ -484,13 +705,13 @@ mark { color: #000; border-radius: 2px; padding: 0 1px; outline: 1px solid #c60;
 
 
 def main():
-    ap = argparse.ArgumentParser(description="HTML report of an SAE run: training curves, eval, feature frequencies, top activations")
+    ap = argparse.ArgumentParser(description="HTML report of an SAE run: training curves, eval, feature frequencies, feature cards")
     ap.add_argument("--log", required=True, help="the run's log.jsonl")
     ap.add_argument("--features", required=True, help="the --dump-features folder (features.safetensors, features.json)")
     ap.add_argument("--tokenizer", required=True, help="folder with GPT-2's encoder.json (or the file)")
     ap.add_argument("--out", help="HTML file to write [FEATURES/report.html]")
     ap.add_argument("--n-features", type=int, default=20, help="features shown in each of the two lists [20]")
-    ap.add_argument("--context", type=int, default=12, help="tokens of context before the activating token [12]")
+    ap.add_argument("--context", type=int, default=12, help="tokens of context before the activating token, of the 19 the dump stores [12]")
     args = ap.parse_args()
     if args.n_features < 0:
         die(f"--n-features must be >= 0, got {args.n_features}")
@@ -498,20 +719,12 @@ def main():
         die(f"--context must be >= 0, got {args.context}")
 
     train, evals = read_log(args.log)
-    meta, freq, vals, pos, fires = read_features(args.features)
-    table = read_tokenizer(args.tokenizer)
-    stream = TokenStream(meta["val_shards"], meta.get("cwd"), args.features)
-    T = meta["seq_len"]
-    if not isinstance(T, int) or T <= 0:
-        die(f"features.json: seq_len must be a positive integer, got {T!r}")
-    if pos.size and pos.max() >= stream.total:
-        die(f"top_pos holds position {int(pos.max())} but the val shards hold {stream.total} tokens: "
-            f"features.json does not match features.safetensors")
-    n_tokens = meta.get("n_tokens")
+    dump = Dump(args.features, args.tokenizer)
+    meta, n_tokens = dump.meta, dump.meta.get("n_tokens")
 
     title = "SAE report"
     if "layer" in meta or "mode" in meta:
-        title += f": {meta.get('mode', '?')} SAE at blocks.{meta.get('layer', '?')}.hook_resid_pre, d_sae {len(freq):,}"
+        title += f": {meta.get('mode', '?')} SAE at blocks.{meta.get('layer', '?')}.hook_resid_pre, d_sae {dump.D:,}"
     info_keys = [("model", "model"), ("mode", "mode"), ("layer", "layer"), ("d_sae", "d_sae"), ("val", "--val"),
                  ("n_tokens", "tokens dumped"), ("seq_len", "seq_len"), ("topk", "top-K kept")]
     info = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(str(meta[k]))}</td></tr>" for k, label in info_keys if k in meta)
@@ -520,10 +733,10 @@ def main():
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
             f"<h1>{html.escape(title)}</h1><table class=meta>{info}</table>",
             section_training(train), section_eval(evals),
-            section_frequency(meta, freq, fires, n_tokens if n_tokens is not None else "?"),
-            section_features(meta, freq, fires, vals, pos, stream, table, args.n_features, args.context),
+            section_frequency(meta, dump.freq, dump.fires, n_tokens if n_tokens is not None else "?"),
+            section_features(dump, args.n_features, args.context),
             "</body></html>\n"]
-    out = args.out or os.path.join(args.features, "report.html")
+    out = args.out or os.path.join(dump.folder, "report.html")
     tmp = out + ".tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as f:

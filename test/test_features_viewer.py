@@ -15,16 +15,24 @@ The renderer is checked on its HTML text (no browser needed); the server over HT
 status codes on good and bad URLs; and, when Debian's chromium is installed, the pages as
 chromium renders them (--dump-dom): the logit tokens, the histogram's bars, the example
 contexts, a context token's colour, the 404 page. Without chromium those tests skip.
+
+RealDumpTest does the same on a real dump (issue 15's "done when"): when ./train_gpt2_sae_cpu is
+built, it trains an SAE for a few steps on the bundled demo model with --dump-features, then
+checks in chromium that the viewer's pages of features across the range, and report.py's
+cards, show every item the dump holds for them. It skips without the trainer or chromium.
 """
+import html
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -383,20 +391,34 @@ class CliTest(unittest.TestCase):
         self.assertIn("tensor 'hist_counts' has shape [5, 10], expected [5, 58]", r.stderr)
 
 
+def serve(run, *args):
+    """features.py serve RUN on a free port (--port 0: it prints the URL it took) -> (process, url)"""
+    proc = subprocess.Popen([sys.executable, SCRIPT, "serve", run, "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    m = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
+    if not m:
+        proc.kill()
+        raise AssertionError(f"the server printed no URL: {line!r}")
+    return proc, m.group(1)
+
+
+def chromium_dom(url):
+    """the page as headless chromium rendered it (its DOM: attributes quoted, entities as it writes them)"""
+    r = subprocess.run(["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", url],
+                       capture_output=True, text=True, timeout=120)
+    if "</html>" not in r.stdout:
+        raise AssertionError(f"chromium rendered no page for {url}: {r.stderr[-2000:]}")
+    return r.stdout
+
+
 class ServerTest(unittest.TestCase):
-    """the server in a subprocess on a free port (--port 0: it prints the URL it took)"""
+    """the server in a subprocess on a free port"""
 
     @classmethod
     def setUpClass(cls):
         Fixture.build()
-        cls.proc = subprocess.Popen([sys.executable, SCRIPT, "serve", Fixture.run, "--port", "0", "--tokenizer", Fixture.tok],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = cls.proc.stdout.readline()
-        m = re.search(r"at (http://127\.0\.0\.1:\d+/)", line)
-        if not m:
-            cls.proc.kill()
-            raise AssertionError(f"the server printed no URL: {line!r}")
-        cls.url = m.group(1)
+        cls.proc, cls.url = serve(Fixture.run, "--tokenizer", Fixture.tok)
 
     @classmethod
     def tearDownClass(cls):
@@ -424,10 +446,7 @@ class ServerTest(unittest.TestCase):
     @unittest.skipUnless(shutil.which("chromium"), "chromium not installed (apt-get install chromium): no rendered-page check")
     def test_rendered_pages(self):
         def dom(path):
-            r = subprocess.run(["chromium", "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", self.url + path.lstrip("/")],
-                               capture_output=True, text=True, timeout=120)
-            self.assertIn("</html>", r.stdout, r.stderr[-2000:])
-            return r.stdout
+            return chromium_dom(self.url + path.lstrip("/"))
 
         index = dom("/?sort=max")
         self.assertEqual(re.findall(r'<td class="num"><a href="/feature/(\d+)">', index), ["4", "1", "3", "2"])
@@ -458,6 +477,244 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(head[:8], b"\x89PNG\r\n\x1a\n")
         self.assertEqual(struct.unpack(">II", head[16:24]), (1200, 1800))
         self.assertGreater(os.path.getsize(png), 20000)  # a blank page compresses to a few KB
+
+
+# ----------------------------------------------------------------------------
+# issue 15's "done when", on a real dump: an SAE trained briefly on the bundled demo model
+
+TRAINER = os.path.join(ROOT, "train_gpt2_sae_cpu")
+DEMO = "models/tinyshakespeare-gpt2-4L128"
+ENCODER = os.path.join(ROOT, "data", "gpt2", "encoder.json")
+
+
+def read_safetensors(path):
+    """this test's own reader (the oracle should not be the code it checks): {name: array}"""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+    return {name: np.frombuffer(raw[8 + n + e["data_offsets"][0]:8 + n + e["data_offsets"][1]], dtypes[e["dtype"]]).reshape(e["shape"])
+            for name, e in header.items()}
+
+
+def gpt2_token_bytes():
+    """token id -> its bytes, from encoder.json with GPT-2's byte-to-unicode map undone"""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):  # the other bytes map to 256, 257, ... in order
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    unicode_to_byte = {chr(c): b for b, c in zip(bs, cs)}
+    with open(ENCODER, encoding="utf-8") as f:
+        encoder = json.load(f)
+    return {i: bytes(unicode_to_byte[ch] for ch in tok) if all(ch in unicode_to_byte for ch in tok) else tok.encode()
+            for tok, i in encoder.items()}
+
+
+def shown(b):
+    """a token's bytes as the page shows them, in DOM text: ↵ for a newline, → for a tab, a no-break space if empty"""
+    return b.decode("utf-8", errors="replace").replace("\r", "").replace("\t", "→") or "\xa0"
+
+
+def dom_text(fragment):
+    """the text a DOM fragment shows, the newline mark read back as a newline"""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment.replace('<span class="nl">↵</span>', "\n")))
+
+
+def close(text, want):
+    """a number as the page prints it ("+0.4301", "0.0034", "-1.25e-05") is the stored one rounded at its last digit"""
+    text = text.replace(",", "")
+    mantissa, _, exponent = text.partition("e")
+    last_digit = 10.0 ** (int(exponent or 0) - len(mantissa.partition(".")[2]))
+    return abs(float(text) - float(want)) <= 0.5 * last_digit * (1 + 1e-9)
+
+
+LOGIT_ROW = re.compile(r'<code class="tokname" title="token (\d+)">(.*?)</code></td><td class="num">([^<]*)</td>')
+BAR = re.compile(r'<rect [^>]*class="bar(?: flow)?"><title>([^<]*): ([\d,]+)</title></rect>')
+# a context token: its class, background alpha, activation on hover, and text (the newline mark the only markup inside)
+TOK = re.compile(r'<span class="(tok(?: act)?)" style="background:rgba\(255,140,0,([0-9.]+)\)" title="([^"]*)">'
+                 r'((?:<span class="nl">↵</span>|[^<])*)</span>')
+EX_ROW = re.compile(r'<tr class="ex"><td class="num">([^<]*)</td><td class="num">([^<]*)</td><td class="ctx">(.*?)</td></tr>')
+
+
+@unittest.skipUnless(os.access(TRAINER, os.X_OK), "./train_gpt2_sae_cpu is not built (make train_gpt2_sae_cpu): no real-dump test")
+@unittest.skipUnless(shutil.which("chromium"), "chromium not installed (apt-get install chromium): no real-dump test")
+class RealDumpTest(unittest.TestCase):
+    """Trains an SAE for a few steps on the bundled demo model with --dump-features (about 30 s on 2
+    cores: the steps, 8192 dumped tokens, the ablation over 4 eval rows), serves the run with
+    features.py and renders the index and feature pages in headless chromium: a frequent, a rare, a
+    random, the last and (if any) a dead feature, and one each that ablation.safetensors covers and
+    does not. Each live page must show the 10 promoted and 10 suppressed logit tokens of the dump
+    (decoded here from encoder.json), one histogram bar per nonzero bin with its count, as many
+    top-K and band examples as top_pos and band_pos hold, each context token coloured with its
+    stored activation, and the ablation effect where covered. report.py's cards on the same run are
+    checked for the same items. The demo presets are spelled out as flags: without --model, a clone
+    holding GPT-2 small (the starter pack, the trainer's default --model) would train that instead."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="test_features_real_")
+        cls.run_dir = os.path.join(cls.tmp, "run")
+        feats = os.path.join(cls.run_dir, "features")
+        t0 = time.time()
+        r = subprocess.run([TRAINER, "--model", f"{DEMO}/model.safetensors", "--train", f"{DEMO}/tinyshakespeare_train.bin",
+                            "--val", f"{DEMO}/tinyshakespeare_val.bin", "--layer", "2", "--dict-size", "1024", "--batch", "4",
+                            "--seq-len", "64", "--grad-accum", "2", "--samples", "2400", "--warmup-samples", "80",
+                            "--max-steps", "20", "--eval-every", "0", "--eval-samples", "4", "--out", cls.run_dir,
+                            "--dump-features", feats, "--dump-tokens", "8192"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+            raise AssertionError(f"the trainer failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
+        cls.train_s = time.time() - t0
+        cls.t = read_safetensors(os.path.join(feats, "features.safetensors"))
+        ab = read_safetensors(os.path.join(feats, "ablation.safetensors"))
+        cls.ablation = {int(f): (k, c) for f, k, c in zip(ab["features"], ab["d_kl"], ab["d_ce"])}
+        cls.tokens = gpt2_token_bytes()
+        with open(os.path.join(feats, "features.json")) as f:
+            meta = json.load(f)
+        cls.T = meta["seq_len"]
+        cls.stream = np.concatenate([np.fromfile(os.path.join(ROOT, p), dtype="<u2", offset=1024) for p in meta["val_shards"]])
+        cls.proc, cls.url = serve(cls.run_dir)
+        sys.stderr.write(f"\n  real dump: trained and dumped in {cls.train_s:.1f} s; "
+                         f"{int((cls.t['fire_count'] > 0).sum())} of {len(cls.t['fire_count'])} features fired ... ")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.proc.terminate()
+        cls.proc.wait(timeout=10)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def chosen(self):
+        """{feature id: why}: across the range, and both sides of the ablation"""
+        fires = self.t["fire_count"]
+        D = len(fires)
+        live = np.nonzero(fires > 0)[0]
+        by_freq = live[np.lexsort((live, -fires[live]))]
+        ids = {int(by_freq[0]): "most frequent", int(by_freq[-1]): "rarest", random.randrange(D): "random", D - 1: "last"}
+        dead = np.nonzero(fires == 0)[0]
+        if len(dead):
+            ids[int(dead[0])] = "dead"
+        if not any(d in self.ablation for d in ids):
+            ids[min(self.ablation)] = "ablated"
+        if all(d in self.ablation or fires[d] == 0 for d in ids):
+            ids[int(next(d for d in live if d not in self.ablation))] = "not ablated"
+        return ids
+
+    def check_logits(self, part, d):
+        """the 10 promoted then the 10 suppressed tokens of the dump, decoded, with their values"""
+        rows = LOGIT_ROW.findall(part)
+        self.assertEqual(len(rows), 20)
+        for side, got in (("top", rows[:10]), ("bottom", rows[10:])):
+            toks, vals = self.t[f"logit_{side}_tokens"][d], self.t[f"logit_{side}_values"][d]
+            self.assertEqual([int(i) for i, _, _ in got], [int(k) for k in toks])
+            self.assertEqual([html.unescape(text.replace('<span class="nl">↵</span>', "\n")) for _, text, _ in got],
+                             [shown(self.tokens[int(k)]) for k in toks])
+            for (_, _, v), want in zip(got, vals):
+                self.assertTrue(close(v, want), f"logit {v} != {want}")
+
+    def check_hist(self, part, d):
+        """a bar per nonzero bin, in bin order, with the bin's count"""
+        counts, edges = self.t["hist_counts"][d], self.t["hist_edges"]
+        labels = [f"< {edges[0]:.3g}"] + [f"[{lo:.3g}, {hi:.3g})" for lo, hi in zip(edges[:-1], edges[1:])] + [f"≥ {edges[-1]:.3g}"]
+        want = [(labels[i], int(c)) for i, c in enumerate(counts) if c > 0]
+        self.assertEqual([(html.unescape(label), int(c.replace(",", ""))) for label, c in BAR.findall(part)], want)
+
+    def check_rows(self, part, d, values, positions, acts=None):
+        """one row per stored example of feature d, largest first; every context token coloured, with the
+        stored activation on hover (when acts, the stored windows, are given: exactly those, token by token)"""
+        fmax = float(self.t["top_values"][d, 0])
+        stored = sorted((j for j in range(len(positions)) if positions[j] >= 0), key=lambda j: (-values[j], positions[j]))
+        rows = EX_ROW.findall(part)
+        self.assertEqual(len(rows), len(stored))
+        first = int(self.t["context_first"][0])
+        for (v, where, ctx), j in zip(rows, stored):
+            p = int(positions[j])
+            self.assertTrue(close(v, values[j]))
+            self.assertEqual(where, f"{p // self.T:,}:{p % self.T}")
+            toks = TOK.findall(ctx)
+            self.assertEqual(len(toks), ctx.count('<span class="tok'))  # every token coloured: none "not stored"
+            act = [t for t in toks if t[0] == "tok act"]
+            self.assertEqual(len(act), 1)
+            self.assertEqual(act[0][1], f"{min(max(float(values[j]) / fmax, 0.0), 1.0):.3f}")
+            self.assertEqual(act[0][2], np.format_float_positional(np.float32(values[j]), trim="-"))
+            self.assertEqual(dom_text(act[0][3]), shown(self.tokens[int(self.stream[p])]))
+            if acts is not None:
+                want = [(np.format_float_positional(np.float32(values[j]) if p + first + i == p else a, trim="-"),
+                         shown(self.tokens[int(self.stream[p + first + i])])) for i, a in enumerate(acts[j]) if not np.isnan(a)]
+                self.assertEqual([(title, dom_text(text)) for _, _, title, text in toks], want)
+
+    def check_feature_page(self, d, page):
+        t = self.t
+        self.check_logits(section(page, "Logit effects"), d)
+        if t["fire_count"][d] == 0:
+            self.assertIn("<b>Dead</b>: never fired", page)
+            self.assertEqual(page.count('<tr class="ex">'), 0)
+            self.assertIn("No nonzero activation.", section(page, "Activation histogram"))
+        else:
+            self.check_hist(section(page, "Activation histogram"), d)
+            self.check_rows(section(page, "Top activations"), d, t["top_values"][d], t["top_pos"][d], t["context_acts_top"][d])
+            bands = section(page, "Band examples").split('<h3 class="band">')[1:]
+            self.assertEqual(len(bands), 3)
+            for b, part in zip((2, 1, 0), bands):  # highest band first
+                self.check_rows(part, d, t["band_values"][d, b], t["band_pos"][d, b], t["context_acts_band"][d, b])
+        ablation = section(page, "Ablation")
+        if d in self.ablation:
+            m = re.search(r'<td class="dkl">([^<]*)</td><td class="dce">([^<]*)</td>', ablation)
+            self.assertIsNotNone(m, ablation)
+            self.assertTrue(close(m.group(1), self.ablation[d][0]) and close(m.group(2), self.ablation[d][1]), m.group(0))
+        else:
+            self.assertIn(f"Not computed for this feature (ablation.safetensors covers {len(self.ablation)} features).", ablation)
+
+    def test_index_and_feature_pages(self):
+        fires = self.t["fire_count"]
+        live = np.nonzero(fires > 0)[0]
+        index = chromium_dom(self.url)
+        self.assertIn(f"{len(live):,} features fired, <b>{len(fires) - len(live):,} dead</b>", index)
+        by_freq = live[np.lexsort((live, -fires[live]))]
+        self.assertEqual([int(x) for x in re.findall(r'<td class="num"><a href="/feature/(\d+)">', index)], [int(d) for d in by_freq[:100]])
+        chosen = self.chosen()
+        for d, why in sorted(chosen.items()):
+            with self.subTest(feature=d, why=why):
+                self.check_feature_page(d, chromium_dom(f"{self.url}feature/{d}"))
+        sys.stderr.write(f"pages of features {', '.join(f'{d} ({why})' for d, why in sorted(chosen.items()))} ... ")
+
+    def test_report_cards(self):
+        out = os.path.join(self.tmp, "report.html")
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "report.py"), "--log", os.path.join(self.run_dir, "log.jsonl"),
+                            "--features", os.path.join(self.run_dir, "features"), "--tokenizer", os.path.join(ROOT, "data", "gpt2"),
+                            "--out", out], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        page = chromium_dom("file://" + out)
+        self.assertNotIn("Not in this dump", page)
+        cards = re.findall(r'<div class="feature" id="f(\d+)">(.*?)(?=<div class="feature"|<h2>|</body>)', page, re.S)
+        self.assertEqual(len(cards), 40)  # the 20 most and 20 least frequent live features
+        t, covered = self.t, 0
+        for d, card in ((int(d), card) for d, card in cards):
+            with self.subTest(feature=d):
+                parts = dict(re.findall(r"<h4>([^<]*)</h4>(.*?)(?=<h4>|$)", card, re.S))
+                self.check_logits(parts["Logit effects"], d)
+                self.check_hist(parts["Activation histogram"], d)
+                # contexts cut to --context 12 before the example: every token still coloured, the stored
+                # windows are checked token by token on the pages above
+                self.check_rows(parts["Top activations"], d, t["top_values"][d], t["top_pos"][d])
+                bands = parts["Band examples"].split('<h5 class="band">')[1:]
+                self.assertEqual(len(bands), 3)
+                for b, part in zip((2, 1, 0), bands):
+                    self.check_rows(part, d, t["band_values"][d, b], t["band_pos"][d, b])
+                if d in self.ablation:
+                    covered += 1
+                    m = re.search(r'<td class="dkl">([^<]*)</td><td class="dce">([^<]*)</td>', parts["Ablation"])
+                    self.assertTrue(m and close(m.group(1), self.ablation[d][0]) and close(m.group(2), self.ablation[d][1]))
+                else:
+                    self.assertIn("Not computed for this feature", parts["Ablation"])
+        # the ablation covers the features that fire most on the eval rows: the most frequent cards among them
+        self.assertGreater(covered, 0)
+        sys.stderr.write(f"report: 40 cards, {covered} with the ablation effect ... ")
 
 
 def tearDownModule():

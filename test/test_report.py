@@ -7,16 +7,22 @@ Run from the repo root with Debian's python (numpy):
 
 Everything the report reads is written here with known contents: a 12-token encoder.json
 (with tokens that need HTML escaping, a newline and a two-byte UTF-8 character), one val shard
-of 4 rows of T = 8 tokens, a features.safetensors / features.json pair written the way
-llmc/feature_dump.h writes them (test/test_feature_dump.cpp checks that side), and a small
-log.jsonl with training and eval lines. The checks read the HTML as text: the decoded
-contexts with the activating token marked and its value, the row edges, the eval table, the
-SVG plots, the dead count, and that nothing is fetched from a network. Bad inputs must give one
-"error:" line and exit code 1. If Debian's chromium is installed, the page is also rendered to
-build/test_out/report_test.png (skipped without it).
+of 4 rows of T = 8 tokens, an older dump (only the five tensors --dump-features wrote before
+the logit effects, histogram, bands and context activations) with its features.json, and a
+small log.jsonl with training and eval lines. A second dump, with every tensor of
+llmc/feature_dump.h and an ablation.safetensors, is test/test_features_viewer.py's synthetic
+one: each tensor derived from a known activation matrix (test/test_feature_dump.cpp checks the
+trainer's side). The checks read the HTML as text: on the older dump, the decoded contexts with
+the activating token outlined and its value, the row edges, and a note in each card for what
+the dump lacks; on the full one, each card's logit effects, histogram bars, top and band
+examples with every context token shaded by its activation, and ablation effect, exactly; the
+eval table, the SVG plots, the dead count, and that nothing is fetched from a network. Bad
+inputs must give one "error:" line and exit code 1. If Debian's chromium is installed, the page
+is also rendered to build/test_out/report_test.png (skipped without it).
 """
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -25,6 +31,8 @@ import tempfile
 import unittest
 
 import numpy as np
+
+import test_features_viewer as viewer  # its synthetic full dump (this folder is on sys.path: the script's own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT = os.path.join(ROOT, "scripts", "report.py")
@@ -82,6 +90,13 @@ def log_lines():
     return lines
 
 
+def card(html_text, d):
+    """feature d's card: from its id to the next card or the page's end"""
+    start = html_text.index(f'id="f{d}"')
+    end = html_text.find("<div class=feature", start + 1)
+    return html_text[start:end if end >= 0 else len(html_text)]
+
+
 class ReportTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -131,24 +146,36 @@ class ReportTest(unittest.TestCase):
         return subprocess.run(cmd, capture_output=True, text=True)
 
     def feature_block(self, d):
-        start = self.html.index(f'id="f{d}"')
-        end = self.html.find('<div class=feature', start + 1)
-        return self.html[start:end if end >= 0 else len(self.html)]
+        return card(self.html, d)
 
     def test_contexts_decoded_and_highlighted(self):
-        # feature 1's top hit: row 1, t 1 ("script"), preceded by "<" from the row start; HTML escaped
+        # feature 1's top hit: row 1, t 1 ("script"), preceded by "<" from the row start, then the 4 tokens
+        # after it that newer dumps store (é decoded from two bytes) and "…": the row goes on. HTML escaped;
+        # an older dump has no activations around the example, so only its own token is shaded
         f1 = self.feature_block(1)
-        self.assertIn('⟦</span>&lt;<mark', f1)
-        self.assertRegex(f1, r'<mark [^>]*title="token 4 at position 9: 2.5">script</mark><span class=val>2.5</span>')
-        # the 6 // 2 = 3 tokens after it, decoded (é from two bytes), then "…": the row goes on
-        self.assertIn("script</mark><span class=val>2.5</span>&gt; &amp;é<span class=edge>…</span>", f1)
-        # the two tied 1.25 hits, the earlier position (3) listed first
+        self.assertIn('<tr class=ex><td class=num>2.5</td><td class=num>1:1</td><td class=ctx><span class=edge title="row start">⟦</span>'
+                      '<span class=tok title="not stored">&lt;</span>'
+                      '<span class="tok act" style="background:rgba(255,140,0,1.000)" title="2.5">script</span>'
+                      '<span class=tok title="not stored">&gt;</span><span class=tok title="not stored"> &amp;</span>'
+                      '<span class=tok title="not stored">é</span><span class=tok title="not stored"> the</span>'
+                      '<span class=edge>…</span></td></tr>', f1)
+        # the two tied 1.25 hits, the earlier position (3) listed first, each shaded at 1.25 / 2.5
         self.assertLess(f1.index("0:3"), f1.index("2:4"))
-        self.assertIn('title="token 9 at position 3: 1.25"> cat</mark>', f1)
+        self.assertIn('<span class="tok act" style="background:rgba(255,140,0,0.500)" title="1.25"> cat</span>', f1)
         # the newline is shown as a mark; position 20's context reaches its row's end (⟧)
-        self.assertIn(' the cat sat<span class=nl>↵</span><mark', f1)
-        self.assertIn('<span class=val>1.25</span> cat sat&lt;|endoftext|&gt;<span class=edge title="row end">⟧</span>', f1)
+        self.assertIn('<span class=tok title="not stored"><span class=nl>↵</span></span>'
+                      '<span class="tok act" style="background:rgba(255,140,0,0.500)" title="1.25"> the</span>', f1)
+        self.assertIn('<span class=tok title="not stored">&lt;|endoftext|&gt;</span><span class=edge title="row end">⟧</span>', f1)
         self.assertNotIn("<script", self.html)
+
+    def test_older_dump_says_what_it_lacks(self):
+        for d in (1, 2):
+            card = self.feature_block(d)
+            for names in ("logit_top_tokens, logit_top_values, logit_bottom_tokens, logit_bottom_values", "hist_edges, hist_counts",
+                          "context_acts_top, context_first", "band_fracs, band_pos, band_values"):
+                self.assertIn(f"Not in this dump (it lacks {names}: a dump written before they existed).", card)
+            self.assertIn("Only the feature's stored examples are shaded.", card)
+            self.assertIn("<h4>Ablation</h4><p class=note>Not computed (no ablation.safetensors in the dump).</p>", card)
 
     def test_most_and_least_frequent_live_features(self):
         self.assertIn("The 1 most frequent live features", self.html)
@@ -157,9 +184,9 @@ class ReportTest(unittest.TestCase):
         self.assertNotIn('id="f0"', self.html)  # dead: never shown
         self.assertNotIn('id="f3"', self.html)  # neither extreme with --n-features 1
         f2 = self.feature_block(2)
-        self.assertIn("fires on 1 token, 3.12%", f2)
-        self.assertRegex(f2, r'title="token 8 at position 13: 0.875"> the</mark><span class=val>0.875</span>')
-        self.assertEqual(f2.count("<mark"), 1)  # empty slots (-1) are not rows
+        self.assertIn("fires on 1 token, 3.12% (log10 -1.51); max 0.875", f2)
+        self.assertIn('<span class="tok act" style="background:rgba(255,140,0,1.000)" title="0.875"> the</span>', f2)
+        self.assertEqual(f2.count("<tr class=ex>"), 1)  # empty slots (-1) are not rows
 
     def test_eval_table_and_plots(self):
         table = self.html[self.html.index("<table class=metrics>"):]
@@ -202,7 +229,7 @@ class ReportTest(unittest.TestCase):
         r = self.run_report(["--out", out], features=d)
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(out, encoding="utf-8") as f:
-            self.assertIn("script</mark>", f.read())
+            self.assertIn('title="2.5">script</span>', f.read())
 
     def expect_error(self, r, fragment):
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
@@ -257,6 +284,104 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(head[:8], b"\x89PNG\r\n\x1a\n")
         self.assertEqual(struct.unpack(">II", head[16:24]), (1200, 2400))
         self.assertGreater(os.path.getsize(png), 20000)  # a blank page compresses to a few KB
+
+
+class CardsTest(unittest.TestCase):
+    """the cards of a dump with every tensor (test_features_viewer.py's: features 1 and 3 fire most, 2 and 4
+    once each; ablation.safetensors covers 1 and 3), with --n-features 2 --context 6"""
+
+    @classmethod
+    def setUpClass(cls):
+        viewer.Fixture.build()
+        log = os.path.join(viewer.Fixture.tmp, "log.jsonl")
+        with open(log, "w") as f:
+            f.write("".join(json.dumps(l) + "\n" for l in log_lines()))
+        out = os.path.join(viewer.Fixture.tmp, "report.html")
+        # the run folder: the report finds its dump at RUN/features, as the viewer does
+        r = subprocess.run([sys.executable, REPORT, "--log", log, "--features", viewer.Fixture.run, "--tokenizer", viewer.Fixture.tok,
+                            "--out", out, "--context", "6", "--n-features", "2"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError(f"report.py failed: {r.stderr}")
+        with open(out, encoding="utf-8") as f:
+            cls.html = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(viewer.Fixture.tmp, ignore_errors=True)
+        viewer.Fixture.tmp = None
+
+    def part(self, d, title):
+        """an item of feature d's card: from <h4>title</h4> to the next <h4> or the card's end"""
+        c = card(self.html, d)
+        start = c.index(f"<h4>{title}</h4>")
+        end = c.find("<h4>", start + 1)
+        return c[start:end if end >= 0 else len(c)]
+
+    def test_chosen_features(self):
+        # frequency ties list by id; the least frequent rarest first: 4 and 2 tie, so reversed, 4 first
+        ids = [int(x) for x in re.findall(r'<div class=feature id="f(\d+)">', self.html)]
+        self.assertEqual(ids, [1, 3, 4, 2])
+        self.assertIn("<h3>feature 1</h3><p class=fmeta>fires on 10 tokens, 15.6% (log10 -0.81); max 4</p>", card(self.html, 1))
+
+    def test_logit_effects(self):
+        promoted, suppressed = self.part(1, "Logit effects").split("<table class=logits>")[1:]
+        row = r"<code class=tokname title='token (\d+)'>(.*?)</code></td><td class=num>([^<]*)<"
+        nl = "<span class=nl>↵</span>"
+        self.assertEqual(re.findall(row, promoted),
+                         [("9", " cat", "+2.5"), ("10", " sat", "+2"), ("13", " mat", "+1.5"), ("8", " the", "+1.25"), ("12", " on", "+1"),
+                          ("0", "Hello", "+0.75"), ("1", " world", "+0.5"), ("2", nl, "+0.25"), ("3", "&lt;", "+0.125"),
+                          ("4", "script", "+0.0625")])
+        self.assertEqual(re.findall(row, suppressed),
+                         [("3", "&lt;", "-3"), ("5", "&gt;", "-2.5"), ("7", "é", "-2"), ("11", "&lt;|endoftext|&gt;", "-1.5"),
+                          ("14", ".", "-1"), ("6", " &amp;", "-0.75"), ("4", "script", "-0.5"), ("2", nl, "-0.25"),
+                          ("1", " world", "-0.125"), ("0", "Hello", "-0.0625")])
+        self.assertEqual(self.part(2, "Logit effects").count("<code class=tokname"), 19)  # the -1 entry left out
+
+    def test_histogram(self):
+        h1 = self.part(1, "Activation histogram")
+        self.assertIn('<svg class="plot hist" width="360" height="170"', h1)  # the card's small one
+        # feature 1's 10 values: 9 bins and the underflow (5e-5 < 1e-4)
+        self.assertEqual(re.findall(r'class="bar(?: flow)?"><title>([^<]*)</title>', h1),
+                         ["&lt; 0.0001: 1", "[0.000422, 0.000562): 1", "[0.237, 0.316): 1", "[0.422, 0.562): 1", "[0.562, 0.75): 1",
+                          "[1, 1.33): 1", "[1.33, 1.78): 1", "[1.78, 2.37): 1", "[2.37, 3.16): 1", "[3.16, 4.22): 1"])
+        self.assertIn('class="bar flow"><title>≥ 1e+03: 1</title>', self.part(4, "Activation histogram"))  # 2000: the overflow
+
+    def test_top_examples_every_token_shaded(self):
+        top = self.part(1, "Top activations")
+        self.assertEqual(re.findall(r"<tr class=ex><td class=num>([^<]*)</td><td class=num>([^<]*)</td>", top),
+                         [("4", "0:13"), ("3", "1:13"), ("2", "0:3")])
+        # --context 6: t 7..12 before the activating " cat" at t 13 ("…": the row starts earlier), the stored
+        # tokens after it to the row's end; each shaded by activation / max 4 with its value on hover
+        tok = '<span class="tok" style="background:rgba(255,140,0,{})" title="{}">{}</span>'
+        zero = lambda text: tok.format("0.000", "0", text)
+        self.assertIn("<td class=ctx><span class=edge>…</span>" + zero(" mat") + zero(".") + zero("<span class=nl>↵</span>")
+                      + zero("Hello") + zero(" world") + tok.format("0.250", "1", " the")
+                      + '<span class="tok act" style="background:rgba(255,140,0,1.000)" title="4"> cat</span>'
+                      + tok.format("0.175", "0.7", " sat") + zero(".") + '<span class=edge title="row end">⟧</span></td>', top)
+
+    def test_band_examples(self):
+        bands = self.part(1, "Band examples")
+        self.assertEqual(re.findall(r"<h5 class=band>(.*?)</h5>", bands),
+                         ["(0.5, 0.75] of max: activations in (2, 3]", "(0.25, 0.5] of max: activations in (1, 2]",
+                          "(0, 0.25] of max: activations in (0, 1]"])
+        per_band = [re.findall(r"<tr class=ex><td class=num>([^<]*)</td>", b) for b in bands.split("<h5 class=band>")[1:]]
+        self.assertEqual(per_band, [["3"], ["2", "1.5"], ["1", "0.7", "0.5", "0.25", "0.0005"]])
+        # 0.0005 at the row's last token: outlined, shaded ~0; the 0.25 four tokens before it shaded too
+        self.assertIn('<span class="tok" style="background:rgba(255,140,0,0.062)" title="0.25"> cat</span>', bands)
+        self.assertIn('<span class="tok act" style="background:rgba(255,140,0,0.000)" title="0.0005">&lt;|endoftext|&gt;</span>', bands)
+        # feature 4's only firing is its max, in no band
+        self.assertEqual(self.part(4, "Band examples").count("<p class=note>No examples.</p>"), 3)
+
+    def test_ablation(self):
+        self.assertIn("<td class=dkl>0.125</td><td class=dce>0.25</td>", self.part(1, "Ablation"))
+        self.assertIn("<td class=dkl>0.0625</td><td class=dce>-0.0312</td>", self.part(3, "Ablation"))
+        for d in (2, 4):
+            self.assertIn("Not computed for this feature (ablation.safetensors covers 2 features).", self.part(d, "Ablation"))
+
+    def test_nothing_missing_and_self_contained(self):
+        self.assertNotIn("Not in this dump", self.html)
+        for bad in ("http://", "https://", "<script", "<link", "src=", "href="):
+            self.assertNotIn(bad, self.html)
 
 
 if __name__ == "__main__":

@@ -188,41 +188,6 @@ static std::string odd_ref(const std::string& mode) {
     return reference(std::string("odd_") + (mode == "e2e+ds" ? "e2e_ds" : mode), std::string(ODD_ARGS) + " --mode " + mode);
 }
 
-// check_ten_steps (test_common.h) on the reference in `dir`: `extra` must restate the flags in
-// which it differs from the common one (trainer_cmd's; a repeated flag's last value wins)
-static void check_steps_on(const std::string& binary, const std::string& dir, const std::string& mode, const std::string& extra,
-                           double tol, const std::string& tag) {
-    std::string ep = dir + "/expected.safetensors";
-    std::string out = "build/test_out/steps_" + tag;
-    run_cmd("rm -rf " + out);
-    RunResult r = run_cmd(trainer_cmd(binary, dir, mode, out, extra + " --max-steps 10"));
-    INFO(r.out);
-    REQUIRE(r.code == 0);
-    auto log = read_log(out + "/log.jsonl");
-    REQUIRE(log.size() == 10);
-    std::vector<std::string> keys = {"loss", "sparsity", "mse", "l0", "grad_norm", "lr"};
-    if (mode != "local") { keys.push_back("kl"); keys.push_back("ds_mse"); }
-    double worst = 0.0;
-    for (const std::string& k : keys) {
-        auto ref = read_tensor(ep, "steps_" + k);
-        REQUIRE(ref.size() == 10);
-        for (int s = 0; s < 10; s++) {
-            const JsonValue* v = log[s].get(k);
-            REQUIRE(v != nullptr);
-            INFO(tag << " step " << s + 1 << " " << k << ": ours " << v->num << " torch " << ref[s]);
-            CHECK(fabs(v->num - ref[s]) <= tol * fabs(ref[s]) + 1e-12);
-            worst = std::max(worst, fabs(v->num - ref[s]) / (fabs(ref[s]) + 1e-30));
-        }
-    }
-    for (const char* n : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
-        double err = rel_err(read_tensor(out + "/train_state.safetensors", n), read_tensor(ep, std::string("final_") + n));
-        INFO(tag << " final " << n << " rel err " << err);
-        CHECK(err <= tol);
-        worst = std::max(worst, err);
-    }
-    printf("measured: %s %s 10 steps: worst relative error %.3g (tolerance %.1g)\n", tag.c_str(), mode.c_str(), worst, tol);
-}
-
 TEST_CASE("odd shapes: one micro-batch matches PyTorch in fp32 and bf16, every mode", "[gpu][odd]") {
     for (const char* mode : {"local", "e2e", "e2e+ds"}) {
         check_single_pass<float>(mode, odd_ref(mode), 1, 2, 17);
@@ -231,9 +196,9 @@ TEST_CASE("odd shapes: one micro-batch matches PyTorch in fp32 and bf16, every m
 }
 TEST_CASE("odd shapes: 10 updates of both trainers match PyTorch (GPU fp32 and bf16, CPU)", "[gpu][odd]") {
     std::string dir = odd_ref("e2e+ds");
-    check_steps_on("./train_gpt2_sae", dir, "e2e+ds", "--seq-len 17 --precision fp32", FP32_STEPS_TOL, "odd_gpu_fp32");
-    check_steps_on("./train_gpt2_sae", dir, "e2e+ds", "--seq-len 17 --precision bf16", BF16_STEPS_TOL, "odd_gpu_bf16");
-    check_steps_on("./train_gpt2_sae_cpu", dir, "e2e+ds", "--seq-len 17", FP32_STEPS_TOL, "odd_cpu");
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--seq-len 17 --precision fp32", FP32_STEPS_TOL, "odd_gpu_fp32", dir);
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--seq-len 17 --precision bf16", BF16_STEPS_TOL, "odd_gpu_bf16", dir);
+    check_ten_steps("./train_gpt2_sae_cpu", "e2e+ds", "--seq-len 17", FP32_STEPS_TOL, "odd_cpu", dir);
 }
 
 // ----------------------------------------------------------------------------

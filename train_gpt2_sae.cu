@@ -600,9 +600,9 @@ void micro_step(Engine<floatX>* e, int accum, int micro) {
         float ds_scale = ds ? (float)(cfg.ds_coeff / e->K / (dN * dC * accum)) : 0.0f;
         for (int l = e->n_layer - 1; l >= e->L; l--) {
             block_backward(e, l, &act.spliced[l - e->L], act.dresid, B);
-            if (l > e->L)  // dresid is now d/d resid_pre_l, where the e2e+ds term for layer l enters
-                mse_forward_backward(stats + STAT_DS + (l - e->L - 1), ds ? act.dresid : (floatX*)nullptr, act.spliced[l - e->L].inp,
-                                     act.ds_clean[l - e->L - 1], NC, ds_scale, 0);
+            if (ds && l > e->L)  // dresid is now d/d resid_pre_l, where the e2e+ds term for layer l enters (plain e2e: an eval metric only)
+                mse_forward_backward(stats + STAT_DS + (l - e->L - 1), act.dresid, act.spliced[l - e->L].inp, act.ds_clean[l - e->L - 1], NC,
+                                     ds_scale, 0);
         }
     }
     auto t = time_phase(e, micro, PH_SAE_BWD);
@@ -621,7 +621,7 @@ StepLog step_terms(const Engine<floatX>* e, const std::vector<float>& s) {
     sl.mse = s[STAT_MSE] / dN / C / A;
     sl.l0 = s[STAT_L0] / dN / A;
     sl.ds_mse = NAN;
-    if (cfg.mode != MODE_LOCAL && e->K > 0) {
+    if (cfg.mode == MODE_E2E_DS) {  // K >= 1 there; plain e2e has the downstream MSE as an eval metric only
         sl.ds_mse = 0.0;
         for (int k = 0; k < e->K; k++) sl.ds_mse += s[STAT_DS + k] / dN / C / A;
         sl.ds_mse /= e->K;

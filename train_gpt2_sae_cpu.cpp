@@ -728,20 +728,21 @@ MicroLosses micro_step(Engine* e, SaeRun* s, int accum) {
         // backward: LM head, then blocks n_layer-1..L; the downstream MSE terms enter at resid_pre_k
         lm_head_backward(&e->model, e->dresid.data(), e->dlnf.data(), e->logits_spliced.data(), e->resid.data(), e->lnf_mean.data(),
                          e->lnf_rstd.data(), N);
+        // the downstream MSE is trained on (and logged) in e2e+ds only; plain e2e has it as an eval metric
         int K = e->n_layer - 1 - L;
+        bool ds = cfg.mode == MODE_E2E_DS;
         double ds_total = 0.0;
         for (int l = e->n_layer - 1; l >= L; l--) {
             const BlockActs* a = &e->spliced_acts[l - L];
             block_backward(&e->model, l, a, &e->block_grads, e->dresid.data(), e->dresid.data(), B, T);
-            if (l > L) {
+            if (ds && l > L) {
                 // dresid is now the gradient wrt resid_pre_l, where the e2e+ds term for layer l enters
-                bool use = cfg.mode == MODE_E2E_DS;
-                float scale = use ? (float)(cfg.ds_coeff / K / ((double)N * C * accum)) : 0.0f;
-                ds_total += mse_forward_backward(use ? e->dresid.data() : nullptr, e->ds_spliced[l - L - 1].data(),
-                                                 e->clean[l - e->L_lo].data(), (size_t)N * C, scale) / ((double)N * C);
+                float scale = (float)(cfg.ds_coeff / K / ((double)N * C * accum));
+                ds_total += mse_forward_backward(e->dresid.data(), e->ds_spliced[l - L - 1].data(), e->clean[l - e->L_lo].data(),
+                                                 (size_t)N * C, scale) / ((double)N * C);
             }
         }
-        if (K > 0) out.ds_mse = ds_total / K;
+        if (ds) out.ds_mse = ds_total / K;
         if (cfg.mode == MODE_E2E_DS) out.loss += cfg.ds_coeff * out.ds_mse;
         for (size_t i = 0; i < (size_t)N * C; i++) e->dx_hat[i] += e->dresid[i];
     }

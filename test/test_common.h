@@ -134,7 +134,11 @@ static void check_ten_steps(const std::string& binary, const std::string& mode, 
     auto log = read_log(out + "/log.jsonl");
     REQUIRE(log.size() == 10);
     std::vector<std::string> keys = {"loss", "sparsity", "mse", "l0", "grad_norm", "lr"};
-    if (mode != "local") { keys.push_back("kl"); keys.push_back("ds_mse"); }
+    if (mode != "local") keys.push_back("kl");
+    if (mode == "e2e+ds") keys.push_back("ds_mse");
+    for (int s = 0; s < 10; s++)  // a term the mode does not train on is null
+        for (const char* k : {"kl", "ds_mse"})
+            if (std::find(keys.begin(), keys.end(), k) == keys.end()) CHECK(log[s].get(k)->kind == JsonValue::NUL);
     int clipped = 0;
     double worst = 0.0;
     for (const std::string& k : keys) {

@@ -118,12 +118,11 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     scalar(s[STAT_L1] / N / C, "sparsity");
     scalar(s[STAT_L0] / N, "l0");
     scalar(s[STAT_MSE] / N / C, "mse");
-    if (mode != "local") {
-        scalar(s[STAT_KL] / N, "kl");
-        double ds = 0;
-        for (int k = 0; k < e.K; k++) ds += s[STAT_DS + k] / N / C;
-        scalar(ds / e.K, "ds_mse");
-    }
+    if (mode != "local") scalar(s[STAT_KL] / N, "kl");
+    double ds = 0;
+    for (int k = 0; k < e.K; k++) ds += s[STAT_DS + k] / N / C;
+    if (mode == "e2e+ds") scalar(ds / e.K, "ds_mse");
+    else CHECK(ds == 0.0);  // trained on, and summed, in e2e+ds only
     close(download(e.sae.dW_enc, (size_t)C * D), "grad_W_enc");
     close(download(e.sae.db_enc, (size_t)D), "grad_b_enc");
     close(download(e.sae.dW_dec, (size_t)D * C), "grad_W_dec");

@@ -162,9 +162,10 @@ inline bool folder_holds_run(const TrainConfig& cfg) {
 // a run already in --out is continued only with --resume, replaced only with --overwrite
 inline void refuse_or_clear_run(const TrainConfig& cfg, const std::string& top) {
     if (!cfg.resume.empty() || !folder_holds_run(cfg)) return;
+    std::string own_log = cfg.log.empty() || cfg.log == cfg.out + "/log.jsonl" ? "" : " (or --log " + cfg.log + " exists)";
     if (!cfg.overwrite)
-        die("--out %s already holds a run (or --log %s exists): --resume %s continues it, --overwrite starts over there, "
-            "or choose another --out", top.c_str(), cfg.log.c_str(), top.c_str());
+        die("--out %s already holds a run%s: --resume %s continues it, --overwrite starts over there, or choose another --out",
+            top.c_str(), own_log.c_str(), top.c_str());
     for (const char* f : RUN_FILES) unlink((cfg.out + "/" + f).c_str());
     unlink((cfg.out + "/sweep.json").c_str());
     remove_file_dir(cfg.out + "/.save.ready");
@@ -174,7 +175,7 @@ inline void refuse_or_clear_run(const TrainConfig& cfg, const std::string& top) 
 // before anything is written, a save interrupted by a kill finished, and OUT/sweep.json written.
 inline void sweep_begin(const TrainConfig& raw, const std::vector<TrainConfig>& runs, const std::vector<int>& d_sae) {
     TrainConfig top = raw;
-    top.log = raw.out + "/sweep.json";
+    top.log.clear();  // a sweep's logs are its SAEs' (OUT/NAME/log.jsonl)
     refuse_or_clear_run(top, raw.out);
     for (const TrainConfig& c : runs) refuse_or_clear_run(c, raw.out);
     if (!raw.resume.empty()) {

@@ -51,12 +51,17 @@ inline std::string sweep_value_text(const std::string& key, const JsonValue& v) 
     return buf;
 }
 
+// the config's error context: its sweep line, or nothing for a single run
+inline std::string sweep_context(const TrainConfig& c) {
+    return c.sweep_line > 0 ? "--sweep " + c.sweep + " line " + std::to_string(c.sweep_line) + ": " : "";
+}
+
 // One finished config per SAE: the run's flags (raw: before finish_config) with each line's keys
 // set as their flags would be. Output paths move into OUT/NAME.
 inline std::vector<TrainConfig> sweep_configs(const TrainConfig& raw, bool gpu) {
     const std::string& path = raw.sweep;
     if (!file_exists(path)) die("--sweep '%s' is not a file", path.c_str());
-    if (raw.given.end() != std::find(raw.given.begin(), raw.given.end(), std::string("--log")))
+    if (std::find(raw.given.begin(), raw.given.end(), std::string("--log")) != raw.given.end())
         die("--log names one file, but each SAE of a --sweep writes its own OUT/NAME/log.jsonl: leave --log out");
     std::string text = read_text_file(path);
     std::vector<TrainConfig> out;
@@ -66,11 +71,11 @@ inline std::vector<TrainConfig> sweep_configs(const TrainConfig& raw, bool gpu) 
         std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
         pos = nl == std::string::npos ? text.size() : nl + 1;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank lines are allowed
-        die_context() = "--sweep " + path + " line " + std::to_string(line_no) + ": ";
-        JsonValue v;
-        if (!json_parse(line, v) || v.kind != JsonValue::OBJECT) die("not a JSON object: %s", line.c_str());
         TrainConfig c = raw;
         c.sweep_line = line_no;
+        die_context() = sweep_context(c);
+        JsonValue v;
+        if (!json_parse(line, v) || v.kind != JsonValue::OBJECT) die("not a JSON object: %s", line.c_str());
         bool has_size = false, has_ratio = false;
         for (const auto& kv : v.members) {
             const std::string& key = kv.first;
@@ -114,10 +119,6 @@ inline std::vector<TrainConfig> run_configs(const TrainConfig& raw, bool gpu) {
     return sweep_configs(raw, gpu);
 }
 
-// the config's error context: its sweep line, or nothing for a single run
-inline std::string sweep_context(const TrainConfig& c) {
-    return c.name.empty() ? "" : "--sweep " + c.sweep + " line " + std::to_string(c.sweep_line) + ": ";
-}
 
 // OUT/sweep.json: what ran, one object per SAE (scripts/pareto.py reads the names)
 inline void sweep_json_write(const std::string& dir, const std::vector<TrainConfig>& runs, const std::vector<int>& d_sae) {

@@ -6,9 +6,12 @@ Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precis
 only) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
 operations under the same names in plain loops, and the host side of a run (loading, loaders,
 saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
-e2e needs runs: blocks below the SAE layer once per batch for both branches, the clean branch
-above it without stored activations, the backward through the frozen blocks and LM head for
-activation gradients only, and no gradient for the SAE input. GPT-2 weights and activations are
+e2e needs runs: one clean pass per micro-batch without stored activations (its residuals before
+the SAE layer are the SAE input, the ones after it the e2e+ds targets), the backward through the
+frozen blocks and LM head for activation gradients only, and no gradient for the SAE input.
+--sweep FILE trains several SAEs in one run (llmc/sweep.h): the clean pass runs once for all of
+them, then each SAE its own forward, spliced pass, losses, backward and update, alone, so each
+gives the same bits as its single run. GPT-2 weights and activations are
 floatX (float or bf16) with fp32 accumulation; the SAE master weights, gradients and Adam state
 are always fp32.
 
@@ -16,7 +19,7 @@ Build and run:
     make train_gpt2_sae
     ./train_gpt2_sae --help
 Every phase sits in an NVTX range, so an Nsight Systems timeline reads like this file.
-Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is exact).
+Left out: multi-GPU, sparse SAE backward (the dense one is exact).
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +28,7 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include <vector>
 #include <type_traits>
 #include <algorithm>
+#include <optional>
 #include "llmc/utils.h"          // defines: die, fopenCheck, mallocCheck, now_seconds, check_finite
 #include "llmc/gpt2_load.h"      // defines: GPT2, gpt2_load (HF safetensors / llm.c .bin, centring)
 #include "llmc/dataloader.h"     // defines: DataLoader, dataloader_init/next_batch/get_rows
@@ -33,7 +37,7 @@ Left out: several SAEs at once, multi-GPU, sparse SAE backward (the dense one is
 #include "llmc/sae.h"            // defines: SAE (host), sae_allocate, sae_init_random
 #include "llmc/sae_io.h"         // defines: sae_export, sae_load, train_state_save/load, model_name_for_export
 #include "llmc/logger.h"         // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish
-#include "llmc/run.h"            // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end, run_end
+#include "llmc/run.h"            // defines: load_model, load_sae, RunData, open_loaders, RunState, runs_begin, save_runs, report_eval, step_end, run_end
 #include "llmc/cuda_common.cuh"  // defines: cudaCheck, cublasCheck, bf16, NvtxRange, EventRange, deterministic_sum, cast_copy
 #include "llmc/encoder.cuh"      // defines: encoder_forward
 #include "llmc/layernorm.cuh"    // defines: layernorm_forward, layernorm_backward_dinp
@@ -120,8 +124,8 @@ void gpt2_device_upload(GPT2Device<floatX>* d, const GPT2* host, float* staging)
 }
 
 // ----------------------------------------------------------------------------
-// what the engine holds, by kind: the SAE's state, one micro-batch's activations, the device
-// statistics, and the --dump-features state
+// what the run holds, by kind: each SAE's state and statistics (SaeRun), one micro-batch's
+// activations and the clean pass every SAE shares (Activations), the --dump-features state
 
 // the SAE on the device: fp32 masters, gradients and Adam moments, each one block laid out as
 // the host SAE's (W_enc, b_enc, W_dec, b_dec), and the floatX copies the matmuls read
@@ -132,6 +136,31 @@ struct SaeDevice {
     float *dW_enc, *db_enc, *dW_dec, *db_dec;  // into grads
     float *dW_dec_norm, *inv_norm;             // (D,C) accumulated over an update's micro-batches, (D)
     floatX *W_enc_x, *b_enc_x, *W_dec_norm, *b_dec_x;  // in fp32, W_enc_x aliases the master
+};
+
+// device scalars accumulated over one update's micro-batches (or one eval), read back once
+enum StatSlot { STAT_L1 = 0, STAT_L0, STAT_MSE, STAT_KL, STAT_GNORM_SQ, STAT_CE_CLEAN, STAT_CE_SPLICED, STAT_EV, STAT_DS, NUM_STATS_FIXED };
+
+struct Stats {
+    float* sums;                          // (NUM_STATS_FIXED + K), K downstream MSE slots from STAT_DS
+    unsigned int *fired_train, *fired_eval;  // (D) flags: training alive window, eval (the kernel's target; counts say more)
+    unsigned long long* fire_count_eval;  // (D) eval tokens each feature fired on (the export's sparsity)
+    int *alive_count, *agree_count;       // scalars
+};
+
+// one SAE of the run: its flags, its state on the device and its host copies, its run on the
+// host. A run trains one SAE, a --sweep several; each SAE's numbers are the same bits either way
+// (SAEs share inputs, never a matmul).
+template <typename floatX>
+struct SaeRun {
+    TrainConfig cfg;                      // the run's flags with this SAE's --sweep line
+    int L = 0, D = 0, K = 0;              // layer, d_sae, downstream layers n_layer - 1 - L
+    SAE sae;                              // host copy: init, --init-sae, export, state
+    std::vector<float> adam_m, adam_v, fired;  // host copies of the Adam moments and alive flags, for saves
+    RunState run;                         // step, log, schedule (llmc/run.h)
+    SaeDevice<floatX> dev;
+    Stats stats;
+    size_t bytes = 0;                     // its device memory
 };
 
 // what one block keeps for its backward pass: with materialised attention qkv's head-split copy
@@ -149,58 +178,50 @@ struct BlockGrads {
     float* dsum;
 };
 
-// one micro-batch of B rows of T tokens, N = B*T
+// one micro-batch of B rows of T tokens, N = B*T: the clean pass, kept for every SAE, and the
+// scratch one SAE at a time uses, sized for the largest d_sae and the lowest layer
 template <typename floatX>
 struct Activations {
     int* tokens;                          // (B,T)
     int* targets;                         // (B,T) next token within the row, -1 at the end
-    floatX *x, *x_hat, *c, *dc;           // (N,C), (N,C), (N,D), (N,D)
+    std::vector<floatX*> clean;           // clean[l - L_lo] (N,C): the clean resid_pre_l, l = L_lo..n_layer-1 (SAE inputs, e2e+ds targets)
+    floatX *x_hat, *c, *dc;               // (N,C), (N,D_max), (N,D_max)
     floatX *resid, *dresid, *dx_hat_local, *lnf, *dlnf;  // (N,C) each
     floatX *logits_clean, *logits_spliced;               // (N,Vp) each
-    float *lnf_mean, *lnf_rstd, *rows;    // (N) each; rows: per-row KL / CE / EV
+    float *lnf_mean, *lnf_rstd, *rows, *rows_clean;      // (N) each; rows: per-row KL / CE / EV; rows_clean: the eval's clean CE
     float* xsum;                          // (C) eval scratch
-    std::vector<floatX*> ds_clean;        // K of (N,C): clean resid_pre_k, k = L+1..n_layer-1
     BlockActs<floatX> scratch;            // blocks run without a backward
-    std::vector<BlockActs<floatX>> spliced;  // blocks L..n_layer-1 of the spliced run
+    std::vector<BlockActs<floatX>> spliced;  // blocks L..n_layer-1 of an SAE's spliced run, from spliced[0]
     BlockGrads<floatX> bg;
 };
 
-// device scalars accumulated over one update's micro-batches (or one eval), read back once
-enum StatSlot { STAT_L1 = 0, STAT_L0, STAT_MSE, STAT_KL, STAT_GNORM_SQ, STAT_CE_CLEAN, STAT_CE_SPLICED, STAT_EV, STAT_DS, NUM_STATS_FIXED };
-
-struct Stats {
-    float* sums;                          // (NUM_STATS_FIXED + K), K downstream MSE slots from STAT_DS
-    unsigned int *fired_train, *fired_eval;  // (D) flags: training alive window, eval (the kernel's target; counts say more)
-    unsigned long long* fire_count_eval;  // (D) eval tokens each feature fired on (the export's sparsity)
-    int *alive_count, *agree_count;       // scalars
-};
-
-// phases of a step, timed with one CUDA event pair per (micro-batch, phase): nothing waits for
-// them during the step; phase_times_collect reads them after the step's stats copy
+// phases of a step, timed with one CUDA event pair per (micro-batch, SAE, phase): nothing waits
+// for them during the step; phase_times_collect reads them after the step's stats copy. The
+// shared clean pass is timed under SAE 0: "blocks < L" are those below the lowest SAE layer.
 enum Phase { PH_LOWER = 0, PH_SAE_FWD, PH_CLEAN, PH_SPLICED, PH_KL, PH_BACKWARD, PH_SAE_BWD, PH_UPDATE, NUM_PHASES };
 static const char* PHASE_NAMES[NUM_PHASES] = {"blocks < L", "SAE forward", "clean blocks+head", "spliced blocks+head",
                                               "KL fused", "backward blocks+head", "SAE backward", "clip + AdamW"};
 
 struct PhaseTimes {
-    std::vector<cudaEvent_t> ev;   // (accum, NUM_PHASES, 2): start, end
-    std::vector<char> recorded;    // (accum, NUM_PHASES): local mode skips the downstream phases
-    double ms[NUM_PHASES] = {0};   // summed since the last reset
+    int saes = 1;
+    std::vector<cudaEvent_t> ev;   // (accum, saes, NUM_PHASES, 2): start, end
+    std::vector<char> recorded;    // (accum, saes, NUM_PHASES): local mode skips the downstream phases
+    double ms[NUM_PHASES] = {0};   // summed over the SAEs since the last reset
 };
 
 template <typename floatX>
 struct Engine {
-    TrainConfig cfg;
+    TrainConfig cfg;                      // the flags every SAE shares (the first SAE's config)
     GPT2 host_model;                      // loaded in place by run()
-    SAE host_sae;                         // the SAE on the host: init, --init-sae, export, state
-    int B = 0, T = 0, C = 0, V = 0, Vp = 0, NH = 0, D = 0, L = 0, n_layer = 0, K = 0;
+    int B = 0, T = 0, C = 0, V = 0, Vp = 0, NH = 0, n_layer = 0;
+    int L_lo = 0, L_hi = 0, D_max = 0;    // the lowest and highest SAE layer, the largest d_sae
+    bool train_logits = false;            // some SAE trains on the KL: the clean pass goes to the logits
     bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
     DeviceArena arena;
-    size_t bytes_weights = 0, bytes_sae = 0, bytes_acts = 0, bytes_dump = 0;
+    size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0;
     GPT2Device<floatX> model;
-    SaeDevice<floatX> sae;
     Activations<floatX> acts;
-    Stats stats;
-    FeatureDumpDevice dump;               // --dump-features state; null pointers without the flag
+    FeatureDumpDevice dump;               // --dump-features state, sized for the largest SAE; null pointers without the flag
     float* staging;                       // fp32 upload buffer
     PhaseTimes phases;
 };
@@ -226,35 +247,33 @@ void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C,
     b->ln2_rstd = a->take<float>(N);                   // (N)
 }
 
+// the engine's shape for the first k SAEs of saes: their lowest and highest layer, largest d_sae,
+// and whether any trains on the KL
+template <typename floatX>
+void engine_shape(Engine<floatX>* e, const std::vector<SaeRun<floatX>>& saes, size_t k) {
+    e->L_lo = e->n_layer; e->L_hi = 0; e->D_max = 0; e->train_logits = false;
+    for (size_t i = 0; i < k; i++) {
+        e->L_lo = std::min(e->L_lo, saes[i].L);
+        e->L_hi = std::max(e->L_hi, saes[i].L);
+        e->D_max = std::max(e->D_max, saes[i].D);
+        e->train_logits = e->train_logits || saes[i].cfg.mode != MODE_LOCAL;
+    }
+}
+
+// GPT-2, the activations and the dump: everything but the SAEs
 template <typename floatX>
 void engine_carve(Engine<floatX>* e, DeviceArena* a) {
-    const size_t N = (size_t)e->B * e->T, C = e->C, D = e->D, Vp = e->Vp, P = e->host_sae.num_parameters;
-    const bool fp32 = std::is_same<floatX, float>::value;
+    const size_t N = (size_t)e->B * e->T, C = e->C, D = e->D_max, Vp = e->Vp;
     size_t start = a->used;
     gpt2_device_carve(&e->model, &e->host_model, a);
     e->bytes_weights = a->used - start;
 
     start = a->used;
-    SaeDevice<floatX>& s = e->sae;
-    s.params = a->take<float>(P);                      // (P) W_enc, b_enc, W_dec, b_dec
-    s.grads = a->take<float>(P);                       // (P)
-    s.adam_m = a->take<float>(P);                      // (P)
-    s.adam_v = a->take<float>(P);                      // (P)
-    s.dW_dec_norm = a->take<float>(D * C);             // (D,C)
-    s.inv_norm = a->take<float>(D);                    // (D)
-    s.W_enc_x = fp32 ? nullptr : a->take<floatX>(C * D);  // (C,D) bf16 copy; fp32 reads the master
-    // the biases are copied in fp32 too: the epilogues need 16-byte aligned biases, and the
-    // masters' b_enc at C*D and b_dec at 2*C*D + D floats are not when C*D or D is not a multiple of 4
-    s.b_enc_x = a->take<floatX>(D);                    // (D)
-    s.b_dec_x = a->take<floatX>(C);                    // (C)
-    s.W_dec_norm = a->take<floatX>(D * C);             // (D,C)
-    e->bytes_sae = a->used - start;
-
-    start = a->used;
     Activations<floatX>& act = e->acts;
     act.tokens = a->take<int>(N);                        // (B,T)
     act.targets = a->take<int>(N);                       // (B,T)
-    act.x = a->take<floatX>(N * C);                      // (N,C)
+    act.clean.assign(e->n_layer - e->L_lo, nullptr);
+    for (floatX*& r : act.clean) r = a->take<floatX>(N * C);  // (n_layer - L_lo) x (N,C)
     act.x_hat = a->take<floatX>(N * C);                  // (N,C)
     act.c = a->take<floatX>(N * D);                      // (N,D)
     act.dc = a->take<floatX>(N * D);                     // (N,D)
@@ -268,11 +287,10 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     act.lnf_mean = a->take<float>(N);                    // (N)
     act.lnf_rstd = a->take<float>(N);                    // (N)
     act.rows = a->take<float>(N);                        // (N)
+    act.rows_clean = a->take<float>(N);                  // (N)
     act.xsum = a->take<float>(C);                        // (C)
-    act.ds_clean.assign(e->K, nullptr);
-    for (int k = 0; k < e->K; k++) act.ds_clean[k] = a->take<floatX>(N * C);  // K x (N,C)
     block_acts_carve(&act.scratch, a, e->B, e->T, e->C, e->NH, e->flash);
-    act.spliced.resize(e->n_layer - e->L);
+    act.spliced.resize(e->n_layer - e->L_lo);            // the eval splices in every mode
     for (auto& b : act.spliced) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH, e->flash);
     BlockGrads<floatX>& g = act.bg;
     g.dres2 = a->take<floatX>(N * C);                  // (N,C)
@@ -287,29 +305,52 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     g.scratch = flash ? nullptr : a->take<floatX>(N * C);                            // (N,C)
     g.dsum = flash ? a->take<float>((size_t)e->B * e->NH * e->T) : nullptr;          // (B,NH,T)
 
-    e->stats.sums = a->take<float>(NUM_STATS_FIXED + e->K);
-    e->stats.fired_train = a->take<unsigned int>(D);   // (D)
-    e->stats.fired_eval = a->take<unsigned int>(D);    // (D)
-    e->stats.fire_count_eval = a->take<unsigned long long>(D);  // (D)
-    e->stats.alive_count = a->take<int>(1);
-    e->stats.agree_count = a->take<int>(1);
-
-    size_t staging = P;
+    size_t staging = sae_num_parameters(e->C, e->D_max);
     for (int i = 0; i < NUM_PARAMETER_TENSORS; i++) staging = std::max(staging, e->host_model.param_sizes[i]);
     e->staging = a->take<float>(staging);              // the largest tensor uploaded, fp32
     e->bytes_acts = a->used - start;
 
     start = a->used;
-    if (!e->cfg.dump_features.empty()) feature_dump_device_carve(&e->dump, a, e->D, e->cfg.dump_topk, e->C, e->V);
+    if (!e->cfg.dump_features.empty()) feature_dump_device_carve(&e->dump, a, e->D_max, e->cfg.dump_topk, e->C, e->V);
     e->bytes_dump = a->used - start;
 }
 
-// named views into the SAE's parameter and gradient blocks; in fp32 the encoder matmul reads the master W_enc
+// one SAE's state and statistics
 template <typename floatX>
-void sae_device_bind(SaeDevice<floatX>* s, const SAE* host) {
-    s->W_enc = s->params; s->b_enc = s->W_enc + host->sizes[0]; s->W_dec = s->b_enc + host->sizes[1]; s->b_dec = s->W_dec + host->sizes[2];
-    s->dW_enc = s->grads; s->db_enc = s->dW_enc + host->sizes[0]; s->dW_dec = s->db_enc + host->sizes[1]; s->db_dec = s->dW_dec + host->sizes[2];
-    if (std::is_same<floatX, float>::value) s->W_enc_x = (floatX*)s->W_enc;
+void sae_carve(SaeRun<floatX>* s, int C, DeviceArena* a) {
+    const size_t D = s->D, P = sae_num_parameters(C, s->D);
+    const bool fp32 = std::is_same<floatX, float>::value;
+    size_t start = a->used;
+    SaeDevice<floatX>& d = s->dev;
+    d.params = a->take<float>(P);                      // (P) W_enc, b_enc, W_dec, b_dec
+    d.grads = a->take<float>(P);                       // (P)
+    d.adam_m = a->take<float>(P);                      // (P)
+    d.adam_v = a->take<float>(P);                      // (P)
+    d.dW_dec_norm = a->take<float>(D * C);             // (D,C)
+    d.inv_norm = a->take<float>(D);                    // (D)
+    d.W_enc_x = fp32 ? nullptr : a->take<floatX>(C * D);  // (C,D) bf16 copy; fp32 reads the master
+    // the biases are copied in fp32 too: the epilogues need 16-byte aligned biases, and the
+    // masters' b_enc at C*D and b_dec at 2*C*D + D floats are not when C*D or D is not a multiple of 4
+    d.b_enc_x = a->take<floatX>(D);                    // (D)
+    d.b_dec_x = a->take<floatX>(C);                    // (C)
+    d.W_dec_norm = a->take<floatX>(D * C);             // (D,C)
+    s->stats.sums = a->take<float>(NUM_STATS_FIXED + s->K);
+    s->stats.fired_train = a->take<unsigned int>(D);   // (D)
+    s->stats.fired_eval = a->take<unsigned int>(D);    // (D)
+    s->stats.fire_count_eval = a->take<unsigned long long>(D);  // (D)
+    s->stats.alive_count = a->take<int>(1);
+    s->stats.agree_count = a->take<int>(1);
+    s->bytes = a->used - start;
+}
+
+// the bytes of the engine and the first k SAEs
+template <typename floatX>
+size_t plan_bytes(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, size_t k) {
+    engine_shape(e, saes, k);
+    DeviceArena plan;
+    engine_carve(e, &plan);
+    for (size_t i = 0; i < k; i++) sae_carve(&saes[i], e->C, &plan);
+    return plan.used;
 }
 
 // Refuses, before anything is allocated, --attention flash where the flash kernels do not serve
@@ -336,48 +377,78 @@ inline void gpu_check_shapes(const TrainConfig& cfg, const GPT2Config& mc, int D
             "(or use --attention flash, which has none)", B, mc.num_heads, T, B * mc.num_heads * T * T, why);
 }
 
-// allocates everything in one cudaMalloc and prints the plan; host_model and host_sae must be loaded
+// Plans the device memory of the engine and every SAE (each SaeRun's cfg and D set), prints the
+// plan (per SAE in a sweep), refuses a run that does not fit (a sweep: how many of its SAEs
+// would), then allocates everything in one cudaMalloc and uploads GPT-2. The SAEs' own state
+// follows in sae_device_init, once each is loaded on the host. host_model must be loaded.
 template <typename floatX>
-void engine_init(Engine<floatX>* e, const TrainConfig& cfg, int B) {
-    e->cfg = cfg;
+void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
+    e->cfg = saes[0].cfg;
+    const TrainConfig& cfg = e->cfg;
     const GPT2Config& mc = e->host_model.config;
     e->B = B; e->T = cfg.seq_len; e->C = mc.channels; e->V = mc.vocab_size; e->NH = mc.num_heads;
-    e->n_layer = mc.num_layers; e->L = cfg.layer; e->D = e->host_sae.D; e->K = std::max(0, e->n_layer - 1 - e->L);
+    e->n_layer = mc.num_layers;
     e->Vp = (e->V + 127) / 128 * 128;
     e->flash = cfg.attention == "flash";
-    DeviceArena plan;
-    engine_carve(e, &plan);
-    size_t free_b = 0, total_b = 0;
+    for (SaeRun<floatX>& s : saes) { s.L = s.cfg.layer; s.K = std::max(0, e->n_layer - 1 - s.L); }
+    const size_t total = plan_bytes(e, saes, saes.size());
+    size_t free_b = 0, total_b = 0, sae_bytes = 0;
+    for (const SaeRun<floatX>& s : saes) sae_bytes += s.bytes;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
     // materialised: a (B,NH,T,T) matrix per spliced block, one for the blocks without a backward, one datt
-    const int n_att = e->n_layer - e->L + 2;
+    const int n_att = e->n_layer - e->L_lo + 2;
     char att_note[96];
     if (e->flash) snprintf(att_note, sizeof(att_note), "flash attention: no (B,NH,T,T) matrix");
     else snprintf(att_note, sizeof(att_note), "of which %d (B,NH,T,T) attention matrices %.1f MiB", n_att,
                   (double)n_att * B * e->NH * e->T * e->T * sizeof(floatX) / 1048576.0);
-    printf("device memory plan (%s): GPT-2 weights %.1f MiB | SAE params+grads+Adam+copies %.1f MiB | activations %.1f MiB (%s) | "
-           "total %.2f GiB of %.2f GiB free\n", std::is_same<floatX, float>::value ? "fp32" : "bf16",
-           e->bytes_weights / 1048576.0, e->bytes_sae / 1048576.0, e->bytes_acts / 1048576.0, att_note, plan.used / 1073741824.0, free_b / 1073741824.0);
+    printf("device memory plan (%s): GPT-2 weights %.1f MiB | %s %.1f MiB | activations %.1f MiB (%s) | "
+           "total %.2f GiB of %.2f GiB free\n", std::is_same<floatX, float>::value ? "fp32" : "bf16", e->bytes_weights / 1048576.0,
+           saes.size() > 1 ? "SAEs' params+grads+Adam+copies" : "SAE params+grads+Adam+copies", sae_bytes / 1048576.0,
+           e->bytes_acts / 1048576.0, att_note, total / 1073741824.0, free_b / 1073741824.0);
+    if (saes.size() > 1)
+        for (const SaeRun<floatX>& s : saes) printf("  SAE %-16s %9.1f MiB\n", s.cfg.name.c_str(), s.bytes / 1048576.0);
     if (e->bytes_dump)
         printf("  of which the feature dump %.1f MiB (top-%d, histogram, bands, contexts, logit effects of %d features, in chunks of %d)\n",
-               e->bytes_dump / 1048576.0, cfg.dump_topk, e->D, FEATURE_DUMP_LOGIT_CHUNK);
-    if (plan.used + (size_t)(512u << 20) > free_b)
+               e->bytes_dump / 1048576.0, cfg.dump_topk, e->D_max, FEATURE_DUMP_LOGIT_CHUNK);
+    const size_t margin = (size_t)512 << 20;  // cuBLASLt's workspace, the CUDA context's growth
+    if (total + margin > free_b) {
+        if (saes.size() > 1) {
+            size_t fit = 0;
+            while (fit < saes.size() && plan_bytes(e, saes, fit + 1) + margin <= free_b) fit++;
+            die("the sweep needs %.2f GiB of device memory but only %.2f GiB is free: %zu of its %zu SAEs would fit (in file order)",
+                total / 1073741824.0, free_b / 1073741824.0, fit, saes.size());
+        }
         die("the run needs %.2f GiB of device memory but only %.2f GiB is free: lower --batch, --seq-len or --dict-size",
-            plan.used / 1073741824.0, free_b / 1073741824.0);
+            total / 1073741824.0, free_b / 1073741824.0);
+    }
+    engine_shape(e, saes, saes.size());
     e->arena.planning = false;
-    cudaCheck(cudaMalloc(&e->arena.base, plan.used));
+    cudaCheck(cudaMalloc(&e->arena.base, total));
     engine_carve(e, &e->arena);
-    sae_device_bind(&e->sae, &e->host_sae);
+    for (SaeRun<floatX>& s : saes) sae_carve(&s, e->C, &e->arena);
     matmul_init();
     gpt2_device_upload(&e->model, &e->host_model, e->staging);
-    size_t P = e->host_sae.num_parameters;
-    cudaCheck(cudaMemcpy(e->sae.params, e->host_sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemset(e->sae.adam_m, 0, P * sizeof(float)));
-    cudaCheck(cudaMemset(e->sae.adam_v, 0, P * sizeof(float)));
-    cudaCheck(cudaMemset(e->stats.fired_train, 0, e->D * sizeof(unsigned int)));
-    e->phases.ev.resize((size_t)cfg.grad_accum * NUM_PHASES * 2);
-    e->phases.recorded.assign((size_t)cfg.grad_accum * NUM_PHASES, 0);
+    e->phases.saes = (int)saes.size();
+    e->phases.ev.resize((size_t)cfg.grad_accum * saes.size() * NUM_PHASES * 2);
+    e->phases.recorded.assign((size_t)cfg.grad_accum * saes.size() * NUM_PHASES, 0);
     for (cudaEvent_t& ev : e->phases.ev) cudaCheck(cudaEventCreate(&ev));
+}
+
+// an SAE's parameters (s->sae, loaded on the host) onto the device, its Adam moments and alive
+// flags zeroed; named views into its parameter and gradient blocks, and in fp32 the encoder
+// matmul reads the master W_enc
+template <typename floatX>
+void sae_device_init(SaeRun<floatX>* s) {
+    SaeDevice<floatX>& d = s->dev;
+    const SAE* host = &s->sae;
+    d.W_enc = d.params; d.b_enc = d.W_enc + host->sizes[0]; d.W_dec = d.b_enc + host->sizes[1]; d.b_dec = d.W_dec + host->sizes[2];
+    d.dW_enc = d.grads; d.db_enc = d.dW_enc + host->sizes[0]; d.dW_dec = d.db_enc + host->sizes[1]; d.db_dec = d.dW_dec + host->sizes[2];
+    if (std::is_same<floatX, float>::value) d.W_enc_x = (floatX*)d.W_enc;
+    size_t P = host->num_parameters;
+    cudaCheck(cudaMemcpy(d.params, host->memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemset(d.adam_m, 0, P * sizeof(float)));
+    cudaCheck(cudaMemset(d.adam_v, 0, P * sizeof(float)));
+    cudaCheck(cudaMemset(s->stats.fired_train, 0, s->D * sizeof(unsigned int)));
 }
 
 template <typename floatX>
@@ -387,12 +458,14 @@ void engine_free(Engine<floatX>* e) {
     cudaCheck(cudaFree(e->arena.base));
 }
 
-// times the rest of the enclosing scope as phase p of micro-batch `micro`
+// times the rest of the enclosing scope as phase p of micro-batch `micro` and SAE `sae`; nothing
+// when micro < 0 (evals, dumps and tests time nothing)
 template <typename floatX>
-EventRange time_phase(Engine<floatX>* e, int micro, Phase p) {
-    size_t i = (size_t)micro * NUM_PHASES + p;
+std::optional<EventRange> time_phase(Engine<floatX>* e, int micro, int sae, Phase p) {
+    if (micro < 0) return std::nullopt;
+    size_t i = ((size_t)micro * e->phases.saes + sae) * NUM_PHASES + p;
     e->phases.recorded[i] = 1;
-    return EventRange(e->phases.ev[2 * i], e->phases.ev[2 * i + 1], 0);
+    return std::optional<EventRange>(std::in_place, e->phases.ev[2 * i], e->phases.ev[2 * i + 1], (cudaStream_t)0);
 }
 
 // adds the phases the step recorded to e->phases.ms; call after the step's sync
@@ -439,59 +512,62 @@ void lm_head_forward(Engine<floatX>* e, floatX* logits, const floatX* resid, int
     matmul_forward(logits, act.lnf, e->model.wte_unembed, (const floatX*)nullptr, N, e->C, e->Vp, 0);
 }
 
-// the SAE input: the centred residual entering block L
+// The clean pass, once per micro-batch for every SAE, tokens already on the device: the embedding
+// and blocks 0.., keeping each resid_pre_l from the lowest SAE layer on in acts.clean (the SAE
+// inputs and the e2e+ds targets), then the LM head into logits_clean. to_logits false stops at
+// the highest SAE layer's input (local mode needs no logits). Each block writes where the next
+// reads; the blocks keep nothing for a backward. micro >= 0 times it (time_phase).
 template <typename floatX>
-void forward_to_sae(Engine<floatX>* e, int B) {
-    NvtxRange r("blocks_below_L");
-    encoder_forward(e->acts.x, e->acts.tokens, e->model.wte, e->model.wpe, B, e->T, e->C, 0);
-    for (int l = 0; l < e->L; l++) block_forward(e, l, &e->acts.scratch, e->acts.x, e->acts.x, B);
+void clean_forward(Engine<floatX>* e, int B, bool to_logits, int micro) {
+    NvtxRange r("clean_forward");
+    Activations<floatX>& act = e->acts;
+    auto slot = [&](int l) { return l >= e->L_lo && l < e->n_layer ? act.clean[l - e->L_lo] : act.resid; };  // resid_pre_l
+    const int blocks = to_logits ? e->n_layer : e->L_hi;
+    {
+        auto t = time_phase(e, micro, 0, PH_LOWER);
+        encoder_forward(slot(0), act.tokens, e->model.wte, e->model.wpe, B, e->T, e->C, 0);
+        for (int l = 0; l < e->L_lo; l++) block_forward(e, l, &act.scratch, slot(l), slot(l + 1), B);
+    }
+    if (blocks == e->L_lo && !to_logits) return;
+    auto t = time_phase(e, micro, 0, PH_CLEAN);
+    for (int l = e->L_lo; l < blocks; l++) block_forward(e, l, &act.scratch, slot(l), slot(l + 1), B);
+    if (to_logits) lm_head_forward(e, act.logits_clean, act.resid, B * e->T);
 }
 
-// refreshes the floatX copies of the SAE weights and the normalised decoder (once per update);
-// the bias copies in both precisions (aligned for the epilogues, see engine_carve)
+// the SAE input of an SAE at layer L: the centred residual entering block L
 template <typename floatX>
-void sae_prepare_weights(Engine<floatX>* e) {
+const floatX* sae_input(const Engine<floatX>* e, int L) { return e->acts.clean[L - e->L_lo]; }
+
+// refreshes an SAE's floatX weight copies and its normalised decoder (once per update); the bias
+// copies in both precisions (aligned for the epilogues, see sae_carve)
+template <typename floatX>
+void sae_prepare_weights(Engine<floatX>* e, SaeRun<floatX>* s) {
     NvtxRange r("sae_prepare_weights");
-    SaeDevice<floatX>& s = e->sae;
-    sae_decoder_normalize(s.W_dec_norm, s.inv_norm, s.W_dec, e->D, e->C, 0);
-    if (!std::is_same<floatX, float>::value) cast_copy(s.W_enc_x, s.W_enc, (size_t)e->C * e->D, 0);
-    cast_copy(s.b_enc_x, s.b_enc, (size_t)e->D, 0);
-    cast_copy(s.b_dec_x, s.b_dec, (size_t)e->C, 0);
+    SaeDevice<floatX>& d = s->dev;
+    sae_decoder_normalize(d.W_dec_norm, d.inv_norm, d.W_dec, s->D, e->C, 0);
+    if (!std::is_same<floatX, float>::value) cast_copy(d.W_enc_x, d.W_enc, (size_t)e->C * s->D, 0);
+    cast_copy(d.b_enc_x, d.b_enc, (size_t)s->D, 0);
+    cast_copy(d.b_dec_x, d.b_dec, (size_t)e->C, 0);
 }
 
 // c = relu(x W_enc + b_enc) (N,D), x_hat = c W_dec_norm + b_dec (N,C)
 template <typename floatX>
-void sae_forward(Engine<floatX>* e, int B) {
+void sae_forward(Engine<floatX>* e, SaeRun<floatX>* s, int B) {
     NvtxRange r("sae_forward");
     int N = B * e->T;
-    sae_encoder_forward(e->acts.c, e->acts.x, e->sae.W_enc_x, e->sae.b_enc_x, N, e->C, e->D, 0);
-    sae_decoder_forward(e->acts.x_hat, e->acts.c, e->sae.W_dec_norm, e->sae.b_dec_x, N, e->C, e->D, 0);
+    sae_encoder_forward(e->acts.c, sae_input(e, s->L), s->dev.W_enc_x, s->dev.b_enc_x, N, e->C, s->D, 0);
+    sae_decoder_forward(e->acts.x_hat, e->acts.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, s->D, 0);
 }
 
-// clean run from x to logits_clean without stored activations, keeping the clean resid_pre_k
+// spliced run from x_hat at layer L to logits_spliced; block l's input (resid_pre_l) stays in acts.spliced[l-L].inp
 template <typename floatX>
-void clean_forward(Engine<floatX>* e, int B) {
-    NvtxRange r("clean_forward");
-    Activations<floatX>& act = e->acts;
-    int N = B * e->T;
-    size_t NC = (size_t)N * e->C;
-    cudaCheck(cudaMemcpyAsync(act.resid, act.x, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    for (int l = e->L; l < e->n_layer; l++) {
-        if (l > e->L) cudaCheck(cudaMemcpyAsync(act.ds_clean[l - e->L - 1], act.resid, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-        block_forward(e, l, &act.scratch, act.resid, act.resid, B);
-    }
-    lm_head_forward(e, act.logits_clean, act.resid, N);
-}
-
-// spliced run from x_hat to logits_spliced; block l's input (resid_pre_l) stays in acts.spliced[l-L].inp
-template <typename floatX>
-void spliced_forward(Engine<floatX>* e, int B) {
+void spliced_forward(Engine<floatX>* e, int L, int B) {
     NvtxRange r("spliced_forward");
     Activations<floatX>& act = e->acts;
     int N = B * e->T;
     const floatX* inp = act.x_hat;
-    for (int l = e->L; l < e->n_layer; l++) {
-        block_forward(e, l, &act.spliced[l - e->L], inp, act.resid, B);
+    for (int l = L; l < e->n_layer; l++) {
+        block_forward(e, l, &act.spliced[l - L], inp, act.resid, B);
         inp = act.resid;
     }
     lm_head_forward(e, act.logits_spliced, act.resid, N);
@@ -538,119 +614,112 @@ void lm_head_backward(Engine<floatX>* e, int N) {
 // dW_dec itself comes from dW_dec_norm once per update (sae_finish_grads): the normalisation
 // backward is linear in dW_dec_norm and W_dec does not change within an update.
 template <typename floatX>
-void sae_backward(Engine<floatX>* e, const floatX* dx_hat, int B, float l1_scale, bool first) {
+void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, int B, float l1_scale, bool first) {
     NvtxRange r("sae_backward");
     int N = B * e->T;
-    SaeDevice<floatX>& s = e->sae;
+    SaeDevice<floatX>& d = s->dev;
     Activations<floatX>& act = e->acts;
-    sae_decoder_backward(s.dW_dec_norm, s.db_dec, act.dc, dx_hat, act.c, s.W_dec_norm, N, e->C, e->D, !first, 0);
-    sae_l1_relu_backward(act.dc, act.dc, act.c, l1_scale, N, e->D, 0);
-    sae_encoder_backward(s.dW_enc, s.db_enc, act.dc, act.x, N, e->C, e->D, !first, 0);
+    sae_decoder_backward(d.dW_dec_norm, d.db_dec, act.dc, dx_hat, act.c, d.W_dec_norm, N, e->C, s->D, !first, 0);
+    sae_l1_relu_backward(act.dc, act.dc, act.c, l1_scale, N, s->D, 0);
+    sae_encoder_backward(d.dW_enc, d.db_enc, act.dc, sae_input(e, s->L), N, e->C, s->D, !first, 0);
 }
 
 // dW_dec from the dW_dec_norm the update's micro-batches accumulated
 template <typename floatX>
-void sae_finish_grads(Engine<floatX>* e) {
-    sae_decoder_normalize_backward(e->sae.dW_dec, e->sae.dW_dec_norm, e->sae.W_dec, e->sae.inv_norm, e->D, e->C, 0);
+void sae_finish_grads(Engine<floatX>* e, SaeRun<floatX>* s) {
+    sae_decoder_normalize_backward(s->dev.dW_dec, s->dev.dW_dec_norm, s->dev.W_dec, s->dev.inv_norm, s->D, e->C, 0);
 }
 
-// one micro-batch (tokens already on the device), number `micro` of the update: forward, losses
-// into the stats, gradients accumulated (the first micro-batch overwrites), everything scaled by
-// 1/accum
+// one micro-batch of one SAE (SAE number si of the run), number `micro` of the update, after the
+// clean pass: forward, losses into its stats, gradients accumulated (the first micro-batch
+// overwrites), everything scaled by 1/accum; micro < 0 times nothing and overwrites
 template <typename floatX>
-void micro_step(Engine<floatX>* e, int accum, int micro) {
-    const TrainConfig& cfg = e->cfg;
+void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int si) {
+    const TrainConfig& cfg = s->cfg;
     Activations<floatX>& act = e->acts;
-    float* stats = e->stats.sums;
-    int B = e->B, N = B * e->T;
+    float* stats = s->stats.sums;
+    const int B = e->B, N = B * e->T, L = s->L;
+    const floatX* x = sae_input(e, L);
     size_t NC = (size_t)N * e->C;
     double dN = N, dC = e->C;
-    {
-        auto t = time_phase(e, micro, PH_LOWER);
-        forward_to_sae(e, B);
-    }
     bool local = cfg.mode == MODE_LOCAL;
     {
-        auto t = time_phase(e, micro, PH_SAE_FWD);
-        sae_forward(e, B);
-        sae_sparsity_l0(stats + STAT_L1, stats + STAT_L0, e->stats.fired_train, act.c, N, e->D, 0);
+        auto t = time_phase(e, micro, si, PH_SAE_FWD);
+        sae_forward(e, s, B);
+        sae_sparsity_l0(stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, N, s->D, 0);
         // MSE(x_hat, x) is logged in every mode and trained on in local mode only
         if (local) cudaCheck(cudaMemsetAsync(act.dx_hat_local, 0, NC * sizeof(floatX), 0));
-        mse_forward_backward(stats + STAT_MSE, local ? act.dx_hat_local : (floatX*)nullptr, act.x_hat, act.x, NC,
+        mse_forward_backward(stats + STAT_MSE, local ? act.dx_hat_local : (floatX*)nullptr, act.x_hat, x, NC,
                              local ? (float)(cfg.mse_coeff / (dN * dC * accum)) : 0.0f, 0);
     }
     const floatX* dx_hat = local ? act.dx_hat_local : act.dresid;
     if (!local) {
         {
-            auto t = time_phase(e, micro, PH_CLEAN);
-            clean_forward(e, B);
+            auto t = time_phase(e, micro, si, PH_SPLICED);
+            spliced_forward(e, L, B);
         }
         {
-            auto t = time_phase(e, micro, PH_SPLICED);
-            spliced_forward(e, B);
-        }
-        {
-            auto t = time_phase(e, micro, PH_KL);
+            auto t = time_phase(e, micro, si, PH_KL);
             kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V, e->Vp, 0);
             deterministic_sum(stats + STAT_KL, act.rows, N, true, 0);
         }
-        auto t = time_phase(e, micro, PH_BACKWARD);
+        auto t = time_phase(e, micro, si, PH_BACKWARD);
         lm_head_backward(e, N);
         bool ds = cfg.mode == MODE_E2E_DS;
-        float ds_scale = ds ? (float)(cfg.ds_coeff / e->K / (dN * dC * accum)) : 0.0f;
-        for (int l = e->n_layer - 1; l >= e->L; l--) {
-            block_backward(e, l, &act.spliced[l - e->L], act.dresid, B);
-            if (ds && l > e->L)  // dresid is now d/d resid_pre_l, where the e2e+ds term for layer l enters (plain e2e: an eval metric only)
-                mse_forward_backward(stats + STAT_DS + (l - e->L - 1), act.dresid, act.spliced[l - e->L].inp, act.ds_clean[l - e->L - 1], NC,
+        float ds_scale = ds ? (float)(cfg.ds_coeff / s->K / (dN * dC * accum)) : 0.0f;
+        for (int l = e->n_layer - 1; l >= L; l--) {
+            block_backward(e, l, &act.spliced[l - L], act.dresid, B);
+            if (ds && l > L)  // dresid is now d/d resid_pre_l, where the e2e+ds term for layer l enters (plain e2e: an eval metric only)
+                mse_forward_backward(stats + STAT_DS + (l - L - 1), act.dresid, act.spliced[l - L].inp, act.clean[l - e->L_lo], NC,
                                      ds_scale, 0);
         }
     }
-    auto t = time_phase(e, micro, PH_SAE_BWD);
-    sae_backward(e, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), micro == 0);
+    auto t = time_phase(e, micro, si, PH_SAE_BWD);
+    sae_backward(e, s, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), micro <= 0);
 }
 
-// the update's log terms from the stats its micro-batches accumulated, s (read back after the
+// the update's log terms from the stats its micro-batches accumulated, st (read back after the
 // step): per-token means, the loss assembled as the mode trains it (SPEC §1), the gradient norm
 template <typename floatX>
-StepLog step_terms(const Engine<floatX>* e, const std::vector<float>& s) {
-    const TrainConfig& cfg = e->cfg;
-    double A = cfg.grad_accum, dN = (double)cfg.batch * cfg.seq_len, C = e->C;
+StepLog step_terms(const SaeRun<floatX>* s, const std::vector<float>& st) {
+    const TrainConfig& cfg = s->cfg;
+    double A = cfg.grad_accum, dN = (double)cfg.batch * cfg.seq_len, C = s->sae.C;
     StepLog sl = {};
-    sl.kl = cfg.mode == MODE_LOCAL ? NAN : s[STAT_KL] / dN / A;
-    sl.sparsity = s[STAT_L1] / dN / C / A;
-    sl.mse = s[STAT_MSE] / dN / C / A;
-    sl.l0 = s[STAT_L0] / dN / A;
+    sl.kl = cfg.mode == MODE_LOCAL ? NAN : st[STAT_KL] / dN / A;
+    sl.sparsity = st[STAT_L1] / dN / C / A;
+    sl.mse = st[STAT_MSE] / dN / C / A;
+    sl.l0 = st[STAT_L0] / dN / A;
     sl.ds_mse = NAN;
     if (cfg.mode == MODE_E2E_DS) {  // K >= 1 there; plain e2e has the downstream MSE as an eval metric only
         sl.ds_mse = 0.0;
-        for (int k = 0; k < e->K; k++) sl.ds_mse += s[STAT_DS + k] / dN / C / A;
-        sl.ds_mse /= e->K;
+        for (int k = 0; k < s->K; k++) sl.ds_mse += st[STAT_DS + k] / dN / C / A;
+        sl.ds_mse /= s->K;
     }
     sl.loss = cfg.sparsity_coeff * sl.sparsity;
     if (cfg.mode == MODE_LOCAL) sl.loss += cfg.mse_coeff * sl.mse;
     else sl.loss += cfg.kl_coeff * sl.kl;
     if (cfg.mode == MODE_E2E_DS) sl.loss += cfg.ds_coeff * sl.ds_mse;
-    sl.grad_norm = sqrt((double)s[STAT_GNORM_SQ]);
+    sl.grad_norm = sqrt((double)st[STAT_GNORM_SQ]);
     sl.alive = -1;
     return sl;
 }
 
 // clipping on the device (no host sync), then Adam(W) on the fp32 masters; update t (1 for the first)
 template <typename floatX>
-void update(Engine<floatX>* e, double lr, long long t) {
+void update(SaeRun<floatX>* s, double lr, long long t) {
     NvtxRange r("update");
-    size_t n = e->host_sae.num_parameters;
-    float* norm_sq = e->stats.sums + STAT_GNORM_SQ;
-    global_norm_squared(norm_sq, e->sae.grads, n, false, 0);
+    size_t n = s->sae.num_parameters;
+    float* norm_sq = s->stats.sums + STAT_GNORM_SQ;
+    global_norm_squared(norm_sq, s->dev.grads, n, false, 0);
     double step_size, bc2_sqrt;
     adamw_scalars((int)t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
-    adamw_update(e->sae.params, e->sae.adam_m, e->sae.adam_v, e->sae.grads, n, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8,
-                 e->cfg.weight_decay, norm_sq, e->cfg.max_grad_norm, 0);
+    adamw_update(s->dev.params, s->dev.adam_m, s->dev.adam_v, s->dev.grads, n, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8,
+                 s->cfg.weight_decay, norm_sq, s->cfg.max_grad_norm, 0);
 }
 
 // ----------------------------------------------------------------------------
-// eval (SPEC §6) on the first eval_rows rows of the val data, with the number of eval tokens
-// each feature fired on (the export's sparsity.safetensors)
+// eval (SPEC §6) on the first eval_rows rows of the val data, for every SAE at once (one clean
+// pass per batch), with the number of eval tokens each feature fired on (the export's sparsity)
 
 template <typename floatX>
 void upload_rows(Engine<floatX>* e, const int* tokens, int B) {
@@ -663,18 +732,19 @@ void upload_rows(Engine<floatX>* e, const int* tokens, int B) {
 }
 
 template <typename floatX>
-EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, long long alive_train) {
+std::vector<EvalMetrics> evaluate(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, const DataLoader* val, int eval_rows) {
     NvtxRange r("evaluate");
-    int T = e->T, C = e->C, D = e->D, K = e->K;
+    const int T = e->T, C = e->C;
     Activations<floatX>& act = e->acts;
-    Stats& st = e->stats;
-    std::vector<float> zeros(NUM_STATS_FIXED + K, 0.0f);
-    cudaCheck(cudaMemcpy(st.sums, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemset(st.fired_eval, 0, D * sizeof(unsigned int)));
-    cudaCheck(cudaMemset(st.fire_count_eval, 0, D * sizeof(unsigned long long)));
-    cudaCheck(cudaMemset(st.agree_count, 0, sizeof(int)));
+    for (SaeRun<floatX>& s : saes) {
+        Stats& st = s.stats;
+        cudaCheck(cudaMemset(st.sums, 0, (NUM_STATS_FIXED + s.K) * sizeof(float)));
+        cudaCheck(cudaMemset(st.fired_eval, 0, s.D * sizeof(unsigned int)));
+        cudaCheck(cudaMemset(st.fire_count_eval, 0, s.D * sizeof(unsigned long long)));
+        cudaCheck(cudaMemset(st.agree_count, 0, sizeof(int)));
+        sae_prepare_weights(e, &s);
+    }
     std::vector<int> tokens((size_t)e->B * T);
-    sae_prepare_weights(e);
     long long tokens_seen = 0;
     for (int row = 0; row < eval_rows; row += e->B) {
         int B = std::min(e->B, eval_rows - row);
@@ -682,43 +752,50 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
         size_t NC = (size_t)N * C;
         dataloader_get_rows(val, row, B, tokens.data());
         upload_rows(e, tokens.data(), B);
-        forward_to_sae(e, B);
-        sae_forward(e, B);
-        sae_sparsity_l0(st.sums + STAT_L1, st.sums + STAT_L0, st.fired_eval, act.c, N, D, 0, st.fire_count_eval);
-        mse_forward_backward(st.sums + STAT_MSE, (floatX*)nullptr, act.x_hat, act.x, NC, 0.0f, 0);
-        explained_variance_rows(act.rows, act.x_hat, act.x, act.xsum, N, C, 0);
-        deterministic_sum(st.sums + STAT_EV, act.rows, N, true, 0);
-        clean_forward(e, B);
-        spliced_forward(e, B);
-        for (int k = 0; k < K; k++)
-            mse_forward_backward(st.sums + STAT_DS + k, (floatX*)nullptr, act.spliced[k + 1].inp, act.ds_clean[k], NC, 0.0f, 0);
-        ce_forward(act.rows, act.logits_clean, act.targets, N, e->V, e->Vp, 0);
-        deterministic_sum(st.sums + STAT_CE_CLEAN, act.rows, N, true, 0);
-        ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
-        deterministic_sum(st.sums + STAT_CE_SPLICED, act.rows, N, true, 0);
-        argmax_agree(st.agree_count, act.logits_clean, act.logits_spliced, N, e->V, e->Vp, 0);
-        kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
-        deterministic_sum(st.sums + STAT_KL, act.rows, N, true, 0);
+        clean_forward(e, B, true, -1);
+        ce_forward(act.rows_clean, act.logits_clean, act.targets, N, e->V, e->Vp, 0);
+        for (SaeRun<floatX>& s : saes) {
+            float* sums = s.stats.sums;
+            const floatX* x = sae_input(e, s.L);
+            sae_forward(e, &s, B);
+            sae_sparsity_l0(sums + STAT_L1, sums + STAT_L0, s.stats.fired_eval, act.c, N, s.D, 0, s.stats.fire_count_eval);
+            mse_forward_backward(sums + STAT_MSE, (floatX*)nullptr, act.x_hat, x, NC, 0.0f, 0);
+            explained_variance_rows(act.rows, act.x_hat, x, act.xsum, N, C, 0);
+            deterministic_sum(sums + STAT_EV, act.rows, N, true, 0);
+            spliced_forward(e, s.L, B);
+            for (int k = 0; k < s.K; k++)
+                mse_forward_backward(sums + STAT_DS + k, (floatX*)nullptr, act.spliced[k + 1].inp, act.clean[s.L + 1 + k - e->L_lo], NC, 0.0f, 0);
+            deterministic_sum(sums + STAT_CE_CLEAN, act.rows_clean, N, true, 0);
+            ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
+            deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, true, 0);
+            argmax_agree(s.stats.agree_count, act.logits_clean, act.logits_spliced, N, e->V, e->Vp, 0);
+            kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
+            deterministic_sum(sums + STAT_KL, act.rows, N, true, 0);
+        }
         tokens_seen += N;
     }
-    std::vector<float> s(NUM_STATS_FIXED + K);
-    int agree = 0;
-    cudaCheck(cudaMemcpy(s.data(), st.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(&agree, st.agree_count, sizeof(int), cudaMemcpyDeviceToHost));
-    EvalSums sums;
-    sums.ce_clean = s[STAT_CE_CLEAN];
-    sums.ce_spliced = s[STAT_CE_SPLICED];
-    sums.kl = s[STAT_KL];
-    sums.l0 = s[STAT_L0];
-    sums.explained_variance = s[STAT_EV];
-    sums.top1_agree = agree;
-    sums.mse = s[STAT_MSE];
-    for (int k = 0; k < K; k++) sums.ds_mse.push_back(s[STAT_DS + k]);
-    sums.tokens = tokens_seen;
-    static_assert(sizeof(unsigned long long) == sizeof(long long), "the counts are copied as they are");
-    sums.fire_count.resize(D);
-    cudaCheck(cudaMemcpy(sums.fire_count.data(), st.fire_count_eval, D * sizeof(long long), cudaMemcpyDeviceToHost));
-    return eval_metrics_finish(sums, eval_rows, T, C, D, alive_train);
+    std::vector<EvalMetrics> out;
+    for (SaeRun<floatX>& s : saes) {
+        std::vector<float> st(NUM_STATS_FIXED + s.K);
+        int agree = 0;
+        cudaCheck(cudaMemcpy(st.data(), s.stats.sums, st.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(&agree, s.stats.agree_count, sizeof(int), cudaMemcpyDeviceToHost));
+        EvalSums sums;
+        sums.ce_clean = st[STAT_CE_CLEAN];
+        sums.ce_spliced = st[STAT_CE_SPLICED];
+        sums.kl = st[STAT_KL];
+        sums.l0 = st[STAT_L0];
+        sums.explained_variance = st[STAT_EV];
+        sums.top1_agree = agree;
+        sums.mse = st[STAT_MSE];
+        for (int k = 0; k < s.K; k++) sums.ds_mse.push_back(st[STAT_DS + k]);
+        sums.tokens = tokens_seen;
+        static_assert(sizeof(unsigned long long) == sizeof(long long), "the counts are copied as they are");
+        sums.fire_count.resize(s.D);
+        cudaCheck(cudaMemcpy(sums.fire_count.data(), s.stats.fire_count_eval, s.D * sizeof(long long), cudaMemcpyDeviceToHost));
+        out.push_back(eval_metrics_finish(sums, eval_rows, T, C, s.D, s.run.ts.last_alive));
+    }
+    return out;
 }
 
 // ----------------------------------------------------------------------------
@@ -730,43 +807,42 @@ EvalMetrics evaluate(Engine<floatX>* e, const DataLoader* val, int eval_rows, lo
 // ~1e-6 of the KL is rounding. The column is kept in acts.rows (N floats) while it is zeroed.
 
 template <typename floatX>
-AblationEffects ablation_effects(Engine<floatX>* e, const DataLoader* val, int eval_rows, const std::vector<float>& log10_freq) {
+AblationEffects ablation_effects(Engine<floatX>* e, SaeRun<floatX>* s, const DataLoader* val, int eval_rows) {
     NvtxRange r("ablation_effects");
     AblationEffects ab;
-    ab.features = most_frequent_features(log10_freq, ABLATION_FEATURES);
-    int T = e->T, D = e->D, F = (int)ab.features.size();
+    ab.features = most_frequent_features(s->run.sparsity, ABLATION_FEATURES);
+    int T = e->T, D = s->D, F = (int)ab.features.size();
     Activations<floatX>& act = e->acts;
-    float* sums = e->stats.sums;
+    float* sums = s->stats.sums;
     std::vector<double> kl(F, 0.0), ce(F, 0.0);
     std::vector<int> tokens((size_t)e->B * T);
     auto spliced_kl_ce = [&](int B, double* kl_sum, double* ce_sum) {  // the spliced model on x_hat
         int N = B * T;
-        spliced_forward(e, B);
+        spliced_forward(e, s->L, B);
         ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
         deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, false, 0);
         kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
         deterministic_sum(sums + STAT_KL, act.rows, N, false, 0);
-        float s[NUM_STATS_FIXED];
-        cudaCheck(cudaMemcpy(s, sums, sizeof(s), cudaMemcpyDeviceToHost));
-        *kl_sum += s[STAT_KL];
-        *ce_sum += s[STAT_CE_SPLICED];
+        float st[NUM_STATS_FIXED];
+        cudaCheck(cudaMemcpy(st, sums, sizeof(st), cudaMemcpyDeviceToHost));
+        *kl_sum += st[STAT_KL];
+        *ce_sum += st[STAT_CE_SPLICED];
     };
-    sae_prepare_weights(e);
+    sae_prepare_weights(e, s);
     const size_t pitch = (size_t)D * sizeof(floatX), w = sizeof(floatX);
     for (int row = 0; row < eval_rows; row += e->B) {
         int B = std::min(e->B, eval_rows - row), N = B * T;
         dataloader_get_rows(val, row, B, tokens.data());
         upload_rows(e, tokens.data(), B);
-        forward_to_sae(e, B);
-        sae_forward(e, B);
-        clean_forward(e, B);
+        clean_forward(e, B, true, -1);
+        sae_forward(e, s, B);
         spliced_kl_ce(B, &ab.kl, &ab.ce);
         floatX* column = (floatX*)act.rows;
         for (int j = 0; j < F; j++) {
             floatX* c_f = act.c + ab.features[j];
             cudaCheck(cudaMemcpy2DAsync(column, w, c_f, pitch, w, N, cudaMemcpyDeviceToDevice, 0));
             cudaCheck(cudaMemset2DAsync(c_f, pitch, 0, w, N, 0));
-            sae_decoder_forward(act.x_hat, act.c, e->sae.W_dec_norm, e->sae.b_dec_x, N, e->C, D, 0);
+            sae_decoder_forward(act.x_hat, act.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, D, 0);
             cudaCheck(cudaMemcpy2DAsync(c_f, pitch, column, w, w, N, cudaMemcpyDeviceToDevice, 0));
             spliced_kl_ce(B, &kl[j], &ce[j]);
         }
@@ -778,26 +854,29 @@ AblationEffects ablation_effects(Engine<floatX>* e, const DataLoader* val, int e
 
 // ----------------------------------------------------------------------------
 // --dump-features (llmc/feature_dump.cuh): the CPU trainer's passes on the device, the same
-// results from the same activations. Pass 1 over the first val tokens: firing counts, histograms,
-// top-K; pass 2 over the same tokens: band examples and every example's context (only the encoder
-// runs: c is all the dump reads); then the logit effects, in fp32 whatever --precision, from the
-// fp32 master W_dec and the host's fp32 W_U, uploaded into the staging buffer (sized for the
-// largest GPT-2 tensor, wte's V*C included)
+// results from the same activations, one SAE after another in the one device dump state (sized
+// for the largest SAE; the dump runs once, after training, so its clean passes are not shared).
+// Pass 1 over the first val tokens: firing counts, histograms, top-K; pass 2 over the same tokens:
+// band examples and every example's context (only the encoder runs: c is all the dump reads);
+// then the logit effects, in fp32 whatever --precision, from the fp32 master W_dec and the host's
+// fp32 W_U, uploaded into the staging buffer (sized for the largest GPT-2 tensor, wte's V*C included)
 
 template <typename floatX>
-void dump_features(Engine<floatX>* e, const DataLoader* val, const TrainConfig& cfg) {
+void dump_features(Engine<floatX>* e, SaeRun<floatX>* s, const DataLoader* val) {
     NvtxRange r("dump_features");
     double t0 = now_seconds();
-    const FeatureDumpDevice& g = e->dump;
+    FeatureDumpDevice g = e->dump;
+    g.D = s->D;  // every (D,...) buffer holds D_max >= D rows
+    const TrainConfig& cfg = s->cfg;
     const int T = e->T, C = e->C;
     FeatureDump fd;
-    feature_dump_begin(&fd, cfg, e->D);
+    feature_dump_begin(&fd, cfg, s->D);
     feature_dump_reset_gpu(g, fd, 0);
-    sae_prepare_weights(e);
+    sae_prepare_weights(e, s);
     auto encode = [&](const int* tokens, int B) {
         upload_rows(e, tokens, B);
-        forward_to_sae(e, B);
-        sae_encoder_forward(e->acts.c, e->acts.x, e->sae.W_enc_x, e->sae.b_enc_x, B * T, C, e->D, 0);
+        clean_forward(e, B, false, -1);
+        sae_encoder_forward(e->acts.c, sae_input(e, s->L), s->dev.W_enc_x, s->dev.b_enc_x, B * T, C, s->D, 0);
     };
     long long n_tokens = feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
         encode(tokens, B);
@@ -814,43 +893,43 @@ void dump_features(Engine<floatX>* e, const DataLoader* val, const TrainConfig& 
     cudaCheck(cudaMemcpy(e->staging, m.params.wte_unembed, (size_t)e->V * C * sizeof(float), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(g.gamma, m.params.lnfw, C * sizeof(float), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(g.unembed_mean, mean.data(), C * sizeof(float), cudaMemcpyHostToDevice));
-    feature_dump_logit_effects_gpu(g, e->sae.W_dec, g.gamma, e->staging, g.unembed_mean, 0);
+    feature_dump_logit_effects_gpu(g, s->dev.W_dec, g.gamma, e->staging, g.unembed_mean, 0);
     feature_dump_download(&fd, g, n_tokens);
     feature_dump_finish(&fd, val, cfg, e->host_model.source, now_seconds() - t0);
 }
 
 // ----------------------------------------------------------------------------
-// checkpointing: device state <-> the host structures sae_io.h writes
+// checkpointing: an SAE's device state <-> its host copies (s->sae, adam_m, adam_v, fired), which sae_io.h writes
 
 template <typename floatX>
-void download_state(Engine<floatX>* e, std::vector<float>& m, std::vector<float>& v, std::vector<float>& fired) {
-    size_t P = e->host_sae.num_parameters;
-    cudaCheck(cudaMemcpy(e->host_sae.memory.data(), e->sae.params, P * sizeof(float), cudaMemcpyDeviceToHost));
-    m.resize(P); v.resize(P);
-    cudaCheck(cudaMemcpy(m.data(), e->sae.adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
-    cudaCheck(cudaMemcpy(v.data(), e->sae.adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
-    std::vector<unsigned int> f(e->D);
-    cudaCheck(cudaMemcpy(f.data(), e->stats.fired_train, e->D * sizeof(unsigned int), cudaMemcpyDeviceToHost));
-    fired.resize(e->D);
-    for (int i = 0; i < e->D; i++) fired[i] = f[i] ? 1.0f : 0.0f;
+void download_state(SaeRun<floatX>* s) {
+    size_t P = s->sae.num_parameters;
+    cudaCheck(cudaMemcpy(s->sae.memory.data(), s->dev.params, P * sizeof(float), cudaMemcpyDeviceToHost));
+    s->adam_m.resize(P); s->adam_v.resize(P);
+    cudaCheck(cudaMemcpy(s->adam_m.data(), s->dev.adam_m, P * sizeof(float), cudaMemcpyDeviceToHost));
+    cudaCheck(cudaMemcpy(s->adam_v.data(), s->dev.adam_v, P * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<unsigned int> f(s->D);
+    cudaCheck(cudaMemcpy(f.data(), s->stats.fired_train, s->D * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    s->fired.resize(s->D);
+    for (int i = 0; i < s->D; i++) s->fired[i] = f[i] ? 1.0f : 0.0f;
 }
 
 template <typename floatX>
-void upload_state(Engine<floatX>* e, const std::vector<float>& m, const std::vector<float>& v, const std::vector<float>& fired) {
-    size_t P = e->host_sae.num_parameters;
-    cudaCheck(cudaMemcpy(e->sae.params, e->host_sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(e->sae.adam_m, m.data(), P * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(e->sae.adam_v, v.data(), P * sizeof(float), cudaMemcpyHostToDevice));
-    std::vector<unsigned int> f(e->D);
-    for (int i = 0; i < e->D; i++) f[i] = fired[i] > 0.0f ? 1u : 0u;
-    cudaCheck(cudaMemcpy(e->stats.fired_train, f.data(), e->D * sizeof(unsigned int), cudaMemcpyHostToDevice));
+void upload_state(SaeRun<floatX>* s) {
+    size_t P = s->sae.num_parameters;
+    cudaCheck(cudaMemcpy(s->dev.params, s->sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(s->dev.adam_m, s->adam_m.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(s->dev.adam_v, s->adam_v.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    std::vector<unsigned int> f(s->D);
+    for (int i = 0; i < s->D; i++) f[i] = s->fired[i] > 0.0f ? 1u : 0u;
+    cudaCheck(cudaMemcpy(s->stats.fired_train, f.data(), s->D * sizeof(unsigned int), cudaMemcpyHostToDevice));
 }
 
 // ----------------------------------------------------------------------------
 // the training loop. The host waits for the device at each micro-batch's token upload (a
-// cudaMemcpy from pageable memory synchronises), and once per step to read back the stats.
+// cudaMemcpy from pageable memory synchronises), and once per step to read back each SAE's stats.
 
-// the time per step after warm-up, and the phase breakdown
+// the time per step after warm-up, and the phase breakdown (summed over a sweep's SAEs)
 template <typename floatX>
 void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
     const TrainConfig& cfg = e->cfg;
@@ -859,9 +938,11 @@ void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
     for (double s : step_seconds) total_s += s;
     size_t n = step_seconds.size();
     std::sort(step_seconds.begin(), step_seconds.end());
-    double median = step_seconds[n / 2];
-    printf("---- time per step over %zu steps after warm-up: median %.2f ms wall (%.0f tokens/s), mean %.2f ms ----\n", n,
-           1000.0 * median, (double)cfg.batch * cfg.seq_len * cfg.grad_accum / median, 1000.0 * total_s / n);
+    double median = step_seconds[n / 2], tps = (double)cfg.batch * cfg.seq_len * cfg.grad_accum / median;
+    char sae_tps[64] = "";
+    if (e->phases.saes > 1) snprintf(sae_tps, sizeof(sae_tps), ", %.0f SAE-tokens/s with %d SAEs", tps * e->phases.saes, e->phases.saes);
+    printf("---- time per step over %zu steps after warm-up: median %.2f ms wall (%.0f tokens/s%s), mean %.2f ms ----\n", n,
+           1000.0 * median, tps, sae_tps, 1000.0 * total_s / n);
     for (int p = 0; p < NUM_PHASES; p++)
         printf("  %-22s %8.3f ms  (%4.1f%%)\n", PHASE_NAMES[p], e->phases.ms[p] / n, 100.0 * e->phases.ms[p] / sum);
     size_t free_b, total_b;
@@ -869,75 +950,108 @@ void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
     printf("  device memory in use: %.2f GiB of %.2f GiB\n", (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
 }
 
+// one run of the SAEs cfgs (one, or a --sweep's), raw: the flags as given
 template <typename floatX>
-int run(const TrainConfig& cfg) {
+int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
+    const TrainConfig& cfg = cfgs[0];  // what the SAEs share
     Engine<floatX> e;
-    load_model_and_sae(&e.host_model, &e.host_sae, cfg);
-    gpu_check_shapes(cfg, e.host_model.config, e.host_sae.D);
+    load_model(&e.host_model, cfg);
+    const GPT2Config& mc = e.host_model.config;
+    std::vector<SaeRun<floatX>> saes(cfgs.size());
+    std::vector<int> d_sae;
+    double host_bytes = 0.0;
+    for (size_t i = 0; i < cfgs.size(); i++) {
+        saes[i].cfg = cfgs[i];
+        saes[i].D = planned_d_sae(cfgs[i], mc);
+        d_sae.push_back(saes[i].D);
+        host_bytes += 3.0 * sizeof(float) * sae_num_parameters(mc.channels, saes[i].D);  // parameters and Adam moments
+    }
+    gpu_check_shapes(cfg, mc, *std::max_element(d_sae.begin(), d_sae.end()));
     RunData data;
-    open_loaders(&data, cfg, e.host_model.config.vocab_size);
-    engine_init(&e, cfg, cfg.batch);
+    open_loaders(&data, cfg, mc.vocab_size);
+    engine_init(&e, saes, cfg.batch);
+    check_host_memory(host_bytes, cfgs.size() > 1 ? "the sweep's SAEs with their Adam moments" : "the SAE with its Adam moments");
+    for (SaeRun<floatX>& s : saes) {
+        load_sae(&s.sae, s.cfg, e.C);
+        s.adam_m.assign(s.sae.num_parameters, 0.0f);
+        s.adam_v.assign(s.sae.num_parameters, 0.0f);
+        sae_device_init(&s);
+    }
+    if (!raw.sweep.empty()) print_sweep(cfgs, d_sae);
+    print_config(cfg, e.C, saes[0].D);
 
-    RunState run;
-    std::vector<float> hm(e.host_sae.num_parameters, 0.0f), hv(e.host_sae.num_parameters, 0.0f);  // host Adam m, v
-    run_begin(&run, cfg, &e.host_sae, hm.data(), hv.data(), &data, e.host_model.source);
-    if (!cfg.resume.empty()) upload_state(&e, hm, hv, run.ts.alive_fired);
+    std::vector<RunState*> runs = runs_begin(saes, raw, d_sae, &data, e.host_model.source);
+    if (!cfg.resume.empty())
+        for (SaeRun<floatX>& s : saes) upload_state(&s);
     auto run_eval = [&](long long step) {
-        if (data.eval_rows) report_eval(&run, cfg, step, evaluate(&e, &data.val, data.eval_rows, run.ts.last_alive));
+        if (!data.eval_rows) return;
+        std::vector<EvalMetrics> ms = evaluate(&e, saes, &data.val, data.eval_rows);
+        for (size_t i = 0; i < saes.size(); i++) report_eval(&saes[i].run, saes[i].cfg, step, ms[i]);
     };
     auto save = [&](long long step) {
-        download_state(&e, hm, hv, run.ts.alive_fired);
-        save_run(&run, cfg, &e.host_sae, hm.data(), hv.data(), step, data);
+        for (SaeRun<floatX>& s : saes) download_state(&s);
+        save_runs(saes, raw.out, step, data);
     };
-    if (run.ts.step == 0 || cfg.eval_only) run_eval(0);
+    if (saes[0].run.ts.step == 0 || cfg.eval_only) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
-    std::vector<float> s(NUM_STATS_FIXED + e.K);
-    std::vector<float> zeros(NUM_STATS_FIXED + e.K, 0.0f);
-    long long step = run.ts.step;
+    long long step = saes[0].run.ts.step;
+    const long long update_tokens = (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
     std::vector<double> step_seconds;  // after warm-up, for the median
-    while (keep_training(run.sched, cfg, step)) {
+    while (keep_training(saes[0].run.sched, cfg, step)) {
         NvtxRange r("step");
         double t0 = now_seconds();
-        double lr = lr_at_step(cfg.lr, step, run.sched.W, run.sched.S, cfg.min_lr_factor);
-        cudaCheck(cudaMemcpyAsync(e.stats.sums, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice, 0));
-        sae_prepare_weights(&e);
+        double lr = lr_at_step(cfg.lr, step, saes[0].run.sched.W, saes[0].run.sched.S, cfg.min_lr_factor);
+        for (SaeRun<floatX>& s : saes) {
+            cudaCheck(cudaMemsetAsync(s.stats.sums, 0, (NUM_STATS_FIXED + s.K) * sizeof(float), 0));
+            sae_prepare_weights(&e, &s);
+        }
         for (int a = 0; a < cfg.grad_accum; a++) {
             dataloader_next_batch(&data.train, tokens.data());
             cudaCheck(cudaMemcpy(e.acts.tokens, tokens.data(), tokens.size() * sizeof(int), cudaMemcpyHostToDevice));
-            micro_step(&e, cfg.grad_accum, a);
+            clean_forward(&e, cfg.batch, e.train_logits, a);
+            for (size_t i = 0; i < saes.size(); i++) micro_step(&e, &saes[i], cfg.grad_accum, a, (int)i);
         }
-        {
-            auto t = time_phase(&e, 0, PH_UPDATE);
-            sae_finish_grads(&e);
-            update(&e, lr, step + 1);
+        for (size_t i = 0; i < saes.size(); i++) {
+            auto t = time_phase(&e, 0, (int)i, PH_UPDATE);
+            sae_finish_grads(&e, &saes[i]);
+            update(&saes[i], lr, step + 1);
         }
-        cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
         step++;
-        StepLog sl = step_terms(&e, s);
-        check_finite(sl.loss, sl.grad_norm, step);
-        run.ts.alive_tokens += (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
-        if (run.ts.alive_tokens >= cfg.alive_window) {
-            int alive = 0;
-            sae_count_alive(e.stats.alive_count, e.stats.fired_train, e.D, 0);
-            cudaCheck(cudaMemcpy(&alive, e.stats.alive_count, sizeof(int), cudaMemcpyDeviceToHost));
-            cudaCheck(cudaMemset(e.stats.fired_train, 0, e.D * sizeof(unsigned int)));
-            sl.alive = run.ts.last_alive = alive;
-            run.ts.alive_tokens = 0;
+        std::vector<StepLog> sls;
+        for (SaeRun<floatX>& s : saes) {
+            std::vector<float> st(NUM_STATS_FIXED + s.K);
+            cudaCheck(cudaMemcpy(st.data(), s.stats.sums, st.size() * sizeof(float), cudaMemcpyDeviceToHost));
+            StepLog sl = step_terms(&s, st);
+            die_context() = sweep_context(s.cfg);
+            check_finite(sl.loss, sl.grad_norm, step);
+            die_context().clear();
+            s.run.ts.alive_tokens += update_tokens;
+            if (s.run.ts.alive_tokens >= cfg.alive_window) {
+                int alive = 0;
+                sae_count_alive(s.stats.alive_count, s.stats.fired_train, s.D, 0);
+                cudaCheck(cudaMemcpy(&alive, s.stats.alive_count, sizeof(int), cudaMemcpyDeviceToHost));
+                cudaCheck(cudaMemset(s.stats.fired_train, 0, s.D * sizeof(unsigned int)));
+                sl.alive = s.run.ts.last_alive = alive;
+                s.run.ts.alive_tokens = 0;
+            }
+            sl.step = step;
+            sl.lr = lr;
+            sls.push_back(sl);
         }
         double dt = now_seconds() - t0;
         phase_times_collect(&e);
-        if (step - run.ts.step > 3) step_seconds.push_back(dt);  // after warm-up
+        if (step - saes[0].run.start_step > 3) step_seconds.push_back(dt);  // after warm-up
         else std::fill(e.phases.ms, e.phases.ms + NUM_PHASES, 0.0);
-        sl.step = step;
-        sl.lr = lr;
-        sl.tokens_per_s = (double)cfg.batch * cfg.seq_len * cfg.grad_accum / dt;
-        step_end(&run, cfg, sl, save, run_eval);
+        for (StepLog& sl : sls) sl.tokens_per_s = update_tokens / dt;
+        step_end(runs, cfg, sls, save, run_eval);
     }
     if (!step_seconds.empty()) print_timing(&e, step_seconds);
-    run_end(&run, cfg, &data, step, save, run_eval, [&] {
-        dump_features(&e, &data.val, cfg);
-        if (data.eval_rows && !run.sparsity.empty())
-            ablation_write(ablation_effects(&e, &data.val, data.eval_rows, run.sparsity), cfg.dump_features);
+    run_end(runs, cfg, &data, step, save, run_eval, [&] {
+        for (SaeRun<floatX>& s : saes) {
+            dump_features(&e, &s, &data.val);
+            if (data.eval_rows && !s.run.sparsity.empty())
+                ablation_write(ablation_effects(&e, &s, &data.val, data.eval_rows), s.cfg.dump_features);
+        }
     });
     engine_free(&e);
     gpt2_free(&e.host_model);
@@ -947,19 +1061,20 @@ int run(const TrainConfig& cfg) {
 // picks the device, then runs in the chosen precision
 int train_main(int argc, char** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // step lines appear as they happen, also in a log file
-    TrainConfig cfg = parse_args(argc, argv, true);
-    if (cfg.attention == "flash" && cfg.precision == "fp32")
+    TrainConfig raw = parse_flags(argc, argv, true);
+    if (raw.attention == "flash" && raw.precision == "fp32")
         die("--attention flash is for --precision bf16: fp32 is the reference precision and keeps the materialized attention");
-    apply_demo_presets(cfg, true);
+    apply_demo_presets(raw, true);
+    std::vector<TrainConfig> cfgs = run_configs(raw, true);  // one per SAE
     int ndev = 0;
     cudaError_t err = cudaGetDeviceCount(&ndev);
     if (err != cudaSuccess || ndev == 0) die("no CUDA device available (%s): use train_gpt2_sae_cpu on machines without a GPU", cudaGetErrorString(err));
-    if (cfg.device >= ndev) die("--device %d is out of range: %d CUDA device(s) present", cfg.device, ndev);
-    cudaCheck(cudaSetDevice(cfg.device));
+    if (raw.device >= ndev) die("--device %d is out of range: %d CUDA device(s) present", raw.device, ndev);
+    cudaCheck(cudaSetDevice(raw.device));
     cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, cfg.device));
-    printf("device %d: %s, %d SMs, %.1f GiB\n", cfg.device, prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
-    return cfg.precision == "fp32" ? run<float>(cfg) : run<bf16>(cfg);
+    cudaCheck(cudaGetDeviceProperties(&prop, raw.device));
+    printf("device %d: %s, %d SMs, %.1f GiB\n", raw.device, prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+    return raw.precision == "fp32" ? run<float>(raw, cfgs) : run<bf16>(raw, cfgs);
 }
 
 #ifndef TESTING

@@ -28,7 +28,7 @@ Left out on purpose: bf16 (the GPU trainer has it), GPT-2 weight gradients (froz
 #include "llmc/sae_io.h"       // defines: sae_export, sae_load, train_state_save/load
 #include "llmc/logger.h"       // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish, print_eval
 #include "llmc/feature_dump.h" // defines: FeatureDump, feature_dump_add/_add_bands/_add_contexts, feature_dump_logit_effects
-#include "llmc/run.h"          // defines: load_model_and_sae, RunData, open_loaders, RunState, run_begin, save_run, report_eval, step_end, run_end
+#include "llmc/run.h"          // defines: load_model, load_sae, RunData, open_loaders, RunState, runs_begin, save_runs, report_eval, step_end, run_end
 
 // ----------------------------------------------------------------------------
 // GPT-2 layer passes, fp32. N = B*T rows. Backward passes compute activation gradients only.
@@ -952,34 +952,13 @@ int train_main(int argc, char** argv) {
     if (!raw.sweep.empty()) print_sweep(cfgs, d_sae);
     print_config(cfg, e.C, saes[0].D);
 
-    if (!raw.sweep.empty()) sweep_begin(raw, cfgs, d_sae);
-    std::vector<RunState*> runs;
-    for (SaeRun& s : saes) {
-        die_context() = sweep_context(s.cfg);
-        run_begin(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), &data, e.model.source);
-        die_context().clear();
-        s.fired = s.run.ts.alive_fired;
-        runs.push_back(&s.run);
-        if (s.run.ts.step != saes[0].run.ts.step)
-            die("--resume %s: SAE %s was saved at step %lld and %s at step %lld: a sweep's SAEs are saved together", raw.resume.c_str(),
-                s.cfg.name.c_str(), s.run.ts.step, saes[0].cfg.name.c_str(), saes[0].run.ts.step);
-    }
+    std::vector<RunState*> runs = runs_begin(saes, raw, d_sae, &data, e.model.source);
     auto run_eval = [&](long long step) {
         if (!data.eval_rows) return;
         std::vector<EvalMetrics> ms = evaluate(&e, saes, &data.val, data.eval_rows);
         for (size_t i = 0; i < saes.size(); i++) report_eval(&saes[i].run, saes[i].cfg, step, ms[i]);
     };
-    auto save = [&](long long step) {  // every SAE in one set (llmc/run.h)
-        remove_file_dir(raw.out + "/.save.tmp");
-        for (SaeRun& s : saes) {
-            s.run.ts.alive_fired = s.fired;
-            save_stage(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), step, data,
-                       raw.out + "/.save.tmp" + (s.cfg.name.empty() ? "" : "/" + s.cfg.name));
-        }
-        save_commit(raw.out);
-        printf("saved %s and training state to %s at step %lld\n", saes.size() > 1 ? (std::to_string(saes.size()) + " SAEs").c_str() : "SAE",
-               raw.out.c_str(), step);
-    };
+    auto save = [&](long long step) { save_runs(saes, raw.out, step, data); };
     if (saes[0].run.ts.step == 0 || cfg.eval_only) run_eval(0);
     std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
     long long step = saes[0].run.ts.step;

@@ -11,9 +11,9 @@
 #   and memcheck on its kernels, and the trainer's --attention flash pass (test_gpt2_sae [flash]).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
 # Usage: OUT=/some/dir bash dev/gpu_check.sh [tests|kernels|core|extra|all|final|flash]
-#   tests:   GPU tests (issue 16's as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
+#   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
-#   kernels: issue 14's flash attention, the e2e bf16 layer-6 benchmark, memcheck e2e+ds, every dev/cuda
+#   kernels: issue 14's flash attention, the e2e bf16 layer-6 benchmark and a 4-SAE sweep beside it (issue 13), memcheck e2e+ds, every dev/cuda
 #            bench; about 6 minutes
 #   core: tests then kernels (more than one `run` call allows: call tests, then kernels at once)
 #   flash: issue 14's steps alone (sized for about two minutes; not yet run on a GPU)
@@ -69,7 +69,12 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 # shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
 # updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
 gpu_tests() {
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]"
+    step test_sweep 120 ./test_gpt2_sae "[sweep]"
+    grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" | tee "$OUT/issue13.txt"
+    printf '%s\n' '{"name": "loc2", "mode": "local", "layer": 2}' '{"name": "e2e0", "mode": "e2e", "layer": 0}' \
+        '{"name": "ds1", "mode": "e2e+ds", "layer": 1}' > /tmp/san_sweep.jsonl
+    step memcheck_sweep 120 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --precision bf16 --sweep /tmp/san_sweep.jsonl --out /tmp/san_sweep
     step test_odd_shapes 90 ./test_gpt2_sae "[odd]"
     step test_real_scale 150 ./test_gpt2_sae "[real]"
     grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" | tee "$OUT/issue16.txt"
@@ -91,6 +96,21 @@ flash_checks() {
     step test_flash 90 ./test_gpt2_sae "[flash]"
     grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$LOG"/flash_*.log "$LOG/test_flash.log" \
         | tee "$OUT/issue14.txt"
+}
+
+# issue 13: a 4-SAE e2e sweep at layer 6 (sweeps/paper_e2e_L6_x4.jsonl, four lambdas from the same
+# init) at the paper shape, right after the single run bench_e2e_bf16_L6 (call it first); the
+# per-SAE speed-up is 4 x the single run's median step over the sweep's, into $OUT/issue13.txt
+sweep_bench() {
+    step bench_sweep4_e2e_bf16_L6 150 ./train_gpt2_sae $bench_args --precision bf16 --max-steps 12 --sweep sweeps/paper_e2e_L6_x4.jsonl --out /tmp/bs
+    local single sweep
+    single=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6.log" | awk '{print $2}')
+    sweep=$(grep -o "median [0-9.]* ms" "$LOG/bench_sweep4_e2e_bf16_L6.log" | awk '{print $2}')
+    grep -h "time per step" "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_sweep4_e2e_bf16_L6.log" | tee -a "$OUT/issue13.txt"
+    if [ -n "$single" ] && [ -n "$sweep" ]; then
+        awk -v a="$single" -v b="$sweep" 'BEGIN { printf "measured: 4-SAE e2e sweep at layer 6: %.2f ms per update against %.2f ms for one SAE: %.2fx per SAE\n", b, a, 4 * a / b }' \
+            | tee -a "$OUT/issue13.txt"
+    fi
 }
 
 # the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
@@ -119,6 +139,7 @@ if [ "$stage" = kernels ] || [ "$stage" = core ] || [ "$stage" = all ]; then
     flash_checks
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
+    sweep_bench
     memcheck e2e+ds bf16
     step dev_cuda 150 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing (attention: ~15 s of CPU reference)
 fi
@@ -143,6 +164,7 @@ if [ "$stage" = final ]; then  # one call after a change: everything that can mo
     for mode in e2e local e2e+ds; do
         step "bench_${mode/+/_}_bf16_L6" 90 ./train_gpt2_sae $bench_args --mode $mode --layer 6 --precision bf16 --max-steps 20 --out /tmp/b_$mode
     done
+    sweep_bench
     step bench_e2e_bf16_L2 90 ./train_gpt2_sae $bench_args --mode e2e --layer 2 --precision bf16 --max-steps 15 --out /tmp/b4
     step bench_e2e_bf16_L10 90 ./train_gpt2_sae $bench_args --mode e2e --layer 10 --precision bf16 --max-steps 15 --out /tmp/b5
     compare_mode e2e; compare_mode local; compare_mode e2e+ds

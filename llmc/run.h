@@ -64,16 +64,6 @@ inline void load_sae(SAE* sae, const TrainConfig& cfg, int C) {
     die_context().clear();
 }
 
-// GPT-2 and one SAE, with the flags checked against the model; prints both and the config
-inline void load_model_and_sae(GPT2* model, SAE* sae, const TrainConfig& cfg) {
-    load_model(model, cfg);
-    const GPT2Config& mc = model->config;
-    double P = (double)sae_num_parameters(mc.channels, planned_d_sae(cfg, mc));
-    check_host_memory(4.0 * P * sizeof(float), "the SAE with its gradients and Adam moments");  // either trainer holds 4 copies at most
-    load_sae(sae, cfg, mc.channels);
-    print_config(cfg, sae->C, sae->D);
-}
-
 // the training rows and the eval rows (the first eval_rows rows of --val)
 struct RunData {
     DataLoader train, val;
@@ -217,6 +207,31 @@ inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m,
     if (!cfg.eval_only) run->model_name = model_name_for_export(model_source);  // once per run: it may checksum 548 MB
 }
 
+// Before the first step, for every SAE of the run (either trainer's SaeRun, its adam_m and adam_v
+// sized): a sweep's folder (sweep_begin), then each SAE's run_begin, its alive flags from the
+// state; a sweep's SAEs resume from one step. Returns their RunStates, for step_end and run_end.
+template <typename Saes>
+inline std::vector<RunState*> runs_begin(Saes& saes, const TrainConfig& raw, const std::vector<int>& d_sae, RunData* d,
+                                         const std::string& model_source) {
+    if (!raw.sweep.empty()) {
+        std::vector<TrainConfig> cfgs;
+        for (auto& s : saes) cfgs.push_back(s.cfg);
+        sweep_begin(raw, cfgs, d_sae);
+    }
+    std::vector<RunState*> runs;
+    for (auto& s : saes) {
+        die_context() = sweep_context(s.cfg);
+        run_begin(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), d, model_source);
+        die_context().clear();
+        s.fired = s.run.ts.alive_fired;
+        runs.push_back(&s.run);
+        if (s.run.ts.step != saes[0].run.ts.step)
+            die("--resume %s: SAE %s was saved at step %lld and %s at step %lld: a sweep's SAEs are saved together", raw.resume.c_str(),
+                s.cfg.name.c_str(), s.run.ts.step, saes[0].cfg.name.c_str(), saes[0].run.ts.step);
+    }
+    return runs;
+}
+
 // the training state (for --resume) and the SAELens export, from host copies of the SAE, its Adam
 // moments and the alive flags (run->ts.alive_fired), written into the folder `stage`
 inline void save_stage(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
@@ -239,13 +254,19 @@ inline void save_commit(const std::string& out) {
     save_set_recover(out);
 }
 
-// one SAE's save as one set (save_set_recover)
-inline void save_run(RunState* run, const TrainConfig& cfg, const SAE* sae, const float* m, const float* v, long long step,
-                     const RunData& d) {
-    remove_file_dir(cfg.out + "/.save.tmp");
-    save_stage(run, cfg, sae, m, v, step, d, cfg.out + "/.save.tmp");
-    save_commit(cfg.out);
-    printf("saved SAE and training state to %s at step %lld\n", cfg.out.c_str(), step);
+// every SAE of the run (either trainer's SaeRun: cfg, sae, adam_m, adam_v, fired, run; host copies)
+// saved as one set: each staged in OUT/.save.tmp (a sweep's SAE in OUT/.save.tmp/NAME), then one commit
+template <typename Saes>
+inline void save_runs(Saes& saes, const std::string& out, long long step, const RunData& d) {
+    remove_file_dir(out + "/.save.tmp");
+    for (auto& s : saes) {
+        s.run.ts.alive_fired = s.fired;
+        save_stage(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), step, d,
+                   out + "/.save.tmp" + (s.cfg.name.empty() ? "" : "/" + s.cfg.name));
+    }
+    save_commit(out);
+    printf("saved %s and training state to %s at step %lld\n", saes.size() > 1 ? (std::to_string(saes.size()) + " SAEs").c_str() : "SAE",
+           out.c_str(), step);
 }
 
 // an eval's metrics on stdout (a block for a single run, a line per SAE of a sweep) and in the
@@ -283,12 +304,6 @@ inline void step_end(const std::vector<RunState*>& runs, const TrainConfig& cfg,
         for (RunState* r : runs) r->ts.last_eval_samples = step * r->sched.eff_batch;
     }
     if (should_save(cfg, step, last)) save(step);
-}
-
-// one SAE's run (the GPU trainer's)
-template <typename Save, typename Eval>
-inline void step_end(RunState* run, const TrainConfig& cfg, const StepLog& sl, Save save, Eval eval) {
-    step_end(std::vector<RunState*>{run}, cfg, std::vector<StepLog>{sl}, save, eval);
 }
 
 // --dump-features: the dump's host state for an SAE of D features, its size printed (and checked
@@ -343,11 +358,6 @@ inline void run_end(const std::vector<RunState*>& runs, const TrainConfig& cfg, 
     if (!cfg.dump_features.empty()) dump();
     for (RunState* r : runs) logger_close(&r->logger);
     close_loaders(d, cfg);
-}
-
-template <typename Save, typename Eval, typename Dump>
-inline void run_end(RunState* run, const TrainConfig& cfg, RunData* d, long long step, Save save, Eval eval, Dump dump) {
-    run_end(std::vector<RunState*>{run}, cfg, d, step, save, eval, dump);
 }
 
 // a trainer's main: no input ends in an abort; an exception (a std::bad_alloc above all) becomes one line and exit 1

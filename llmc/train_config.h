@@ -179,10 +179,7 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
     else if (f == "--dump-features") c.dump_features = v;
     else if (f == "--dump-tokens") c.dump_tokens = parse_int_flag(fl, v, 1, BIG);
     else if (f == "--dump-topk") c.dump_topk = (int)parse_int_flag(fl, v, 1, 32);
-    else if (f == "--sweep") {
-        if (gpu) die("--sweep: the GPU trainer does not run sweeps yet (train_gpt2_sae_cpu does)");
-        c.sweep = v;
-    }
+    else if (f == "--sweep") c.sweep = v;
     else if (f == "--precision") {
         c.precision = v;
         if (gpu ? (c.precision != "fp32" && c.precision != "bf16") : c.precision != "fp32")

@@ -72,6 +72,36 @@ static TrainConfig pass_config(const std::string& mode, int layer, int B, int T,
     return parse_args(15, (char**)argv, true);
 }
 
+// the trainer's engine with one SAE, dir's init_sae, for cfg and B rows a micro-batch; dir's model
+// with W_U less its mean row as the trainers load it (shift), or as it is
+template <typename floatX>
+static void load_engine(Engine<floatX>* e, std::vector<SaeRun<floatX>>* saes, const std::string& dir, const TrainConfig& cfg, int B,
+                        bool shift = true) {
+    gpt2_load(&e->host_model, dir + "/model.safetensors", shift);
+    saes->resize(1);
+    SaeRun<floatX>& s = (*saes)[0];
+    s.cfg = cfg;
+    sae_load(&s.sae, dir + "/init_sae", e->host_model.config.channels);
+    s.D = s.sae.D;
+    engine_init(e, *saes, B);
+    sae_device_init(&s);
+}
+
+// one training micro-batch (accum 1) on tokens (B rows): the clean pass, the SAE's step, its
+// gradients finished in s->dev; returns the SAE's stats sums
+template <typename floatX>
+static std::vector<float> train_pass(Engine<floatX>* e, SaeRun<floatX>* s, const std::vector<int>& tokens, int B) {
+    upload_rows(e, tokens.data(), B);
+    std::vector<float> st(NUM_STATS_FIXED + s->K, 0.0f);
+    cudaCheck(cudaMemcpy(s->stats.sums, st.data(), st.size() * sizeof(float), cudaMemcpyHostToDevice));
+    clean_forward(e, B, e->train_logits, -1);
+    sae_prepare_weights(e, s);
+    micro_step(e, s, 1, -1, 0);
+    sae_finish_grads(e, s);
+    cudaCheck(cudaMemcpy(st.data(), s->stats.sums, st.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    return st;
+}
+
 // one micro-batch on the GPU with the reference's model, SAE and rows 0..B-1, accum 1; by default
 // the common reference (C 32, D 64, V 97, B 2, T 8)
 template <typename floatX>
@@ -84,19 +114,11 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     auto t = [&](const std::string& n) { return read_tensor(ep, n); };
     TrainConfig cfg = pass_config(mode, layer, B, T, fp32, attention);
     Engine<floatX> e;
-    gpt2_load(&e.host_model, dir + "/model.safetensors");
-    sae_load(&e.host_sae, dir + "/init_sae", e.host_model.config.channels);
-    engine_init(&e, cfg, B);
-    const int N = B * T, C = e.C, D = e.D, V = e.V;
-    std::vector<int> tok = ref_tokens(dir, B, T);
-    upload_rows(&e, tok.data(), B);
-    std::vector<float> zeros(NUM_STATS_FIXED + e.K, 0.0f);
-    cudaCheck(cudaMemcpy(e.stats.sums, zeros.data(), zeros.size() * sizeof(float), cudaMemcpyHostToDevice));
-    sae_prepare_weights(&e);
-    micro_step(&e, 1, 0);
-    sae_finish_grads(&e);
-    std::vector<float> s(zeros.size());
-    cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<SaeRun<floatX>> saes;
+    load_engine(&e, &saes, dir, cfg, B);
+    SaeRun<floatX>& sr = saes[0];
+    const int N = B * T, C = e.C, D = sr.D, V = e.V;
+    std::vector<float> s = train_pass(&e, &sr, ref_tokens(dir, B, T), B);
     std::string tag = std::string(fp32 ? "fp32 " : "bf16 ") + mode + " C" + std::to_string(C) + " D" + std::to_string(D) +
                       " V" + std::to_string(V) + " T" + std::to_string(T) + (attention == "flash" ? " flash" : "");
     double worst = 0.0;
@@ -112,7 +134,7 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
         INFO(tag << " " << name << ": ours " << ours << " torch " << ref);
         CHECK(err <= tol);
     };
-    close(download(e.acts.x, (size_t)N * C), "sae_in");
+    close(download(sae_input(&e, sr.L), (size_t)N * C), "sae_in");
     close(download(e.acts.c, (size_t)N * D), "c");
     close(download(e.acts.x_hat, (size_t)N * C), "x_hat");
     scalar(s[STAT_L1] / N / C, "sparsity");
@@ -120,19 +142,18 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     scalar(s[STAT_MSE] / N / C, "mse");
     if (mode != "local") scalar(s[STAT_KL] / N, "kl");
     double ds = 0;
-    for (int k = 0; k < e.K; k++) ds += s[STAT_DS + k] / N / C;
-    if (mode == "e2e+ds") scalar(ds / e.K, "ds_mse");
+    for (int k = 0; k < sr.K; k++) ds += s[STAT_DS + k] / N / C;
+    if (mode == "e2e+ds") scalar(ds / sr.K, "ds_mse");
     else CHECK(ds == 0.0);  // trained on, and summed, in e2e+ds only
-    close(download(e.sae.dW_enc, (size_t)C * D), "grad_W_enc");
-    close(download(e.sae.db_enc, (size_t)D), "grad_b_enc");
-    close(download(e.sae.dW_dec, (size_t)D * C), "grad_W_dec");
-    close(download(e.sae.db_dec, (size_t)C), "grad_b_dec");
+    close(download(sr.dev.dW_enc, (size_t)C * D), "grad_W_enc");
+    close(download(sr.dev.db_enc, (size_t)D), "grad_b_enc");
+    close(download(sr.dev.dW_dec, (size_t)D * C), "grad_W_dec");
+    close(download(sr.dev.db_dec, (size_t)C), "grad_b_dec");
     // logits of both branches (the KL overwrote the spliced ones with the gradient), each row less
     // its mean on both sides (W_U's shift, see row_centred)
-    forward_to_sae(&e, B);
-    sae_forward(&e, B);
-    clean_forward(&e, B);
-    spliced_forward(&e, B);
+    clean_forward(&e, B, true, -1);
+    sae_forward(&e, &sr, B);
+    spliced_forward(&e, sr.L, B);
     auto close_logits = [&](const floatX* ours, const std::string& name) {
         double err = rel_err(row_centred(download(ours, 0, N, e.Vp, V), N, V), row_centred(t(name), N, V));
         worst = std::max(worst, err);
@@ -144,7 +165,7 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     // the eval metrics on the same rows
     DataLoader dl;
     dataloader_init(&dl, dir + "/train.bin", "--val", 1, T, V, false, 0);
-    EvalMetrics m = evaluate(&e, &dl, B, -1);
+    EvalMetrics m = evaluate(&e, saes, &dl, B)[0];
     dataloader_free(&dl);
     scalar(m.ce_clean, "ce_clean");
     scalar(m.ce_spliced, "ce_spliced");
@@ -172,6 +193,30 @@ TEST_CASE("bf16: 10 updates with accumulation and clipping track PyTorch in ever
 TEST_CASE("GPU resume after 4 steps continues bit-exactly (fp32 and bf16)", "[gpu][resume]") {
     check_resume("./train_gpt2_sae", "--precision fp32");
     check_resume("./train_gpt2_sae", "--precision bf16");
+}
+
+// --sweep (issue 13): test_common.h's check, the CPU trainer's [sweep] test, on the GPU trainer
+TEST_CASE("GPU sweep: each SAE equals its single run bit for bit, and a resumed sweep a straight one (fp32 and bf16)", "[gpu][sweep]") {
+    check_sweep_exact("./train_gpt2_sae", "--precision fp32", "gpu_fp32");
+    check_sweep_exact("./train_gpt2_sae", "--precision bf16", "gpu_bf16");
+}
+
+TEST_CASE("GPU sweep: one larger than device memory is refused in one line saying how many of its SAEs would fit", "[gpu][sweep]") {
+    // four SAEs of d_sae 2^25 on C 32: ~44 GiB each (params, grads, Adam, copies); an H100 holds 1, an H200 3
+    std::string dir = ref_for_mode("e2e"), out = "build/test_out/sweep_too_big", file = out + ".jsonl";
+    run_cmd("rm -rf " + out);
+    {
+        std::ofstream f(file);
+        for (const char* name : {"a", "b", "c", "d"}) f << "{\"name\": \"" << name << "\", \"dict_size\": 33554432}\n";
+    }
+    std::string cmd = "./train_gpt2_sae --model " + dir + "/model.safetensors --train " + dir + "/train.bin --val " + dir +
+                      "/val.bin --batch 1 --seq-len 4 --precision fp32 --max-steps 1 --sweep " + file + " --out " + out;
+    RunResult r = run_cmd(cmd);
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("of its 4 SAEs would fit (in file order)") != std::string::npos);
+    CHECK(r.out.find("  SAE d ") != std::string::npos);  // the plan, per SAE
+    CHECK(!dir_exists(out));
 }
 
 // ----------------------------------------------------------------------------
@@ -214,26 +259,19 @@ static std::vector<std::vector<float>> attention_pass(const std::string& dir, co
     const int B = 2, T = 80;
     TrainConfig cfg = pass_config("e2e+ds", 1, B, T, false, attention);
     Engine<bf16> e;
-    gpt2_load(&e.host_model, dir + "/model.safetensors");
-    sae_load(&e.host_sae, dir + "/init_sae", e.host_model.config.channels);
-    engine_init(&e, cfg, B);
+    std::vector<SaeRun<bf16>> saes;
+    load_engine(&e, &saes, dir, cfg, B);
+    SaeRun<bf16>& sr = saes[0];
     REQUIRE(e.flash == (attention == "flash"));
     const double N = B * T, C = e.C;
-    std::vector<int> tok = ref_tokens(dir, B, T);
-    upload_rows(&e, tok.data(), B);
-    std::vector<float> s(NUM_STATS_FIXED + e.K, 0.0f);
-    cudaCheck(cudaMemcpy(e.stats.sums, s.data(), s.size() * sizeof(float), cudaMemcpyHostToDevice));
-    sae_prepare_weights(&e);
-    micro_step(&e, 1, 0);
-    sae_finish_grads(&e);
-    cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<float> s = train_pass(&e, &sr, ref_tokens(dir, B, T), B);
     double ds = 0;
-    for (int k = 0; k < e.K; k++) ds += s[STAT_DS + k] / N / C / e.K;
+    for (int k = 0; k < sr.K; k++) ds += s[STAT_DS + k] / N / C / sr.K;
     std::vector<float> terms = {(float)(s[STAT_KL] / N), (float)(s[STAT_L1] / N / C), (float)(s[STAT_MSE] / N / C),
                                 (float)(s[STAT_L0] / N), (float)ds};
-    const size_t CD = (size_t)e.C * e.D;
-    std::vector<std::vector<float>> out = {terms, download(e.sae.dW_enc, CD), download(e.sae.db_enc, (size_t)e.D),
-                                           download(e.sae.dW_dec, CD), download(e.sae.db_dec, (size_t)e.C)};
+    const size_t CD = (size_t)e.C * sr.D;
+    std::vector<std::vector<float>> out = {terms, download(sr.dev.dW_enc, CD), download(sr.dev.db_enc, (size_t)sr.D),
+                                           download(sr.dev.dW_dec, CD), download(sr.dev.db_dec, (size_t)e.C)};
     engine_free(&e);
     gpt2_free(&e.host_model);
     return out;
@@ -302,29 +340,22 @@ template <typename floatX>
 static std::vector<std::pair<std::string, double>> real_scale_pass(const std::string& dir, bool shift, std::vector<std::vector<float>>* grads) {
     TrainConfig cfg = pass_config("e2e+ds", REAL_LAYER, REAL_B, REAL_T, std::is_same<floatX, float>::value);
     Engine<floatX> e;
-    gpt2_load(&e.host_model, dir + "/model.safetensors", shift);
-    sae_load(&e.host_sae, dir + "/init_sae", e.host_model.config.channels);
-    engine_init(&e, cfg, REAL_B);
+    std::vector<SaeRun<floatX>> saes;
+    load_engine(&e, &saes, dir, cfg, REAL_B, shift);
+    SaeRun<floatX>& sr = saes[0];
     const double N = REAL_B * REAL_T, C = e.C;
-    std::vector<int> tok = ref_tokens(dir, REAL_B, REAL_T);
-    upload_rows(&e, tok.data(), REAL_B);
-    std::vector<float> s(NUM_STATS_FIXED + e.K, 0.0f);
-    cudaCheck(cudaMemcpy(e.stats.sums, s.data(), s.size() * sizeof(float), cudaMemcpyHostToDevice));
-    sae_prepare_weights(&e);
-    micro_step(&e, 1, 0);
-    sae_finish_grads(&e);
-    cudaCheck(cudaMemcpy(s.data(), e.stats.sums, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    std::vector<float> s = train_pass(&e, &sr, ref_tokens(dir, REAL_B, REAL_T), REAL_B);
     double ds = 0;
-    for (int k = 0; k < e.K; k++) ds += s[STAT_DS + k] / N / C / e.K;
+    for (int k = 0; k < sr.K; k++) ds += s[STAT_DS + k] / N / C / sr.K;
     std::vector<std::pair<std::string, double>> terms = {{"kl", s[STAT_KL] / N}, {"sparsity", s[STAT_L1] / N / C},
         {"mse", s[STAT_MSE] / N / C}, {"l0", s[STAT_L0] / N}, {"ds_mse", ds}};
     if (grads) {
-        const size_t CD = (size_t)e.C * e.D;
-        *grads = {download(e.sae.dW_enc, CD), download(e.sae.db_enc, (size_t)e.D), download(e.sae.dW_dec, CD), download(e.sae.db_dec, (size_t)e.C)};
+        const size_t CD = (size_t)e.C * sr.D;
+        *grads = {download(sr.dev.dW_enc, CD), download(sr.dev.db_enc, (size_t)sr.D), download(sr.dev.dW_dec, CD), download(sr.dev.db_dec, (size_t)e.C)};
     }
     DataLoader dl;
     dataloader_init(&dl, dir + "/train.bin", "--val", 1, REAL_T, e.V, false, 0);
-    EvalMetrics m = evaluate(&e, &dl, REAL_B, -1);
+    EvalMetrics m = evaluate(&e, saes, &dl, REAL_B)[0];
     dataloader_free(&dl);
     for (auto kv : std::vector<std::pair<std::string, double>>{{"eval ce_clean", m.ce_clean}, {"eval ce_spliced", m.ce_spliced},
              {"eval kl", m.kl}, {"eval l0", m.l0}, {"eval explained_variance", m.explained_variance}, {"eval mse", m.mse}})

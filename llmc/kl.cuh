@@ -1,18 +1,22 @@
 /*
-Logit-level loss and metrics, one thread block per row of logits (SPEC §4 KL, §6 CE and top-1
-agreement):
+Logit-level loss and metrics, one thread block per row of logits (a cluster of blocks in
+kl_forward_backward_onepass) (SPEC §4 KL, §6 CE and top-1 agreement):
   kl_forward_backward  KL(clean ‖ spliced) per row, and d logits_spliced written in place
+  kl_forward_backward_onepass  the same, each row pair read from memory once (sm_90 clusters;
+                       dev/cuda/kl.cu variant 4, not used by the trainer yet)
   ce_forward           next-token cross-entropy per row
   argmax_agree         count of rows whose clean and spliced argmax agree
 Logits are (N, Vp) floatX with only the first V columns real (llm.c pads the vocab to Vp);
 columns V..Vp-1 never enter a softmax. Probabilities are never materialised: a row is read once
-for a running (max, Σ exp(x − max)) pair, then once more to use the resulting log-softmax.
+for a running (max, Σ exp(x − max)) pair, then once more to use the resulting log-softmax
+(kl_forward_backward_onepass keeps the row in registers instead of reading it again).
 Per-row outputs, no atomics on floats: sum kl_rows / ce_rows with deterministic_sum
 (cuda_common.cuh) for bit-reproducible scalars.
 */
 #pragma once
 #include <float.h>
 #include <limits.h>
+#include <cooperative_groups.h>
 #include "cuda_common.cuh"
 
 // threads per block for every kernel here (KL, CE, argmax): one block per row of logits,
@@ -169,6 +173,203 @@ void kl_forward_backward(float* kl_rows, floatX* logits_spliced, const floatX* l
     } else {
         kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
     }
+    cudaLaunchCheck();
+}
+
+// ----------------------------------------------------------------------------
+// KL forward and backward in one read of the logits (issue 14, "fewer passes")
+
+// kl_forward_backward reads each row pair twice (stats, then KL and gradient); here every thread
+// keeps its share of both rows in registers between the two steps, so a row pair crosses the
+// memory bus once: per row, 2·Vp reads + Vp writes instead of 4·Vp + Vp.
+// Budget: a row pair is 2·Vp·sizeof(floatX) bytes, at GPT-2's Vp = 50304 201 KB in bf16 and
+// 402 KB in fp32, against 256 KB of registers per SM (64K 32-bit registers) and 227 KB of shared
+// memory. An fp32 pair fits in neither. A bf16 pair in one block of 1024 threads (64 registers a
+// thread at most) would take 56 of them for data alone (7 packs per row per thread, 4 registers a
+// pack, 2 rows), too few left for the rest; in shared memory it would fit, but one block per SM
+// could not load while it computes, and every value would go global -> register -> shared ->
+// register. So a row is split across the blocks of a thread block cluster (sm_90), each thread
+// holding KL_ONEPASS_PACKS = 13 packs of each row: 2·13·4 = 104 registers of data, bf16 kept
+// packed and converted on use. KL_ONEPASS_THREADS = 256 and __launch_bounds__(256, 2) cap a
+// thread at 128 registers (65536 / 512), so two blocks share an SM and one can load while the
+// other computes; ptxas (CUDA 13.0, sm_90) fits fp32 in 128 with no spill and bf16 with an 8-byte
+// spill. A block covers 256·13 = 3328 packs of a row; at Vp = 50304 a row takes 2 blocks in bf16
+// (6288 packs) and 4 in fp32 (12576). Portable clusters have at most 8 blocks: Vp up to
+// 8·3328·P = 212,992 (bf16) or 106,496 (fp32). The launcher falls back to kl_forward_backward
+// (two reads) for a larger Vp, a Vp that is not a multiple of the pack, unaligned rows, or a
+// device below sm_90.
+// Determinism: each block reduces its threads in llmc's fixed order, then the blocks' stats go
+// through distributed shared memory to every block of the cluster, where they are merged in
+// rank order (every block gets the same bits); the KL partials are summed in rank order by rank 0.
+// Within a thread the stats take the max first, then Σ exp(x − max): one exp per element and no
+// rescaling, which the values in registers allow (kl_forward_backward adds them online). The
+// per-element formulas are kl_forward_backward's, and the row max is the same (a max is exact in
+// any order), so the results differ from its by the rounding of the sums only.
+#define KL_ONEPASS_THREADS 256
+#define KL_ONEPASS_PACKS 13
+#define KL_ONEPASS_MAX_RANKS 8  // portable cluster size
+
+// What thread tid of cluster rank `rank` holds of a row. Rank r holds the packs [first, end), a
+// chunk of ceil(num_packs / ranks) (the last rank's is at most ranks − 1 packs short), and thread
+// tid its packs i = 0, 1, .. at first_pack + i·T while i·T < packs_here; element k of pack i is a
+// real column (held and < V) if i·T·P + k < cols_here. The offsets i·T·P are compile-time, so an
+// address is one register plus an immediate (offsets computed from the cluster size cost
+// registers: they spilled). __host__ too: dev/cuda/kl.cu replays the coverage on the CPU.
+struct OnepassShare {
+    int first_pack, packs_here, cols_here;
+};
+
+__host__ __device__ inline OnepassShare kl_onepass_share(int rank, int ranks, int tid, int V, int Vp, int P) {
+    const int num_packs = Vp / P, chunk = (num_packs + ranks - 1) / ranks;
+    const int first = rank * chunk, end = first + chunk < num_packs ? first + chunk : num_packs;
+    const int end_col = end * P < V ? end * P : V;
+    return {first + tid, end - first - tid, end_col - (first + tid) * P};
+}
+
+// blocks per row (the cluster size) for a row of Vp elements in packs of P
+inline int kl_onepass_ranks(int Vp, int P) { return ceil_div(Vp / P, KL_ONEPASS_THREADS * KL_ONEPASS_PACKS); }
+
+// An empty asm that "changes" each 32-bit word of the packs: the compiler can no longer reuse
+// floats it converted from them in the stats step, so bf16 stays 2 values per register until the
+// KL step instead of being kept unpacked (ptxas spilled 584 bytes in bf16 without it); it emits
+// no instruction.
+template <typename floatX>
+__device__ __forceinline__ void launder_packs(Packed128<floatX> (&packs)[KL_ONEPASS_PACKS]) {
+    #pragma unroll
+    for (int i = 0; i < KL_ONEPASS_PACKS; i++) {
+        unsigned int* words = reinterpret_cast<unsigned int*>(&packs[i]);
+        #pragma unroll
+        for (int j = 0; j < 4; j++) asm volatile("" : "+r"(words[j]));
+    }
+}
+
+template <typename floatX>
+__global__ void __launch_bounds__(KL_ONEPASS_THREADS, 2)
+kl_forward_backward_onepass_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
+                                   float grad_scale, int V, int Vp) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    __trap();  // clusters need sm_90: the launcher never launches this on an older device
+#else
+    namespace cg = cooperative_groups;
+    constexpr int P = Packed128<floatX>::size, T = KL_ONEPASS_THREADS;
+    __shared__ SoftmaxStats cluster_stats[KL_ONEPASS_MAX_RANKS][2];  // [rank][spliced, clean]
+    __shared__ float cluster_kl[KL_ONEPASS_MAX_RANKS];               // rank 0's is the one used
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.barrier_arrive();  // waited on before the first store into another block's shared memory
+    const int ranks = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
+    const int row = blockIdx.x / ranks;
+    const OnepassShare share = kl_onepass_share(rank, ranks, threadIdx.x, V, Vp, P);
+    const int packs_here = share.packs_here, cols_here = share.cols_here;
+    floatX* zs = logits_spliced + (size_t)row * Vp + share.first_pack * P;
+    const floatX* zc = logits_clean + (size_t)row * Vp + share.first_pack * P;
+
+    Packed128<floatX> s[KL_ONEPASS_PACKS], c[KL_ONEPASS_PACKS];  // every index compile-time: registers
+    #pragma unroll
+    for (int i = 0; i < KL_ONEPASS_PACKS; i++) {  // the only read of the row pair
+        if (i * T < packs_here) { s[i] = load128(zs + i * T * P); c[i] = load128(zc + i * T * P); }
+    }
+    float max_s = -FLT_MAX, max_c = -FLT_MAX;  // softmax_stats_empty's max: a thread with no column merges as empty
+    #pragma unroll
+    for (int i = 0; i < KL_ONEPASS_PACKS; i++) {
+        #pragma unroll
+        for (int k = 0; k < P; k++) {
+            if (i * T * P + k < cols_here) {
+                max_s = fmaxf(max_s, to_float(s[i][k]));
+                max_c = fmaxf(max_c, to_float(c[i][k]));
+            }
+        }
+    }
+    float sum_s = 0.0f, sum_c = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < KL_ONEPASS_PACKS; i++) {
+        #pragma unroll
+        for (int k = 0; k < P; k++) {
+            if (i * T * P + k < cols_here) {
+                sum_s += expf(to_float(s[i][k]) - max_s);
+                sum_c += expf(to_float(c[i][k]) - max_c);
+            }
+        }
+    }
+    SoftmaxStats stats_s = block_reduce_softmax_stats({max_s, sum_s});
+    SoftmaxStats stats_c = block_reduce_softmax_stats({max_c, sum_c});
+    cluster.barrier_wait();  // every block of the cluster has started: its shared memory exists
+    if (threadIdx.x < ranks) {  // thread r puts this block's stats in rank r's slot for this rank
+        SoftmaxStats* slot = cluster.map_shared_rank(&cluster_stats[rank][0], (int)threadIdx.x);
+        slot[0] = stats_s;
+        slot[1] = stats_c;
+    }
+    cluster.sync();  // the stores are visible (release / acquire at cluster scope)
+    stats_s = cluster_stats[0][0];
+    stats_c = cluster_stats[0][1];
+    for (int r = 1; r < ranks; r++) {
+        stats_s = softmax_stats_merge(stats_s, cluster_stats[r][0]);
+        stats_c = softmax_stats_merge(stats_c, cluster_stats[r][1]);
+    }
+
+    launder_packs(s); launder_packs(c);
+    const float log_sum_s = logf(stats_s.sum), log_sum_c = logf(stats_c.sum);
+    float kl = 0.0f;
+    #pragma unroll
+    for (int i = 0; i < KL_ONEPASS_PACKS; i++) {
+        if (i * T < packs_here) {
+            Packed128<floatX> g_pack;
+            #pragma unroll
+            for (int k = 0; k < P; k++) {
+                float g = 0.0f;  // padding: no gradient
+                if (i * T * P + k < cols_here) {
+                    const float lp_s = (to_float(s[i][k]) - stats_s.max) - log_sum_s;
+                    const float lp_c = (to_float(c[i][k]) - stats_c.max) - log_sum_c;
+                    const float p_s = expf(lp_s), p_c = expf(lp_c);
+                    kl += p_c * (lp_c - lp_s);
+                    g = grad_scale * (p_s - p_c);
+                }
+                g_pack[k] = from_float<floatX>(g);
+            }
+            store128(zs + i * T * P, g_pack);
+        }
+    }
+    kl = block_reduce_sum(kl);
+    if (threadIdx.x == 0) *cluster.map_shared_rank(&cluster_kl[rank], 0) = kl;
+    cluster.sync();  // rank 0 has every partial; after this no block touches another's memory
+    if (rank == 0 && threadIdx.x == 0) {
+        float total = cluster_kl[0];
+        for (int r = 1; r < ranks; r++) total += cluster_kl[r];
+        kl_rows[row] = total;
+    }
+#endif
+}
+
+// kl_forward_backward's arguments and results (see there); launches one cluster of
+// ceil(Vp / (P·3328)) blocks per row when it can, else calls kl_forward_backward
+template <typename floatX>
+void kl_forward_backward_onepass(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
+                                 int N, int V, int Vp, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (N == 0) return;
+    constexpr int P = Packed128<floatX>::size;
+    const int ranks = kl_onepass_ranks(Vp, P);
+    int device, major;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (Vp % P != 0 || !is_aligned16(logits_spliced) || !is_aligned16(logits_clean) || ranks > KL_ONEPASS_MAX_RANKS ||
+        major < 9) {
+        kl_forward_backward(kl_rows, logits_spliced, logits_clean, grad_scale, N, V, Vp, stream);
+        return;
+    }
+    cudaLaunchAttribute cluster_dim;
+    cluster_dim.id = cudaLaunchAttributeClusterDimension;
+    cluster_dim.val.clusterDim.x = ranks;
+    cluster_dim.val.clusterDim.y = 1;
+    cluster_dim.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3((unsigned)N * ranks);
+    config.blockDim = dim3(KL_ONEPASS_THREADS);
+    config.dynamicSmemBytes = 0;
+    config.stream = stream;
+    config.attrs = &cluster_dim;
+    config.numAttrs = 1;
+    cudaCheck(cudaLaunchKernelEx(&config, kl_forward_backward_onepass_kernel<floatX>, kl_rows, logits_spliced, logits_clean,
+                                 grad_scale, V, Vp));
     cudaLaunchCheck();
 }
 

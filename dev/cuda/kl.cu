@@ -8,28 +8,48 @@ Build and run (the command line of every bench, dev/cuda/common.h):
   ./kl [check|cpu|N]   no argument: everything; check: CPU self-test and every GPU check (fp32
                        and bf16); cpu: CPU self-test only (no GPU): the KL gradient reference
                        against finite differences, the KL / CE references against direct
-                       formulas, and the kernels' block-reduction order (online softmax merge,
-                       argmax ties) replayed on the CPU with llmc's own merge functions; N: check
-                       and time KL variant N (CE and argmax, one version each, run without N)
-KL variants (one block of LOGITS_BLOCK_SIZE = 1024 threads per row in all three):
+                       formulas, the kernels' block-reduction order (online softmax merge,
+                       argmax ties) replayed on the CPU with llmc's own merge functions, and
+                       variant 4's split of a row over its cluster replayed on the CPU (every
+                       pack held once, every real column counted once); N: check and time KL
+                       variant N (CE and argmax, one version each, run without N)
+KL variants (1-3: one block of LOGITS_BLOCK_SIZE = 1024 threads per row):
   1  three passes over the row: max, then Σ exp(x − max), then KL and gradient (3 reads)
   2  online (max, Σ exp) in one pass, then KL and gradient (2 reads); llmc's scalar fallback
   3  llmc (kl_forward_backward): as 2 with 16-byte packs (8 bf16 / 4 fp32 per load); needs
      Vp a multiple of the pack and 16-byte aligned rows (falls back to 2 otherwise); the pad
      columns ride along in the packs
+  4  llmc (kl_forward_backward_onepass, not used by the trainer): one read. A row pair is split
+     over a cluster of blocks (sm_90; 2 blocks of 256 threads per row in bf16, 4 in fp32 at
+     Vp = 50304), each thread keeping its 16-byte packs of both rows in registers from the
+     stats to the KL and gradient step; stats merged across the cluster through distributed
+     shared memory in rank order. Falls back to 3 where it cannot serve the shape (Vp not a
+     multiple of the pack, unaligned rows, Vp over 212,992 in bf16 / 106,496 in fp32, a device
+     below sm_90): here (2,999,1001) falls back to 3 and so to 2
 The trainer ships KL variant 3 in fp32 and bf16 (its Vp is a multiple of 128 and its buffers are
 256-byte aligned, so the fallback to variant 2 never happens there), and the one ce_forward and
 argmax_agree.
 Checks: (N,V,Vp) = (3,1,8) (5,100,128) (V < threads per block) (7,1000,1000) (no padding)
 (2,999,1001) (odd row stride: variant 3 falls back to 2) (64,50257,50304); the pad columns of every input are NaN, so reading them fails the
 check; logits either independent U(-10,10) per row (large KL) or spliced = clean + U(-0.05,0.05)
-(small KL, as in training); at (8192,50257,50304) 16 rows are compared. CE targets are random,
+(small KL, as in training); at (8192,50257,50304) 16 rows are compared. Every KL check runs the
+variant a second time on the same inputs and requires the same bits (KL rows and gradient).
+Variant 4 is also compared with variant 3 run on the same inputs, on the same rows and with the
+same tolerances as against the CPU: both evaluate the same per-element formulas with the same row
+max (a max is exact in any order), so they differ only by the rounding of Σ exp (a few 1e-7
+relative) and of the KL sum, well inside them. CE targets are random,
 with -1 (ignored) on every 5th row and the first / last vocab entry on rows 1 / 2. Argmax checks
 use logits clamped at 9.0 too, so that every row has many tied maxima (first index must win).
 Tolerances: KL and CE rows 1e-5 relative + 5e-6 absolute (log-probs carry ~1e-6 absolute
 error in fp32; the reference is double); gradient 1e-5 (fp32) or 1e-2 (bf16 storage) relative
 plus 1e-5·grad_scale·(p_s + p_c) absolute (each probability good to ~1e-5 relative); argmax
 counts exact. Exit code 1 on any mismatch.
+Timing: the GB/s line counts both rows read once and the gradient written once, 3·N·Vp elements.
+Variants 2 and 3 read each row pair twice (the second read hoped to hit L2), variant 4 once: it
+reads half of variant 3's bytes per row (2·Vp elements instead of 4·Vp; Vp written by both), so
+its GB/s is its real traffic, and it should beat 3 most where 3's second read misses L2 (fp32:
+two 1024-thread blocks per SM keep 264 row pairs of 402 KB, 106 MB, in flight on 132 SMs,
+against 50 MB of L2).
 */
 #include "common.h"
 #include "../../llmc/kl.cuh"
@@ -155,6 +175,52 @@ static int replay_self_test() {
     return failures;
 }
 
+// variant 4's split of a row over the blocks of its cluster and their threads, replayed with
+// llmc's own kl_onepass_share / kl_onepass_ranks: every pack of [0, Vp/P) must be held by exactly
+// one (rank, thread, slot), and every column below V counted exactly once (pad columns never)
+static int onepass_coverage_self_test() {
+    int failures = 0;
+    const int T = KL_ONEPASS_THREADS, full = KL_ONEPASS_THREADS * KL_ONEPASS_PACKS;  // packs per block
+    for (int P : {4, 8}) {
+        // the check shapes, then a row of exactly one block, one pack more (two blocks), and the
+        // widest row a cluster of KL_ONEPASS_MAX_RANKS blocks holds
+        const int shapes[][2] = {{1, 8}, {100, 128}, {1000, 1000}, {50257, 50304},
+                                 {full * P - 5, full * P}, {full * P + 1, (full + 1) * P},
+                                 {KL_ONEPASS_MAX_RANKS * full * P - 3, KL_ONEPASS_MAX_RANKS * full * P}};
+        for (auto& shape : shapes) {
+            const int V = shape[0], Vp = shape[1], num_packs = Vp / P, ranks = kl_onepass_ranks(Vp, P);
+            std::vector<int> held(num_packs, 0), counted(Vp, 0);
+            int stray = 0;  // a pack outside [0, num_packs) or a counted element of a pack not held
+            for (int rank = 0; rank < ranks; rank++) {
+                for (int tid = 0; tid < T; tid++) {
+                    const OnepassShare share = kl_onepass_share(rank, ranks, tid, V, Vp, P);
+                    for (int i = 0; i < KL_ONEPASS_PACKS; i++) {
+                        const int pack = share.first_pack + i * T;
+                        const bool is_held = i * T < share.packs_here;
+                        if (is_held) {
+                            if (pack < 0 || pack >= num_packs) { stray++; continue; }
+                            held[pack]++;
+                        }
+                        for (int k = 0; k < P; k++) {
+                            if (i * T * P + k >= share.cols_here) continue;
+                            if (!is_held || pack < 0 || pack >= num_packs) { stray++; continue; }
+                            counted[pack * P + k]++;
+                        }
+                    }
+                }
+            }
+            int bad = stray;
+            for (int p = 0; p < num_packs; p++) bad += held[p] != 1;
+            for (int v = 0; v < Vp; v++) bad += counted[v] != (v < V ? 1 : 0);
+            const bool ok = ranks <= KL_ONEPASS_MAX_RANKS && bad == 0;
+            printf("  v4 row split P=%d V=%d Vp=%d: %d block(s) per row, %d misplaced %s\n", P, V, Vp, ranks, bad,
+                   ok ? "ok" : "FAIL");
+            failures += !ok;
+        }
+    }
+    return failures;
+}
+
 // ----------------------------------------------------------------------------
 // CPU self-test
 
@@ -198,11 +264,12 @@ int cpu_self_test() {
     printf("  cpu argmax first-of-ties: %s\n", ok ? "ok" : "FAIL");
     failures += !ok;
     failures += replay_self_test();
+    failures += onepass_coverage_self_test();
     return failures;
 }
 
 // ----------------------------------------------------------------------------
-// KL variant 1 (2 and 3 are llmc's kernels)
+// KL variant 1 (2, 3 and 4 are llmc's kernels)
 
 __device__ inline float block_reduce_max(float v) {
     __shared__ float warp_max[32];
@@ -256,8 +323,10 @@ void kl_variant(int variant, float* kl_rows, floatX* zs, const floatX* zc, float
     } else if (variant == 2) {
         kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
         cudaLaunchCheck();
-    } else {
+    } else if (variant == 3) {
         kl_forward_backward(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
+    } else {
+        kl_forward_backward_onepass(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
     }
 }
 
@@ -266,22 +335,39 @@ void kl_variant(int variant, float* kl_rows, floatX* zs, const floatX* zc, float
 
 const float GRAD_SCALE = 1.0f / (8192.0f * 2.0f);  // kl_coeff / (N · grad_accum) at the defaults
 
-// compares rows `rows` of the device KL outputs with the reference; returns failures
+// the raw bytes of a device array, for the same-bits check
+template <typename T>
+std::vector<char> device_bytes(const T* d, size_t n) {
+    std::vector<char> h(n * sizeof(T));
+    cudaCheck(cudaMemcpy(h.data(), d, h.size(), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+// compares rows `rows` of the device KL outputs with the CPU reference, or, when d_kl_expected
+// and d_grad_expected are given, with those (another variant's outputs on the same inputs) under
+// the same tolerances, p_s + p_c still from the CPU; returns failures
 template <typename floatX>
-int compare_kl_rows(const std::vector<int>& rows, const float* d_kl, const floatX* d_grad, const LogitSpec& s_spec,
-                    const LogitSpec& c_spec, int V, int Vp, float grad_rtol, const char* label) {
+int compare_kl_rows(const std::vector<int>& rows, const float* d_kl, const floatX* d_grad, const float* d_kl_expected,
+                    const floatX* d_grad_expected, const LogitSpec& s_spec, const LogitSpec& c_spec, int V, int Vp,
+                    float grad_rtol, const char* label) {
     int bad_kl = 0, bad_grad = 0;
     std::vector<float> ref_dz(Vp), p_sum(V);
     double max_kl_err = 0.0, max_grad_err = 0.0;
     for (int row : rows) {
         std::vector<float> zs = host_logits_row<floatX>(s_spec, row, V, Vp), zc = host_logits_row<floatX>(c_spec, row, V, Vp);
         double kl_ref = kl_row_cpu(ref_dz.data(), p_sum.data(), zs.data(), zc.data(), GRAD_SCALE, V, Vp);
+        if (d_kl_expected) {
+            float kl_expected;
+            cudaCheck(cudaMemcpy(&kl_expected, d_kl_expected + row, sizeof(float), cudaMemcpyDeviceToHost));
+            kl_ref = kl_expected;
+            ref_dz = from_device(d_grad_expected + (size_t)row * Vp, Vp);
+        }
         float kl_gpu;
         cudaCheck(cudaMemcpy(&kl_gpu, d_kl + row, sizeof(float), cudaMemcpyDeviceToHost));
         double err = fabs(kl_gpu - kl_ref);
         max_kl_err = fmax(max_kl_err, err);
         if (!(err <= 1e-5 * fabs(kl_ref) + 5e-6)) {
-            if (bad_kl < 5) printf("  %s KL row %d: gpu %.8g cpu %.8g\n", label, row, kl_gpu, kl_ref);
+            if (bad_kl < 5) printf("  %s KL row %d: gpu %.8g expected %.8g\n", label, row, kl_gpu, kl_ref);
             bad_kl++;
         }
         std::vector<float> g = from_device(d_grad + (size_t)row * Vp, Vp);
@@ -290,12 +376,12 @@ int compare_kl_rows(const std::vector<int>& rows, const float* d_kl, const float
             double tol = grad_rtol * fabs(r) + (v < V ? 1e-5 * GRAD_SCALE * p_sum[v] : 0.0);
             max_grad_err = fmax(max_grad_err, e);
             if (!(e <= tol)) {
-                if (bad_grad < 5) printf("  %s grad row %d col %d: gpu %.8g cpu %.8g\n", label, row, v, g[v], r);
+                if (bad_grad < 5) printf("  %s grad row %d col %d: gpu %.8g expected %.8g\n", label, row, v, g[v], r);
                 bad_grad++;
             }
         }
     }
-    printf("  %-40s KL max err %.2e %s, grad max err %.2e %s\n", label, max_kl_err, bad_kl ? "FAIL" : "ok", max_grad_err,
+    printf("  %-48s KL max err %.2e %s, grad max err %.2e %s\n", label, max_kl_err, bad_kl ? "FAIL" : "ok", max_grad_err,
            bad_grad ? "FAIL" : "ok");
     return (bad_kl > 0) + (bad_grad > 0);
 }
@@ -317,7 +403,27 @@ int check_kl(int variant, int N, int V, int Vp, bool close, bool sampled, float 
     else { for (int r = 0; r < N; r++) rows.push_back(r); }
     char label[96];
     snprintf(label, sizeof(label), "kl v%d N=%d V=%d Vp=%d %s%s", variant, N, V, Vp, close ? "close" : "indep", sampled ? " (16 rows)" : "");
-    int failures = compare_kl_rows<floatX>(rows, d_kl, d_zs, s_spec, c_spec, V, Vp, grad_rtol, label);
+    int failures = compare_kl_rows<floatX>(rows, d_kl, d_zs, nullptr, nullptr, s_spec, c_spec, V, Vp, grad_rtol, label);
+
+    // a second run on the same inputs: the same bits (fixed reduction order, no float atomics)
+    std::vector<char> kl_bits = device_bytes(d_kl, N), grad_bits = device_bytes(d_zs, n);
+    fill_logits(d_zs, s_spec, N, V, Vp);
+    poison(d_kl, N * sizeof(float));
+    kl_variant(variant, d_kl, d_zs, d_zc, GRAD_SCALE, N, V, Vp);
+    const bool same = device_bytes(d_kl, N) == kl_bits && device_bytes(d_zs, n) == grad_bits;
+    printf("  %-48s second run bit-identical: %s\n", label, same ? "ok" : "FAIL");
+    failures += !same;
+
+    if (variant == 4) {  // against the trainer's kernel, variant 3, on the same inputs
+        floatX* d_zs3 = device_alloc<floatX>(n);
+        float* d_kl3 = device_alloc<float>(N);
+        fill_logits(d_zs3, s_spec, N, V, Vp);
+        poison(d_kl3, N * sizeof(float));
+        kl_variant(3, d_kl3, d_zs3, d_zc, GRAD_SCALE, N, V, Vp);
+        snprintf(label, sizeof(label), "kl v4 vs v3 N=%d V=%d Vp=%d %s%s", N, V, Vp, close ? "close" : "indep", sampled ? " (16 rows)" : "");
+        failures += compare_kl_rows<floatX>(rows, d_kl, d_zs, d_kl3, d_zs3, s_spec, c_spec, V, Vp, grad_rtol, label);
+        cudaCheck(cudaFree(d_zs3)); cudaCheck(cudaFree(d_kl3));
+    }
     cudaCheck(cudaFree(d_zs)); cudaCheck(cudaFree(d_zc)); cudaCheck(cudaFree(d_kl));
     return failures;
 }
@@ -410,7 +516,7 @@ template <typename floatX>
 int run_checks(int only, float grad_rtol) {
     int failures = 0;
     const int shapes[][3] = {{3, 1, 8}, {5, 100, 128}, {7, 1000, 1000}, {2, 999, 1001}, {64, 50257, 50304}};
-    for (int variant = 1; variant <= 3; variant++) {
+    for (int variant = 1; variant <= 4; variant++) {
         if (only && variant != only) continue;
         for (auto& s : shapes)
             for (int close = 0; close <= 1; close++) failures += check_kl<floatX>(variant, s[0], s[1], s[2], close, false, grad_rtol);
@@ -432,7 +538,8 @@ int gpu_checks(int only) {
 
 // ----------------------------------------------------------------------------
 // timing at the paper shape; GB/s counts each row read once and the gradient written once
-// (the kernels read each row twice: the second read is meant to come from L2)
+// (variants 1-3 read each row two or three times, the later reads meant to come from L2;
+// variant 4 reads it once)
 
 template <typename floatX>
 void time_kernels(int only) {
@@ -448,7 +555,7 @@ void time_kernels(int only) {
     cudaCheck(cudaMemcpy(d_targets, targets.data(), N * sizeof(int), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemset(d_agree, 0, sizeof(int)));
     LogitSpec c_spec = {101, 0, 0.0f, INFINITY}, s_spec = {101, 102, 0.05f, INFINITY};
-    for (int variant = 1; variant <= 3; variant++) {
+    for (int variant = 1; variant <= 4; variant++) {
         if (only && variant != only) continue;
         // the spliced logits are overwritten by the first call: later repeats read gradients,
         // which costs the same (same reads, writes and exps)
@@ -479,4 +586,4 @@ void timing(int only) {
     time_kernels<bf16>(only);
 }
 
-int main(int argc, char** argv) { return bench_main(argc, argv, "kl", 3, cpu_self_test, gpu_checks, timing); }
+int main(int argc, char** argv) { return bench_main(argc, argv, "kl", 4, cpu_self_test, gpu_checks, timing); }

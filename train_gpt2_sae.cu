@@ -187,7 +187,8 @@ struct Activations {
     std::vector<floatX*> clean;           // clean[l - L_lo] (N,C): the clean resid_pre_l, l = L_lo..n_layer-1 (SAE inputs, e2e+ds targets)
     floatX *x_hat, *c, *dc;               // (N,C), (N,D_max), (N,D_max)
     floatX *resid, *dresid, *dx_hat_local, *lnf, *dlnf;  // (N,C) each
-    floatX *logits_clean, *logits_spliced;               // (N,Vp) each
+    float *logits_clean, *logits_spliced;                // (N,Vp) each, fp32 in both precisions (kl.cuh)
+    floatX* dlogits;                                     // (N,Vp) the KL's gradient; in fp32 the spliced logits themselves
     float *lnf_mean, *lnf_rstd, *rows, *rows_clean;      // (N) each; rows: per-row KL / CE / EV; rows_clean: the eval's clean CE
     float* xsum;                          // (C) eval scratch
     BlockActs<floatX> scratch;            // blocks run without a backward
@@ -282,8 +283,9 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     act.dx_hat_local = a->take<floatX>(N * C);           // (N,C)
     act.lnf = a->take<floatX>(N * C);                    // (N,C)
     act.dlnf = a->take<floatX>(N * C);                   // (N,C)
-    act.logits_clean = a->take<floatX>(N * Vp);          // (N,Vp)
-    act.logits_spliced = a->take<floatX>(N * Vp);        // (N,Vp)
+    act.logits_clean = a->take<float>(N * Vp);           // (N,Vp)
+    act.logits_spliced = a->take<float>(N * Vp);         // (N,Vp)
+    act.dlogits = std::is_same<floatX, float>::value ? (floatX*)act.logits_spliced : a->take<floatX>(N * Vp);  // (N,Vp)
     act.lnf_mean = a->take<float>(N);                    // (N)
     act.lnf_rstd = a->take<float>(N);                    // (N)
     act.rows = a->take<float>(N);                        // (N)
@@ -503,13 +505,14 @@ void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX*
     matmul_forward_residual(out, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, layer_vec(w.fcprojb, l, C), N, 4 * C, C, 0);  // out = res2 + fcproj(...)
 }
 
-// final LayerNorm and the LM head on the *uncentred* wte (SPEC §2); logits (N,Vp)
+// final LayerNorm and the LM head on the *uncentred* wte (SPEC §2); logits (N,Vp) fp32 in both
+// precisions: at real GPT-2 scale bf16's rounding of the logits biases the KL by ~2% (issue 16)
 template <typename floatX>
-void lm_head_forward(Engine<floatX>* e, floatX* logits, const floatX* resid, int N) {
+void lm_head_forward(Engine<floatX>* e, float* logits, const floatX* resid, int N) {
     NvtxRange r("lm_head_forward");
     Activations<floatX>& act = e->acts;
     layernorm_forward(act.lnf, act.lnf_mean, act.lnf_rstd, resid, e->model.lnfw, e->model.lnfb, N, e->C, 0);
-    matmul_forward(logits, act.lnf, e->model.wte_unembed, (const floatX*)nullptr, N, e->C, e->Vp, 0);
+    matmul_forward_fp32_out(logits, act.lnf, e->model.wte_unembed, N, e->C, e->Vp, 0);
 }
 
 // The clean pass, once per micro-batch for every SAE, tokens already on the device: the embedding
@@ -599,12 +602,12 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     layernorm_backward_dinp(dresid, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, true, 0);
 }
 
-// the LM head's backward: dresid (N,C) from the KL gradient left in logits_spliced
+// the LM head's backward: dresid (N,C) from the KL gradient in dlogits
 template <typename floatX>
 void lm_head_backward(Engine<floatX>* e, int N) {
     NvtxRange r("lm_head_backward");
     Activations<floatX>& act = e->acts;
-    matmul_backward_dinp(act.dlnf, act.logits_spliced, e->model.wte_unembed, N, e->C, e->Vp, false, 0);
+    matmul_backward_dinp(act.dlnf, act.dlogits, e->model.wte_unembed, N, e->C, e->Vp, false, 0);
     layernorm_backward_dinp(act.dresid, act.dlnf, act.resid, e->model.lnfw, act.lnf_mean, act.lnf_rstd, N, e->C, false, 0);
 }
 
@@ -660,7 +663,8 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
         }
         {
             auto t = time_phase(e, micro, si, PH_KL);
-            kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V, e->Vp, 0);
+            kl_forward_backward(act.rows, act.dlogits, act.logits_spliced, act.logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V,
+                                e->Vp, 0);
             deterministic_sum(stats + STAT_KL, act.rows, N, true, 0);
         }
         auto t = time_phase(e, micro, si, PH_BACKWARD);
@@ -769,7 +773,7 @@ std::vector<EvalMetrics> evaluate(Engine<floatX>* e, std::vector<SaeRun<floatX>>
             ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
             deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, true, 0);
             argmax_agree(s.stats.agree_count, act.logits_clean, act.logits_spliced, N, e->V, e->Vp, 0);
-            kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
+            kl_forward_backward(act.rows, (floatX*)nullptr, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
             deterministic_sum(sums + STAT_KL, act.rows, N, true, 0);
         }
         tokens_seen += N;
@@ -821,7 +825,7 @@ AblationEffects ablation_effects(Engine<floatX>* e, SaeRun<floatX>* s, const Dat
         spliced_forward(e, s->L, B);
         ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
         deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, false, 0);
-        kl_forward_backward(act.rows, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
+        kl_forward_backward(act.rows, (floatX*)nullptr, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
         deterministic_sum(sums + STAT_KL, act.rows, N, false, 0);
         float st[NUM_STATS_FIXED];
         cudaCheck(cudaMemcpy(st, sums, sizeof(st), cudaMemcpyDeviceToHost));

@@ -22,7 +22,8 @@ a trained SAE's) on the first --calib-rows rows of --calib-seq-len tokens of tra
 (default n_layer/2). It prints what it measured on those rows: the mean logit, the spread, the
 position-0 norm per layer, the KL; with --bf16-estimate also the bf16 KL error with and without
 the shift of W_U by its mean row (gpt2_shift_unembed), from a CPU emulation of the GPU trainer's
-bf16 storage (fp32 arithmetic, every activation the engine stores rounded to bf16): an estimate of
+bf16 storage (fp32 arithmetic, every activation the engine stores in bf16 rounded to bf16, the
+logits kept in fp32 as the engine keeps them): an estimate of
 what test_gpt2_sae measures on the GPU, not a measurement of it.
 """
 import argparse
@@ -43,7 +44,7 @@ from reference import (block_forward, centre_weights, gelu_tanh, gpt2_forward_fr
 # ----------------------------------------------------------------------------
 # bf16 emulation of the GPU trainer's forward: fp32 arithmetic from inputs rounded to bf16, each
 # stored activation rounded to bf16 (weights, residual, LN outputs, qkv, scores, probabilities,
-# attention output, MLP activations, SAE c and x_hat, logits), as train_gpt2_sae stores them
+# attention output, MLP activations, SAE c and x_hat; the logits stay fp32), as train_gpt2_sae stores them
 
 def bf(t):
     return t.to(torch.bfloat16).float()
@@ -76,8 +77,8 @@ def kl_bf16(tokens, w, sae, cfg, shift):
     sae = {k: bf(v) for k, v in sae.items()}
     W_dec_norm = bf(sae["W_dec"] / sae["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-12))
 
-    def head(x):
-        return bf(bf(layernorm(x, w["ln_f.weight"], w["ln_f.bias"])) @ w["lm_head.weight"].t())
+    def head(x):  # the engine keeps logits in fp32 (bf16 rounding of the logits alone biased this KL by +2.2%)
+        return bf(layernorm(x, w["ln_f.weight"], w["ln_f.bias"])) @ w["lm_head.weight"].t()
 
     def run_from(x):
         for i in range(cfg.layer, cfg.n_layer):

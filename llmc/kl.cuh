@@ -1,12 +1,12 @@
 /*
 Logit-level loss and metrics, one thread block per row of logits (a cluster of blocks in
 kl_forward_backward_onepass) (SPEC §4 KL, §6 CE and top-1 agreement):
-  kl_forward_backward  KL(clean ‖ spliced) per row, and d logits_spliced written in place
+  kl_forward_backward  KL(clean ‖ spliced) per row, and its gradient wrt the spliced logits
   kl_forward_backward_onepass  the same, each row pair read from memory once (sm_90 clusters;
                        dev/cuda/kl.cu variant 4, not used by the trainer yet)
   ce_forward           next-token cross-entropy per row
   argmax_agree         count of rows whose clean and spliced argmax agree
-Logits are (N, Vp) floatX with only the first V columns real (llm.c pads the vocab to Vp);
+Logits are (N, Vp), fp32 in the trainer in both precisions (any floatX here), with only the first V columns real (llm.c pads the vocab to Vp);
 columns V..Vp-1 never enter a softmax. Probabilities are never materialised: a row is read once
 for a running (max, Σ exp(x − max)) pair, then once more to use the resulting log-softmax
 (kl_forward_backward_onepass keeps the row in registers instead of reading it again).
@@ -80,23 +80,46 @@ __device__ inline SoftmaxStats block_reduce_softmax_stats(SoftmaxStats s) {
 // Only lp_s depends on the spliced logits z_s: ∂lp_s(v)/∂z_s(u) = δ_vu − p_s(u), so
 //   ∂KL/∂z_s(u) = −Σ_v p_c(v) (δ_vu − p_s(u)) = p_s(u) − p_c(u)   (using Σ_v p_c = 1).
 // The loss is kl_coeff · (1/N) Σ_rows KL / grad_accum, hence grad_scale = kl_coeff/(N·grad_accum).
-// Pass 1 gathers the softmax stats of both rows, pass 2 computes KL and overwrites z_s with the
-// gradient: every element is read and written by the same thread, after the block's reduction.
+// Pass 1 gathers the softmax stats of both rows, pass 2 computes KL and writes the gradient into
+// dlogits (floatG; may be the spliced logits themselves when the types match: every element is
+// read and written by the same thread, after the block's reduction; null: no gradient, the eval).
+// The trainer's logits are fp32 in both precisions (bf16 rounding of logits biases the KL, issue
+// 16) and its gradient floatX, the LM head backward's input.
 // lp = (z − max) − log(sum) is PyTorch's log_softmax order of operations.
-// Each thread moves 16-byte packs (8 bf16 / 4 fp32): 1.7x faster than one element per load at
-// GPT-2's vocabulary (dev/cuda/kl.cu). The packs cover [0, Vp), so the launcher needs Vp a
+// Each thread loads 16-byte packs of logits (4 fp32 / 8 bf16): 1.7x faster than one element per
+// load at GPT-2's vocabulary (dev/cuda/kl.cu). The packs cover [0, Vp), so the launcher needs Vp a
 // multiple of the pack and 16-byte aligned rows; elements at v >= V (padding) are skipped in both
 // passes and written as 0.
-template <typename floatX>
-__global__ void kl_forward_backward_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
-                                                 float grad_scale, int V, int Vp) {
-    constexpr int P = Packed128<floatX>::size;
-    floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
-    const floatX* zc = logits_clean + (size_t)blockIdx.x * Vp;
+
+// the P gradient values of one logits pack, as floatG: 16 bytes when floatG has the logits' size,
+// 8 when bf16 from fp32 logits
+template <typename floatG, int P>
+__device__ __forceinline__ void store_grad_pack(floatG* dst, const float (&g)[P]) {
+    if constexpr (Packed128<floatG>::size == P) {
+        Packed128<floatG> pack;
+        #pragma unroll
+        for (int k = 0; k < P; k++) pack[k] = from_float<floatG>(g[k]);
+        store128(dst, pack);
+    } else {
+        static_assert(sizeof(floatG) * P == 8, "fp32 logits packs give 8 bytes of bf16 gradient");
+        struct alignas(8) Half { floatG v[P]; } half;
+        #pragma unroll
+        for (int k = 0; k < P; k++) half.v[k] = from_float<floatG>(g[k]);
+        *reinterpret_cast<Half*>(dst) = half;
+    }
+}
+
+template <typename floatL, typename floatG>
+__global__ void kl_forward_backward_kernel(float* kl_rows, floatG* dlogits, const floatL* logits_spliced, const floatL* logits_clean,
+                                           float grad_scale, int V, int Vp) {
+    constexpr int P = Packed128<floatL>::size;
+    const floatL* zs = logits_spliced + (size_t)blockIdx.x * Vp;
+    const floatL* zc = logits_clean + (size_t)blockIdx.x * Vp;
+    floatG* dz = dlogits ? dlogits + (size_t)blockIdx.x * Vp : nullptr;
     const int num_packs = Vp / P;
     SoftmaxStats stats_s = softmax_stats_empty(), stats_c = softmax_stats_empty();
     for (int p = threadIdx.x; p < num_packs; p += blockDim.x) {
-        const Packed128<floatX> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
+        const Packed128<floatL> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
         #pragma unroll
         for (int k = 0; k < P; k++) {
             if (p * P + k < V) {
@@ -110,21 +133,20 @@ __global__ void kl_forward_backward_kernel(float* kl_rows, floatX* logits_splice
     const float log_sum_s = logf(stats_s.sum), log_sum_c = logf(stats_c.sum);
     float kl = 0.0f;
     for (int p = threadIdx.x; p < num_packs; p += blockDim.x) {
-        const Packed128<floatX> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
-        Packed128<floatX> g_pack;
+        const Packed128<floatL> s_pack = load128(zs + p * P), c_pack = load128(zc + p * P);
+        float g[P];
         #pragma unroll
         for (int k = 0; k < P; k++) {
-            float g = 0.0f;  // padding: no gradient
+            g[k] = 0.0f;  // padding: no gradient
             if (p * P + k < V) {
                 const float lp_s = (to_float(s_pack[k]) - stats_s.max) - log_sum_s;
                 const float lp_c = (to_float(c_pack[k]) - stats_c.max) - log_sum_c;
                 const float p_s = expf(lp_s), p_c = expf(lp_c);
                 kl += p_c * (lp_c - lp_s);
-                g = grad_scale * (p_s - p_c);
+                g[k] = grad_scale * (p_s - p_c);
             }
-            g_pack[k] = from_float<floatX>(g);
         }
-        store128(zs + p * P, g_pack);
+        if (dz) store_grad_pack<floatG, P>(dz + p * P, g);
     }
     kl = block_reduce_sum(kl);
     if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
@@ -132,11 +154,12 @@ __global__ void kl_forward_backward_kernel(float* kl_rows, floatX* logits_splice
 
 // the same, one element per load: for rows that are not 16-byte aligned or a Vp that is not a
 // multiple of the pack
-template <typename floatX>
-__global__ void kl_forward_backward_scalar_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
-                                                        float grad_scale, int V, int Vp) {
-    floatX* zs = logits_spliced + (size_t)blockIdx.x * Vp;
-    const floatX* zc = logits_clean + (size_t)blockIdx.x * Vp;
+template <typename floatL, typename floatG>
+__global__ void kl_forward_backward_scalar_kernel(float* kl_rows, floatG* dlogits, const floatL* logits_spliced,
+                                                  const floatL* logits_clean, float grad_scale, int V, int Vp) {
+    const floatL* zs = logits_spliced + (size_t)blockIdx.x * Vp;
+    const floatL* zc = logits_clean + (size_t)blockIdx.x * Vp;
+    floatG* dz = dlogits ? dlogits + (size_t)blockIdx.x * Vp : nullptr;
     SoftmaxStats stats_s = softmax_stats_empty(), stats_c = softmax_stats_empty();
     for (int v = threadIdx.x; v < V; v += blockDim.x) {
         softmax_stats_add(stats_s, to_float(zs[v]));
@@ -151,27 +174,30 @@ __global__ void kl_forward_backward_scalar_kernel(float* kl_rows, floatX* logits
         const float lp_c = (to_float(zc[v]) - stats_c.max) - log_sum_c;
         const float p_s = expf(lp_s), p_c = expf(lp_c);
         kl += p_c * (lp_c - lp_s);
-        zs[v] = from_float<floatX>(grad_scale * (p_s - p_c));
+        if (dz) dz[v] = from_float<floatG>(grad_scale * (p_s - p_c));
     }
-    for (int v = V + threadIdx.x; v < Vp; v += blockDim.x) zs[v] = from_float<floatX>(0.0f);  // padding: no gradient
+    if (dz)
+        for (int v = V + threadIdx.x; v < Vp; v += blockDim.x) dz[v] = from_float<floatG>(0.0f);  // padding: no gradient
     kl = block_reduce_sum(kl);
     if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
 }
 
 // kl_rows (N) fp32 out: KL of each row (sum and divide by N for the §4 KL);
-// logits_spliced (N,Vp) in, overwritten with grad_scale · (p_s − p_c), padding columns 0;
-// logits_clean (N,Vp) in; grad_scale = kl_coeff / (N·grad_accum) (0 for eval: the gradient is
-// then written as zeros, the logits are gone either way)
-template <typename floatX>
-void kl_forward_backward(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
-                               int N, int V, int Vp, cudaStream_t stream) {
+// dlogits (N,Vp) out: grad_scale · (p_s − p_c), padding columns 0; the spliced logits themselves
+// (in place, when floatG is floatL) or null (no gradient: the eval);
+// logits_spliced, logits_clean (N,Vp) in; grad_scale = kl_coeff / (N·grad_accum)
+template <typename floatL, typename floatG>
+void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_spliced, const floatL* logits_clean, float grad_scale,
+                         int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
     // every row start is aligned when the base pointers are and Vp is a multiple of the pack
-    if (Vp % Packed128<floatX>::size == 0 && is_aligned16(logits_spliced) && is_aligned16(logits_clean)) {
-        kl_forward_backward_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+    // (the gradient's too: its packs are 16 or 8 bytes at the same element offsets)
+    if (Vp % Packed128<floatL>::size == 0 && is_aligned16(logits_spliced) && is_aligned16(logits_clean) && is_aligned16(dlogits)) {
+        kl_forward_backward_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, dlogits, logits_spliced, logits_clean, grad_scale, V, Vp);
     } else {
-        kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, logits_spliced, logits_clean, grad_scale, V, Vp);
+        kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(kl_rows, dlogits, logits_spliced, logits_clean, grad_scale,
+                                                                               V, Vp);
     }
     cudaLaunchCheck();
 }
@@ -197,7 +223,8 @@ void kl_forward_backward(float* kl_rows, floatX* logits_spliced, const floatX* l
 // (6288 packs) and 4 in fp32 (12576). Portable clusters have at most 8 blocks: Vp up to
 // 8·3328·P = 212,992 (bf16) or 106,496 (fp32). The launcher falls back to kl_forward_backward
 // (two reads) for a larger Vp, a Vp that is not a multiple of the pack, unaligned rows, or a
-// device below sm_90.
+// device below sm_90. It writes the gradient in place over one type of logits; the trainer has
+// fp32 logits and a floatX gradient (kl_forward_backward), so wiring it in needs that form.
 // Determinism: each block reduces its threads in llmc's fixed order, then the blocks' stats go
 // through distributed shared memory to every block of the cluster, where they are merged in
 // rank order (every block gets the same bits); the KL partials are summed in rank order by rank 0.
@@ -353,7 +380,7 @@ void kl_forward_backward_onepass(float* kl_rows, floatX* logits_spliced, const f
     cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     if (Vp % P != 0 || !is_aligned16(logits_spliced) || !is_aligned16(logits_clean) || ranks > KL_ONEPASS_MAX_RANKS ||
         major < 9) {
-        kl_forward_backward(kl_rows, logits_spliced, logits_clean, grad_scale, N, V, Vp, stream);
+        kl_forward_backward(kl_rows, logits_spliced, logits_spliced, logits_clean, grad_scale, N, V, Vp, stream);
         return;
     }
     cudaLaunchAttribute cluster_dim;

@@ -1,7 +1,8 @@
 /*
 Matrix multiplication through cuBLASLt: one general row-major wrapper (plus a strided-batched
-one for attention), and the two GPT-2 shapes: matmul_forward (nn.Linear) and
-matmul_backward_dinp (its activation gradient; GPT-2 is frozen, so no weight gradients here).
+one for attention), and the GPT-2 shapes: matmul_forward (nn.Linear), matmul_forward_fp32_out
+(the LM head: floatX inputs, fp32 logits) and matmul_backward_dinp (the activation gradient;
+GPT-2 is frozen, so no weight gradients here).
 
 Row-major API, column-major cuBLAS. Every matrix in this codebase is row-major. A row-major
 (r,c) matrix with row stride ld is, byte for byte, the column-major (c,r) matrix with leading
@@ -318,6 +319,14 @@ void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const 
                         bias != NULL ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
         gelu_forward(out, pre_gelu, (size_t)N * OC, stream);
     }
+}
+
+// nn.Linear without bias, fp32 out: out (N,OC) = inp (N,C) · weightᵀ, inputs floatX. The LM head:
+// logits stay fp32 in both precisions, as bf16's rounding of them biases the KL upwards (issue 16).
+template <typename floatX>
+void matmul_forward_fp32_out(float* out, const floatX* inp, const floatX* weight, int N, int C, int OC, cudaStream_t stream) {
+    matmul_cublaslt(out, inp, weight, NULL, N, OC, C, false, true, cuda_dtype<floatX>(), CUDA_R_32F, false,
+                    CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
 }
 
 // Activation gradient of nn.Linear: dinp (N,C) (+)= dout (N,OC) · weight (OC,C).

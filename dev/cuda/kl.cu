@@ -26,9 +26,12 @@ KL variants (1-3: one block of LOGITS_BLOCK_SIZE = 1024 threads per row):
      shared memory in rank order. Falls back to 3 where it cannot serve the shape (Vp not a
      multiple of the pack, unaligned rows, Vp over 212,992 in bf16 / 106,496 in fp32, a device
      below sm_90): here (2,999,1001) falls back to 3 and so to 2
-The trainer ships KL variant 3 in fp32 and bf16 (its Vp is a multiple of 128 and its buffers are
-256-byte aligned, so the fallback to variant 2 never happens there), and the one ce_forward and
-argmax_agree.
+The trainer ships KL variant 3 on fp32 logits in both precisions, with the gradient written in
+place in fp32 and as bf16 beside the logits in bf16 (its Vp is a multiple of 128 and its buffers
+are 256-byte aligned, so the fallback to variant 2 never happens there), and the one ce_forward
+and argmax_agree. Variants 2 and 3 are checked for fp32 logits with an fp32 gradient in place,
+fp32 logits with a bf16 gradient (the bf16 trainer's form), and bf16 logits with a bf16 gradient
+in place; 1 and 4 write in place only, so they run in the two in-place forms.
 Checks: (N,V,Vp) = (3,1,8) (5,100,128) (V < threads per block) (7,1000,1000) (no padding)
 (2,999,1001) (odd row stride: variant 3 falls back to 2) (64,50257,50304); the pad columns of every input are NaN, so reading them fails the
 check; logits either independent U(-10,10) per row (large KL) or spliced = clean + U(-0.05,0.05)
@@ -315,18 +318,28 @@ __global__ void kl_fused_kernel1(float* kl_rows, floatX* logits_spliced, const f
     if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
 }
 
-template <typename floatX>
-void kl_variant(int variant, float* kl_rows, floatX* zs, const floatX* zc, float grad_scale, int N, int V, int Vp) {
-    if (variant == 1) {
-        kl_fused_kernel1<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
-        cudaLaunchCheck();
-    } else if (variant == 2) {
-        kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
+// variants 1 and 4 write in place (dz must be zs, the same type); 2 and 3 take any dz
+template <typename floatL, typename floatG>
+constexpr bool in_place_only_ok() { return std::is_same<floatL, floatG>::value; }
+
+template <typename floatL, typename floatG>
+void kl_variant(int variant, float* kl_rows, floatG* dz, floatL* zs, const floatL* zc, float grad_scale, int N, int V, int Vp) {
+    if (variant == 2) {
+        kl_forward_backward_scalar_kernel<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, dz, zs, zc, grad_scale, V, Vp);
         cudaLaunchCheck();
     } else if (variant == 3) {
-        kl_forward_backward(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
+        kl_forward_backward(kl_rows, dz, zs, zc, grad_scale, N, V, Vp, 0);
+    } else if constexpr (in_place_only_ok<floatL, floatG>()) {
+        if ((void*)dz != (void*)zs) { fprintf(stderr, "kl variant %d writes in place only\n", variant); exit(1); }
+        if (variant == 1) {
+            kl_fused_kernel1<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
+            cudaLaunchCheck();
+        } else {
+            kl_forward_backward_onepass(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
+        }
     } else {
-        kl_forward_backward_onepass(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
+        fprintf(stderr, "kl variant %d writes in place only\n", variant);
+        exit(1);
     }
 }
 
@@ -346,15 +359,15 @@ std::vector<char> device_bytes(const T* d, size_t n) {
 // compares rows `rows` of the device KL outputs with the CPU reference, or, when d_kl_expected
 // and d_grad_expected are given, with those (another variant's outputs on the same inputs) under
 // the same tolerances, p_s + p_c still from the CPU; returns failures
-template <typename floatX>
-int compare_kl_rows(const std::vector<int>& rows, const float* d_kl, const floatX* d_grad, const float* d_kl_expected,
-                    const floatX* d_grad_expected, const LogitSpec& s_spec, const LogitSpec& c_spec, int V, int Vp,
+template <typename floatL, typename floatG>
+int compare_kl_rows(const std::vector<int>& rows, const float* d_kl, const floatG* d_grad, const float* d_kl_expected,
+                    const floatG* d_grad_expected, const LogitSpec& s_spec, const LogitSpec& c_spec, int V, int Vp,
                     float grad_rtol, const char* label) {
     int bad_kl = 0, bad_grad = 0;
     std::vector<float> ref_dz(Vp), p_sum(V);
     double max_kl_err = 0.0, max_grad_err = 0.0;
     for (int row : rows) {
-        std::vector<float> zs = host_logits_row<floatX>(s_spec, row, V, Vp), zc = host_logits_row<floatX>(c_spec, row, V, Vp);
+        std::vector<float> zs = host_logits_row<floatL>(s_spec, row, V, Vp), zc = host_logits_row<floatL>(c_spec, row, V, Vp);
         double kl_ref = kl_row_cpu(ref_dz.data(), p_sum.data(), zs.data(), zc.data(), GRAD_SCALE, V, Vp);
         if (d_kl_expected) {
             float kl_expected;
@@ -386,44 +399,49 @@ int compare_kl_rows(const std::vector<int>& rows, const float* d_kl, const float
     return (bad_kl > 0) + (bad_grad > 0);
 }
 
-template <typename floatX>
+// dz: the gradient goes over the spliced logits (in place, same types) or into its own buffer
+template <typename floatL, typename floatG>
 int check_kl(int variant, int N, int V, int Vp, bool close, bool sampled, float grad_rtol) {
     const size_t n = (size_t)N * Vp;
+    constexpr bool in_place = std::is_same<floatL, floatG>::value;
     LogitSpec c_spec = {101, 0, 0.0f, INFINITY};
     LogitSpec s_spec = close ? LogitSpec{101, 102, 0.05f, INFINITY} : LogitSpec{103, 0, 0.0f, INFINITY};
-    floatX* d_zs = device_alloc<floatX>(n);
-    floatX* d_zc = device_alloc<floatX>(n);
+    floatL* d_zs = device_alloc<floatL>(n);
+    floatL* d_zc = device_alloc<floatL>(n);
+    floatG* d_dz = in_place ? (floatG*)d_zs : device_alloc<floatG>(n);
     float* d_kl = device_alloc<float>(N);
-    fill_logits(d_zs, s_spec, N, V, Vp);
+    auto run = [&](int v, float* kl, floatG* dz, floatL* zs) {  // fresh inputs (in place, the last run overwrote them), poisoned outputs
+        fill_logits(zs, s_spec, N, V, Vp);
+        if (!in_place) poison(dz, n * sizeof(floatG));
+        poison(kl, N * sizeof(float));
+        kl_variant(v, kl, dz, zs, d_zc, GRAD_SCALE, N, V, Vp);
+    };
     fill_logits(d_zc, c_spec, N, V, Vp);
-    poison(d_kl, N * sizeof(float));
-    kl_variant(variant, d_kl, d_zs, d_zc, GRAD_SCALE, N, V, Vp);
+    run(variant, d_kl, d_dz, d_zs);
     std::vector<int> rows;
     if (sampled) { for (int k = 0; k < 16; k++) rows.push_back(k == 15 ? N - 1 : k * (N / 15)); }
     else { for (int r = 0; r < N; r++) rows.push_back(r); }
     char label[96];
-    snprintf(label, sizeof(label), "kl v%d N=%d V=%d Vp=%d %s%s", variant, N, V, Vp, close ? "close" : "indep", sampled ? " (16 rows)" : "");
-    int failures = compare_kl_rows<floatX>(rows, d_kl, d_zs, nullptr, nullptr, s_spec, c_spec, V, Vp, grad_rtol, label);
+    const char* form = in_place ? "" : " grad bf16";
+    snprintf(label, sizeof(label), "kl v%d N=%d V=%d Vp=%d %s%s%s", variant, N, V, Vp, close ? "close" : "indep", sampled ? " (16 rows)" : "", form);
+    int failures = compare_kl_rows<floatL, floatG>(rows, d_kl, d_dz, nullptr, nullptr, s_spec, c_spec, V, Vp, grad_rtol, label);
 
     // a second run on the same inputs: the same bits (fixed reduction order, no float atomics)
-    std::vector<char> kl_bits = device_bytes(d_kl, N), grad_bits = device_bytes(d_zs, n);
-    fill_logits(d_zs, s_spec, N, V, Vp);
-    poison(d_kl, N * sizeof(float));
-    kl_variant(variant, d_kl, d_zs, d_zc, GRAD_SCALE, N, V, Vp);
-    const bool same = device_bytes(d_kl, N) == kl_bits && device_bytes(d_zs, n) == grad_bits;
+    std::vector<char> kl_bits = device_bytes(d_kl, N), grad_bits = device_bytes(d_dz, n);
+    run(variant, d_kl, d_dz, d_zs);
+    const bool same = device_bytes(d_kl, N) == kl_bits && device_bytes(d_dz, n) == grad_bits;
     printf("  %-48s second run bit-identical: %s\n", label, same ? "ok" : "FAIL");
     failures += !same;
 
-    if (variant == 4) {  // against the trainer's kernel, variant 3, on the same inputs
-        floatX* d_zs3 = device_alloc<floatX>(n);
+    if (in_place && variant == 4) {  // against the trainer's kernel, variant 3, on the same inputs (in place, as 4)
+        floatL* d_zs3 = device_alloc<floatL>(n);
         float* d_kl3 = device_alloc<float>(N);
-        fill_logits(d_zs3, s_spec, N, V, Vp);
-        poison(d_kl3, N * sizeof(float));
-        kl_variant(3, d_kl3, d_zs3, d_zc, GRAD_SCALE, N, V, Vp);
+        run(3, d_kl3, (floatG*)d_zs3, d_zs3);
         snprintf(label, sizeof(label), "kl v4 vs v3 N=%d V=%d Vp=%d %s%s", N, V, Vp, close ? "close" : "indep", sampled ? " (16 rows)" : "");
-        failures += compare_kl_rows<floatX>(rows, d_kl, d_zs, d_kl3, d_zs3, s_spec, c_spec, V, Vp, grad_rtol, label);
+        failures += compare_kl_rows<floatL, floatG>(rows, d_kl, d_dz, d_kl3, (floatG*)d_zs3, s_spec, c_spec, V, Vp, grad_rtol, label);
         cudaCheck(cudaFree(d_zs3)); cudaCheck(cudaFree(d_kl3));
     }
+    if (!in_place) cudaCheck(cudaFree(d_dz));
     cudaCheck(cudaFree(d_zs)); cudaCheck(cudaFree(d_zc)); cudaCheck(cudaFree(d_kl));
     return failures;
 }
@@ -512,28 +530,32 @@ int check_argmax_first_index(int V, int Vp) {
     return !ok;
 }
 
-template <typename floatX>
+// KL checks for logits floatL and gradient floatG; then, in the in-place forms, CE and argmax on floatL
+template <typename floatL, typename floatG>
 int run_checks(int only, float grad_rtol) {
     int failures = 0;
+    constexpr bool in_place = std::is_same<floatL, floatG>::value;
     const int shapes[][3] = {{3, 1, 8}, {5, 100, 128}, {7, 1000, 1000}, {2, 999, 1001}, {64, 50257, 50304}};
     for (int variant = 1; variant <= 4; variant++) {
-        if (only && variant != only) continue;
+        if ((only && variant != only) || (!in_place && (variant == 1 || variant == 4))) continue;
         for (auto& s : shapes)
-            for (int close = 0; close <= 1; close++) failures += check_kl<floatX>(variant, s[0], s[1], s[2], close, false, grad_rtol);
-        failures += check_kl<floatX>(variant, 8192, 50257, 50304, true, true, grad_rtol);
+            for (int close = 0; close <= 1; close++) failures += check_kl<floatL, floatG>(variant, s[0], s[1], s[2], close, false, grad_rtol);
+        failures += check_kl<floatL, floatG>(variant, 8192, 50257, 50304, true, true, grad_rtol);
     }
-    if (only) return failures;
-    for (auto& s : shapes) failures += check_ce_argmax<floatX>(s[0], s[1], s[2]);
-    failures += check_argmax_first_index<floatX>(50257, 50304);
-    failures += check_argmax_first_index<floatX>(40, 40);
+    if (only || !in_place) return failures;
+    for (auto& s : shapes) failures += check_ce_argmax<floatL>(s[0], s[1], s[2]);
+    failures += check_argmax_first_index<floatL>(50257, 50304);
+    failures += check_argmax_first_index<floatL>(40, 40);
     return failures;
 }
 
 int gpu_checks(int only) {
-    printf("fp32:\n");
-    int failures = run_checks<float>(only, 1e-5f);
-    printf("bf16:\n");
-    return failures + run_checks<bf16>(only, 1e-2f);
+    printf("fp32 logits, fp32 gradient in place (the fp32 trainer):\n");
+    int failures = run_checks<float, float>(only, 1e-5f);
+    printf("fp32 logits, bf16 gradient (the bf16 trainer):\n");
+    failures += run_checks<float, bf16>(only, 1e-2f);
+    printf("bf16 logits, bf16 gradient in place:\n");
+    return failures + run_checks<bf16, bf16>(only, 1e-2f);
 }
 
 // ----------------------------------------------------------------------------
@@ -541,12 +563,14 @@ int gpu_checks(int only) {
 // (variants 1-3 read each row two or three times, the later reads meant to come from L2;
 // variant 4 reads it once)
 
-template <typename floatX>
+template <typename floatX, typename floatG>
 void time_kernels(int only) {
+    constexpr bool in_place = std::is_same<floatX, floatG>::value;
     const int N = 8192, V = 50257, Vp = 50304;
     const size_t n = (size_t)N * Vp, X = sizeof(floatX);
     floatX* d_zs = device_alloc<floatX>(n);
     floatX* d_zc = device_alloc<floatX>(n);
+    floatG* d_dz = in_place ? (floatG*)d_zs : device_alloc<floatG>(n);
     float* d_rows = device_alloc<float>(N);
     int* d_targets = device_alloc<int>(N);
     int* d_agree = device_alloc<int>(1);
@@ -556,17 +580,17 @@ void time_kernels(int only) {
     cudaCheck(cudaMemset(d_agree, 0, sizeof(int)));
     LogitSpec c_spec = {101, 0, 0.0f, INFINITY}, s_spec = {101, 102, 0.05f, INFINITY};
     for (int variant = 1; variant <= 4; variant++) {
-        if (only && variant != only) continue;
+        if ((only && variant != only) || (!in_place && (variant == 1 || variant == 4))) continue;
         // the spliced logits are overwritten by the first call: later repeats read gradients,
         // which costs the same (same reads, writes and exps)
         fill_logits(d_zs, s_spec, N, V, Vp);
         fill_logits(d_zc, c_spec, N, V, Vp);
         char what[64];
-        snprintf(what, sizeof(what), "%s kl fused fwd+bwd v%d", type_name<floatX>(), variant);
-        float ms = benchmark_kernel(2, 10, [&] { kl_variant(variant, d_rows, d_zs, d_zc, GRAD_SCALE, N, V, Vp); });
-        report_bandwidth(what, ms, 3.0 * n * X);
+        snprintf(what, sizeof(what), "%s kl fused fwd+bwd v%d%s", type_name<floatX>(), variant, in_place ? "" : ", grad bf16");
+        float ms = benchmark_kernel(2, 10, [&] { kl_variant(variant, d_rows, d_dz, d_zs, d_zc, GRAD_SCALE, N, V, Vp); });
+        report_bandwidth(what, ms, 2.0 * n * X + (double)n * sizeof(floatG));
     }
-    if (!only) {
+    if (!only && in_place) {
         char what[64];
         fill_logits(d_zs, s_spec, N, V, Vp);
         float ms = benchmark_kernel(2, 10, [&] { ce_forward(d_rows, d_zs, d_targets, N, V, Vp, 0); });
@@ -576,14 +600,16 @@ void time_kernels(int only) {
         snprintf(what, sizeof(what), "%s argmax agree", type_name<floatX>());
         report_bandwidth(what, ms, 2.0 * n * X);
     }
+    if (!in_place) cudaCheck(cudaFree(d_dz));
     cudaCheck(cudaFree(d_zs)); cudaCheck(cudaFree(d_zc)); cudaCheck(cudaFree(d_rows)); cudaCheck(cudaFree(d_targets));
     cudaCheck(cudaFree(d_agree));
 }
 
 void timing(int only) {
     printf("timing, N=8192 V=50257 Vp=50304 (median of 10):\n");
-    time_kernels<float>(only);
-    time_kernels<bf16>(only);
+    time_kernels<float, float>(only);
+    time_kernels<float, bf16>(only);
+    time_kernels<bf16, bf16>(only);
 }
 
 int main(int argc, char** argv) { return bench_main(argc, argv, "kl", 4, cpu_self_test, gpu_checks, timing); }

@@ -23,7 +23,8 @@ every size a multiple of 8 (m 40, n 56, k 32) and once with none (m 37, n 53, k 
   - strided batched: attention's three shapes (one with a row stride wider than the row, as the
     per-head output into (B,T,C)), and odd row/batch strides with gaps, alpha 0.5, with and
     without accumulate; the gaps must come back untouched
-  - matmul_forward (no bias, bias, pre_gelu fused and unfused) and matmul_backward_dinp
+  - matmul_forward (no bias, bias, pre_gelu fused and unfused), matmul_forward_fp32_out (the LM
+    head's fp32 logits; 1e-5 in both precisions, as its products are exact) and matmul_backward_dinp
   - the plan cache: every matmul_cublaslt / batched check above runs three times, uncached, cached
     (the plan may be built here) and cached again (must hit the cache), and the three outputs (aux
     included) must agree bit for bit; and a cached plan reused with other bias / aux pointers must
@@ -371,6 +372,13 @@ int check_gpt2_wrappers(bool odd, float tol) {
         snprintf(name, sizeof(name), "forward OC=%d", OC);
         failures += !check_result(d_out, ref_nobias.data(), name, NOC, tol);
 
+        float* d_out32 = device_alloc<float>(NOC);  // the LM head's form: floatX inputs, fp32 out, products exact
+        poison(d_out32, NOC * sizeof(float));
+        matmul_forward_fp32_out(d_out32, d_inp, d_weight, N, C, OC, 0);
+        snprintf(name, sizeof(name), "forward fp32 out OC=%d", OC);
+        failures += !check_result(d_out32, ref_nobias.data(), name, NOC, 1e-5f);
+        cudaCheck(cudaFree(d_out32));
+
         poison(d_out, NOC * sizeof(floatX));
         matmul_forward(d_out, d_inp, d_weight, d_bias, N, C, OC, 0);
         snprintf(name, sizeof(name), "forward bias OC=%d", OC);
@@ -440,6 +448,13 @@ void bench_gpt2(int warmup, int repeats) {
             matmul_backward_dinp(out, dout, weight, N, s.C, s.OC, false, 0); });
         snprintf(what, sizeof(what), "%s backward dinp %s", tn, s.name);
         report(what, N, s.C, s.OC, ms);
+    }
+    {  // the LM head as the trainer runs it: fp32 logits
+        float* out32 = device_alloc<float>(max_out);
+        float ms = benchmark_kernel(warmup, repeats, [&] { matmul_forward_fp32_out(out32, inp, weight, N, C, 50304, 0); });
+        snprintf(what, sizeof(what), "%s forward lm head, fp32 out", tn);
+        report(what, N, 50304, C, ms);
+        cudaCheck(cudaFree(out32));
     }
     // fc with GELU: fused epilogue (bf16 default) against matmul + gelu_forward
     for (int fuse = 1; fuse >= 0; fuse--) {

@@ -10,7 +10,7 @@
 #   kernel bench (checks and timing against the materialised attention), compute-sanitizer racecheck
 #   and memcheck on its kernels, and the trainer's --attention flash pass (test_gpt2_sae [flash]).
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
-# Usage: OUT=/some/dir bash dev/gpu_check.sh [tests|kernels|core|extra|all|final|flash]
+# Usage: OUT=/some/dir bash dev/gpu_check.sh [tests|kernels|core|extra|all|final|flash|peer]
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
 #   kernels: issue 14's flash attention, the e2e bf16 layer-6 benchmark and a 4-SAE sweep beside it (issue 13), memcheck e2e+ds, every dev/cuda
@@ -18,6 +18,8 @@
 #   core: tests then kernels (more than one `run` call allows: call tests, then kernels at once)
 #   flash: issue 14's steps alone (sized for about two minutes; not yet run on a GPU)
 #   extra: the other sanitizer runs, modes, layers and precisions
+#   peer:    issue 14's side-by-side: our e2e L6 fp32 and bf16 benches, then the e2e_sae library's step (fp32, tf32,
+#            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer); not yet run on a GPU
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
@@ -113,6 +115,11 @@ sweep_bench() {
     fi
 }
 
+# issue 14 item 3: the e2e_sae library's own training step on the same card, at the paper shape:
+# fp32 as shipped, tf32 and bf16 autocast (dev/gpu_peer.sh; carry .whl and .peer, made here by
+# dev/peer_pack.sh). Its log and measured lines go to $OUT/peer.txt; about 2 minutes, 5.5 at most.
+peer_bench() { step e2e_sae_peer 330 env OUT="$OUT" bash dev/gpu_peer.sh; }
+
 # the no-flag run a new user makes (make demo): the bundled demo model, on the GPU
 demo_gpu() { step demo_gpu 90 ./train_gpt2_sae --overwrite --out /tmp/demo_gpu --dump-features /tmp/demo_gpu/features; }
 
@@ -126,6 +133,12 @@ dump_compare() {
     grep -h "^measured" "$LOG/agree_dump.log" | tee "$OUT/issue15.txt"
 }
 
+if [ "$stage" = peer ]; then  # ours and the library's at the paper shape, same card, one call
+    make_paper_model
+    step bench_e2e_fp32_L6 60 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision fp32 --max-steps 7 --out /tmp/b6
+    step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
+    peer_bench
+fi
 if [ "$stage" = flash ]; then
     flash_checks
 fi

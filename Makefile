@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_flash_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -39,6 +39,11 @@ test_gpt2_sae: test/test_gpt2_sae.cu test/test_common.h train_gpt2_sae.cu $(HOST
 
 test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
+
+# the flash attention kernels run on the CPU through test/cuda_host_emulation.h (C++20 for
+# std::barrier; the kernels' #pragma unroll means nothing to g++)
+test_flash_emulated: test/test_flash_emulated.cpp test/cuda_host_emulation.h llmc/flash_attention.cuh
+	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
 
 test_tokenizer: test/test_tokenizer.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
@@ -71,4 +76,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_flash_emulated test_gpt2_sae prepare_text build

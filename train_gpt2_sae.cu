@@ -3,7 +3,7 @@ train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GP
 
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
 (default bf16), --attention materialized|flash (llmc/attention.cuh; flash in bf16 at head size 64
-only) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
+only, on tensor cores) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
 operations under the same names in plain loops, and the host side of a run (loading, loaders,
 saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
 e2e needs runs: one clean pass per micro-batch without stored activations (its residuals before

@@ -24,12 +24,13 @@ Matmuls use cuBLASLt with fp32 compute (no TF32). In bf16 the scores and probabi
 stored in bf16 between steps (as in llm.c), which costs accuracy on large logits. The masked
 upper triangle is computed and then zeroed (no causal skipping).
 
-2. Flash (flash_attention_forward / flash_attention_backward): nothing of size (T,T) is stored.
-Head size 64 only (GPT-2's; flash_attention_supported says), any T. q, k, v are read in place
-from inp and the results written in place into out and dinp (no head split or merge). Scores,
-probabilities and every sum stay in fp32 (registers and shared memory; no tensor cores: this is
-the simple tiled version, the correctness reference for faster ones), so in bf16 only out and
-dinp are rounded. Tiles of 64 query rows by 64 key rows; key tiles above the diagonal are
+2. Flash (flash_attention_forward / flash_attention_backward; kernels in flash_attention.cuh):
+nothing of size (T,T) is stored. Head size 64 only (GPT-2's; flash_attention_supported says), any
+T. q, k, v are read in place from inp and the results written in place into out and dinp (no
+head split or merge). In bf16 it runs on tensor cores, FA2's scheme (mma.sync with fp32
+accumulation; P and dS rounded to bf16 only as mma operands); any other floatX runs the simple
+tiled kernels (*_simple: fp32 FMA, scores, probabilities and every sum in fp32, so in bf16 only
+out and dinp are rounded), which are the correctness reference for the tensor-core ones. Tiles of 64 query rows by 64 key rows; key tiles above the diagonal are
 skipped, the diagonal one is masked. Forward, per (b,h) and query tile: the online softmax (a
 running max m and sum l per row) over the key tiles, then out = o/l and the row's log-sum-exp
 lse = m + log l, fp32 (B,NH,T), which the backward uses to recompute the probabilities
@@ -46,6 +47,7 @@ results are the same bits on every run.
 #include <math.h>
 #include "cuda_common.cuh"
 #include "matmul.cuh"
+#include "flash_attention.cuh"  // the flash kernels; their launchers are below
 
 // ----------------------------------------------------------------------------
 // head split/merge, `parts` tensors at once:
@@ -237,235 +239,6 @@ void attention_backward(floatX* dinp, floatX* dqkvr, floatX* datt, floatX* scrat
 }
 
 // ----------------------------------------------------------------------------
-// flash attention (see the top of the file): kernels
-
-// Layout of the work: a block of 128 threads owns one (b,h) and 64 rows (query rows in the
-// forward and dq kernels, key rows in the dk/dv kernel), two threads per row. Each of the two
-// holds half of the row's 64 dims in registers: float4 chunks alternate between them, dims
-// 8i+4·half+j (i < 8, j < 4), so the two threads of a row read neighbouring 16-byte words of a
-// shared-memory row and every other row's threads read the same words (broadcast, no bank
-// conflict). The other side's rows stream through shared memory in fp32 tiles of 64 x 64.
-constexpr int FLASH_HS = 64;        // the one head size served
-constexpr int FLASH_TILE = 64;      // rows of a query tile and of a key tile (equal: the diagonal logic needs it)
-constexpr int FLASH_THREADS = 2 * FLASH_TILE;
-constexpr int FLASH_CHUNK = 16;     // keys per online-softmax update in the forward
-
-// shared tile (FLASH_TILE, FLASH_HS) in fp32 <- rows tile·64.. of batch b of a (B,T,ld) buffer,
-// src pointing at the head's first column; rows past T are zeros. 16-byte loads: the launchers
-// check that the buffers are aligned, and hs = 64 keeps every row's head columns aligned.
-template <typename floatX>
-__device__ void flash_load_tile(float (*tile)[FLASH_HS], const floatX* src, int b, int tile_idx, int T, int ld) {
-    constexpr int P = Packed128<floatX>::size;
-    constexpr int packs_per_row = FLASH_HS / P;
-    for (int idx = threadIdx.x; idx < FLASH_TILE * packs_per_row; idx += blockDim.x) {
-        const int r = idx / packs_per_row, c = (idx % packs_per_row) * P;
-        const int s = tile_idx * FLASH_TILE + r;
-        if (s < T) {
-            const Packed128<floatX> x = load128(src + ((size_t)b * T + s) * ld + c);
-            for (int p = 0; p < P; p++) tile[r][c + p] = to_float(x[p]);
-        } else {
-            for (int p = 0; p < P; p++) tile[r][c + p] = 0.0f;
-        }
-    }
-}
-
-// a thread's half of a row (HS/2 values, see above) <- the same dims of a global row
-template <typename floatX>
-__device__ __forceinline__ void flash_load_half(float* x, const floatX* row, int half) {
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 8; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) x[4 * i + j] = to_float(row[8 * i + 4 * half + j]);
-}
-
-// global row <- a thread's half of a row, times `mul`
-template <typename floatX>
-__device__ __forceinline__ void flash_store_half(floatX* row, const float* x, float mul, int half) {
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 8; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) row[8 * i + 4 * half + j] = from_float<floatX>(x[4 * i + j] * mul);
-}
-
-// the dot product of a row held as halves (x, in registers) with a shared-memory row, summed over
-// the row's two threads (lanes 2r and 2r+1 of a warp): both get the same bits (a+b = b+a). Every
-// thread of the warp must call it.
-__device__ __forceinline__ float flash_row_dot(const float* x, const float* row, int half) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 8; i++) {
-        const float4 r = *reinterpret_cast<const float4*>(row + 8 * i + 4 * half);
-        acc = fmaf(x[4 * i + 0], r.x, acc);
-        acc = fmaf(x[4 * i + 1], r.y, acc);
-        acc = fmaf(x[4 * i + 2], r.z, acc);
-        acc = fmaf(x[4 * i + 3], r.w, acc);
-    }
-    return acc + __shfl_xor_sync(0xffffffffu, acc, 1);
-}
-
-// x (halves, registers) += a · shared-memory row
-__device__ __forceinline__ void flash_row_axpy(float* x, float a, const float* row, int half) {
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 8; i++) {
-        const float4 r = *reinterpret_cast<const float4*>(row + 8 * i + 4 * half);
-        x[4 * i + 0] = fmaf(a, r.x, x[4 * i + 0]);
-        x[4 * i + 1] = fmaf(a, r.y, x[4 * i + 1]);
-        x[4 * i + 2] = fmaf(a, r.z, x[4 * i + 2]);
-        x[4 * i + 3] = fmaf(a, r.w, x[4 * i + 3]);
-    }
-}
-
-// out (B,T,C), lse (B,NH,T) fp32, qkv (B,T,3C). Grid (B·NH, query tiles), the last query tile
-// (the most key tiles) first. Per row t: m, l and o over the keys s <= t, FLASH_CHUNK keys per
-// update: m' = max(m, max_s score), o = o·exp(m − m') + Σ_s exp(score_s − m')·v_s, l likewise.
-// A row past T (the last tile's tail) computes row T−1 again and writes nothing, so every thread
-// takes part in the loads and shuffles and nothing is ever −inf − (−inf).
-template <typename floatX>
-__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_forward_kernel(floatX* out, float* lse, const floatX* qkv, int T, int NH) {
-    __shared__ __align__(16) float k_tile[FLASH_TILE][FLASH_HS];
-    __shared__ __align__(16) float v_tile[FLASH_TILE][FLASH_HS];
-    const int C = NH * FLASH_HS;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const int q_tile = gridDim.y - 1 - blockIdx.y;
-    const int half = threadIdx.x % 2;
-    const int t = q_tile * FLASH_TILE + threadIdx.x / 2;
-    const int tq = min(t, T - 1);
-    const float scale = 1.0f / sqrtf((float)FLASH_HS);
-
-    float q[FLASH_HS / 2], o[FLASH_HS / 2];
-    flash_load_half(q, qkv + ((size_t)b * T + tq) * 3 * C + h * FLASH_HS, half);
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 2; i++) o[i] = 0.0f;
-    float m = -INFINITY, l = 0.0f;
-    for (int kt = 0; kt <= q_tile; kt++) {  // key tiles up to the diagonal
-        __syncthreads();  // the previous tile's reads are done
-        flash_load_tile(k_tile, qkv + C + h * FLASH_HS, b, kt, T, 3 * C);
-        flash_load_tile(v_tile, qkv + 2 * C + h * FLASH_HS, b, kt, T, 3 * C);
-        __syncthreads();
-        for (int c0 = 0; c0 < FLASH_TILE; c0 += FLASH_CHUNK) {
-            float score[FLASH_CHUNK];
-            float chunk_max = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < FLASH_CHUNK; j++) {
-                score[j] = flash_row_dot(q, k_tile[c0 + j], half) * scale;
-                if (kt == q_tile && kt * FLASH_TILE + c0 + j > tq) score[j] = -INFINITY;  // causal mask, diagonal tile only
-                chunk_max = fmaxf(chunk_max, score[j]);
-            }
-            // key 0 is in every row's first chunk, so m_new is finite; a chunk wholly masked leaves m as it is
-            const float m_new = fmaxf(m, chunk_max);
-            const float corr = expf(m - m_new);  // 0 on the first chunk, where m = -inf
-            l *= corr;
-#pragma unroll
-            for (int i = 0; i < FLASH_HS / 2; i++) o[i] *= corr;
-#pragma unroll
-            for (int j = 0; j < FLASH_CHUNK; j++) {
-                const float p = expf(score[j] - m_new);
-                l += p;
-                flash_row_axpy(o, p, v_tile[c0 + j], half);
-            }
-            m = m_new;
-        }
-    }
-    if (t < T) {
-        flash_store_half(out + ((size_t)b * T + t) * C + h * FLASH_HS, o, 1.0f / l, half);
-        if (half == 0) lse[(size_t)bh * T + t] = m + logf(l);
-    }
-}
-
-// dq into dinp's q columns (B,T,3C), dsum (B,NH,T) fp32 <- D_t = dy_t·y_t; dout and out (B,T,C),
-// qkv (B,T,3C), lse (B,NH,T). Grid and rows as the forward: per query row t, over the keys s <= t,
-//   p = exp(scale·q·k_s − lse_t),  dS = p·(dy·v_s − D_t),  dq += dS·k_s;   dq·scale at the end.
-template <typename floatX>
-__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_dq_kernel(floatX* dinp, float* dsum, const floatX* dout,
-                                                                                    const floatX* out, const floatX* qkv, const float* lse,
-                                                                                    int T, int NH) {
-    __shared__ __align__(16) float k_tile[FLASH_TILE][FLASH_HS];
-    __shared__ __align__(16) float v_tile[FLASH_TILE][FLASH_HS];
-    const int C = NH * FLASH_HS;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const int q_tile = gridDim.y - 1 - blockIdx.y;
-    const int half = threadIdx.x % 2;
-    const int t = q_tile * FLASH_TILE + threadIdx.x / 2;
-    const int tq = min(t, T - 1);  // a row past T recomputes row T-1 and writes nothing
-    const float scale = 1.0f / sqrtf((float)FLASH_HS);
-
-    float q[FLASH_HS / 2], dy[FLASH_HS / 2], y[FLASH_HS / 2], dq[FLASH_HS / 2];
-    flash_load_half(q, qkv + ((size_t)b * T + tq) * 3 * C + h * FLASH_HS, half);
-    flash_load_half(dy, dout + ((size_t)b * T + tq) * C + h * FLASH_HS, half);
-    flash_load_half(y, out + ((size_t)b * T + tq) * C + h * FLASH_HS, half);  // as rounded to floatX
-    float d_part = 0.0f;
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 2; i++) { d_part = fmaf(dy[i], y[i], d_part); dq[i] = 0.0f; }
-    const float D = d_part + __shfl_xor_sync(0xffffffffu, d_part, 1);
-    const float lse_t = lse[(size_t)bh * T + tq];
-    for (int kt = 0; kt <= q_tile; kt++) {
-        __syncthreads();
-        flash_load_tile(k_tile, qkv + C + h * FLASH_HS, b, kt, T, 3 * C);
-        flash_load_tile(v_tile, qkv + 2 * C + h * FLASH_HS, b, kt, T, 3 * C);
-        __syncthreads();
-        for (int j = 0; j < FLASH_TILE; j++) {
-            const float score = flash_row_dot(q, k_tile[j], half) * scale;
-            const float dp = flash_row_dot(dy, v_tile[j], half);
-            const float p = kt * FLASH_TILE + j <= tq ? expf(score - lse_t) : 0.0f;  // causal mask
-            flash_row_axpy(dq, p * (dp - D), k_tile[j], half);
-        }
-    }
-    if (t < T) {
-        flash_store_half(dinp + ((size_t)b * T + t) * 3 * C + h * FLASH_HS, dq, scale, half);
-        if (half == 0) dsum[(size_t)bh * T + t] = D;
-    }
-}
-
-// dk, dv into dinp's k and v columns (B,T,3C); dout (B,T,C), qkv (B,T,3C), lse and dsum (B,NH,T)
-// as the forward and the dq kernel left them. Grid (B·NH, key tiles); a thread pair owns key row s
-// and runs over the query rows t >= s, a query tile at a time:
-//   p = exp(scale·q_t·k − lse_t),  dv += p·dy_t,  dk += p·(dy_t·v − D_t)·q_t;   dk·scale at the end.
-// A key row past T computes row T-1's dot products, masks them all (s > t) and writes nothing.
-template <typename floatX>
-__global__ void __launch_bounds__(FLASH_THREADS) flash_attention_backward_dkdv_kernel(floatX* dinp, const floatX* dout, const floatX* qkv,
-                                                                                      const float* lse, const float* dsum, int T, int NH) {
-    __shared__ __align__(16) float q_tile[FLASH_TILE][FLASH_HS];
-    __shared__ __align__(16) float dy_tile[FLASH_TILE][FLASH_HS];
-    __shared__ float lse_tile[FLASH_TILE], dsum_tile[FLASH_TILE];
-    const int C = NH * FLASH_HS;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const int k_tile_idx = blockIdx.y;  // tile 0 (the most query tiles) first
-    const int half = threadIdx.x % 2;
-    const int s = k_tile_idx * FLASH_TILE + threadIdx.x / 2;
-    const int sk = min(s, T - 1);
-    const float scale = 1.0f / sqrtf((float)FLASH_HS);
-
-    float k[FLASH_HS / 2], v[FLASH_HS / 2], dk[FLASH_HS / 2], dv[FLASH_HS / 2];
-    flash_load_half(k, qkv + ((size_t)b * T + sk) * 3 * C + C + h * FLASH_HS, half);
-    flash_load_half(v, qkv + ((size_t)b * T + sk) * 3 * C + 2 * C + h * FLASH_HS, half);
-#pragma unroll
-    for (int i = 0; i < FLASH_HS / 2; i++) { dk[i] = 0.0f; dv[i] = 0.0f; }
-    for (int qt = k_tile_idx; qt < (int)gridDim.y; qt++) {  // query tiles from the diagonal on
-        __syncthreads();
-        flash_load_tile(q_tile, qkv + h * FLASH_HS, b, qt, T, 3 * C);
-        flash_load_tile(dy_tile, dout + h * FLASH_HS, b, qt, T, C);
-        for (int r = threadIdx.x; r < FLASH_TILE; r += blockDim.x) {
-            const int t = qt * FLASH_TILE + r;
-            lse_tile[r] = t < T ? lse[(size_t)bh * T + t] : 0.0f;
-            dsum_tile[r] = t < T ? dsum[(size_t)bh * T + t] : 0.0f;
-        }
-        __syncthreads();
-        for (int r = 0; r < FLASH_TILE; r++) {
-            const int t = qt * FLASH_TILE + r;
-            const float score = flash_row_dot(k, q_tile[r], half) * scale;
-            const float dp = flash_row_dot(v, dy_tile[r], half);
-            const float p = s <= t && t < T ? expf(score - lse_tile[r]) : 0.0f;  // causal mask; rows past T
-            flash_row_axpy(dv, p, dy_tile[r], half);
-            flash_row_axpy(dk, p * (dp - dsum_tile[r]), q_tile[r], half);
-        }
-    }
-    if (s < T) {
-        flash_store_half(dinp + ((size_t)b * T + s) * 3 * C + C + h * FLASH_HS, dk, scale, half);
-        flash_store_half(dinp + ((size_t)b * T + s) * 3 * C + 2 * C + h * FLASH_HS, dv, 1.0f, half);
-    }
-}
-
-// ----------------------------------------------------------------------------
 // flash attention: launchers
 
 // whether the flash kernels serve this shape (the trainer refuses --attention flash otherwise)
@@ -482,10 +255,12 @@ inline void flash_check_args(const char* who, int C, int NH, const void* a, cons
     }
 }
 
-// out (B,T,C), lse (B,NH,T) fp32 for the backward; qkv (B,T,3C) is read in place
+// the simple kernels (fp32 FMA, any floatX): the reference the tensor-core kernels are checked
+// against (dev/cuda/attention.cu variant 2). out (B,T,C), lse (B,NH,T) fp32 for the backward;
+// qkv (B,T,3C) is read in place
 template <typename floatX>
-void flash_attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
-    flash_check_args("flash_attention_forward", C, NH, qkv, qkv);
+void flash_attention_forward_simple(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+    flash_check_args("flash_attention_forward_simple", C, NH, qkv, qkv);
     if (B == 0 || T == 0) return;
     const dim3 grid(B * NH, ceil_div(T, FLASH_TILE));
     flash_attention_forward_kernel<<<grid, FLASH_THREADS, 0, stream>>>(out, lse, qkv, T, NH);
@@ -495,13 +270,44 @@ void flash_attention_forward(floatX* out, float* lse, const floatX* qkv, int B, 
 // dinp (B,T,3C) = gradient wrt qkv (written, not accumulated); dsum (B,NH,T) fp32 scratch; dout,
 // out (B,T,C) and lse as the forward's; qkv (B,T,3C) as the forward read it
 template <typename floatX>
-void flash_attention_backward(floatX* dinp, float* dsum, const floatX* dout, const floatX* out, const floatX* qkv, const float* lse,
-                              int B, int T, int C, int NH, cudaStream_t stream) {
-    flash_check_args("flash_attention_backward", C, NH, qkv, dout);
+void flash_attention_backward_simple(floatX* dinp, float* dsum, const floatX* dout, const floatX* out, const floatX* qkv, const float* lse,
+                                     int B, int T, int C, int NH, cudaStream_t stream) {
+    flash_check_args("flash_attention_backward_simple", C, NH, qkv, dout);
     if (B == 0 || T == 0) return;
     const dim3 grid(B * NH, ceil_div(T, FLASH_TILE));
     flash_attention_backward_dq_kernel<<<grid, FLASH_THREADS, 0, stream>>>(dinp, dsum, dout, out, qkv, lse, T, NH);
     cudaLaunchCheck();
     flash_attention_backward_dkdv_kernel<<<grid, FLASH_THREADS, 0, stream>>>(dinp, dout, qkv, lse, dsum, T, NH);
     cudaLaunchCheck();
+}
+
+// The trainer's flash attention: bf16 on tensor cores (FA2), any other floatX by the simple
+// kernels. Arguments as flash_attention_forward_simple / flash_attention_backward_simple.
+template <typename floatX>
+void flash_attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
+    if constexpr (!std::is_same<floatX, bf16>::value) {
+        flash_attention_forward_simple(out, lse, qkv, B, T, C, NH, stream);
+    } else {
+        flash_check_args("flash_attention_forward", C, NH, qkv, qkv);
+        if (B == 0 || T == 0) return;
+        const dim3 grid(B * NH, ceil_div(T, FLASH_TILE));
+        flash_forward_mma_kernel<<<grid, FA2_THREADS, 0, stream>>>(out, lse, qkv, T, NH);
+        cudaLaunchCheck();
+    }
+}
+
+template <typename floatX>
+void flash_attention_backward(floatX* dinp, float* dsum, const floatX* dout, const floatX* out, const floatX* qkv, const float* lse,
+                              int B, int T, int C, int NH, cudaStream_t stream) {
+    if constexpr (!std::is_same<floatX, bf16>::value) {
+        flash_attention_backward_simple(dinp, dsum, dout, out, qkv, lse, B, T, C, NH, stream);
+    } else {
+        flash_check_args("flash_attention_backward", C, NH, qkv, dout);
+        if (B == 0 || T == 0) return;
+        const dim3 grid(B * NH, ceil_div(T, FLASH_TILE));
+        flash_backward_dq_mma_kernel<<<grid, FA2_THREADS, 0, stream>>>(dinp, dsum, dout, out, qkv, lse, T, NH);
+        cudaLaunchCheck();
+        flash_backward_dkdv_mma_kernel<<<grid, FA2_THREADS, 0, stream>>>(dinp, dout, qkv, lse, dsum, T, NH);
+        cudaLaunchCheck();
+    }
 }

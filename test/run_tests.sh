@@ -44,6 +44,7 @@ run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads],[s
 run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
+run flash_emulated ./test_flash_emulated  # the GPU flash kernels on the CPU, emulated (test/cuda_host_emulation.h)
 run report /usr/bin/python3 test/test_report.py -v
 run features_viewer /usr/bin/python3 test/test_features_viewer.py -v
 run pareto /usr/bin/python3 test/test_pareto.py -v

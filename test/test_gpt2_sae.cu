@@ -20,9 +20,10 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
   (one pass of the GPU trainer in three modes, 10 updates of both trainers).
 - flash attention ([flash], issue 14): --attention flash against PyTorch and against
   --attention materialized, one bf16 pass on a GPT-2 with head size 64 (C 128, 2 heads), T 80 (a
-  full 64-row tile and a partial one): the bf16 pass bound, 6e-2. Flash rounds less than the
-  materialised path (scores and probabilities stay fp32), so its error should be at most the
-  materialised one's; a wrong index or mask is O(1).
+  full 64-row tile and a partial one): the bf16 pass bound, 6e-2. Flash (tensor cores) rounds P
+  and dS to bf16 as mma operands, the materialised path its scores, probabilities and their
+  gradients between steps, so both errors should be of the same order; a wrong index or mask is
+  O(1).
 - real scale ([real], issue 16): bf16 against fp32 on dev/make_random_gpt2.py --real-scale (GPT-2
   small's shape and scales: logits near -80 before W_U's shift, position 0 at norm 3000, an SAE
   at KL 0.05): one pass at 6e-2, its KL within 2%, and 30 updates within 5e-2

@@ -17,9 +17,12 @@ Variants:
   2. flash, the simple tiled kernels (the trainer's --attention flash; head size 64): q, k, v read
      in place from (B,T,3C), scores and softmax in fp32, no (T,T) matrix; the backward recomputes
      the probabilities from the stored log-sum-exp and writes each output element once (no atomics).
-  3. flash forward on tensor cores, FA2's scheme (here only; bf16, head size 64): mma.sync
-     m16n8k16 with fp32 accumulation, ldmatrix, cp.async double buffering, q in registers; its
-     backward is variant 2's. See the comment above flash_forward_mma_kernel.
+  3. flash on tensor cores, FA2's scheme (the trainer's --attention flash in bf16; head size 64):
+     mma.sync m16n8k16 with fp32 accumulation, ldmatrix, cp.async double buffering; forward with
+     q in registers, backward in two kernels as variant 2's (dq per query tile, dk and dv per key
+     tile, no atomics), P and dS rounded to bf16 only as mma operands. See the comments above
+     flash_forward_mma_kernel and flash_backward_dq_mma_kernel in llmc/flash_attention.cuh.
+     test_flash_emulated runs variants 2 and 3 on the CPU (an emulation of the PTX, no GPU).
 
 Checks of variant 1, fp32 then bf16, with every output and every scratch buffer poisoned first
 (the result must not depend on what scratch held): (B,T,C,NH) = (2,8,32,2) hs 16, (2,64,128,2)
@@ -50,14 +53,15 @@ flash backward does, which moves dq by up to ~3e-2 of dq's own scale at T = 1024
 dinp's). The kernels' own code run on the host (each CUDA thread a CPU thread, the same fp32
 operations; not the GPU) needed at worst 3.2e-3 (out) and 4.9e-3 (dinp) over these small shapes
 and T = 64, 256, 300, 512, 1024, and ~2e-6 in fp32 storage, whose tolerance is 1e-5.
-Checks of variant 3: as variant 2's, bf16 only, its forward followed by variant 2's backward.
-Tolerances as variant 2's: its scores are exact products of bf16 inputs summed in fp32, so lse
-stays within 1e-5; out also carries the rounding of P to bf16 before P·v, which the host run of
-the kernel (ldmatrix, mma and cp.async emulated from their PTX definitions) put at 8.0e-3 at
-worst over the small shapes and T = 300, 1024 (2e-2 allowed), and dinp after it at 3.2e-3.
+Checks of variant 3: as variant 2's, bf16 only, its forward and backward. Tolerances as variant
+2's: its scores are exact products of bf16 inputs summed in fp32, so lse stays within 1e-5; out
+also carries the rounding of P to bf16 before P·v, and dinp that of P and dS before their
+products, which the host emulation of the kernels (test/cuda_host_emulation.h: ldmatrix, mma and
+cp.async from their PTX definitions) put at 1.0e-2 (out) and 1.1e-2 (dinp) at worst over the
+small shapes and T = 300, 1024 (2e-2 allowed).
 Timing: variant 1's forward and backward at GPT-2 small's shape, and the head split (q, k, v at
-once) and merge kernels alone in GB/s (bytes read + written); variants 2 and 3 against variant 1
-at the same shape.
+once) and merge kernels alone in GB/s (bytes read + written); variants 2 and 3 (forward and
+backward each) against variant 1 at the same shape.
 */
 #include "common.h"
 #include "../../llmc/attention.cuh"
@@ -275,214 +279,6 @@ int check_attention(int B, int T, int C, int NH, float tol) {
 }
 
 // ----------------------------------------------------------------------------
-// variant 3: the flash forward on tensor cores, FA2's scheme, bf16 at head size 64 only. A block
-// of 4 warps owns 64 query rows of one (b,h), 16 per warp; q stays in registers as mma A
-// fragments for the whole key loop; key tiles of 64 rows of k and v stream through shared memory
-// by cp.async, double buffered (tile kt+1 loads while tile kt is used); ldmatrix feeds the mma
-// fragments. mma.sync m16n8k16 (bf16 in, fp32 accumulate) computes S = q·kᵀ and o += P·v; the
-// online softmax runs on the S fragments in registers, in fp32, and P is rounded to bf16 only as
-// the A operand of P·v (as FA2 does). Its lse is variant 2's, so variant 2's backward follows it.
-// Should be faster than variant 2 by the tensor cores' ~15x over fp32 FMA on the two matmuls.
-//
-// Fragments (PTX ISA, mma.m16n8k16 with .bf16; g = lane/4, c = lane%4): A (16x16, row-major) in 4
-// registers of 2 bf16: rows g | g+8 | g | g+8, columns 2c,2c+1 | 2c,2c+1 | 2c+8,+9 | 2c+8,+9. B
-// (16x8, k x n) in 2 registers: k = 2c,2c+1 | 2c+8,2c+9, n = g. C/D (16x8 fp32) in 4 floats: row g
-// columns 2c, 2c+1, then row g+8 the same columns. ldmatrix.x4: lanes 8i..8i+7 give the row
-// addresses of 8x8 matrix i, and each lane receives in register i matrix i's row g, columns 2c,
-// 2c+1 (with .trans: rows 2c, 2c+1 of column g). So a matrix stored with B's n along its rows (the
-// k tile: a row per key, the n of q·kᵀ) loads as a B fragment directly, and one stored with B's k
-// along its rows (the v tile: a row per key, the k of P·v) loads as one with .trans; q loads as A.
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-
-// 16 bytes global -> shared, asynchronously; src_bytes 0 fills the 16 bytes with zeros
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-// waits until at most N of this thread's committed groups are still in flight
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const bf16* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const bf16* row) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
-}
-
-// d (16x8 fp32) += a (16x16 bf16) · b (16x8 bf16), one warp
-__device__ __forceinline__ void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// two floats as the bf16 pair of one fragment register: lo in the low half (the lower index)
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
-constexpr int FA2_WARPS = 4;
-constexpr int FA2_THREADS = 32 * FA2_WARPS;
-
-// A tile of 64 rows of 64 bf16 in shared memory is 8 chunks of 16 bytes per row; chunk c of row r
-// is stored at chunk c ^ (r % 8), so the 8 rows an ldmatrix reads (same chunk, consecutive rows)
-// fall in 8 different bank groups instead of one. Element offset of chunk c of row r:
-__device__ __forceinline__ int fa2_chunk(int r, int c) { return r * FLASH_HS + ((c ^ (r % 8)) * 8); }
-
-// rows tile·64.. of batch b of one head's q, k or v (src: the head's first column, row stride ld)
-// into a swizzled tile by cp.async; rows past T are zero-filled (the source address stays valid)
-__device__ void fa2_load_tile(bf16* tile, const bf16* src, int b, int tile_idx, int T, int ld) {
-    for (int idx = threadIdx.x; idx < FLASH_TILE * 8; idx += blockDim.x) {
-        const int r = idx / 8, c = idx % 8, s = tile_idx * FLASH_TILE + r;
-        cp_async16(tile + fa2_chunk(r, c), src + ((size_t)b * T + min(s, T - 1)) * ld + c * 8, s < T ? 16 : 0);
-    }
-}
-
-// out (B,T,C), lse (B,NH,T), qkv (B,T,3C), as flash_attention_forward_kernel; grid (B·NH, query tiles)
-__global__ void __launch_bounds__(FA2_THREADS) flash_forward_mma_kernel(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
-    __shared__ __align__(128) bf16 q_s[FLASH_TILE * FLASH_HS];
-    __shared__ __align__(128) bf16 k_s[2][FLASH_TILE * FLASH_HS];
-    __shared__ __align__(128) bf16 v_s[2][FLASH_TILE * FLASH_HS];
-    const int C = NH * FLASH_HS;
-    const int bh = blockIdx.x, b = bh / NH, h = bh % NH;
-    const int q_tile = gridDim.y - 1 - blockIdx.y;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int g = lane / 4, c = lane % 4;       // fragment row g (and g+8), columns 2c, 2c+1
-    const int mi = lane / 8, mr = lane % 8;     // the ldmatrix matrix and row this lane addresses
-    const int row0 = q_tile * FLASH_TILE + 16 * warp;  // the warp's first query row
-    const float scale = 1.0f / sqrtf((float)FLASH_HS);
-
-    fa2_load_tile(q_s, qkv + h * FLASH_HS, b, q_tile, T, 3 * C);
-    fa2_load_tile(k_s[0], qkv + C + h * FLASH_HS, b, 0, T, 3 * C);
-    fa2_load_tile(v_s[0], qkv + 2 * C + h * FLASH_HS, b, 0, T, 3 * C);
-    cp_async_commit();
-
-    uint32_t qf[4][4];          // q (16 rows x 64 dims) as A fragments, dims 16k..16k+15 in qf[k]
-    float o[8][4];              // o (16 x 64) as C fragments, dims 8n..8n+7 in o[n]
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g and g+8; l: this lane's columns only
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) o[n][i] = 0.0f;
-
-    for (int kt = 0; kt <= q_tile; kt++) {
-        const int buf = kt % 2;
-        if (kt < q_tile) {  // prefetch the next key tile into the other buffer, then wait for this one
-            fa2_load_tile(k_s[1 - buf], qkv + C + h * FLASH_HS, b, kt + 1, T, 3 * C);
-            fa2_load_tile(v_s[1 - buf], qkv + 2 * C + h * FLASH_HS, b, kt + 1, T, 3 * C);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // every thread's copies of this tile have landed
-        if (kt == 0) {
-#pragma unroll
-            for (int k = 0; k < 4; k++)  // matrices: rows 0-7 | 8-15 of the warp's 16, dims 16k.. | 16k+8..
-                ldmatrix_x4(qf[k], q_s + fa2_chunk(16 * warp + 8 * (mi % 2) + mr, 2 * k + mi / 2));
-        }
-
-        // S (16 x 64 keys) = q·kᵀ: key block j (keys 8j..8j+7) in s[j]; one ldmatrix.x4 gives the B
-        // fragments of two k-steps (dims 32h2..32h2+31: matrix mi holds dims 32h2+8mi..+7)
-        float s[8][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[j][i] = 0.0f;
-#pragma unroll
-            for (int h2 = 0; h2 < 2; h2++) {
-                uint32_t kf[4];
-                ldmatrix_x4(kf, k_s[buf] + fa2_chunk(8 * j + mr, 4 * h2 + mi));
-                mma_16816(s[j], qf[2 * h2], kf);
-                mma_16816(s[j], qf[2 * h2 + 1], kf + 2);
-            }
-        }
-
-        // online softmax of rows g (r = 0: s[j][0..1]) and g+8 (r = 1: s[j][2..3]); the row's max
-        // over the 4 lanes of a quad, which hold its 64 columns
-        float corr[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int t = row0 + g + 8 * r;
-            float mx = -INFINITY;
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float x = s[j][2 * r + e] * scale;
-                    if (kt == q_tile && kt * FLASH_TILE + 8 * j + 2 * c + e > t) x = -INFINITY;  // causal mask, diagonal tile only
-                    s[j][2 * r + e] = x;
-                    mx = fmaxf(mx, x);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float m_new = fmaxf(m[r], mx);  // finite: key 0 of the first tile is in every row
-            corr[r] = expf(m[r] - m_new);
-            l[r] *= corr[r];
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float p = expf(s[j][2 * r + e] - m_new);
-                    l[r] += p;
-                    s[j][2 * r + e] = p;
-                }
-            m[r] = m_new;
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n++) {
-            o[n][0] *= corr[0]; o[n][1] *= corr[0];
-            o[n][2] *= corr[1]; o[n][3] *= corr[1];
-        }
-
-        // o += P·v: P's C fragments of key blocks 2k and 2k+1 are the A fragment of keys 16k..16k+15;
-        // v's rows are the k dimension, so ldmatrix.trans (matrix mi: keys 16k+8(mi%2).., dims 16d+8(mi/2)..)
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const uint32_t pf[4] = {pack_bf16x2(s[2 * k][0], s[2 * k][1]), pack_bf16x2(s[2 * k][2], s[2 * k][3]),
-                                    pack_bf16x2(s[2 * k + 1][0], s[2 * k + 1][1]), pack_bf16x2(s[2 * k + 1][2], s[2 * k + 1][3])};
-#pragma unroll
-            for (int d = 0; d < 4; d++) {
-                uint32_t vf[4];
-                ldmatrix_x4_trans(vf, v_s[buf] + fa2_chunk(16 * k + 8 * (mi % 2) + mr, 2 * d + mi / 2));
-                mma_16816(o[2 * d], pf, vf);
-                mma_16816(o[2 * d + 1], pf, vf + 2);
-            }
-        }
-        __syncthreads();  // every warp is done with this buffer before the next prefetch overwrites it
-    }
-
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);  // the row's sum over its quad (same bits in all 4 lanes)
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-        const int t = row0 + g + 8 * r;
-        if (t < T) {
-            bf16* out_row = out + ((size_t)b * T + t) * C + h * FLASH_HS;
-            const float inv_l = 1.0f / l[r];
-#pragma unroll
-            for (int n = 0; n < 8; n++) {
-                out_row[8 * n + 2 * c] = from_float<bf16>(o[n][2 * r] * inv_l);
-                out_row[8 * n + 2 * c + 1] = from_float<bf16>(o[n][2 * r + 1] * inv_l);
-            }
-            if (c == 0) lse[(size_t)bh * T + t] = m[r] + logf(l[r]);
-        }
-    }
-}
-
-void flash_forward_mma(bf16* out, float* lse, const bf16* qkv, int B, int T, int C, int NH, cudaStream_t stream) {
-    flash_check_args("flash_forward_mma", C, NH, qkv, qkv);
-    if (B == 0 || T == 0) return;
-    const dim3 grid(B * NH, ceil_div(T, FLASH_TILE));
-    flash_forward_mma_kernel<<<grid, FA2_THREADS, 0, stream>>>(out, lse, qkv, T, NH);
-    cudaLaunchCheck();
-}
-
 // the raw bytes of a device array, for the same-bits check
 template <typename T>
 std::vector<char> device_bytes(const T* d, size_t n) {
@@ -494,18 +290,26 @@ std::vector<char> device_bytes(const T* d, size_t n) {
 // one flash variant's forward: out (B,T,C), lse (B,NH,T); variant 3 is bf16 only
 template <typename floatX>
 void flash_forward_variant(int variant, floatX* out, float* lse, const floatX* inp, int B, int T, int C, int NH) {
-    if (variant == 2) flash_attention_forward(out, lse, inp, B, T, C, NH, 0);
+    if (variant == 2) flash_attention_forward_simple(out, lse, inp, B, T, C, NH, 0);
     if constexpr (std::is_same<floatX, bf16>::value)
-        if (variant == 3) flash_forward_mma(out, lse, inp, B, T, C, NH, 0);
+        if (variant == 3) flash_attention_forward(out, lse, inp, B, T, C, NH, 0);  // the tensor-core kernels in bf16
 }
 
-// one flash variant's forward and backward (variant 2's backward for both): out (B,T,C), lse
-// (B,NH,T), dinp (B,T,3C), dsum (B,NH,T) scratch
+// one flash variant's backward: dinp (B,T,3C), dsum (B,NH,T) scratch
+template <typename floatX>
+void flash_backward_variant(int variant, floatX* dinp, float* dsum, const floatX* dout, const floatX* out, const floatX* inp,
+                            const float* lse, int B, int T, int C, int NH) {
+    if (variant == 2) flash_attention_backward_simple(dinp, dsum, dout, out, inp, lse, B, T, C, NH, 0);
+    if constexpr (std::is_same<floatX, bf16>::value)
+        if (variant == 3) flash_attention_backward(dinp, dsum, dout, out, inp, lse, B, T, C, NH, 0);
+}
+
+// one flash variant's forward and backward: out (B,T,C), lse (B,NH,T), dinp (B,T,3C), dsum (B,NH,T) scratch
 template <typename floatX>
 void flash_run(int variant, floatX* out, float* lse, floatX* dinp, float* dsum, const floatX* dout, const floatX* inp,
                int B, int T, int C, int NH) {
     flash_forward_variant(variant, out, lse, inp, B, T, C, NH);
-    flash_attention_backward(dinp, dsum, dout, out, inp, lse, B, T, C, NH, 0);
+    flash_backward_variant(variant, dinp, dsum, dout, out, inp, lse, B, T, C, NH);
 }
 
 template <typename floatX>
@@ -611,7 +415,7 @@ void time_flash(int variant, int B, int T, int C, int NH) {
     const float mat_b = benchmark_kernel(2, 10, [&] {
         attention_backward(d_dinp, d_dqkvr, d_datt, d_scratch, d_dout, d_qkvr, d_att, B, T, C, NH, 0); });
     const float flash_f = benchmark_kernel(2, 10, [&] { flash_forward_variant(variant, d_out, d_lse, d_inp, B, T, C, NH); });
-    const float flash_b = benchmark_kernel(2, 10, [&] { flash_attention_backward(d_dinp, d_dsum, d_dout, d_out, d_inp, d_lse, B, T, C, NH, 0); });
+    const float flash_b = benchmark_kernel(2, 10, [&] { flash_backward_variant(variant, d_dinp, d_dsum, d_dout, d_out, d_inp, d_lse, B, T, C, NH); });
     const double causal_gflop = 2.0 * B * NH * (double)T * T * (C / NH) / 2.0 / 1e9;  // one (T,T,hs) matmul, causal half
     printf("  variant %d (flash) %s B=%d T=%d C=%d NH=%d: forward %.3f ms (%.1f TFLOP/s causal) vs materialized %.3f ms: %.2fx; "
            "backward %.3f ms (%.1f TFLOP/s causal) vs materialized %.3f ms: %.2fx\n", variant, type_name<floatX>(), B, T, C, NH,

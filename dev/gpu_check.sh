@@ -21,6 +21,9 @@
 #   peer:    issue 14's side-by-side: our e2e L6 fp32 and bf16 benches, then the e2e_sae library's step (fp32, tf32,
 #            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer); not yet run on a GPU
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
+# BUDGET (seconds, default 560): a step whose timeout would end past BUDGET seconds after the start
+# is skipped and listed as such, so a stage ends inside one `run` call (600 s) with what it could
+# do, rather than being killed in the middle of a step. Steps run in priority order within a stage.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 LOG=$OUT/logs
@@ -28,10 +31,17 @@ mkdir -p "$LOG"
 export SAE_REF_PYTHON=${SAE_REF_PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 stage=${1:-all}
+BUDGET=${BUDGET:-560}
+script_start=$(date +%s)
 summary=()
 step() {  # name, timeout, command...
     local name=$1 t=$2; shift 2
     local start=$(date +%s)
+    if [ $(( start - script_start + t )) -gt "$BUDGET" ]; then
+        summary+=("$(printf '%-26s skipped: %ss would pass BUDGET %ss' "$name" "$t" "$BUDGET")")
+        echo "== $name skipped (budget)"
+        return
+    fi
     timeout "$t" "$@" > "$LOG/$name.log" 2>&1
     local rc=$?
     local secs=$(( $(date +%s) - start ))

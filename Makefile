@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_flash_emulated prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -36,6 +36,16 @@ test_cpu: test/test_cpu.cpp test/test_common.h train_gpt2_sae_cpu.cpp $(HOST_HEA
 
 test_gpt2_sae: test/test_gpt2_sae.cu test/test_common.h train_gpt2_sae.cu $(HOST_HEADERS) $(CUDA_HEADERS)
 	$(NVCC) $(NVCCFLAGS) $< $(CUDA_LIBS) -o $@
+
+# the GPU trainer's host code on the CPU: g++ builds train_gpt2_sae.cu against test/mock_cuda.h's
+# stand-ins for the CUDA runtime and every kernel launcher (its orchestration under test, not its kernels)
+train_gpt2_sae_mocked: train_gpt2_sae.cu test/mock_cuda.h $(HOST_HEADERS)
+	$(CXX) $(CXXFLAGS) -DMOCK_CUDA -x c++ $< -o $@
+
+# runs train_gpt2_sae_mocked against train_gpt2_sae_cpu and PyTorch (order-only: both are built first);
+# -O1 for compile time, as test_cpu
+test_gpu_mocked: test/test_gpu_mocked.cpp test/test_common.h $(HOST_HEADERS) | train_gpt2_sae_mocked train_gpt2_sae_cpu
+	$(CXX) $(CXXFLAGS) -O1 $< -o $@
 
 test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
@@ -76,4 +86,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu test_cpu test_tokenizer test_feature_dump test_flash_emulated test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_gpt2_sae prepare_text build

@@ -38,6 +38,9 @@ Left out: multi-GPU, sparse SAE backward (the dense one is exact).
 #include "llmc/sae_io.h"         // defines: sae_export, sae_load, train_state_save/load, model_name_for_export
 #include "llmc/logger.h"         // defines: Logger, StepLog, print_step, EvalSums, eval_metrics_finish
 #include "llmc/run.h"            // defines: load_model, load_sae, RunData, open_loaders, RunState, runs_begin, save_runs, report_eval, step_end, run_end
+#ifdef MOCK_CUDA  // make train_gpt2_sae_mocked: the host code on the CPU, every kernel below a CPU loop (test/test_gpu_mocked.cpp)
+#include "test/mock_cuda.h"      // defines: the CUDA runtime calls, bf16, and every launcher the .cuh files below define
+#else
 #include "llmc/cuda_common.cuh"  // defines: cudaCheck, cublasCheck, bf16, NvtxRange, EventRange, deterministic_sum, cast_copy
 #include "llmc/encoder.cuh"      // defines: encoder_forward
 #include "llmc/layernorm.cuh"    // defines: layernorm_forward, layernorm_backward_dinp
@@ -50,6 +53,7 @@ Left out: multi-GPU, sparse SAE backward (the dense one is exact).
 #include "llmc/adamw.cuh"        // defines: global_norm_squared, adamw_update
 #include "llmc/eval.cuh"         // defines: explained_variance_rows
 #include "llmc/feature_dump.cuh" // defines: FeatureDumpDevice, feature_dump_add_gpu/_add_bands_gpu/_add_contexts_gpu, feature_dump_logit_effects_gpu
+#endif
 
 // ----------------------------------------------------------------------------
 // one-block device allocation: a plan pass counts the bytes, then every pointer is carved out

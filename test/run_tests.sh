@@ -42,6 +42,7 @@ run cpu ./test_cpu
 # the exactness and resume tests again at 1 and 4 threads: results must not depend on the count
 run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads],[sweep]"
+run gpu_mocked ./test_gpu_mocked  # the GPU trainer's host code on the CPU (test/mock_cuda.h): orchestration, not kernels
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run flash_emulated ./test_flash_emulated  # the GPU flash kernels on the CPU, emulated (test/cuda_host_emulation.h)

@@ -213,7 +213,7 @@ TEST_CASE("GPU sweep: one larger than device memory is refused in one line sayin
         for (const char* name : {"a", "b", "c", "d"}) f << "{\"name\": \"" << name << "\", \"dict_size\": 33554432}\n";
     }
     std::string cmd = "./train_gpt2_sae --model " + dir + "/model.safetensors --train " + dir + "/train.bin --val " + dir +
-                      "/val.bin --batch 1 --seq-len 4 --precision fp32 --max-steps 1 --sweep " + file + " --out " + out;
+                      "/val.bin --layer 1 --batch 1 --seq-len 4 --precision fp32 --max-steps 1 --sweep " + file + " --out " + out;
     RunResult r = run_cmd(cmd);
     INFO(r.out);
     CHECK(r.code == 1);

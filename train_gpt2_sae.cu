@@ -167,8 +167,9 @@ struct SaeRun {
     size_t bytes = 0;                     // its device memory
 };
 
-// what one block keeps for its backward pass: with materialised attention qkv's head-split copy
-// qkvr and the probabilities att, with flash attention the rows' log-sum-exp lse instead
+// what one block keeps for its backward pass: its input inp (null for blocks without a backward:
+// the previous block writes it there), with materialised attention qkv's head-split copy qkvr and
+// the probabilities att, with flash attention the rows' log-sum-exp lse instead
 template <typename floatX>
 struct BlockActs {
     floatX *inp, *ln1, *qkv, *qkvr, *atty, *att, *res2, *ln2, *fch, *fch_gelu;
@@ -189,7 +190,7 @@ struct Activations {
     int* tokens;                          // (B,T)
     int* targets;                         // (B,T) next token within the row, -1 at the end
     std::vector<floatX*> clean;           // clean[l - L_lo] (N,C): the clean resid_pre_l, l = L_lo..n_layer-1 (SAE inputs, e2e+ds targets)
-    floatX *x_hat, *c, *dc;               // (N,C), (N,D_max), (N,D_max)
+    floatX *x_hat, *c, *dc;               // (N,C): the first spliced block's inp, where the decoder writes; (N,D_max), (N,D_max)
     floatX *resid, *dresid, *dx_hat_local, *lnf, *dlnf;  // (N,C) each
     float *logits_clean, *logits_spliced;                // (N,Vp) each, fp32 in both precisions (kl.cuh)
     floatX* dlogits;                                     // (N,Vp) the KL's gradient; in fp32 the spliced logits themselves
@@ -232,9 +233,9 @@ struct Engine {
 };
 
 template <typename floatX>
-void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C, int NH, bool flash) {
+void block_acts_carve(BlockActs<floatX>* b, DeviceArena* a, int B, int T, int C, int NH, bool flash, bool backward) {
     const size_t N = (size_t)B * T;
-    b->inp = a->take<floatX>(N * C);                   // (N,C)
+    b->inp = backward ? a->take<floatX>(N * C) : nullptr;  // (N,C)
     b->ln1 = a->take<floatX>(N * C);                   // (N,C)
     b->qkv = a->take<floatX>(N * 3 * C);               // (N,3C)
     b->atty = a->take<floatX>(N * C);                  // (N,C)
@@ -279,7 +280,6 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     act.targets = a->take<int>(N);                       // (B,T)
     act.clean.assign(e->n_layer - e->L_lo, nullptr);
     for (floatX*& r : act.clean) r = a->take<floatX>(N * C);  // (n_layer - L_lo) x (N,C)
-    act.x_hat = a->take<floatX>(N * C);                  // (N,C)
     act.c = a->take<floatX>(N * D);                      // (N,D)
     act.dc = a->take<floatX>(N * D);                     // (N,D)
     act.resid = a->take<floatX>(N * C);                  // (N,C)
@@ -295,9 +295,10 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     act.rows = a->take<float>(N);                        // (N)
     act.rows_clean = a->take<float>(N);                  // (N)
     act.xsum = a->take<float>(C);                        // (C)
-    block_acts_carve(&act.scratch, a, e->B, e->T, e->C, e->NH, e->flash);
+    block_acts_carve(&act.scratch, a, e->B, e->T, e->C, e->NH, e->flash, false);
     act.spliced.resize(e->n_layer - e->L_lo);            // the eval splices in every mode
-    for (auto& b : act.spliced) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH, e->flash);
+    for (auto& b : act.spliced) block_acts_carve(&b, a, e->B, e->T, e->C, e->NH, e->flash, true);
+    act.x_hat = act.spliced[0].inp;                      // the decoder writes where the spliced pass reads
     BlockGrads<floatX>& g = act.bg;
     g.dres2 = a->take<floatX>(N * C);                  // (N,C)
     g.dfch = a->take<floatX>(N * 4 * C);               // (N,4C)
@@ -491,22 +492,21 @@ void phase_times_collect(Engine<floatX>* e) {
 
 template <typename floatX>
 void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX* inp, floatX* out, int B) {
-    // inp, out (B,T,C); out may alias inp (the input is copied into a->inp first)
+    // inp, out (B,T,C); out may alias inp. No copies: the residual adds take the residual as the
+    // matmuls' C operand, and a block with a backward is given its own a->inp as inp (the previous
+    // block, or the SAE decoder, wrote its output there), where the backward reads it.
     NvtxRange r("block_forward");
+    if (a->inp && a->inp != inp) die("block_forward: block %d with a backward must read its input from its own inp buffer", l);
     const GPT2Device<floatX>& w = e->model;
     int C = e->C, N = B * e->T;
-    size_t NC = (size_t)N * C;
-    if (a->inp != inp) cudaCheck(cudaMemcpyAsync(a->inp, inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, a->inp, layer_vec(w.ln1w, l, C), layer_vec(w.ln1b, l, C), N, C, 0);
+    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, inp, layer_vec(w.ln1w, l, C), layer_vec(w.ln1b, l, C), N, C, 0);
     matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, layer_vec(w.qkvb, l, 3 * C), N, C, 3 * C, 0);
     if (e->flash) flash_attention_forward(a->atty, a->lse, a->qkv, B, e->T, C, e->NH, 0);
     else attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
-    cudaCheck(cudaMemcpyAsync(a->res2, a->inp, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    matmul_forward_residual(a->res2, a->atty, w.attprojw + (size_t)l * C * C, layer_vec(w.attprojb, l, C), N, C, C, 0);  // res2 = inp + attproj(atty)
+    matmul_forward_residual(a->res2, inp, a->atty, w.attprojw + (size_t)l * C * C, layer_vec(w.attprojb, l, C), N, C, C, 0);  // res2 = inp + attproj(atty)
     layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, layer_vec(w.ln2w, l, C), layer_vec(w.ln2b, l, C), N, C, 0);
     matmul_forward_gelu(a->fch_gelu, a->fch, a->ln2, w.fcw + (size_t)l * 4 * C * C, layer_vec(w.fcb, l, 4 * C), N, C, 4 * C, 0);
-    cudaCheck(cudaMemcpyAsync(out, a->res2, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    matmul_forward_residual(out, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, layer_vec(w.fcprojb, l, C), N, 4 * C, C, 0);  // out = res2 + fcproj(...)
+    matmul_forward_residual(out, a->res2, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, layer_vec(w.fcprojb, l, C), N, 4 * C, C, 0);  // out = res2 + fcproj(...)
 }
 
 // final LayerNorm and the LM head on the *uncentred* wte (SPEC §2); logits (N,Vp) fp32 in both
@@ -566,16 +566,17 @@ void sae_forward(Engine<floatX>* e, SaeRun<floatX>* s, int B) {
     sae_decoder_forward(e->acts.x_hat, e->acts.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, s->D, 0);
 }
 
-// spliced run from x_hat at layer L to logits_spliced; block l's input (resid_pre_l) stays in acts.spliced[l-L].inp
+// spliced run from x_hat at layer L to logits_spliced: each block writes into the next one's inp
+// (block l's input, resid_pre_l, stays in acts.spliced[l-L].inp; x_hat is spliced[0]'s), the last
+// into acts.resid
 template <typename floatX>
 void spliced_forward(Engine<floatX>* e, int L, int B) {
     NvtxRange r("spliced_forward");
     Activations<floatX>& act = e->acts;
     int N = B * e->T;
-    const floatX* inp = act.x_hat;
     for (int l = L; l < e->n_layer; l++) {
-        block_forward(e, l, &act.spliced[l - L], inp, act.resid, B);
-        inp = act.resid;
+        floatX* out = l + 1 < e->n_layer ? act.spliced[l + 1 - L].inp : act.resid;
+        block_forward(e, l, &act.spliced[l - L], act.spliced[l - L].inp, out, B);
     }
     lm_head_forward(e, act.logits_spliced, act.resid, N);
 }
@@ -585,25 +586,23 @@ void spliced_forward(Engine<floatX>* e, int L, int B) {
 
 template <typename floatX>
 void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX* dresid, int B) {
-    // dresid (B,T,C): gradient wrt the block output in, wrt the block input out
+    // dresid (B,T,C): gradient wrt the block output in, wrt the block input out. No copies: each
+    // residual path's gradient enters the LayerNorm backward that adds the other path's.
     NvtxRange r("block_backward");
     const GPT2Device<floatX>& w = e->model;
     BlockGrads<floatX>& g = e->acts.bg;
     int C = e->C, N = B * e->T;
-    size_t NC = (size_t)N * C;
-    cudaCheck(cudaMemcpyAsync(g.dres2, dresid, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    // MLP: out = res2 + fcproj(gelu(fc(ln2(res2))))
-    matmul_backward_dinp(g.dfch, g.dres2, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, 0);
+    // MLP: out = res2 + fcproj(gelu(fc(ln2(res2)))), so dres2 = dresid + the MLP path's
+    matmul_backward_dinp(g.dfch, dresid, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, 0);
     gelu_backward_inplace(g.dfch, a->fch, (size_t)N * 4 * C, 0);
     matmul_backward_dinp(g.dln, g.dfch, w.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, false, 0);
-    layernorm_backward_dinp(g.dres2, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, true, 0);
-    // attention: res2 = inp + attproj(attn(qkv(ln1(inp))))
+    layernorm_backward_dinp(g.dres2, dresid, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, 0);
+    // attention: res2 = inp + attproj(attn(qkv(ln1(inp)))), so dinp = dres2 + the attention path's
     matmul_backward_dinp(g.datty, g.dres2, w.attprojw + (size_t)l * C * C, N, C, C, false, 0);
     if (e->flash) flash_attention_backward(g.dqkv, g.dsum, g.datty, a->atty, a->qkv, a->lse, B, e->T, C, e->NH, 0);
     else attention_backward(g.dqkv, g.dqkvr, g.datt, g.scratch, g.datty, a->qkvr, a->att, B, e->T, C, e->NH, 0);
     matmul_backward_dinp(g.dln, g.dqkv, w.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, false, 0);
-    cudaCheck(cudaMemcpyAsync(dresid, g.dres2, NC * sizeof(floatX), cudaMemcpyDeviceToDevice, 0));
-    layernorm_backward_dinp(dresid, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, true, 0);
+    layernorm_backward_dinp(dresid, g.dres2, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, 0);
 }
 
 // the LM head's backward: dresid (N,C) from the KL gradient in dlogits
@@ -612,7 +611,7 @@ void lm_head_backward(Engine<floatX>* e, int N) {
     NvtxRange r("lm_head_backward");
     Activations<floatX>& act = e->acts;
     matmul_backward_dinp(act.dlnf, act.dlogits, e->model.wte_unembed, N, e->C, e->Vp, false, 0);
-    layernorm_backward_dinp(act.dresid, act.dlnf, act.resid, e->model.lnfw, act.lnf_mean, act.lnf_rstd, N, e->C, false, 0);
+    layernorm_backward_dinp(act.dresid, (const floatX*)nullptr, act.dlnf, act.resid, e->model.lnfw, act.lnf_mean, act.lnf_rstd, N, e->C, 0);
 }
 
 // SAE backward from dx_hat (N,C), accumulating over micro-batches (first = overwrite):

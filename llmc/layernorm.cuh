@@ -67,15 +67,15 @@ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp,
 // for the two sums, one to write.
 
 template <typename floatX>
-__global__ void layernorm_backward_dinp_kernel(floatX* dinp, const floatX* dout, const floatX* inp,
-                                               const floatX* weight, const float* mean, const float* rstd,
-                                               int N, int C, bool accumulate) {
+__global__ void layernorm_backward_dinp_kernel(floatX* dinp, const floatX* dresidual, const floatX* dout, const floatX* inp,
+                                               const floatX* weight, const float* mean, const float* rstd, int N, int C) {
     const int lane = threadIdx.x % 32;
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
     const floatX* x = inp + (size_t)row * C;
     const floatX* dy = dout + (size_t)row * C;
     floatX* dx = dinp + (size_t)row * C;
+    const floatX* dr = dresidual ? dresidual + (size_t)row * C : nullptr;
     float m, s;
     if (mean != NULL && rstd != NULL) { m = mean[row]; s = rstd[row]; }
     else layernorm_row_stats(x, C, lane, m, s);  // not stored by the forward: recompute
@@ -89,25 +89,25 @@ __global__ void layernorm_backward_dinp_kernel(floatX* dinp, const floatX* dout,
     float mean_dxhat = warp_reduce_sum(sum_dxhat) / C;
     float mean_dxhat_xhat = warp_reduce_sum(sum_dxhat_xhat) / C;
 
-    // each lane reads then writes its own elements, so dinp == dout is allowed
+    // each lane reads then writes its own elements, so dinp may be dout or dresidual
     for (int c = lane; c < C; c += 32) {
         float xhat = (to_float(x[c]) - m) * s;
         float dxhat = to_float(dy[c]) * to_float(weight[c]);
         float g = s * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-        if (accumulate) g += to_float(dx[c]);
+        if (dr) g += to_float(dr[c]);
         dx[c] = from_float<floatX>(g);
     }
 }
 
-// dinp (N,C) = (accumulate ? dinp : 0) + dL/dinp, given dout (N,C) = dL/dout, the forward's inp
-// (N,C) and weight (C), and its mean/rstd (N) (both NULL: recomputed from inp)
+// dinp (N,C) = dresidual + dL/dinp, given dout (N,C) = dL/dout, the forward's inp (N,C) and weight
+// (C), and its mean/rstd (N) (both NULL: recomputed from inp). dresidual (N,C): the gradient the
+// residual path brings to the same input, or NULL (none); it may be dinp itself (accumulate).
 template <typename floatX>
-void layernorm_backward_dinp(floatX* dinp, const floatX* dout, const floatX* inp, const floatX* weight,
-                             const float* mean, const float* rstd, int N, int C, bool accumulate,
-                             cudaStream_t stream) {
+void layernorm_backward_dinp(floatX* dinp, const floatX* dresidual, const floatX* dout, const floatX* inp, const floatX* weight,
+                             const float* mean, const float* rstd, int N, int C, cudaStream_t stream) {
     if (N == 0) return;
     const int block_size = 256, rows_per_block = block_size / 32;
     layernorm_backward_dinp_kernel<<<ceil_div(N, rows_per_block), block_size, 0, stream>>>(
-        dinp, dout, inp, weight, mean, rstd, N, C, accumulate);
+        dinp, dresidual, dout, inp, weight, mean, rstd, N, C);
     cudaLaunchCheck();
 }

@@ -35,6 +35,7 @@ the results are bit-identical (dev/cuda/matmul.cu checks this). Host code is sin
 #include <string.h>
 #include <type_traits>
 #include <unordered_map>
+#include <algorithm>
 #include "cuda_common.cuh"
 #include "gelu.cuh"
 
@@ -99,7 +100,7 @@ inline uint32_t matmul_alignment(const void* p, long long ld_bytes, long long st
 // and bytewise equality and hashing are exact.
 struct MatmulPlanKey {
     long long m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB, strideD;
-    long long ab_type, d_type, epilogue, align_first, align_second, align_d, align_bias, align_aux;
+    long long ab_type, d_type, epilogue, align_first, align_second, align_c, align_d, align_bias, align_aux;
     bool operator==(const MatmulPlanKey& o) const { return memcmp(this, &o, sizeof(*this)) == 0; }
 };
 struct MatmulPlanKeyHash {
@@ -143,11 +144,12 @@ inline void matmul_plan_cache_clear() {
     exit(EXIT_FAILURE); } while (0)
 
 // The one place cuBLASLt is called. Row-major, as documented at the top of this file:
-//   D (m,n) = epilogue(alpha · op(A) · op(B) + (accumulate ? D : 0) + bias)
+//   D (m,n) = epilogue(alpha · op(A) · op(B) + (accumulate ? C : 0) + bias)
+// C is another (m,n) matrix with D's layout, or D itself (c NULL); it is only read.
 // op(A) = A (m,k), or Aᵀ when transA and A is stored (k,m); op(B) = B (k,n), or Bᵀ when transB
 // and B is stored (n,k). lda, ldb, ldd are the row strides (elements) of A, B, D as stored, 0 for
 // packed. With batch > 1, matrix i starts at a + i·strideA, etc. (elements).
-inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const void* bias, void* aux,
+inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const void* b, const void* bias, void* aux,
                                  int m, int n, int k, bool transA, bool transB, int lda, int ldb, int ldd,
                                  int batch, long long strideA, long long strideB, long long strideD,
                                  cudaDataType_t ab_type, cudaDataType_t d_type, float alpha, bool accumulate,
@@ -165,6 +167,8 @@ inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const vo
     if (k == 0) matmul_fail("k == 0 is not supported");
     if (lda < (transA ? m : k) || ldb < (transB ? k : n) || ldd < n) matmul_fail("row stride smaller than the row");
     if (!epilogue_is_supported(epilogue)) matmul_fail("unsupported epilogue");
+    if (c == NULL) c = d;
+    if (c != d && (!accumulate || batch > 1)) matmul_fail("a separate C is read only with accumulate, unbatched");
     if (epilogue_has_bias(epilogue) != (bias != NULL)) matmul_fail("bias must be given exactly when the epilogue adds one");
     if (epilogue_has_aux(epilogue) != (aux != NULL)) matmul_fail("aux must be given exactly when the epilogue stores one");
     // No preference states the bias's alignment (only A..D's); the heuristic infers it from the
@@ -181,9 +185,10 @@ inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const vo
     const uint32_t align_first = matmul_alignment(b, ldb * ab_size, batch > 1 ? strideB * ab_size : 0);
     const uint32_t align_second = matmul_alignment(a, lda * ab_size, batch > 1 ? strideA * ab_size : 0);
     const uint32_t align_d = matmul_alignment(d, ldd * d_size, batch > 1 ? strideD * d_size : 0);
+    const uint32_t align_c = std::min(align_d, matmul_alignment(c, ldd * d_size, 0));  // C = D: align_d
     const MatmulPlanKey key = {m, n, k, transA, transB, lda, ldb, ldd, batch, batch > 1 ? strideA : 0,
                                batch > 1 ? strideB : 0, batch > 1 ? strideD : 0, ab_type, d_type, epilogue,
-                               align_first, align_second, align_d,
+                               align_first, align_second, align_c, align_d,
                                // the epilogue pointers' alignments too, in case the heuristic looks at them
                                bias != NULL ? matmul_alignment(bias, 0, 0) : 0, aux != NULL ? matmul_alignment(aux, n * d_size, 0) : 0};
     auto found = matmul_plan_cache_enabled ? matmul_plans.find(key) : matmul_plans.end();
@@ -232,7 +237,7 @@ inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const vo
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &max_ws, sizeof(max_ws)));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_first, sizeof(align_first)));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_second, sizeof(align_second)));
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof(align_d)));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c)));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof(align_d)));
 
         cublasLtMatmulHeuristicResult_t heuristic;
@@ -258,10 +263,10 @@ inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const vo
         }
     }
 
-    // C and D are the same buffer: with accumulate, D = alpha·op(A)·op(B) + 1·D (+ bias)
+    // with accumulate, D = alpha·op(A)·op(B) + 1·C (+ bias); C has D's layout
     const float beta = accumulate ? 1.0f : 0.0f;
     cublasCheck(cublasLtMatmul(cublaslt_handle, plan.desc, &alpha, b, plan.layout_first, a, plan.layout_second, &beta,
-                               d, plan.layout_d, d, plan.layout_d, &plan.algo,
+                               c, plan.layout_d, d, plan.layout_d, &plan.algo,
                                cublaslt_workspace, cublaslt_workspace_size, stream));
     if (!matmul_plan_cache_enabled) matmul_plan_destroy(plan);
 }
@@ -280,7 +285,7 @@ inline void matmul_cublaslt_core(void* d, const void* a, const void* b, const vo
 inline void matmul_cublaslt(void* d, const void* a, const void* b, const void* bias, int m, int n, int k,
                             bool transA, bool transB, cudaDataType_t ab_type, cudaDataType_t d_type,
                             bool accumulate, cublasLtEpilogue_t epilogue, void* aux, cudaStream_t stream) {
-    matmul_cublaslt_core(d, a, b, bias, aux, m, n, k, transA, transB, 0, 0, 0, 1, 0, 0, 0,
+    matmul_cublaslt_core(d, NULL, a, b, bias, aux, m, n, k, transA, transB, 0, 0, 0, 1, 0, 0, 0,
                          ab_type, d_type, 1.0f, accumulate, epilogue, stream);
 }
 
@@ -293,7 +298,7 @@ inline void matmul_cublaslt_batched(void* d, const void* a, const void* b, int m
                                     int batch, long long strideA, long long strideB, long long strideD,
                                     cudaDataType_t ab_type, cudaDataType_t d_type, float alpha,
                                     bool accumulate, cudaStream_t stream) {
-    matmul_cublaslt_core(d, a, b, NULL, NULL, m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB,
+    matmul_cublaslt_core(d, NULL, a, b, NULL, NULL, m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB,
                          strideD, ab_type, d_type, alpha, accumulate, CUBLASLT_EPILOGUE_DEFAULT, stream);
 }
 
@@ -338,14 +343,15 @@ void matmul_backward_dinp(floatX* dinp, const floatX* dout, const floatX* weight
                     CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
 }
 
-// out (N,OC) += inp (N,C) · weight (OC,C)ᵀ + bias (OC): the residual add rides on the matmul's
-// accumulate, so the residual stream is read and written once. Replaces the CPU trainer's
-// matmul_forward + residual_forward pair.
+// out (N,OC) = residual (N,OC) + inp (N,C) · weight (OC,C)ᵀ + bias (OC): the residual add rides on
+// the matmul's C operand (residual may be out itself), so the residual stream is read once and no
+// copy of it is made. Replaces the CPU trainer's matmul_forward + residual_forward pair.
 template <typename floatX>
-void matmul_forward_residual(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C, int OC,
-                             cudaStream_t stream) {
+void matmul_forward_residual(floatX* out, const floatX* residual, const floatX* inp, const floatX* weight, const floatX* bias, int N,
+                             int C, int OC, cudaStream_t stream) {
     const cudaDataType_t t = cuda_dtype<floatX>();
-    matmul_cublaslt(out, inp, weight, bias, N, OC, C, false, true, t, t, true, CUBLASLT_EPILOGUE_BIAS, NULL, stream);
+    matmul_cublaslt_core(out, residual, inp, weight, bias, NULL, N, OC, C, false, true, 0, 0, 0, 1, 0, 0, 0, t, t, 1.0f, true,
+                         CUBLASLT_EPILOGUE_BIAS, stream);
 }
 
 // out (N,OC) = gelu(inp (N,C) · weight (OC,C)ᵀ + bias), pre_gelu (N,OC) keeps gelu's input for the

@@ -339,12 +339,13 @@ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp,
     }
 }
 
-// layernorm_backward_dinp: dinp (N,C) (+)= rstd·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat)), dxhat = dout·weight;
-// mean and rstd both NULL: recomputed from inp; dinp may be dout
+// layernorm_backward_dinp: dinp (N,C) = dresidual + rstd·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat)), dxhat = dout·weight;
+// dresidual NULL: none, or any (N,C) buffer, dinp included; mean and rstd both NULL: recomputed from inp; dinp may be dout
 template <typename floatX>
-void layernorm_backward_dinp(floatX* dinp, const floatX* dout, const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
-                             int N, int C, bool accumulate, cudaStream_t) {
+void layernorm_backward_dinp(floatX* dinp, const floatX* dresidual, const floatX* dout, const floatX* inp, const floatX* weight,
+                             const float* mean, const float* rstd, int N, int C, cudaStream_t) {
     MOCK_DEV(dinp, (size_t)N * C); MOCK_DEV(dout, (size_t)N * C); MOCK_DEV(inp, (size_t)N * C); MOCK_DEV(weight, C);
+    if (dresidual) MOCK_DEV(dresidual, (size_t)N * C);
     if (mean) MOCK_DEV(mean, N);
     if (rstd) MOCK_DEV(rstd, N);
     #pragma omp parallel for
@@ -365,7 +366,7 @@ void layernorm_backward_dinp(floatX* dinp, const floatX* dout, const floatX* inp
         for (int c = 0; c < C; c++) {
             float xhat = (to_float(x[c]) - m) * s;
             float g = s * (to_float(dy[c]) * to_float(weight[c]) - mean_dxhat - xhat * mean_dxhat_xhat);
-            if (accumulate) g += to_float(dx[c]);
+            if (dresidual) g += to_float(dresidual[(size_t)n * C + c]);
             dx[c] = from_float<floatX>(g);
         }
     }
@@ -460,13 +461,14 @@ void matmul_backward_dinp(floatX* dinp, const floatX* dout, const floatX* weight
     for (size_t i = 0; i < y.size(); i++) dinp[i] = from_float<floatX>(y[i] + (accumulate ? to_float(dinp[i]) : 0.0f));
 }
 
-// matmul_forward_residual: out (N,OC) += inp (N,C) · weightᵀ + bias (OC)
+// matmul_forward_residual: out (N,OC) = residual (N,OC) + inp (N,C) · weightᵀ + bias (OC); residual may be out
 template <typename floatX>
-void matmul_forward_residual(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C, int OC, cudaStream_t) {
+void matmul_forward_residual(floatX* out, const floatX* residual, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C,
+                             int OC, cudaStream_t) {
     MOCK_REQUIRE(bias != nullptr, "the BIAS epilogue needs a bias");
-    MOCK_DEV(out, (size_t)N * OC); MOCK_DEV(bias, OC);
+    MOCK_DEV(out, (size_t)N * OC); MOCK_DEV(residual, (size_t)N * OC); MOCK_DEV(bias, OC);
     std::vector<float> y = mock_matmul(__func__, inp, weight, bias, N, OC, C, false, true);
-    for (size_t i = 0; i < y.size(); i++) out[i] = from_float<floatX>(y[i] + to_float(out[i]) + to_float(bias[i % OC]));
+    for (size_t i = 0; i < y.size(); i++) out[i] = from_float<floatX>(y[i] + to_float(residual[i]) + to_float(bias[i % OC]));
 }
 
 // matmul_forward_gelu: out (N,OC) = gelu(inp (N,C) · weightᵀ + bias), pre_gelu (N,OC) keeps gelu's input

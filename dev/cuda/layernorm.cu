@@ -16,8 +16,9 @@ The trainer ships variant 2 (layernorm_forward, layernorm_backward_dinp), in fp3
 Checks, fp32 then bf16, all outputs poisoned first: rows x channels of 3x7 (fewer channels than
 lanes), 37x101 (neither a multiple of 8 rows per block nor of 32 lanes), 130x768 (GPT-2 small)
 and 64x1600 (GPT-2 XL). Forward: out, mean, rstd, and out with mean/rstd NULL. Backward: dinp
-written (accumulate off), added to a random dinp (accumulate on), with mean/rstd NULL
-(recomputed), and in place (dinp == dout). Inputs have a nonzero mean (uniform in [-1.5, 2.5])
+written (accumulate off), added to a random dinp (accumulate on; llmc's as dresidual == dinp),
+llmc's added to a residual gradient in a buffer of its own (which must come back untouched, as the
+trainer's blocks pass it), with mean/rstd NULL (recomputed), and in place (dinp == dout). Inputs have a nonzero mean (uniform in [-1.5, 2.5])
 so the mean subtraction matters. Tolerances: fp32 1e-5 relative (fp32 sums of at most 1600 terms
 against double); bf16 1e-2 (inputs rounded to bf16 first; one output rounding, 2^-8, remains).
 Before any GPU work, the CPU backward itself is checked against finite differences of the CPU
@@ -177,7 +178,7 @@ void layernorm_backward_variant(int variant, floatX* dinp, const floatX* dout, c
         layernorm_backward_dinp_kernel1<<<ceil_div(N, 128), 128>>>(dinp, dout, inp, weight, mean, rstd, N, C, accumulate);
         cudaLaunchCheck();
     } else {
-        layernorm_backward_dinp(dinp, dout, inp, weight, mean, rstd, N, C, accumulate, 0);
+        layernorm_backward_dinp(dinp, accumulate ? dinp : (const floatX*)nullptr, dout, inp, weight, mean, rstd, N, C, 0);
     }
 }
 
@@ -238,6 +239,17 @@ int run_checks(int variant, float tol) {
         layernorm_backward_variant(variant, d_dinp0, d_dout, d_inp, d_weight, d_mean, d_rstd, N, C, true);
         snprintf(name, sizeof(name), "bwd accumulate %dx%d", N, C);
         failures += !check_result(d_dinp0, ref_dinp_acc.data(), name, NC, tol);
+
+        if (variant == 2) {  // llmc's: the residual gradient from a buffer of its own (read only), as the trainer's blocks pass it
+            floatX* d_dres = to_device<floatX>(dinp0, NC);
+            poison(d_dinp, NC * sizeof(floatX));
+            layernorm_backward_dinp(d_dinp, (const floatX*)d_dres, d_dout, d_inp, d_weight, d_mean, d_rstd, N, C, 0);
+            snprintf(name, sizeof(name), "bwd + own residual %dx%d", N, C);
+            failures += !check_result(d_dinp, ref_dinp_acc.data(), name, NC, tol);
+            snprintf(name, sizeof(name), "residual untouched %dx%d", N, C);
+            failures += !check_result(d_dres, dinp0, name, NC, 0.0f);
+            cudaCheck(cudaFree(d_dres));
+        }
 
         poison(d_dinp, NC * sizeof(floatX));
         layernorm_backward_variant<floatX>(variant, d_dinp, d_dout, d_inp, d_weight, NULL, NULL, N, C, false);

@@ -23,7 +23,8 @@ every size a multiple of 8 (m 40, n 56, k 32) and once with none (m 37, n 53, k 
   - strided batched: attention's three shapes (one with a row stride wider than the row, as the
     per-head output into (B,T,C)), and odd row/batch strides with gaps, alpha 0.5, with and
     without accumulate; the gaps must come back untouched
-  - matmul_forward (no bias, bias, pre_gelu fused and unfused), matmul_forward_fp32_out (the LM
+  - matmul_forward (no bias, bias, pre_gelu fused and unfused), matmul_forward_residual (the
+    residual as a separate C, which must come back untouched, and in place), matmul_forward_fp32_out (the LM
     head's fp32 logits; 1e-5 in both precisions, as its products are exact) and matmul_backward_dinp
   - the plan cache: every matmul_cublaslt / batched check above runs three times, uncached, cached
     (the plan may be built here) and cached again (must hit the cache), and the three outputs (aux
@@ -383,6 +384,26 @@ int check_gpt2_wrappers(bool odd, float tol) {
         matmul_forward(d_out, d_inp, d_weight, d_bias, N, C, OC, 0);
         snprintf(name, sizeof(name), "forward bias OC=%d", OC);
         failures += !check_result(d_out, ref_bias.data(), name, NOC, tol);
+
+        {  // the residual add on the matmul's C operand: out = residual + inp·weightᵀ + bias, residual
+           // a buffer of its own (read only, must come back untouched) and then out itself
+            float* residual = make_random_float(NOC);
+            round_to_storage<floatX>(residual, NOC);
+            std::vector<float> ref_res(NOC);
+            for (size_t i = 0; i < NOC; i++) ref_res[i] = ref_bias[i] + residual[i];
+            floatX* d_res = to_device<floatX>(residual, NOC);
+            poison(d_out, NOC * sizeof(floatX));
+            matmul_forward_residual(d_out, d_res, d_inp, d_weight, d_bias, N, C, OC, 0);
+            snprintf(name, sizeof(name), "forward residual (own C) OC=%d", OC);
+            failures += !check_result(d_out, ref_res.data(), name, NOC, tol);
+            snprintf(name, sizeof(name), "residual untouched OC=%d", OC);
+            failures += !check_result(d_res, residual, name, NOC, 0.0f);
+            matmul_forward_residual(d_res, d_res, d_inp, d_weight, d_bias, N, C, OC, 0);
+            snprintf(name, sizeof(name), "forward residual (in place) OC=%d", OC);
+            failures += !check_result(d_res, ref_res.data(), name, NOC, tol);
+            cudaCheck(cudaFree(d_res));
+            free(residual);
+        }
 
         const bool fused = std::is_same<floatX, bf16>::value && matmul_fuse_gelu_bf16 && OC % 8 == 0;
         poison(d_out, NOC * sizeof(floatX)); poison(d_pre, NOC * sizeof(floatX));

@@ -18,58 +18,7 @@ dev/cuda/feature_dump.cu.
 #pragma once
 #include "cuda_common.cuh"
 #include "matmul.cuh"
-#include "feature_dump.h"
-
-#define FEATURE_DUMP_MAX_K 32        // the per-thread top-K is a local array of this size
-#define FEATURE_DUMP_LOGIT_CHUNK 256 // features per logit-effects matmul: a (256,V) fp32 scratch, 49 MiB at V = 50257
-
-// the device state of a dump of D features, top-K, for a model of C channels and V tokens
-struct FeatureDumpDevice {
-    int D = 0, K = 0, C = 0, V = 0;
-    unsigned long long* fire_count = nullptr;   // (D)
-    float* top_values = nullptr;                // (D,K)
-    long long* top_pos = nullptr;               // (D,K)
-    float* hist_edges = nullptr;                // (57)
-    unsigned long long* hist_counts = nullptr;  // (D,58)
-    float* band_values = nullptr;               // (D,3,5)
-    long long* band_pos = nullptr;              // (D,3,5)
-    uint16_t* context_top = nullptr;            // (D,K,24) F16 bits
-    uint16_t* context_band = nullptr;           // (D,3,5,24) F16 bits
-    long long *logit_top_tokens = nullptr, *logit_bottom_tokens = nullptr;  // (D,10)
-    float *logit_top_values = nullptr, *logit_bottom_values = nullptr;      // (D,10)
-    float* gamma = nullptr;                     // (C) lnfw, fp32
-    float* unembed_mean = nullptr;              // (C) the mean row taken from W_U (zeros if none)
-    float* logit_rows = nullptr;                // (CHUNK,C) scratch: W_dec_norm∘γ of a chunk
-    float* logit_consts = nullptr;              // (CHUNK) scratch: each row's constant k_f
-    float* logit_effects = nullptr;             // (CHUNK,V) scratch: the chunk's effects less k_f
-};
-
-// carves every buffer out of an arena with take<T>(count) (the trainer's DeviceArena, or a
-// bench's allocator): the plan pass counts the same bytes
-template <typename Arena>
-void feature_dump_device_carve(FeatureDumpDevice* g, Arena* a, int D, int K, int C, int V) {
-    const size_t d = D, S = FEATURE_DUMP_BANDS * FEATURE_DUMP_BAND_SIZE, W = FEATURE_DUMP_CONTEXT, L = FEATURE_DUMP_LOGITS;
-    const size_t CH = FEATURE_DUMP_LOGIT_CHUNK;
-    g->D = D; g->K = K; g->C = C; g->V = V;
-    g->fire_count = a->template take<unsigned long long>(d);
-    g->top_values = a->template take<float>(d * K);
-    g->top_pos = a->template take<long long>(d * K);
-    g->hist_edges = a->template take<float>(FEATURE_DUMP_HIST_EDGES);
-    g->hist_counts = a->template take<unsigned long long>(d * FEATURE_DUMP_HIST_BINS);
-    g->band_values = a->template take<float>(d * S);
-    g->band_pos = a->template take<long long>(d * S);
-    g->context_top = a->template take<uint16_t>(d * K * W);
-    g->context_band = a->template take<uint16_t>(d * S * W);
-    g->logit_top_tokens = a->template take<long long>(d * L);
-    g->logit_bottom_tokens = a->template take<long long>(d * L);
-    g->logit_top_values = a->template take<float>(d * L);
-    g->logit_bottom_values = a->template take<float>(d * L);
-    g->gamma = a->template take<float>(C);
-    g->unembed_mean = a->template take<float>(C);
-    g->logit_rows = a->template take<float>(CH * C);
-    g->logit_consts = a->template take<float>(CH);
-    g->logit_effects = a->template take<float>(CH * V);
-}
+#include "feature_dump.h"  // also the device state's layout, FeatureDumpDevice, and its carve
 
 // ----------------------------------------------------------------------------
 // pass 1: firing count, histogram, top-K

@@ -974,55 +974,7 @@ void explained_variance_rows(float* rows, const floatX* x_hat, const floatX* x, 
 // ----------------------------------------------------------------------------
 // llmc/feature_dump.cuh: the dump's device state and its passes, deciding through feature_dump.h's helpers
 
-#define FEATURE_DUMP_MAX_K 32
-#define FEATURE_DUMP_LOGIT_CHUNK 256
-
-// FeatureDumpDevice: as feature_dump.cuh's
-struct FeatureDumpDevice {
-    int D = 0, K = 0, C = 0, V = 0;
-    unsigned long long* fire_count = nullptr;   // (D)
-    float* top_values = nullptr;                // (D,K)
-    long long* top_pos = nullptr;               // (D,K)
-    float* hist_edges = nullptr;                // (57)
-    unsigned long long* hist_counts = nullptr;  // (D,58)
-    float* band_values = nullptr;               // (D,3,5)
-    long long* band_pos = nullptr;              // (D,3,5)
-    uint16_t* context_top = nullptr;            // (D,K,24) F16 bits
-    uint16_t* context_band = nullptr;           // (D,3,5,24) F16 bits
-    long long *logit_top_tokens = nullptr, *logit_bottom_tokens = nullptr;  // (D,10)
-    float *logit_top_values = nullptr, *logit_bottom_values = nullptr;      // (D,10)
-    float* gamma = nullptr;                     // (C)
-    float* unembed_mean = nullptr;              // (C)
-    float* logit_rows = nullptr;                // (CHUNK,C) scratch
-    float* logit_consts = nullptr;              // (CHUNK) scratch
-    float* logit_effects = nullptr;             // (CHUNK,V) scratch
-};
-
-// feature_dump_device_carve: every buffer out of an arena with take<T>(count), in feature_dump.cuh's order
-template <typename Arena>
-void feature_dump_device_carve(FeatureDumpDevice* g, Arena* a, int D, int K, int C, int V) {
-    const size_t d = D, S = FEATURE_DUMP_BANDS * FEATURE_DUMP_BAND_SIZE, W = FEATURE_DUMP_CONTEXT, L = FEATURE_DUMP_LOGITS;
-    const size_t CH = FEATURE_DUMP_LOGIT_CHUNK;
-    g->D = D; g->K = K; g->C = C; g->V = V;
-    g->fire_count = a->template take<unsigned long long>(d);
-    g->top_values = a->template take<float>(d * K);
-    g->top_pos = a->template take<long long>(d * K);
-    g->hist_edges = a->template take<float>(FEATURE_DUMP_HIST_EDGES);
-    g->hist_counts = a->template take<unsigned long long>(d * FEATURE_DUMP_HIST_BINS);
-    g->band_values = a->template take<float>(d * S);
-    g->band_pos = a->template take<long long>(d * S);
-    g->context_top = a->template take<uint16_t>(d * K * W);
-    g->context_band = a->template take<uint16_t>(d * S * W);
-    g->logit_top_tokens = a->template take<long long>(d * L);
-    g->logit_bottom_tokens = a->template take<long long>(d * L);
-    g->logit_top_values = a->template take<float>(d * L);
-    g->logit_bottom_values = a->template take<float>(d * L);
-    g->gamma = a->template take<float>(C);
-    g->unembed_mean = a->template take<float>(C);
-    g->logit_rows = a->template take<float>(CH * C);
-    g->logit_consts = a->template take<float>(CH);
-    g->logit_effects = a->template take<float>(CH * V);
-}
+// FeatureDumpDevice and feature_dump_device_carve: feature_dump.h's, shared with feature_dump.cuh
 
 // feature_dump_add_gpu: pass 1 of a batch c (N,D) (firing count, histogram, top-K), per feature
 // over the rows in order; batches in stream order

@@ -139,6 +139,13 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     };
     close(download(sae_input(&e, sr.L), (size_t)N * C), "sae_in");
     close(download(e.acts.c, (size_t)N * D), "c");
+    {  // gates that bf16 rounding flips (c > 0 here but not in torch, or the reverse): each moves that feature's
+       // gradients by a whole token's contribution, which no rounding bound covers; counted to read the gradients by
+        std::vector<float> ours = download(e.acts.c, (size_t)N * D), ref = t("c");
+        size_t flips = 0, fired = 0;
+        for (size_t i = 0; i < ours.size(); i++) { flips += (ours[i] > 0.0f) != (ref[i] > 0.0f); fired += ref[i] > 0.0f; }
+        printf("measured: %s gates flipped against torch: %zu of %zu (torch fires %zu)\n", tag.c_str(), flips, ours.size(), fired);
+    }
     close(download(e.acts.x_hat, (size_t)N * C), "x_hat");
     scalar(s[STAT_L1] / N / C, "sparsity");
     scalar(s[STAT_L0] / N, "l0");

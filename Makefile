@@ -66,9 +66,10 @@ test: $(CPU_TARGETS) $(CUDA_TARGETS)
 	$(NO_NVCC_NOTE)
 	bash test/run_tests.sh
 
-# ASan + UBSan (float-cast-overflow included) builds of the CPU trainer, the tools and their tests,
-# run from build/sanitize, which links to the files the tests read. CI runs it. libstdc++'s <regex>
-# (inside Catch2) trips -Wmaybe-uninitialized under the sanitizers, hence that one warning off.
+# ASan + UBSan (float-cast-overflow included) builds of the CPU trainer, the tools, the mocked GPU
+# trainer (the GPU trainer's host code, test_gpu_mocked) and their tests, run from build/sanitize,
+# which links to the files the tests read. CI runs it. libstdc++'s <regex> (inside Catch2) trips
+# -Wmaybe-uninitialized under the sanitizers, hence that one warning off.
 SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -Wno-maybe-uninitialized
 SAN_DIR = build/sanitize
 sanitize:
@@ -79,7 +80,9 @@ sanitize:
 	$(CXX) $(CXXFLAGS) $(SANITIZE) dev/data/prepare_text.cpp -o $(SAN_DIR)/prepare_text -lpcre2-8
 	$(CXX) $(CXXFLAGS) $(SANITIZE) test/test_tokenizer.cpp -o $(SAN_DIR)/test_tokenizer -lpcre2-8
 	$(CXX) $(CXXFLAGS) $(SANITIZE) test/test_feature_dump.cpp -o $(SAN_DIR)/test_feature_dump
-	cd $(SAN_DIR) && ./test_cpu && ./test_tokenizer && ./test_feature_dump
+	$(CXX) $(CXXFLAGS) $(SANITIZE) -DMOCK_CUDA -x c++ train_gpt2_sae.cu -o $(SAN_DIR)/train_gpt2_sae_mocked
+	$(CXX) $(CXXFLAGS) $(SANITIZE) test/test_gpu_mocked.cpp -o $(SAN_DIR)/test_gpu_mocked
+	cd $(SAN_DIR) && ./test_cpu && ./test_tokenizer && ./test_feature_dump && ./test_gpu_mocked
 
 # README's first command: build, train on the bundled demo model, dump features, write the HTML report
 demo: train_gpt2_sae_cpu

@@ -106,8 +106,13 @@ flash_checks() {
         step "flash_memcheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/attention $v
     done
     step test_flash 90 ./test_gpt2_sae "[flash]"
-    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$LOG"/flash_*.log "$LOG/test_flash.log" \
-        | tee "$OUT/issue14.txt"
+    # the SAE backward's fused pass (dev/cuda/sae variant 6): checks and timing against the three
+    # kernels it replaces, then racecheck and memcheck at the small shapes
+    step sae_fused 90 dev/cuda/sae 6
+    step sae_fused_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae 6
+    step sae_fused_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae 6
+    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6" "$LOG"/flash_*.log "$LOG/test_flash.log" \
+        "$LOG"/sae_fused*.log | tee "$OUT/issue14.txt"
 }
 
 # issue 13: a 4-SAE e2e sweep at layer 6 (sweeps/paper_e2e_L6_x4.jsonl, four lambdas from the same

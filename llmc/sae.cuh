@@ -21,7 +21,8 @@ unlike nn.Linear's [out, in] weights it is used without a transpose:
   backward  dc (N,D)          = dx_hat (N,C) · W_dec_normᵀ          m=N n=D k=C, transB
             dW_dec_norm (D,C) = cᵀ · dx_hat            (fp32 out)    m=D n=C k=N, transA, accumulate
             dW_enc (C,D)      = xᵀ · dpre              (fp32 out)    m=C n=D k=N, transA, accumulate
-            db_enc = colsum(dpre), db_dec = colsum(dx_hat)          bias_grad_colsum below
+            db_dec = colsum(dx_hat)                                  bias_grad_colsum below
+            dpre, db_enc = colsum(dpre), Σ|c|, L0, fired             one fused pass, sae_fused.cuh
             dW_dec = sae_decoder_normalize_backward(dW_dec_norm)    once per update (it is linear
                      in dW_dec_norm, and W_dec is fixed within an update)
 (cuBLAS itself is column-major: a row-major (R,K) matrix is a column-major (K,R) one, so the
@@ -29,7 +30,10 @@ encoder is cᵀ (D,N) = W_enc_cm (D,C) · xᵀ (C,N) with lda = D, ldb = C, ldc 
 the bias runs along cuBLAS's m = D; dev/cuda/sae.cu checks that layout, and the trainer's
 RELU_BIAS call at the paper shape.) The launchers below carry the CPU trainer's names:
 sae_encoder_forward, sae_decoder_forward, and the backward split in two, sae_decoder_backward
-and sae_encoder_backward, with sae_l1_relu_backward between them. cuBLASLt's bias has the
+and sae_encoder_backward, with the L1 + ReLU backward between them: in training the fused
+sae_l1_relu_backward_stats, which also makes db_enc and the sparsity statistics (the unfused
+sae_l1_relu_backward, bias_grad_colsum and sae_sparsity_l0 stay: the eval and dev/cuda use them,
+and they are the fused pass's references). cuBLASLt's bias has the
 output's type, so in bf16 mode the trainer passes bf16 copies of b_enc / b_dec to the epilogues
 (dev/cuda/sae.cu also times the alternative: a plain matmul, then the fp32 bias and the ReLU
 added by extra passes over c).
@@ -42,6 +46,7 @@ fixed order (deterministic_sum), so the same inputs give the same bits on every 
 #include <algorithm>
 #include "cuda_common.cuh"
 #include "matmul.cuh"
+#include "sae_fused.cuh"
 
 #define SAE_NORM_EPS 1e-12f  // F.normalize's eps: rows are divided by max(||row||, eps)
 
@@ -274,6 +279,36 @@ void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const fl
     cudaLaunchCheck();
 }
 
+// The training path's fused pass (kernel in sae_fused.cuh): in place over dpre, which holds dc on
+// entry, dpre = (dc + l1_scale)·[c > 0]; db_enc (D) fp32 overwritten or (accumulate) added to with
+// colsum(dpre); l1_sum += Σ|c|, l0_sum += count(c > 0) and fired as sae_sparsity_l0 (no
+// fire_count: only the eval counts firings). One read of c and dc and one write of dpre instead
+// of five reads and a write. Same partials and rule as sae_sparsity_l0 (one stream at a time).
+template <typename floatX>
+void sae_l1_relu_backward_stats(floatX* dpre, float* db_enc, float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c,
+                                float l1_scale, int N, int D, bool accumulate, cudaStream_t stream) {
+    NVTX_RANGE_FN();
+    if (N == 0 || D == 0) return;
+    constexpr int P = Packed128<floatX>::size;
+    const bool packed = D % P == 0 && is_aligned16(dpre) && is_aligned16(c);
+    const int tiles = ceil_div(D, 32 * (packed ? P : 1));
+    const int grid = std::min(tiles, SAE_STATS_MAX_PARTIALS);
+    float* l1_partials;
+    unsigned long long* l0_partials;
+    cudaCheck(cudaGetSymbolAddress((void**)&l1_partials, sae_l1_partials));
+    cudaCheck(cudaGetSymbolAddress((void**)&l0_partials, sae_l0_partials));
+    if (packed)
+        sae_l1_relu_backward_stats_kernel<floatX, P><<<grid, SAE_FUSED_THREADS, 0, stream>>>(dpre, db_enc, l1_partials, l0_partials,
+                                                                                            fired, c, l1_scale, N, D, accumulate);
+    else
+        sae_l1_relu_backward_stats_kernel<floatX, 1><<<grid, SAE_FUSED_THREADS, 0, stream>>>(dpre, db_enc, l1_partials, l0_partials,
+                                                                                            fired, c, l1_scale, N, D, accumulate);
+    cudaLaunchCheck();
+    deterministic_sum(l1_sum, l1_partials, grid, true, stream);
+    sae_l0_total_kernel<<<1, 1024, 0, stream>>>(l0_sum, l0_partials, grid);
+    cudaLaunchCheck();
+}
+
 static __global__ void sae_count_alive_kernel(int* alive, const unsigned int* fired, int D) {
     int count = 0;
     for (int i = threadIdx.x; i < D; i += blockDim.x) count += fired[i] != 0u ? 1 : 0;
@@ -319,13 +354,13 @@ void sae_decoder_backward(float* dW_dec_norm, float* db_dec, floatX* dc, const f
     matmul_cublaslt(dc, dx_hat, W_dec_norm, nullptr, N, D, C, false, true, t, t, false, CUBLASLT_EPILOGUE_DEFAULT, nullptr, stream);
 }
 
-// The encoder's backward from dpre (N,D), the gradient at the ReLU's input (sae_l1_relu_backward):
-// db_enc (D) and dW_enc (C,D) = xᵀ · dpre, fp32, overwritten or (accumulate) added to.
+// The encoder's backward from dpre (N,D), the gradient at the ReLU's input: dW_enc (C,D) = xᵀ · dpre,
+// fp32, overwritten or (accumulate) added to. db_enc = colsum(dpre) is not here: the trainer gets
+// it from the fused pass that makes dpre (sae_l1_relu_backward_stats).
 template <typename floatX>
-void sae_encoder_backward(float* dW_enc, float* db_enc, const floatX* dpre, const floatX* x, int N, int C, int D, bool accumulate,
+void sae_encoder_backward(float* dW_enc, const floatX* dpre, const floatX* x, int N, int C, int D, bool accumulate,
                           cudaStream_t stream) {
     const cudaDataType_t t = cuda_dtype<floatX>();
-    bias_grad_colsum(db_enc, dpre, N, D, accumulate, stream);
     matmul_cublaslt(dW_enc, x, dpre, nullptr, C, D, N, true, false, t, CUDA_R_32F, accumulate, CUBLASLT_EPILOGUE_DEFAULT, nullptr,
                     stream);
 }

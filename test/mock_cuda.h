@@ -775,6 +775,17 @@ void sae_sparsity_l0(float* l1_sum, float* l0_sum, unsigned int* fired, const fl
     l0_sum[0] = (float)((double)l0_sum[0] + (double)l0);
 }
 
+// sae_l1_relu_backward_stats: the fused pass, in place over dpre (dc in): dpre = (dc + l1_scale)·[c > 0],
+// db_enc (D) (+)= colsum(dpre), then l1_sum, l0_sum and fired as sae_sparsity_l0 (no fire_count)
+template <typename floatX>
+void sae_l1_relu_backward_stats(floatX* dpre, float* db_enc, float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c,
+                                float l1_scale, int N, int D, bool accumulate, cudaStream_t stream) {
+    if (N == 0 || D == 0) return;
+    sae_l1_relu_backward(dpre, dpre, c, l1_scale, N, D, stream);
+    bias_grad_colsum(db_enc, dpre, N, D, accumulate, stream);
+    sae_sparsity_l0(l1_sum, l0_sum, fired, c, N, D, stream);
+}
+
 // sae_count_alive: alive[0] = the number of features with fired != 0 (overwritten)
 inline void sae_count_alive(int* alive, const unsigned int* fired, int D, cudaStream_t) {
     MOCK_DEV(alive, 1); MOCK_DEV(fired, D);
@@ -816,12 +827,10 @@ void sae_decoder_backward(float* dW_dec_norm, float* db_dec, floatX* dc, const f
     for (size_t i = 0; i < y.size(); i++) dc[i] = from_float<floatX>(y[i]);
 }
 
-// sae_encoder_backward: db_enc (D) and dW_enc (C,D) = xᵀ · dpre, fp32, (+)=; dpre (N,D), x (N,C)
+// sae_encoder_backward: dW_enc (C,D) = xᵀ · dpre, fp32, (+)=; dpre (N,D), x (N,C)
 template <typename floatX>
-void sae_encoder_backward(float* dW_enc, float* db_enc, const floatX* dpre, const floatX* x, int N, int C, int D, bool accumulate,
-                          cudaStream_t stream) {
+void sae_encoder_backward(float* dW_enc, const floatX* dpre, const floatX* x, int N, int C, int D, bool accumulate, cudaStream_t) {
     MOCK_DEV(dW_enc, (size_t)C * D);
-    bias_grad_colsum(db_enc, dpre, N, D, accumulate, stream);
     std::vector<float> g = mock_matmul(__func__, x, dpre, nullptr, C, D, N, true, false);
     for (size_t i = 0; i < g.size(); i++) dW_enc[i] = accumulate ? dW_enc[i] + g[i] : g[i];
 }

@@ -16,6 +16,8 @@ Build and run (the command line of every bench, dev/cuda/common.h):
                         (sae_sparsity_grid) walked on the CPU for d_sae up to 2^30; N: check and
                         time variant N alone
                         (the kernels with one version run without N)
+  SAE_SMALL=1 ./sae 6   the fused pass's checks at the shapes up to (256,46080) only, no timing
+                        (compute-sanitizer runs)
 Variants, of two kernels (the others have one version each, the llmc one, shipped in fp32 and
 bf16):
   L1 + ReLU backward
@@ -29,7 +31,12 @@ bf16):
   5  the trainer's call: matmul_cublaslt(c, x, W_enc, b_enc, N, D, C, no transposes, RELU_BIAS)
      with b_enc cast to floatX (run on the 16-byte aligned shapes only: cuBLASLt may have no
      algorithm for odd row strides, and this bench should not die on that)
-The trainer ships variant 1 and variant 5, in fp32 and bf16; 3 and 4 time what the epilogue
+  the backward's elementwise pass
+  6  llmc (sae_l1_relu_backward_stats, sae_fused.cuh): the L1 + ReLU backward, db_enc =
+     colsum(dpre), Σ|c|, L0 and the fired flags in one pass over (N,D), 16-byte packs where D
+     allows; replaces variant 1 + bias_grad_colsum + sae_sparsity_l0 in training (reads c and dc
+     once and writes dpre once, instead of reading (N,D) five times)
+The trainer ships variants 1 (eval and the fused pass's reference), 5 and 6, in fp32 and bf16; 3 and 4 time what the epilogue
 saves (the fp32 bias added to a plain matmul's output by extra passes over c).
 Checks, each shape chosen to leave partial warps / blocks / packs:
   normalise  (D,C) = (1,1) (37,100) (1000,768) (46080,768), one all-zero row and one row of
@@ -40,6 +47,10 @@ Checks, each shape chosen to leave partial warps / blocks / packs:
   stats      (N,D) = (1,1) (3,1000) (3,1001) (37,4099) (256,46080) (2,2^20+1001) (1,2^22+3)
              (8192,46080): l1 and l0 accumulated onto nonzero values, fired flags OR-ed onto
              preset ones, alive count; past D = 2^20 each thread walks several column tiles
+  fused (6)  (N,D) = (1,1) (3,1000) (3,1001) (37,4099) (256,46080) (2,2^20+1000) (2,2^20+1001)
+             (8192,46080): dpre against the CPU reference, db_enc (overwrite and accumulate),
+             Σ|c|, L0 and flags bit-identical to the unfused kernels (the same summation order for
+             db_enc), Σ|c| and L0 against the CPU; past 4096 tiles the grid strides
   encoder    (N,C,D) = (37,100,1000) (5,768,4099) (variants 3, 4) and (64,768,4096) (all) in full,
              (8192,768,46080) on 8 rows (all); c poisoned first
 Tolerances: fp32 outputs 1e-5 relative (reference in double; the GPU sums in fp32 in another
@@ -503,6 +514,70 @@ int check_stats(int N, int D, float tol) {
     return failures;
 }
 
+// variant 6, the fused pass, on dc in place, against the unfused kernels on copies of the same
+// inputs (variant 1, bias_grad_colsum, sae_sparsity_l0: each checked against the CPU above) and
+// against the CPU reference for dpre (skipped at the paper shape: 377M elements on the host)
+template <typename floatX>
+int check_fused(int N, int D, float tol, bool accumulate) {
+    const size_t n = (size_t)N * D;
+    floatX* d_c = device_alloc<floatX>(n);
+    floatX* d_dc = device_alloc<floatX>(n);
+    floatX* d_ref = device_alloc<floatX>(n);
+    fill_random(d_c, n, 81 + N, -1.0f, 1.0f, 0.8f);
+    fill_random(d_dc, n, 82 + N, -2e-6f, 2e-6f);
+    float* d_sums = device_alloc<float>(4);  // fused l1, l0, then unfused l1, l0
+    float* d_db = device_alloc<float>(2 * (size_t)D);
+    unsigned int* d_fired = device_alloc<unsigned int>(2 * (size_t)D);
+    const float init[4] = {0.5f, 2.0f, 0.5f, 2.0f};
+    cudaCheck(cudaMemcpy(d_sums, init, sizeof(init), cudaMemcpyHostToDevice));
+    if (accumulate) {
+        fill_random(d_db, D, 83, -1e-3f, 1e-3f);
+        fill_random(d_db + D, D, 83, -1e-3f, 1e-3f);
+    } else {
+        poison(d_db, 2 * (size_t)D * sizeof(float));
+    }
+    cudaCheck(cudaMemset(d_fired, 0, 2 * (size_t)D * sizeof(unsigned int)));
+    // unfused, as the trainer ran them before: stats on c, then dpre out of place, then its colsum
+    sae_sparsity_l0(d_sums + 2, d_sums + 3, d_fired + D, d_c, N, D, 0);
+    sae_l1_relu_backward(d_ref, d_dc, d_c, L1_SCALE, N, D, 0);
+    bias_grad_colsum(d_db + D, d_ref, N, D, accumulate, 0);
+    sae_l1_relu_backward_stats(d_dc, d_db, d_sums, d_sums + 1, d_fired, d_c, L1_SCALE, N, D, accumulate, 0);
+    int failures = 0;
+    char name[96];
+    snprintf(name, sizeof(name), "fused v6 N=%d D=%d%s", N, D, accumulate ? " acc" : "");
+    if (n <= (size_t)64 << 20) {
+        std::vector<float> c = host_random_array<floatX>(n, 81 + N, -1.0f, 1.0f, 0.8f);
+        std::vector<float> dc = host_random_array<floatX>(n, 82 + N, -2e-6f, 2e-6f);
+        std::vector<float> ref(n);
+        sae_l1_relu_backward_cpu(ref.data(), dc.data(), c.data(), L1_SCALE, n);
+        failures += !check_result(d_dc, ref.data(), name, n, tol);
+        double l1_ref = 0.5, l0_ref = 2.0;
+        std::vector<unsigned int> fired_ref(D, 0u);
+        sae_sparsity_l0_cpu(&l1_ref, &l0_ref, fired_ref.data(), c.data(), N, D);
+        float sums[2];
+        cudaCheck(cudaMemcpy(sums, d_sums, sizeof(sums), cudaMemcpyDeviceToHost));
+        const bool ok = fabs(sums[0] - l1_ref) <= 1e-5 * fabs(l1_ref) && fabs(sums[1] - l0_ref) <= 1e-6 * l0_ref;
+        printf("  %-28s l1 %.8g (cpu %.8g), l0 %.8g (cpu %.8g) %s\n", "fused v6 stats vs cpu", sums[0], l1_ref, sums[1], l0_ref, ok ? "ok" : "FAIL");
+        failures += !ok;
+    }
+    std::vector<float> dpre = from_device(d_dc, n), dpre_ref = from_device(d_ref, n);  // as floats: bit-equal iff the stored values are
+    std::vector<float> db = from_device(d_db, 2 * (size_t)D), sums = from_device(d_sums, 4);
+    std::vector<unsigned int> fired(2 * (size_t)D);
+    cudaCheck(cudaMemcpy(fired.data(), d_fired, fired.size() * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    const bool same_dpre = memcmp(dpre.data(), dpre_ref.data(), n * sizeof(float)) == 0;
+    const bool same_db = memcmp(db.data(), db.data() + D, D * sizeof(float)) == 0;
+    const bool same_fired = memcmp(fired.data(), fired.data() + D, D * sizeof(unsigned int)) == 0;
+    const bool same_l0 = sums[1] == sums[3];
+    const bool close_l1 = fabs(sums[0] - sums[2]) <= 1e-5 * fabs(sums[2]);  // another summation order
+    printf("  %-28s dpre %s, db_enc %s, fired %s, l0 %s (bit-identical); l1 %.8g vs %.8g %s\n", "fused v6 vs unfused",
+           same_dpre ? "ok" : "FAIL", same_db ? "ok" : "FAIL", same_fired ? "ok" : "FAIL", same_l0 ? "ok" : "FAIL", sums[0], sums[2],
+           close_l1 ? "ok" : "FAIL");
+    failures += !same_dpre + !same_db + !same_fired + !same_l0 + !close_l1;
+    cudaCheck(cudaFree(d_c)); cudaCheck(cudaFree(d_dc)); cudaCheck(cudaFree(d_ref)); cudaCheck(cudaFree(d_sums));
+    cudaCheck(cudaFree(d_db)); cudaCheck(cudaFree(d_fired));
+    return failures;
+}
+
 // the L1 + ReLU backward at the full paper shape: too big for a full host regeneration, so
 // compare a sample of whole rows (first, last, and 62 spread over the middle)
 template <typename floatX>
@@ -556,6 +631,16 @@ int run_checks(int only, float tol, bool big) {
     for (int variant = 1; variant <= 2; variant++) {
         if (only && variant != only) continue;
         failures += check_l1_relu_sampled<floatX>(variant, 8192, 46080, tol);
+    }
+    if (!only || only == 6) {
+        const bool small = getenv("SAE_SMALL") != nullptr;
+        const int fused_shapes[][2] = {{1, 1}, {3, 1000}, {3, 1001}, {37, 4099}, {256, 46080}, {2, (1 << 20) + 1000}, {2, (1 << 20) + 1001}};
+        for (auto& s : fused_shapes) {
+            if (small && (size_t)s[0] * s[1] > (size_t)256 * 46080) continue;
+            failures += check_fused<floatX>(s[0], s[1], tol, false);
+            failures += check_fused<floatX>(s[0], s[1], tol, true);
+        }
+        if (big && !small) failures += check_fused<floatX>(8192, 46080, tol, true);
     }
     if (only) return failures;
     const int colsum_shapes[][2] = {{1, 1}, {7, 33}, {37, 4099}, {1000, 768}, {256, 46080}, {8192, 768}};
@@ -634,13 +719,13 @@ int run_encoder_checks(int only, float rtol) {
 
 int gpu_checks(int only) {
     int failures = 0;
-    if (!only || only <= 2) {
+    if (!only || only <= 2 || only == 6) {
         printf("fp32:\n");
         failures += run_checks<float>(only, 1e-5f, false);
         printf("bf16:\n");
         failures += run_checks<bf16>(only, 1e-2f, true);
     }
-    if (!only || only >= 3) {
+    if (!only || (only >= 3 && only <= 5)) {
         cublasCheck(cublasCreate(&cublas_handle));
         matmul_init();
         printf("encoder, fp32:\n");
@@ -690,6 +775,21 @@ void time_kernels(int only) {
         snprintf(what, sizeof(what), "%s l1+relu bwd v%d (N,D)", tn, variant);
         ms = benchmark_kernel(3, 20, [&] { l1_relu_variant(variant, d_dpre, d_dc, d_c, L1_SCALE, N, D); });
         report_bandwidth(what, ms, nd * 3.0 * X);
+    }
+    if (!only || only == 6) {  // the fused pass against the three it replaces, in place over a scratch copy of dc
+        const float ms1 = benchmark_kernel(3, 20, [&] {
+            sae_sparsity_l0(d_sums, d_sums + 1, d_fired, d_c, N, D, 0);
+            sae_l1_relu_backward(d_dpre, d_dpre, d_c, L1_SCALE, N, D, 0);
+            bias_grad_colsum(d_bias, d_dpre, N, D, false, 0);
+        });
+        snprintf(what, sizeof(what), "%s unfused v1+colsum+stats", tn);
+        report_bandwidth(what, ms1, nd * 5.0 * X + D * 4.0);
+        const float ms6 = benchmark_kernel(3, 20, [&] {
+            sae_l1_relu_backward_stats(d_dpre, d_bias, d_sums, d_sums + 1, d_fired, d_c, L1_SCALE, N, D, false, 0);
+        });
+        snprintf(what, sizeof(what), "%s fused v6 (N,D)", tn);
+        report_bandwidth(what, ms6, nd * 3.0 * X + D * 4.0);
+        printf("  %s fused v6 is %.2fx the unfused three\n", tn, ms1 / ms6);
     }
     if (!only) {
         ms = benchmark_kernel(3, 20, [&] { bias_grad_colsum(d_bias, d_dc, N, D, false, 0); });
@@ -744,12 +844,13 @@ void time_encoder(int only) {
 }
 
 void timing(int only) {
-    if (!only || only <= 2) {
+    if (getenv("SAE_SMALL")) return;
+    if (!only || only <= 2 || only == 6) {
         printf("timing, N=8192 C=768 D=46080 (median of 20):\n");
         time_kernels<float>(only);
         time_kernels<bf16>(only);
     }
-    if (!only || only >= 3) {
+    if (!only || (only >= 3 && only <= 5)) {
         cublasCheck(cublasCreate(&cublas_handle));
         matmul_init();
         printf("timing, encoder forward, N=8192 C=768 D=46080:\n");
@@ -760,4 +861,4 @@ void timing(int only) {
     }
 }
 
-int main(int argc, char** argv) { return bench_main(argc, argv, "sae", 5, cpu_self_test, gpu_checks, timing); }
+int main(int argc, char** argv) { return bench_main(argc, argv, "sae", 6, cpu_self_test, gpu_checks, timing); }

@@ -10,6 +10,10 @@ Per update (train_gpt2_sae.cu, update()):
     adamw_scalars(t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
     adamw_update(params, m, v, grads, P, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8,
                  weight_decay, norm_sq, max_grad_norm, s);
+In bf16 the trainer also keeps bf16 copies of W_enc and of both biases (the biases in fp32 too:
+16-byte aligned for the epilogues). adamw_update writes them as it writes the masters
+(ParamCopies), so no separate pass reads the masters again; cast_copy makes them only when the
+masters come from the host (init, resume).
 norm_sq is a device scalar (a slot of the trainer's stats array), read by adamw_update on the
 device and copied to the host with the other stats for the log: grad_norm = sqrt(norm_sq).
 global_norm_squared can also accumulate over several separate tensors (accumulate = true for
@@ -67,10 +71,21 @@ inline void global_norm_squared(float* out, const float* g, size_t n, bool accum
 //   v = β2 v + (1−β2) g²                           (mul_ then addcmul_)
 //   p += −step_size · m / (sqrt(v)/bc2_sqrt + eps) (addcdiv_ with denom = sqrt(v)/bc2_sqrt + eps)
 // The scalars arrive rounded to float, as PyTorch rounds its Python-float scalars.
-static __global__ void adamw_update_kernel(float* params, float* m, float* v, const float* grads, size_t n,
-                                           float one_minus_beta1, float beta2, float one_minus_beta2,
-                                           float step_size, float bc2_sqrt, float eps, float decay_factor,
-                                           const float* grad_norm_sq, float max_grad_norm) {
+//
+// copies: up to three ranges of params that also go, converted to floatX (round to nearest even,
+// as cast_copy), to their own arrays: dst[k][j] = params[begin[k] + j] for j < n[k], null dst: none.
+#define ADAMW_MAX_COPIES 3
+template <typename floatX>
+struct ParamCopies {
+    floatX* dst[ADAMW_MAX_COPIES] = {};
+    size_t begin[ADAMW_MAX_COPIES] = {}, n[ADAMW_MAX_COPIES] = {};
+};
+
+template <typename floatX>
+__global__ void adamw_update_kernel(float* params, float* m, float* v, const float* grads, size_t n,
+                                    float one_minus_beta1, float beta2, float one_minus_beta2,
+                                    float step_size, float bc2_sqrt, float eps, float decay_factor,
+                                    const float* grad_norm_sq, float max_grad_norm, ParamCopies<floatX> copies) {
     float clip = 1.0f;
     if (grad_norm_sq != nullptr) {
         const float coef = max_grad_norm / (sqrtf(*grad_norm_sq) + 1e-6f);
@@ -85,9 +100,12 @@ static __global__ void adamw_update_kernel(float* params, float* m, float* v, co
         vi = vi + one_minus_beta2 * g * g;
         const float denom = sqrtf(vi) / bc2_sqrt + eps;
         const float p = __fmul_rn(params[i], decay_factor);  // rounded on its own, as torch's p.mul_() is
-        params[i] = p - step_size * (mi / denom);
+        const float p_new = p - step_size * (mi / denom);
+        params[i] = p_new;
         m[i] = mi;
         v[i] = vi;
+        for (int k = 0; k < ADAMW_MAX_COPIES; k++)  // i - begin wraps to a huge value below begin
+            if (copies.dst[k] != nullptr && i - copies.begin[k] < copies.n[k]) copies.dst[k][i - copies.begin[k]] = from_float<floatX>(p_new);
     }
 }
 
@@ -96,17 +114,28 @@ static __global__ void adamw_update_kernel(float* params, float* m, float* v, co
 // settings (pass the config's doubles: 1 − β is formed in double, as in PyTorch);
 // step_size, bc2_sqrt from adamw_scalars for this update; grad_norm_sq (device scalar) = Σ g²
 // over ALL SAE parameters from global_norm_squared; NULL or max_grad_norm <= 0 turns clipping off.
-inline void adamw_update(float* params, float* m, float* v, const float* grads, size_t n,
-                         double lr, double beta1, double beta2, double step_size, double bc2_sqrt,
-                         double eps, double weight_decay, const float* grad_norm_sq, double max_grad_norm,
-                         cudaStream_t stream) {
+// copies: the floatX copies to write along (see the kernel); each range within [0, n).
+template <typename floatX>
+void adamw_update(float* params, float* m, float* v, const float* grads, size_t n,
+                  double lr, double beta1, double beta2, double step_size, double bc2_sqrt,
+                  double eps, double weight_decay, const float* grad_norm_sq, double max_grad_norm,
+                  const ParamCopies<floatX>& copies, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (n == 0) return;
     const int block_size = 512;
     const size_t grid = std::min(ceil_div(n, (size_t)block_size), (size_t)(1 << 16));
     const float* norm_sq = max_grad_norm > 0.0 ? grad_norm_sq : nullptr;
-    adamw_update_kernel<<<(unsigned)grid, block_size, 0, stream>>>(
+    adamw_update_kernel<floatX><<<(unsigned)grid, block_size, 0, stream>>>(
         params, m, v, grads, n, (float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2), (float)step_size,
-        (float)bc2_sqrt, (float)eps, (float)(1.0 - lr * weight_decay), norm_sq, (float)max_grad_norm);
+        (float)bc2_sqrt, (float)eps, (float)(1.0 - lr * weight_decay), norm_sq, (float)max_grad_norm, copies);
     cudaLaunchCheck();
+}
+
+// the same without copies
+inline void adamw_update(float* params, float* m, float* v, const float* grads, size_t n,
+                         double lr, double beta1, double beta2, double step_size, double bc2_sqrt,
+                         double eps, double weight_decay, const float* grad_norm_sq, double max_grad_norm,
+                         cudaStream_t stream) {
+    adamw_update(params, m, v, grads, n, lr, beta1, beta2, step_size, bc2_sqrt, eps, weight_decay, grad_norm_sq, max_grad_norm,
+                 ParamCopies<float>{}, stream);
 }

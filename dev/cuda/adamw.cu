@@ -6,11 +6,18 @@ clipping switched off, and a bit-identical rerun. Timing at the paper's W_enc si
 
 Build and run (the command line of every bench, dev/cuda/common.h):
   cd dev/cuda && make adamw
-  ./adamw [check|cpu|1]   no argument or 1: everything; check: CPU self-test and GPU checks;
+  ./adamw [check|cpu|N]   no argument: everything; check: CPU self-test and GPU checks;
                           cpu: CPU self-test only (no GPU): the float reference update against a
-                          double-precision transcription of torch.optim.Adam(W) + clip_grad_norm_
-One implementation (variant 1, llmc's global_norm_squared and adamw_update), which the trainer
-ships (fp32 only: SAE masters, gradients and Adam state are fp32 in both precisions).
+                          double-precision transcription of torch.optim.Adam(W) + clip_grad_norm_;
+                          N: check and time variant N alone
+Variants (both llmc's adamw_update, which the trainer ships; SAE masters, gradients and Adam
+state are fp32 in both precisions):
+  1  the update alone (no copies), with global_norm_squared
+  2  the update writing floatX copies of three ranges of the parameter block as it goes
+     (ParamCopies: the trainer's bf16 W_enc and its bias copies), instead of cast_copy passes
+     that read the masters again afterwards. Checked: the parameters bit-identical to variant 1's,
+     each copy bit-identical to the parameters rounded on the host, the elements past each range
+     untouched; timed against variant 1 + cast_copy of W_enc.
 Tolerances: norms 1e-5 relative (fp32 block sums vs a double reference); params, m, v 1e-5
 relative (the CPU mirrors the kernel's float operations; the GPU may fuse multiply-adds, and
 its clip coefficient comes from its own fp32 norm). Exit code 1 on any mismatch.
@@ -243,7 +250,7 @@ int run_checks() {
 // ----------------------------------------------------------------------------
 // timing at the paper's largest tensor, W_enc (768·46080 fp32)
 
-void timing(int) {
+void timing(int only) {
     printf("timing, n = 768*46080 fp32 (median of 20):\n");
     const size_t n = (size_t)768 * 46080;
     float *d_p = device_alloc<float>(n), *d_m = device_alloc<float>(n), *d_v = device_alloc<float>(n), *d_g = device_alloc<float>(n);
@@ -260,12 +267,90 @@ void timing(int) {
         adamw_update(d_p, d_m, d_v, d_g, n, 5e-4, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, 0.0, d_norm_sq, 10.0, 0);
     });
     report_bandwidth("adamw update (W_enc)", ms, 28.0 * n);  // read p m v g, write p m v
+    if (!only || only == 2) {  // the bf16 copy of W_enc: a cast_copy pass after the update, or written by it
+        bf16* d_x = device_alloc<bf16>(n);
+        ParamCopies<bf16> copies;
+        copies.dst[0] = d_x;
+        copies.n[0] = n;
+        const float ms1 = benchmark_kernel(3, 20, [&] {
+            adamw_update(d_p, d_m, d_v, d_g, n, 5e-4, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, 0.0, d_norm_sq, 10.0, 0);
+            cast_copy(d_x, d_p, n, 0);
+        });
+        report_bandwidth("v1 + cast_copy to bf16", ms1, 34.0 * n);
+        const float ms2 = benchmark_kernel(3, 20, [&] {
+            adamw_update(d_p, d_m, d_v, d_g, n, 5e-4, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, 0.0, d_norm_sq, 10.0, copies, 0);
+        });
+        report_bandwidth("v2 update writing bf16", ms2, 30.0 * n);
+        printf("  v2 is %.2fx v1 + cast_copy\n", ms1 / ms2);
+        cudaCheck(cudaFree(d_x));
+    }
     cudaCheck(cudaFree(d_p)); cudaCheck(cudaFree(d_m)); cudaCheck(cudaFree(d_v)); cudaCheck(cudaFree(d_g)); cudaCheck(cudaFree(d_norm_sq));
 }
 
-int gpu_checks(int) {
-    printf("GPU checks:\n");
-    return run_checks();
+// variant 2: one parameter block (W_enc, b_enc, W_dec, b_dec) as the trainer keeps it, updated
+// with and without copies of W_enc, b_enc and b_dec for `steps` steps
+template <typename floatX>
+int check_copies(int C, int D, int steps) {
+    const size_t CD = (size_t)C * D, P = 2 * CD + D + C;
+    const size_t begin[3] = {0, CD, 2 * CD + D}, len[3] = {CD, (size_t)D, (size_t)C};
+    const int guard = 16;  // elements past each copy that must stay poisoned
+    std::vector<float> p0 = host_random_array<float>(P, 900, -0.1f, 0.1f);
+    float *d_p1 = to_device<float>(p0.data(), P), *d_p2 = to_device<float>(p0.data(), P);
+    float *d_m1 = device_alloc<float>(P), *d_v1 = device_alloc<float>(P), *d_m2 = device_alloc<float>(P), *d_v2 = device_alloc<float>(P);
+    for (float* d : {d_m1, d_v1, d_m2, d_v2}) cudaCheck(cudaMemset(d, 0, P * sizeof(float)));
+    float *d_g = device_alloc<float>(P), *d_norm_sq = device_alloc<float>(1);
+    ParamCopies<floatX> copies;
+    for (int k = 0; k < 3; k++) {
+        copies.dst[k] = device_alloc<floatX>(len[k] + guard);
+        poison(copies.dst[k], (len[k] + guard) * sizeof(floatX));
+        copies.begin[k] = begin[k];
+        copies.n[k] = len[k];
+    }
+    int failures = 0;
+    for (int s = 0; s < steps; s++) {
+        fill_random(d_g, P, 910 + s, -0.02f, 0.02f);
+        global_norm_squared(d_norm_sq, d_g, P, false, 0);
+        double step_size, bc2_sqrt;
+        adamw_scalars(s + 1, 5e-4, 0.9, 0.999, &step_size, &bc2_sqrt);
+        adamw_update(d_p1, d_m1, d_v1, d_g, P, 5e-4, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, 0.1, d_norm_sq, 1.0, 0);
+        adamw_update(d_p2, d_m2, d_v2, d_g, P, 5e-4, 0.9, 0.999, step_size, bc2_sqrt, 1e-8, 0.1, d_norm_sq, 1.0, copies, 0);
+    }
+    std::vector<float> p1 = from_device(d_p1, P), p2 = from_device(d_p2, P);
+    const bool same = memcmp(p1.data(), p2.data(), P * sizeof(float)) == 0;
+    printf("  %s copies, %d steps: parameters bit-identical to variant 1: %s\n", type_name<floatX>(), steps, same ? "ok" : "FAIL");
+    failures += !same;
+    for (int k = 0; k < 3; k++) {
+        std::vector<float> want(p2.begin() + begin[k], p2.begin() + begin[k] + len[k]);
+        round_to_storage<floatX>(want.data(), len[k]);
+        std::vector<float> got = from_device(copies.dst[k], len[k] + guard);
+        size_t bad = 0, touched = 0;
+        for (size_t j = 0; j < len[k]; j++) bad += memcmp(&got[j], &want[j], sizeof(float)) != 0;
+        std::vector<floatX> tail(guard);
+        cudaCheck(cudaMemcpy(tail.data(), copies.dst[k] + len[k], guard * sizeof(floatX), cudaMemcpyDeviceToHost));
+        for (int j = 0; j < guard; j++) {
+            unsigned char poisoned[sizeof(floatX)];
+            memset(poisoned, 0xff, sizeof(floatX));
+            touched += memcmp(&tail[j], poisoned, sizeof(floatX)) != 0;
+        }
+        printf("  %s copy %d (%zu at %zu): %zu differ from the rounded parameters, %zu guard elements written %s\n", type_name<floatX>(), k,
+               len[k], begin[k], bad, touched, bad || touched ? "FAIL" : "ok");
+        failures += bad > 0 || touched > 0;
+        cudaCheck(cudaFree(copies.dst[k]));
+    }
+    for (float* d : {d_p1, d_p2, d_m1, d_v1, d_m2, d_v2, d_g, d_norm_sq}) cudaCheck(cudaFree(d));
+    return failures;
 }
 
-int main(int argc, char** argv) { return bench_main(argc, argv, "adamw", 1, cpu_self_test, gpu_checks, timing); }
+int gpu_checks(int only) {
+    printf("GPU checks:\n");
+    int failures = 0;
+    if (!only || only == 1) failures += run_checks();
+    if (!only || only == 2) {
+        failures += check_copies<bf16>(96, 4099, 3);  // odd sizes: no range starts or ends on a block or pack boundary
+        failures += check_copies<float>(96, 4099, 3);
+        failures += check_copies<bf16>(768, 46080, 2);
+    }
+    return failures;
+}
+
+int main(int argc, char** argv) { return bench_main(argc, argv, "adamw", 2, cpu_self_test, gpu_checks, timing); }

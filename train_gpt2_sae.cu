@@ -56,6 +56,12 @@ Left out: multi-GPU, sparse SAE backward (the dense one is exact).
 #endif
 
 // ----------------------------------------------------------------------------
+// the one stream all device work goes on, created by engine_init. A blocking stream (plain
+// cudaStreamCreate): the few synchronous cudaMemcpy / cudaMemset calls of setup, evals, dumps and
+// saves still wait for its work, while the training loop syncs once per update (run()).
+static cudaStream_t main_stream = 0;
+
+// ----------------------------------------------------------------------------
 // one-block device allocation: a plan pass counts the bytes, then every pointer is carved out
 
 struct DeviceArena {
@@ -116,9 +122,9 @@ void gpt2_device_upload(GPT2Device<floatX>* d, const GPT2* host, float* staging)
         if (is_layer_vector(i)) {  // layer by layer into the padded layout (the padding is never read)
             const int L = d->config.num_layers;
             const size_t row = n / L;
-            for (int l = 0; l < L; l++) cast_copy(ptrs[i] + (size_t)l * layer_stride(row), staging + (size_t)l * row, row, 0);
+            for (int l = 0; l < L; l++) cast_copy(ptrs[i] + (size_t)l * layer_stride(row), staging + (size_t)l * row, row, main_stream);
         } else {
-            cast_copy(ptrs[i], staging, n, 0);
+            cast_copy(ptrs[i], staging, n, main_stream);
         }
         src += n;
     }
@@ -230,6 +236,12 @@ struct Engine {
     FeatureDumpDevice dump;               // --dump-features state, sized for the largest SAE; null pointers without the flag
     float* staging;                       // fp32 upload buffer
     PhaseTimes phases;
+    // pinned host memory for the training loop's transfers, so they are asynchronous
+    int* tokens_pinned[2] = {};           // (B,T) each: token rows, double-buffered (upload_next_batch)
+    cudaEvent_t tokens_copied[2] = {};    // recorded after each buffer's copy: refilled only once passed
+    long long token_uploads = 0;
+    float* stats_pinned = nullptr;        // every SAE's stats, read back once per update, SAE after SAE
+    int* alive_pinned = nullptr;          // (number of SAEs) alive counts, read back with the stats
 };
 
 template <typename floatX>
@@ -433,12 +445,42 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
     cudaCheck(cudaMalloc(&e->arena.base, total));
     engine_carve(e, &e->arena);
     for (SaeRun<floatX>& s : saes) sae_carve(&s, e->C, &e->arena);
+    cudaCheck(cudaStreamCreate(&main_stream));
     matmul_init();
     gpt2_device_upload(&e->model, &e->host_model, e->staging);
+    size_t n_stats = 0;
+    for (const SaeRun<floatX>& s : saes) n_stats += NUM_STATS_FIXED + s.K;
+    for (int k = 0; k < 2; k++) {
+        cudaCheck(cudaMallocHost(&e->tokens_pinned[k], (size_t)B * e->T * sizeof(int)));
+        cudaCheck(cudaEventCreate(&e->tokens_copied[k]));
+    }
+    cudaCheck(cudaMallocHost(&e->stats_pinned, n_stats * sizeof(float)));
+    cudaCheck(cudaMallocHost(&e->alive_pinned, saes.size() * sizeof(int)));
     e->phases.saes = (int)saes.size();
     e->phases.ev.resize((size_t)cfg.grad_accum * saes.size() * NUM_PHASES * 2);
     e->phases.recorded.assign((size_t)cfg.grad_accum * saes.size() * NUM_PHASES, 0);
     for (cudaEvent_t& ev : e->phases.ev) cudaCheck(cudaEventCreate(&ev));
+}
+
+// an SAE's floatX weight copies, as ranges of its parameter block: W_enc in bf16 (fp32 reads the
+// master), and the biases in both precisions (aligned for the epilogues, see sae_carve). Adam
+// writes them along with the masters; sae_copy_weights makes them when the masters come from the host.
+template <typename floatX>
+ParamCopies<floatX> sae_copies(const SaeRun<floatX>* s) {
+    const SaeDevice<floatX>& d = s->dev;
+    const size_t CD = (size_t)s->sae.C * s->D;
+    ParamCopies<floatX> p;
+    p.dst[0] = std::is_same<floatX, float>::value ? nullptr : d.W_enc_x; p.begin[0] = 0;           p.n[0] = CD;
+    p.dst[1] = d.b_enc_x;                                                p.begin[1] = CD;          p.n[1] = s->D;
+    p.dst[2] = d.b_dec_x;                                                p.begin[2] = 2 * CD + s->D; p.n[2] = s->sae.C;
+    return p;
+}
+
+template <typename floatX>
+void sae_copy_weights(SaeRun<floatX>* s) {
+    const ParamCopies<floatX> p = sae_copies(s);
+    for (int k = 0; k < ADAMW_MAX_COPIES; k++)
+        if (p.dst[k]) cast_copy(p.dst[k], s->dev.params + p.begin[k], p.n[k], main_stream);
 }
 
 // an SAE's parameters (s->sae, loaded on the host) onto the device, its Adam moments and alive
@@ -453,6 +495,7 @@ void sae_device_init(SaeRun<floatX>* s) {
     if (std::is_same<floatX, float>::value) d.W_enc_x = (floatX*)d.W_enc;
     size_t P = host->num_parameters;
     cudaCheck(cudaMemcpy(d.params, host->memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    sae_copy_weights(s);
     cudaCheck(cudaMemset(d.adam_m, 0, P * sizeof(float)));
     cudaCheck(cudaMemset(d.adam_v, 0, P * sizeof(float)));
     cudaCheck(cudaMemset(s->stats.fired_train, 0, s->D * sizeof(unsigned int)));
@@ -461,8 +504,16 @@ void sae_device_init(SaeRun<floatX>* s) {
 template <typename floatX>
 void engine_free(Engine<floatX>* e) {
     for (cudaEvent_t ev : e->phases.ev) cudaCheck(cudaEventDestroy(ev));
+    for (int k = 0; k < 2; k++) {
+        cudaCheck(cudaEventDestroy(e->tokens_copied[k]));
+        cudaCheck(cudaFreeHost(e->tokens_pinned[k]));
+    }
+    cudaCheck(cudaFreeHost(e->stats_pinned));
+    cudaCheck(cudaFreeHost(e->alive_pinned));
     matmul_destroy();
     cudaCheck(cudaFree(e->arena.base));
+    cudaCheck(cudaStreamDestroy(main_stream));
+    main_stream = 0;
 }
 
 // times the rest of the enclosing scope as phase p of micro-batch `micro` and SAE `sae`; nothing
@@ -472,7 +523,7 @@ std::optional<EventRange> time_phase(Engine<floatX>* e, int micro, int sae, Phas
     if (micro < 0) return std::nullopt;
     size_t i = ((size_t)micro * e->phases.saes + sae) * NUM_PHASES + p;
     e->phases.recorded[i] = 1;
-    return std::optional<EventRange>(std::in_place, e->phases.ev[2 * i], e->phases.ev[2 * i + 1], (cudaStream_t)0);
+    return std::optional<EventRange>(std::in_place, e->phases.ev[2 * i], e->phases.ev[2 * i + 1], main_stream);
 }
 
 // adds the phases the step recorded to e->phases.ms; call after the step's sync
@@ -499,14 +550,14 @@ void block_forward(Engine<floatX>* e, int l, BlockActs<floatX>* a, const floatX*
     if (a->inp && a->inp != inp) die("block_forward: block %d with a backward must read its input from its own inp buffer", l);
     const GPT2Device<floatX>& w = e->model;
     int C = e->C, N = B * e->T;
-    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, inp, layer_vec(w.ln1w, l, C), layer_vec(w.ln1b, l, C), N, C, 0);
-    matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, layer_vec(w.qkvb, l, 3 * C), N, C, 3 * C, 0);
-    if (e->flash) flash_attention_forward(a->atty, a->lse, a->qkv, B, e->T, C, e->NH, 0);
-    else attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, 0);  // res2: scratch until written below
-    matmul_forward_residual(a->res2, inp, a->atty, w.attprojw + (size_t)l * C * C, layer_vec(w.attprojb, l, C), N, C, C, 0);  // res2 = inp + attproj(atty)
-    layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, layer_vec(w.ln2w, l, C), layer_vec(w.ln2b, l, C), N, C, 0);
-    matmul_forward_gelu(a->fch_gelu, a->fch, a->ln2, w.fcw + (size_t)l * 4 * C * C, layer_vec(w.fcb, l, 4 * C), N, C, 4 * C, 0);
-    matmul_forward_residual(out, a->res2, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, layer_vec(w.fcprojb, l, C), N, 4 * C, C, 0);  // out = res2 + fcproj(...)
+    layernorm_forward(a->ln1, a->ln1_mean, a->ln1_rstd, inp, layer_vec(w.ln1w, l, C), layer_vec(w.ln1b, l, C), N, C, main_stream);
+    matmul_forward(a->qkv, a->ln1, w.qkvw + (size_t)l * 3 * C * C, layer_vec(w.qkvb, l, 3 * C), N, C, 3 * C, main_stream);
+    if (e->flash) flash_attention_forward(a->atty, a->lse, a->qkv, B, e->T, C, e->NH, main_stream);
+    else attention_forward(a->atty, a->qkvr, a->att, a->res2, a->qkv, B, e->T, C, e->NH, main_stream);  // res2: scratch until written below
+    matmul_forward_residual(a->res2, inp, a->atty, w.attprojw + (size_t)l * C * C, layer_vec(w.attprojb, l, C), N, C, C, main_stream);  // res2 = inp + attproj(atty)
+    layernorm_forward(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, layer_vec(w.ln2w, l, C), layer_vec(w.ln2b, l, C), N, C, main_stream);
+    matmul_forward_gelu(a->fch_gelu, a->fch, a->ln2, w.fcw + (size_t)l * 4 * C * C, layer_vec(w.fcb, l, 4 * C), N, C, 4 * C, main_stream);
+    matmul_forward_residual(out, a->res2, a->fch_gelu, w.fcprojw + (size_t)l * C * 4 * C, layer_vec(w.fcprojb, l, C), N, 4 * C, C, main_stream);  // out = res2 + fcproj(...)
 }
 
 // final LayerNorm and the LM head on the *uncentred* wte (SPEC §2); logits (N,Vp) fp32 in both
@@ -515,8 +566,8 @@ template <typename floatX>
 void lm_head_forward(Engine<floatX>* e, float* logits, const floatX* resid, int N) {
     NvtxRange r("lm_head_forward");
     Activations<floatX>& act = e->acts;
-    layernorm_forward(act.lnf, act.lnf_mean, act.lnf_rstd, resid, e->model.lnfw, e->model.lnfb, N, e->C, 0);
-    matmul_forward_fp32_out(logits, act.lnf, e->model.wte_unembed, N, e->C, e->Vp, 0);
+    layernorm_forward(act.lnf, act.lnf_mean, act.lnf_rstd, resid, e->model.lnfw, e->model.lnfb, N, e->C, main_stream);
+    matmul_forward_fp32_out(logits, act.lnf, e->model.wte_unembed, N, e->C, e->Vp, main_stream);
 }
 
 // The clean pass, once per micro-batch for every SAE, tokens already on the device: the embedding
@@ -532,7 +583,7 @@ void clean_forward(Engine<floatX>* e, int B, bool to_logits, int micro) {
     const int blocks = to_logits ? e->n_layer : e->L_hi;
     {
         auto t = time_phase(e, micro, 0, PH_LOWER);
-        encoder_forward(slot(0), act.tokens, e->model.wte, e->model.wpe, B, e->T, e->C, 0);
+        encoder_forward(slot(0), act.tokens, e->model.wte, e->model.wpe, B, e->T, e->C, main_stream);
         for (int l = 0; l < e->L_lo; l++) block_forward(e, l, &act.scratch, slot(l), slot(l + 1), B);
     }
     if (blocks == e->L_lo && !to_logits) return;
@@ -545,16 +596,13 @@ void clean_forward(Engine<floatX>* e, int B, bool to_logits, int micro) {
 template <typename floatX>
 const floatX* sae_input(const Engine<floatX>* e, int L) { return e->acts.clean[L - e->L_lo]; }
 
-// refreshes an SAE's floatX weight copies and its normalised decoder (once per update); the bias
-// copies in both precisions (aligned for the epilogues, see sae_carve)
+// the normalised decoder the forward reads, from the current W_dec (once per update, and before
+// evals and dumps). The other floatX copies are kept by the update itself (sae_copies).
 template <typename floatX>
 void sae_prepare_weights(Engine<floatX>* e, SaeRun<floatX>* s) {
     NvtxRange r("sae_prepare_weights");
     SaeDevice<floatX>& d = s->dev;
-    sae_decoder_normalize(d.W_dec_norm, d.inv_norm, d.W_dec, s->D, e->C, 0);
-    if (!std::is_same<floatX, float>::value) cast_copy(d.W_enc_x, d.W_enc, (size_t)e->C * s->D, 0);
-    cast_copy(d.b_enc_x, d.b_enc, (size_t)s->D, 0);
-    cast_copy(d.b_dec_x, d.b_dec, (size_t)e->C, 0);
+    sae_decoder_normalize(d.W_dec_norm, d.inv_norm, d.W_dec, s->D, e->C, main_stream);
 }
 
 // c = relu(x W_enc + b_enc) (N,D), x_hat = c W_dec_norm + b_dec (N,C)
@@ -562,8 +610,8 @@ template <typename floatX>
 void sae_forward(Engine<floatX>* e, SaeRun<floatX>* s, int B) {
     NvtxRange r("sae_forward");
     int N = B * e->T;
-    sae_encoder_forward(e->acts.c, sae_input(e, s->L), s->dev.W_enc_x, s->dev.b_enc_x, N, e->C, s->D, 0);
-    sae_decoder_forward(e->acts.x_hat, e->acts.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, s->D, 0);
+    sae_encoder_forward(e->acts.c, sae_input(e, s->L), s->dev.W_enc_x, s->dev.b_enc_x, N, e->C, s->D, main_stream);
+    sae_decoder_forward(e->acts.x_hat, e->acts.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, s->D, main_stream);
 }
 
 // spliced run from x_hat at layer L to logits_spliced: each block writes into the next one's inp
@@ -593,16 +641,16 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     BlockGrads<floatX>& g = e->acts.bg;
     int C = e->C, N = B * e->T;
     // MLP: out = res2 + fcproj(gelu(fc(ln2(res2)))), so dres2 = dresid + the MLP path's
-    matmul_backward_dinp(g.dfch, dresid, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, 0);
-    gelu_backward_inplace(g.dfch, a->fch, (size_t)N * 4 * C, 0);
-    matmul_backward_dinp(g.dln, g.dfch, w.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, false, 0);
-    layernorm_backward_dinp(g.dres2, dresid, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, 0);
+    matmul_backward_dinp(g.dfch, dresid, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, main_stream);
+    gelu_backward_inplace(g.dfch, a->fch, (size_t)N * 4 * C, main_stream);
+    matmul_backward_dinp(g.dln, g.dfch, w.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, false, main_stream);
+    layernorm_backward_dinp(g.dres2, dresid, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, main_stream);
     // attention: res2 = inp + attproj(attn(qkv(ln1(inp)))), so dinp = dres2 + the attention path's
-    matmul_backward_dinp(g.datty, g.dres2, w.attprojw + (size_t)l * C * C, N, C, C, false, 0);
-    if (e->flash) flash_attention_backward(g.dqkv, g.dsum, g.datty, a->atty, a->qkv, a->lse, B, e->T, C, e->NH, 0);
-    else attention_backward(g.dqkv, g.dqkvr, g.datt, g.scratch, g.datty, a->qkvr, a->att, B, e->T, C, e->NH, 0);
-    matmul_backward_dinp(g.dln, g.dqkv, w.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, false, 0);
-    layernorm_backward_dinp(dresid, g.dres2, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, 0);
+    matmul_backward_dinp(g.datty, g.dres2, w.attprojw + (size_t)l * C * C, N, C, C, false, main_stream);
+    if (e->flash) flash_attention_backward(g.dqkv, g.dsum, g.datty, a->atty, a->qkv, a->lse, B, e->T, C, e->NH, main_stream);
+    else attention_backward(g.dqkv, g.dqkvr, g.datt, g.scratch, g.datty, a->qkvr, a->att, B, e->T, C, e->NH, main_stream);
+    matmul_backward_dinp(g.dln, g.dqkv, w.qkvw + (size_t)l * 3 * C * C, N, C, 3 * C, false, main_stream);
+    layernorm_backward_dinp(dresid, g.dres2, g.dln, a->inp, layer_vec(w.ln1w, l, C), a->ln1_mean, a->ln1_rstd, N, C, main_stream);
 }
 
 // the LM head's backward: dresid (N,C) from the KL gradient in dlogits
@@ -610,8 +658,8 @@ template <typename floatX>
 void lm_head_backward(Engine<floatX>* e, int N) {
     NvtxRange r("lm_head_backward");
     Activations<floatX>& act = e->acts;
-    matmul_backward_dinp(act.dlnf, act.dlogits, e->model.wte_unembed, N, e->C, e->Vp, false, 0);
-    layernorm_backward_dinp(act.dresid, (const floatX*)nullptr, act.dlnf, act.resid, e->model.lnfw, act.lnf_mean, act.lnf_rstd, N, e->C, 0);
+    matmul_backward_dinp(act.dlnf, act.dlogits, e->model.wte_unembed, N, e->C, e->Vp, false, main_stream);
+    layernorm_backward_dinp(act.dresid, (const floatX*)nullptr, act.dlnf, act.resid, e->model.lnfw, act.lnf_mean, act.lnf_rstd, N, e->C, main_stream);
 }
 
 // SAE backward from dx_hat (N,C), accumulating over micro-batches (first = overwrite):
@@ -627,16 +675,16 @@ void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, in
     int N = B * e->T;
     SaeDevice<floatX>& d = s->dev;
     Activations<floatX>& act = e->acts;
-    sae_decoder_backward(d.dW_dec_norm, d.db_dec, act.dc, dx_hat, act.c, d.W_dec_norm, N, e->C, s->D, !first, 0);
+    sae_decoder_backward(d.dW_dec_norm, d.db_dec, act.dc, dx_hat, act.c, d.W_dec_norm, N, e->C, s->D, !first, main_stream);
     sae_l1_relu_backward_stats(act.dc, d.db_enc, stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, l1_scale, N, s->D,
-                               !first, 0);
-    sae_encoder_backward(d.dW_enc, act.dc, sae_input(e, s->L), N, e->C, s->D, !first, 0);
+                               !first, main_stream);
+    sae_encoder_backward(d.dW_enc, act.dc, sae_input(e, s->L), N, e->C, s->D, !first, main_stream);
 }
 
 // dW_dec from the dW_dec_norm the update's micro-batches accumulated
 template <typename floatX>
 void sae_finish_grads(Engine<floatX>* e, SaeRun<floatX>* s) {
-    sae_decoder_normalize_backward(s->dev.dW_dec, s->dev.dW_dec_norm, s->dev.W_dec, s->dev.inv_norm, s->D, e->C, 0);
+    sae_decoder_normalize_backward(s->dev.dW_dec, s->dev.dW_dec_norm, s->dev.W_dec, s->dev.inv_norm, s->D, e->C, main_stream);
 }
 
 // one micro-batch of one SAE (SAE number si of the run), number `micro` of the update, after the
@@ -656,9 +704,9 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
         auto t = time_phase(e, micro, si, PH_SAE_FWD);
         sae_forward(e, s, B);  // its L1, L0 and fired flags come from sae_backward's fused pass
         // MSE(x_hat, x) is logged in every mode and trained on in local mode only
-        if (local) cudaCheck(cudaMemsetAsync(act.dx_hat_local, 0, NC * sizeof(floatX), 0));
+        if (local) cudaCheck(cudaMemsetAsync(act.dx_hat_local, 0, NC * sizeof(floatX), main_stream));
         mse_forward_backward(stats + STAT_MSE, local ? act.dx_hat_local : (floatX*)nullptr, act.x_hat, x, NC,
-                             local ? (float)(cfg.mse_coeff / (dN * dC * accum)) : 0.0f, 0);
+                             local ? (float)(cfg.mse_coeff / (dN * dC * accum)) : 0.0f, main_stream);
     }
     const floatX* dx_hat = local ? act.dx_hat_local : act.dresid;
     if (!local) {
@@ -669,8 +717,8 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
         {
             auto t = time_phase(e, micro, si, PH_KL);
             kl_forward_backward(act.rows, act.dlogits, act.logits_spliced, act.logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V,
-                                e->Vp, 0);
-            deterministic_sum(stats + STAT_KL, act.rows, N, true, 0);
+                                e->Vp, main_stream);
+            deterministic_sum(stats + STAT_KL, act.rows, N, true, main_stream);
         }
         auto t = time_phase(e, micro, si, PH_BACKWARD);
         lm_head_backward(e, N);
@@ -680,7 +728,7 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
             block_backward(e, l, &act.spliced[l - L], act.dresid, B);
             if (ds && l > L)  // dresid is now d/d resid_pre_l, where the e2e+ds term for layer l enters (plain e2e: an eval metric only)
                 mse_forward_backward(stats + STAT_DS + (l - L - 1), act.dresid, act.spliced[l - L].inp, act.clean[l - e->L_lo], NC,
-                                     ds_scale, 0);
+                                     ds_scale, main_stream);
         }
     }
     auto t = time_phase(e, micro, si, PH_SAE_BWD);
@@ -713,17 +761,18 @@ StepLog step_terms(const SaeRun<floatX>* s, const std::vector<float>& st) {
     return sl;
 }
 
-// clipping on the device (no host sync), then Adam(W) on the fp32 masters; update t (1 for the first)
+// clipping on the device (no host sync), then Adam(W) on the fp32 masters, writing the floatX
+// copies along; update t (1 for the first)
 template <typename floatX>
 void update(SaeRun<floatX>* s, double lr, long long t) {
     NvtxRange r("update");
     size_t n = s->sae.num_parameters;
     float* norm_sq = s->stats.sums + STAT_GNORM_SQ;
-    global_norm_squared(norm_sq, s->dev.grads, n, false, 0);
+    global_norm_squared(norm_sq, s->dev.grads, n, false, main_stream);
     double step_size, bc2_sqrt;
     adamw_scalars((int)t, lr, 0.9, 0.999, &step_size, &bc2_sqrt);
     adamw_update(s->dev.params, s->dev.adam_m, s->dev.adam_v, s->dev.grads, n, lr, 0.9, 0.999, step_size, bc2_sqrt, 1e-8,
-                 s->cfg.weight_decay, norm_sq, s->cfg.max_grad_norm, 0);
+                 s->cfg.weight_decay, norm_sq, s->cfg.max_grad_norm, sae_copies(s), main_stream);
 }
 
 // ----------------------------------------------------------------------------
@@ -762,24 +811,24 @@ std::vector<EvalMetrics> evaluate(Engine<floatX>* e, std::vector<SaeRun<floatX>>
         dataloader_get_rows(val, row, B, tokens.data());
         upload_rows(e, tokens.data(), B);
         clean_forward(e, B, true, -1);
-        ce_forward(act.rows_clean, act.logits_clean, act.targets, N, e->V, e->Vp, 0);
+        ce_forward(act.rows_clean, act.logits_clean, act.targets, N, e->V, e->Vp, main_stream);
         for (SaeRun<floatX>& s : saes) {
             float* sums = s.stats.sums;
             const floatX* x = sae_input(e, s.L);
             sae_forward(e, &s, B);
             sae_sparsity_l0(sums + STAT_L1, sums + STAT_L0, s.stats.fired_eval, act.c, N, s.D, 0, s.stats.fire_count_eval);
-            mse_forward_backward(sums + STAT_MSE, (floatX*)nullptr, act.x_hat, x, NC, 0.0f, 0);
-            explained_variance_rows(act.rows, act.x_hat, x, act.xsum, N, C, 0);
-            deterministic_sum(sums + STAT_EV, act.rows, N, true, 0);
+            mse_forward_backward(sums + STAT_MSE, (floatX*)nullptr, act.x_hat, x, NC, 0.0f, main_stream);
+            explained_variance_rows(act.rows, act.x_hat, x, act.xsum, N, C, main_stream);
+            deterministic_sum(sums + STAT_EV, act.rows, N, true, main_stream);
             spliced_forward(e, s.L, B);
             for (int k = 0; k < s.K; k++)
-                mse_forward_backward(sums + STAT_DS + k, (floatX*)nullptr, act.spliced[k + 1].inp, act.clean[s.L + 1 + k - e->L_lo], NC, 0.0f, 0);
-            deterministic_sum(sums + STAT_CE_CLEAN, act.rows_clean, N, true, 0);
-            ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
-            deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, true, 0);
-            argmax_agree(s.stats.agree_count, act.logits_clean, act.logits_spliced, N, e->V, e->Vp, 0);
-            kl_forward_backward(act.rows, (floatX*)nullptr, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
-            deterministic_sum(sums + STAT_KL, act.rows, N, true, 0);
+                mse_forward_backward(sums + STAT_DS + k, (floatX*)nullptr, act.spliced[k + 1].inp, act.clean[s.L + 1 + k - e->L_lo], NC, 0.0f, main_stream);
+            deterministic_sum(sums + STAT_CE_CLEAN, act.rows_clean, N, true, main_stream);
+            ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, main_stream);
+            deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, true, main_stream);
+            argmax_agree(s.stats.agree_count, act.logits_clean, act.logits_spliced, N, e->V, e->Vp, main_stream);
+            kl_forward_backward(act.rows, (floatX*)nullptr, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, main_stream);
+            deterministic_sum(sums + STAT_KL, act.rows, N, true, main_stream);
         }
         tokens_seen += N;
     }
@@ -828,10 +877,10 @@ AblationEffects ablation_effects(Engine<floatX>* e, SaeRun<floatX>* s, const Dat
     auto spliced_kl_ce = [&](int B, double* kl_sum, double* ce_sum) {  // the spliced model on x_hat
         int N = B * T;
         spliced_forward(e, s->L, B);
-        ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, 0);
-        deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, false, 0);
-        kl_forward_backward(act.rows, (floatX*)nullptr, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, 0);
-        deterministic_sum(sums + STAT_KL, act.rows, N, false, 0);
+        ce_forward(act.rows, act.logits_spliced, act.targets, N, e->V, e->Vp, main_stream);
+        deterministic_sum(sums + STAT_CE_SPLICED, act.rows, N, false, main_stream);
+        kl_forward_backward(act.rows, (floatX*)nullptr, act.logits_spliced, act.logits_clean, 0.0f, N, e->V, e->Vp, main_stream);
+        deterministic_sum(sums + STAT_KL, act.rows, N, false, main_stream);
         float st[NUM_STATS_FIXED];
         cudaCheck(cudaMemcpy(st, sums, sizeof(st), cudaMemcpyDeviceToHost));
         *kl_sum += st[STAT_KL];
@@ -849,10 +898,10 @@ AblationEffects ablation_effects(Engine<floatX>* e, SaeRun<floatX>* s, const Dat
         floatX* column = (floatX*)act.rows;
         for (int j = 0; j < F; j++) {
             floatX* c_f = act.c + ab.features[j];
-            cudaCheck(cudaMemcpy2DAsync(column, w, c_f, pitch, w, N, cudaMemcpyDeviceToDevice, 0));
-            cudaCheck(cudaMemset2DAsync(c_f, pitch, 0, w, N, 0));
-            sae_decoder_forward(act.x_hat, act.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, D, 0);
-            cudaCheck(cudaMemcpy2DAsync(c_f, pitch, column, w, w, N, cudaMemcpyDeviceToDevice, 0));
+            cudaCheck(cudaMemcpy2DAsync(column, w, c_f, pitch, w, N, cudaMemcpyDeviceToDevice, main_stream));
+            cudaCheck(cudaMemset2DAsync(c_f, pitch, 0, w, N, main_stream));
+            sae_decoder_forward(act.x_hat, act.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, D, main_stream);
+            cudaCheck(cudaMemcpy2DAsync(c_f, pitch, column, w, w, N, cudaMemcpyDeviceToDevice, main_stream));
             spliced_kl_ce(B, &kl[j], &ce[j]);
         }
         ab.tokens += N;
@@ -880,21 +929,21 @@ void dump_features(Engine<floatX>* e, SaeRun<floatX>* s, const DataLoader* val) 
     const int T = e->T, C = e->C;
     FeatureDump fd;
     feature_dump_begin(&fd, cfg, s->D);
-    feature_dump_reset_gpu(g, fd, 0);
+    feature_dump_reset_gpu(g, fd, main_stream);
     sae_prepare_weights(e, s);
     auto encode = [&](const int* tokens, int B) {
         upload_rows(e, tokens, B);
         clean_forward(e, B, false, -1);
-        sae_encoder_forward(e->acts.c, sae_input(e, s->L), s->dev.W_enc_x, s->dev.b_enc_x, B * T, C, s->D, 0);
+        sae_encoder_forward(e->acts.c, sae_input(e, s->L), s->dev.W_enc_x, s->dev.b_enc_x, B * T, C, s->D, main_stream);
     };
     long long n_tokens = feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
         encode(tokens, B);
-        feature_dump_add_gpu(g, e->acts.c, B * T, first_pos, 0);
+        feature_dump_add_gpu(g, e->acts.c, B * T, first_pos, main_stream);
     });
     feature_dump_stream(val, cfg, e->B, [&](const int* tokens, int B, long long first_pos) {
         encode(tokens, B);
-        feature_dump_add_bands_gpu(g, e->acts.c, B * T, first_pos, 0);
-        feature_dump_add_contexts_gpu(g, e->acts.c, B * T, T, first_pos, 0);
+        feature_dump_add_bands_gpu(g, e->acts.c, B * T, first_pos, main_stream);
+        feature_dump_add_contexts_gpu(g, e->acts.c, B * T, T, first_pos, main_stream);
     });
     const GPT2& m = e->host_model;
     std::vector<float> mean = m.unembed_mean;
@@ -902,7 +951,7 @@ void dump_features(Engine<floatX>* e, SaeRun<floatX>* s, const DataLoader* val) 
     cudaCheck(cudaMemcpy(e->staging, m.params.wte_unembed, (size_t)e->V * C * sizeof(float), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(g.gamma, m.params.lnfw, C * sizeof(float), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(g.unembed_mean, mean.data(), C * sizeof(float), cudaMemcpyHostToDevice));
-    feature_dump_logit_effects_gpu(g, s->dev.W_dec, g.gamma, e->staging, g.unembed_mean, 0);
+    feature_dump_logit_effects_gpu(g, s->dev.W_dec, g.gamma, e->staging, g.unembed_mean, main_stream);
     feature_dump_download(&fd, g, n_tokens);
     feature_dump_finish(&fd, val, cfg, e->host_model.source, now_seconds() - t0);
 }
@@ -927,6 +976,7 @@ template <typename floatX>
 void upload_state(SaeRun<floatX>* s) {
     size_t P = s->sae.num_parameters;
     cudaCheck(cudaMemcpy(s->dev.params, s->sae.memory.data(), P * sizeof(float), cudaMemcpyHostToDevice));
+    sae_copy_weights(s);
     cudaCheck(cudaMemcpy(s->dev.adam_m, s->adam_m.data(), P * sizeof(float), cudaMemcpyHostToDevice));
     cudaCheck(cudaMemcpy(s->dev.adam_v, s->adam_v.data(), P * sizeof(float), cudaMemcpyHostToDevice));
     std::vector<unsigned int> f(s->D);
@@ -935,8 +985,20 @@ void upload_state(SaeRun<floatX>* s) {
 }
 
 // ----------------------------------------------------------------------------
-// the training loop. The host waits for the device at each micro-batch's token upload (a
-// cudaMemcpy from pageable memory synchronises), and once per step to read back each SAE's stats.
+// the training loop. The host waits for the device once per update, to read back every SAE's
+// stats (and alive counts) together; the token uploads in between do not wait.
+
+// the next micro-batch's tokens to the device without a host sync: the loader fills one of two
+// pinned buffers, which is copied on main_stream; a buffer is refilled only once its previous
+// copy has run (in the loop that wait never blocks: the update's readback came between)
+template <typename floatX>
+void upload_next_batch(Engine<floatX>* e, DataLoader* loader) {
+    const int k = (int)(e->token_uploads++ % 2);
+    cudaCheck(cudaEventSynchronize(e->tokens_copied[k]));
+    dataloader_next_batch(loader, e->tokens_pinned[k]);
+    cudaCheck(cudaMemcpyAsync(e->acts.tokens, e->tokens_pinned[k], (size_t)e->B * e->T * sizeof(int), cudaMemcpyHostToDevice, main_stream));
+    cudaCheck(cudaEventRecord(e->tokens_copied[k], main_stream));
+}
 
 // the time per step after warm-up, and the phase breakdown (summed over a sweep's SAEs)
 template <typename floatX>
@@ -1002,7 +1064,6 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
         save_runs(saes, raw.out, step, data);
     };
     if (saes[0].run.ts.step == 0 || cfg.eval_only) run_eval(0);
-    std::vector<int> tokens((size_t)cfg.batch * cfg.seq_len);
     long long step = saes[0].run.ts.step;
     const long long update_tokens = (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
     std::vector<double> step_seconds;  // after warm-up, for the median
@@ -1011,12 +1072,11 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
         double t0 = now_seconds();
         double lr = lr_at_step(cfg.lr, step, saes[0].run.sched.W, saes[0].run.sched.S, cfg.min_lr_factor);
         for (SaeRun<floatX>& s : saes) {
-            cudaCheck(cudaMemsetAsync(s.stats.sums, 0, (NUM_STATS_FIXED + s.K) * sizeof(float), 0));
+            cudaCheck(cudaMemsetAsync(s.stats.sums, 0, (NUM_STATS_FIXED + s.K) * sizeof(float), main_stream));
             sae_prepare_weights(&e, &s);
         }
         for (int a = 0; a < cfg.grad_accum; a++) {
-            dataloader_next_batch(&data.train, tokens.data());
-            cudaCheck(cudaMemcpy(e.acts.tokens, tokens.data(), tokens.size() * sizeof(int), cudaMemcpyHostToDevice));
+            upload_next_batch(&e, &data.train);
             clean_forward(&e, cfg.batch, e.train_logits, a);
             for (size_t i = 0; i < saes.size(); i++) micro_step(&e, &saes[i], cfg.grad_accum, a, (int)i);
         }
@@ -1026,21 +1086,34 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
             update(&saes[i], lr, step + 1);
         }
         step++;
+        // the update's one host sync: every SAE's stats, and where an alive window ends its alive
+        // count (its fired flags then cleared for the next window), come back together
+        std::vector<char> window_ends(saes.size());
+        for (size_t i = 0, at = 0; i < saes.size(); i++) {
+            SaeRun<floatX>& s = saes[i];
+            const size_t n = NUM_STATS_FIXED + s.K;
+            cudaCheck(cudaMemcpyAsync(e.stats_pinned + at, s.stats.sums, n * sizeof(float), cudaMemcpyDeviceToHost, main_stream));
+            at += n;
+            s.run.ts.alive_tokens += update_tokens;
+            window_ends[i] = s.run.ts.alive_tokens >= cfg.alive_window;
+            if (window_ends[i]) {
+                sae_count_alive(s.stats.alive_count, s.stats.fired_train, s.D, main_stream);
+                cudaCheck(cudaMemcpyAsync(e.alive_pinned + i, s.stats.alive_count, sizeof(int), cudaMemcpyDeviceToHost, main_stream));
+                cudaCheck(cudaMemsetAsync(s.stats.fired_train, 0, s.D * sizeof(unsigned int), main_stream));
+            }
+        }
+        cudaCheck(cudaStreamSynchronize(main_stream));
         std::vector<StepLog> sls;
-        for (SaeRun<floatX>& s : saes) {
-            std::vector<float> st(NUM_STATS_FIXED + s.K);
-            cudaCheck(cudaMemcpy(st.data(), s.stats.sums, st.size() * sizeof(float), cudaMemcpyDeviceToHost));
-            StepLog sl = step_terms(&s, st);
+        for (size_t i = 0, at = 0; i < saes.size(); i++) {
+            SaeRun<floatX>& s = saes[i];
+            const size_t n = NUM_STATS_FIXED + s.K;
+            StepLog sl = step_terms(&s, std::vector<float>(e.stats_pinned + at, e.stats_pinned + at + n));
+            at += n;
             die_context() = sweep_context(s.cfg);
             check_finite(sl.loss, sl.grad_norm, step);
             die_context().clear();
-            s.run.ts.alive_tokens += update_tokens;
-            if (s.run.ts.alive_tokens >= cfg.alive_window) {
-                int alive = 0;
-                sae_count_alive(s.stats.alive_count, s.stats.fired_train, s.D, 0);
-                cudaCheck(cudaMemcpy(&alive, s.stats.alive_count, sizeof(int), cudaMemcpyDeviceToHost));
-                cudaCheck(cudaMemset(s.stats.fired_train, 0, s.D * sizeof(unsigned int)));
-                sl.alive = s.run.ts.last_alive = alive;
+            if (window_ends[i]) {
+                sl.alive = s.run.ts.last_alive = e.alive_pinned[i];
                 s.run.ts.alive_tokens = 0;
             }
             sl.step = step;

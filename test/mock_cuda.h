@@ -48,9 +48,12 @@ enum cudaError_t {
 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
-struct MockStream;
-typedef MockStream* cudaStream_t;  // the trainer passes stream 0; every call runs at once, in order
-struct MockEvent { double seconds = -1.0; };  // the host time it was last recorded, -1 before
+struct MockStream {};
+typedef MockStream* cudaStream_t;  // one stream: every call runs at once, in order (D2H async copies: see below)
+struct MockEvent {
+    double seconds = -1.0;  // the host time it was last recorded, -1 before
+    long long seq = -1;     // the async copies enqueued before that record: mock_seq then
+};
 typedef MockEvent* cudaEvent_t;
 
 inline const char* cudaGetErrorString(cudaError_t err) {
@@ -140,14 +143,90 @@ inline cudaError_t mock_copy_kind(const char* fn, void* dst, const void* src, si
     return cudaErrorInvalidValue;
 }
 
+// pinned host memory (cudaMallocHost): start -> bytes; filled with 0xff as device memory is
+inline std::map<uintptr_t, size_t> mock_pinned;
+inline cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    *p = malloc(bytes ? bytes : 1);
+    if (!*p) return cudaErrorMemoryAllocation;
+    memset(*p, 0xff, bytes);
+    mock_pinned[(uintptr_t)*p] = bytes;
+    return cudaSuccess;
+}
+template <typename T>
+inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMallocHost((void**)p, bytes); }
+inline cudaError_t cudaFreeHost(void* p) {
+    if (!p) return cudaSuccess;
+    if (!mock_pinned.erase((uintptr_t)p)) return cudaErrorInvalidValue;
+    free(p);
+    return cudaSuccess;
+}
+inline bool mock_is_pinned(const void* p, size_t bytes) {
+    const uintptr_t a = (uintptr_t)p;
+    auto it = mock_pinned.upper_bound(a);
+    if (it == mock_pinned.begin()) return false;
+    --it;
+    return a >= it->first && a + bytes <= it->first + it->second;
+}
+
+// Device-to-host cudaMemcpyAsync: the bytes are taken when the call is made (the kernels before it
+// have all run here) but land in host memory only at the next synchronisation that covers them
+// (cudaStreamSynchronize, cudaDeviceSynchronize, a synchronous cudaMemcpy, or cudaEventSynchronize
+// of an event recorded after the copy). Host code that reads the result before it synchronises
+// reads the 0xff fill or the previous update's values, and the tests see it. The destination must
+// be pinned: to pageable memory the copy would synchronise, which the trainer's loop must not.
+struct MockPendingCopy { long long seq; void* dst; std::vector<char> bytes; };
+inline std::vector<MockPendingCopy> mock_pending;
+inline long long mock_seq = 0;     // async copies enqueued so far
+inline long long mock_synced = 0;  // all of them up to here are known complete (the last full synchronisation)
+
+// Host waits for the device: full synchronisations, synchronous copies, and cudaEventSynchronize
+// of an event not already known complete. With MOCK_CUDA_COUNT_SYNCS set, the count is printed at
+// exit ("mock CUDA: N host waits"), so a test can count the training loop's waits per update.
+struct MockWaitCounter {
+    long long n = 0;
+    ~MockWaitCounter() { if (getenv("MOCK_CUDA_COUNT_SYNCS")) fprintf(stderr, "mock CUDA: %lld host waits\n", n); }
+};
+inline MockWaitCounter mock_waits;
+
+inline void mock_deliver(long long up_to) {
+    std::vector<MockPendingCopy> rest;
+    for (MockPendingCopy& c : mock_pending) {
+        if (c.seq <= up_to) memcpy(c.dst, c.bytes.data(), c.bytes.size());
+        else rest.push_back(std::move(c));
+    }
+    mock_pending.swap(rest);
+}
+
+inline void mock_full_sync() {
+    mock_deliver(mock_seq);
+    mock_synced = mock_seq;
+    mock_waits.n++;
+}
+
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    mock_full_sync();
     if (bytes == 0) return cudaSuccess;
     cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
     if (err == cudaSuccess) memmove(dst, src, bytes);
     return err;
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy(dst, src, bytes, kind);
+    if (kind != cudaMemcpyDeviceToHost || bytes == 0) {  // into device memory: at once, in stream order
+        if (bytes == 0) return cudaSuccess;
+        ++mock_seq;
+        cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
+        if (err == cudaSuccess) memmove(dst, src, bytes);
+        return err;
+    }
+    cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
+    if (err != cudaSuccess) return err;
+    if (!mock_is_pinned(dst, bytes)) {
+        fprintf(stderr, "[mock CUDA] cudaMemcpyAsync of %zu bytes to pageable host memory %p: that copy synchronises; use cudaMallocHost\n",
+                bytes, dst);
+        return cudaErrorInvalidValue;
+    }
+    mock_pending.push_back({++mock_seq, dst, std::vector<char>((const char*)src, (const char*)src + bytes)});
+    return cudaSuccess;
 }
 
 // height rows of width bytes, rows dpitch / spitch bytes apart
@@ -197,7 +276,12 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 inline cudaError_t cudaEventCreate(cudaEvent_t* ev) { *ev = new MockEvent(); return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t ev) { delete ev; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t) { ev->seconds = now_seconds(); return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t) { ev->seconds = now_seconds(); ev->seq = mock_seq; return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
+    if (ev->seq > mock_synced) mock_waits.n++;
+    mock_deliver(ev->seq);
+    return cudaSuccess;
+}
 // as CUDA: an error unless both events have been recorded
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
     if (start->seconds < 0 || end->seconds < 0) return cudaErrorInvalidResourceHandle;
@@ -221,8 +305,11 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
     prop->major = 9;
     return cudaSuccess;
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { mock_full_sync(); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { mock_full_sync(); return cudaSuccess; }
+inline MockStream mock_stream;
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = &mock_stream; return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { return s == &mock_stream ? cudaSuccess : cudaErrorInvalidResourceHandle; }
 
 // llmc/cuda_common.cuh NvtxRange: nothing to mark without Nsight
 struct NvtxRange {
@@ -934,12 +1021,25 @@ inline void global_norm_squared(float* out, const float* g, size_t n, bool accum
 
 // adamw_update: params, m, v (n) updated in place in PyTorch's order (adamw.cuh), grads (n) read,
 // clipped by max_grad_norm against the device scalar grad_norm_sq (no clipping when it is NULL or
-// max_grad_norm <= 0)
-inline void adamw_update(float* params, float* m, float* v, const float* grads, size_t n, double lr, double beta1, double beta2,
-                         double step_size, double bc2_sqrt, double eps, double weight_decay, const float* grad_norm_sq,
-                         double max_grad_norm, cudaStream_t) {
+// max_grad_norm <= 0); each copies range gets the new params converted to floatX
+#define ADAMW_MAX_COPIES 3
+template <typename floatX>
+struct ParamCopies {
+    floatX* dst[ADAMW_MAX_COPIES] = {};
+    size_t begin[ADAMW_MAX_COPIES] = {}, n[ADAMW_MAX_COPIES] = {};
+};
+
+template <typename floatX>
+void adamw_update(float* params, float* m, float* v, const float* grads, size_t n, double lr, double beta1, double beta2,
+                  double step_size, double bc2_sqrt, double eps, double weight_decay, const float* grad_norm_sq,
+                  double max_grad_norm, const ParamCopies<floatX>& copies, cudaStream_t) {
     if (n == 0) return;
     MOCK_DEV(params, n); MOCK_DEV(m, n); MOCK_DEV(v, n); MOCK_DEV(grads, n);
+    for (int k = 0; k < ADAMW_MAX_COPIES; k++)
+        if (copies.dst[k]) {
+            MOCK_REQUIRE(copies.begin[k] + copies.n[k] <= n, "a copy range past the parameters");
+            MOCK_DEV(copies.dst[k], copies.n[k]);
+        }
     float clip = 1.0f;
     if (max_grad_norm > 0.0 && grad_norm_sq != nullptr) {
         MOCK_DEV(grad_norm_sq, 1);
@@ -959,6 +1059,8 @@ inline void adamw_update(float* params, float* m, float* v, const float* grads, 
         params[i] = p - step * (mi / denom);
         m[i] = mi;
         v[i] = vi;
+        for (int k = 0; k < ADAMW_MAX_COPIES; k++)
+            if (copies.dst[k] && i - copies.begin[k] < copies.n[k]) copies.dst[k][i - copies.begin[k]] = from_float<floatX>(params[i]);
     }
 }
 

@@ -27,6 +27,10 @@ What is compared with what, and why the tolerances are what they are:
   (check_sweep_exact), and a 4 + 6 step resume a straight run (check_resume): fp32 and bf16.
 - a run or sweep that does not fit the device's memory (the mock reports MOCK_CUDA_MEMORY_GIB) is
   refused in one line, before anything is allocated or written.
+- the training loop waits for the device once per update: the mock counts host waits (full
+  synchronisations, synchronous copies, event waits not already passed) in runs of 3 and 9 updates.
+  Its device-to-host async copies land only at a synchronisation, so a result read before one is
+  the 0xff fill and fails the comparisons above.
 - --dump-features against the CPU trainer's on the same SAE, fp32: dev/compare_features.py
   --tol 1e-4, as dev/gpu_check.sh's dump_compare (measured: values within 4e-7, every position,
   token and ablated feature the same); a sweep's dumps equal its single runs' bit for bit (fp32, bf16).
@@ -205,6 +209,33 @@ TEST_CASE("mocked GPU: resume after 4 steps continues bit-exactly (fp32 and bf16
 TEST_CASE("mocked GPU sweep: each SAE equals its single run bit for bit, and a resumed sweep a straight one (fp32 and bf16)", "[sweep]") {
     check_sweep_exact(MOCKED, "--precision fp32 --alive-window 96", "mock_fp32");
     check_sweep_exact(MOCKED, "--precision bf16 --alive-window 96", "mock_bf16");
+}
+
+// ----------------------------------------------------------------------------
+// host waits: the training loop syncs with the device once per update (the stats readback); token
+// uploads go through pinned buffers without a wait. Counted by the mock (MOCK_CUDA_COUNT_SYNCS):
+// two runs that differ only in their number of updates, alive windows closing in both
+
+static long long mock_host_waits(const std::string& mode, int steps, const std::string& extra) {
+    const std::string out = "build/test_out/mock_waits_" + std::to_string(steps);
+    run_cmd("rm -rf " + out);
+    RunResult r = run_cmd("MOCK_CUDA_COUNT_SYNCS=1 " + trainer_cmd(MOCKED, ref_for_mode(mode), mode, out,
+                                                                  "--max-steps " + std::to_string(steps) + " " + extra));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    const size_t at = r.out.find("mock CUDA: ");
+    REQUIRE(at != std::string::npos);
+    return atoll(r.out.c_str() + at + strlen("mock CUDA: "));
+}
+
+TEST_CASE("mocked GPU: the training loop waits for the device once per update", "[sync]") {
+    for (const char* precision : {"fp32", "bf16"}) {
+        const std::string extra = std::string("--precision ") + precision + " --alive-window 96 --eval-samples 0";
+        const long long w3 = mock_host_waits("e2e+ds", 3, extra), w9 = mock_host_waits("e2e+ds", 9, extra);
+        printf("measured: mocked GPU %s e2e+ds host waits: %lld over 3 updates, %lld over 9 (setup and saves included): %.2f per update\n",
+               precision, w3, w9, (w9 - w3) / 6.0);
+        CHECK(w9 - w3 == 6);
+    }
 }
 
 // ----------------------------------------------------------------------------

@@ -229,6 +229,7 @@ struct Engine {
     int L_lo = 0, L_hi = 0, D_max = 0;    // the lowest and highest SAE layer, the largest d_sae
     bool train_logits = false;            // some SAE trains on the KL: the clean pass goes to the logits
     bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
+    bool fused_backward = false;          // --fused-backward on: the SAE's one-pass backward, the DGELU epilogue (bf16)
     DeviceArena arena;
     size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0;
     GPT2Device<floatX> model;
@@ -409,6 +410,7 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
     e->n_layer = mc.num_layers;
     e->Vp = (e->V + 127) / 128 * 128;
     e->flash = cfg.attention == "flash";
+    e->fused_backward = cfg.fused_backward == "on";
     for (SaeRun<floatX>& s : saes) { s.L = s.cfg.layer; s.K = std::max(0, e->n_layer - 1 - s.L); }
     const size_t total = plan_bytes(e, saes, saes.size());
     size_t free_b = 0, total_b = 0, sae_bytes = 0;
@@ -641,8 +643,12 @@ void block_backward(Engine<floatX>* e, int l, const BlockActs<floatX>* a, floatX
     BlockGrads<floatX>& g = e->acts.bg;
     int C = e->C, N = B * e->T;
     // MLP: out = res2 + fcproj(gelu(fc(ln2(res2)))), so dres2 = dresid + the MLP path's
-    matmul_backward_dinp(g.dfch, dresid, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, main_stream);
-    gelu_backward_inplace(g.dfch, a->fch, (size_t)N * 4 * C, main_stream);
+    if (e->fused_backward) {
+        matmul_backward_dinp_gelu(g.dfch, dresid, w.fcprojw + (size_t)l * C * 4 * C, a->fch, N, 4 * C, C, main_stream);
+    } else {
+        matmul_backward_dinp(g.dfch, dresid, w.fcprojw + (size_t)l * C * 4 * C, N, 4 * C, C, false, main_stream);
+        gelu_backward_inplace(g.dfch, a->fch, (size_t)N * 4 * C, main_stream);
+    }
     matmul_backward_dinp(g.dln, g.dfch, w.fcw + (size_t)l * 4 * C * C, N, C, 4 * C, false, main_stream);
     layernorm_backward_dinp(g.dres2, dresid, g.dln, a->res2, layer_vec(w.ln2w, l, C), a->ln2_mean, a->ln2_rstd, N, C, main_stream);
     // attention: res2 = inp + attproj(attn(qkv(ln1(inp)))), so dinp = dres2 + the attention path's
@@ -665,8 +671,9 @@ void lm_head_backward(Engine<floatX>* e, int N) {
 // SAE backward from dx_hat (N,C), accumulating over micro-batches (first = overwrite):
 //   dW_dec_norm += c^T dx_hat, db_dec += colsum(dx_hat), dc = dx_hat W_dec_norm^T,
 //   dpre = (dc + l1_scale) [c > 0], db_enc += colsum(dpre), dW_enc += x^T dpre.
-// The pass that makes dpre also adds the micro-batch's Σ|c| and count(c > 0) to stats and sets
-// the fired flags: one read of c instead of a second one in the forward.
+// With --fused-backward on, one pass makes dpre and db_enc and also adds the micro-batch's Σ|c|
+// and count(c > 0) to stats and sets the fired flags (micro_step's forward does that otherwise):
+// c and dc read once, dpre written once. Both ways give the same dpre and db_enc bits.
 // dW_dec itself comes from dW_dec_norm once per update (sae_finish_grads): the normalisation
 // backward is linear in dW_dec_norm and W_dec does not change within an update.
 template <typename floatX>
@@ -676,8 +683,13 @@ void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, in
     SaeDevice<floatX>& d = s->dev;
     Activations<floatX>& act = e->acts;
     sae_decoder_backward(d.dW_dec_norm, d.db_dec, act.dc, dx_hat, act.c, d.W_dec_norm, N, e->C, s->D, !first, main_stream);
-    sae_l1_relu_backward_stats(act.dc, d.db_enc, stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, l1_scale, N, s->D,
-                               !first, main_stream);
+    if (e->fused_backward) {
+        sae_l1_relu_backward_stats(act.dc, d.db_enc, stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, l1_scale, N, s->D,
+                                   !first, main_stream);
+    } else {
+        sae_l1_relu_backward(act.dc, act.dc, act.c, l1_scale, N, s->D, main_stream);
+        bias_grad_colsum(d.db_enc, act.dc, N, s->D, !first, main_stream);
+    }
     sae_encoder_backward(d.dW_enc, act.dc, sae_input(e, s->L), N, e->C, s->D, !first, main_stream);
 }
 
@@ -702,7 +714,9 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
     bool local = cfg.mode == MODE_LOCAL;
     {
         auto t = time_phase(e, micro, si, PH_SAE_FWD);
-        sae_forward(e, s, B);  // its L1, L0 and fired flags come from sae_backward's fused pass
+        sae_forward(e, s, B);
+        if (!e->fused_backward)  // fused, sae_backward's one pass adds them
+            sae_sparsity_l0(stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, N, s->D, main_stream);
         // MSE(x_hat, x) is logged in every mode and trained on in local mode only
         if (local) cudaCheck(cudaMemsetAsync(act.dx_hat_local, 0, NC * sizeof(floatX), main_stream));
         mse_forward_backward(stats + STAT_MSE, local ? act.dx_hat_local : (floatX*)nullptr, act.x_hat, x, NC,

@@ -8,15 +8,19 @@
 #   shapes against PyTorch and the CPU trainer, bf16 against fp32 at GPT-2 small's scales (the KL
 #   error with W_U shifted and as loaded, in $OUT/issue16.txt), and issue 14's flash attention: its
 #   kernel bench (checks and timing against the materialised attention), compute-sanitizer racecheck
-#   and memcheck on its kernels, and the trainer's --attention flash pass (test_gpt2_sae [flash]).
+#   and memcheck on its kernels, and the trainer's --attention flash pass (test_gpt2_sae [flash]); the
+#   fused SAE backward pass and the DGELU epilogue (--fused-backward on: dev/cuda/sae 6 with racecheck and
+#   memcheck, test_gpt2_sae [fused], a memcheck run) and the paper-shape bench with both fast paths.
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
 # Usage: OUT=/some/dir bash dev/gpu_check.sh [tests|kernels|core|extra|all|final|flash|peer]
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
-#   kernels: issue 14's flash attention, the e2e bf16 layer-6 benchmark and a 4-SAE sweep beside it (issue 13), memcheck e2e+ds, every dev/cuda
-#            bench; about 6 minutes
+#   kernels: issue 14's flash attention and fused backward checks, the e2e bf16 layer-6 benchmark as it is and with both
+#            (--attention flash --fused-backward on), a 4-SAE sweep beside it (issue 13), memcheck e2e+ds, every dev/cuda
+#            bench; more than 560 s of timeouts: BUDGET skips the tail (dev_cuda first), which `final` or `extra` can run
 #   core: tests then kernels (more than one `run` call allows: call tests, then kernels at once)
-#   flash: issue 14's steps alone (sized for about two minutes; not yet run on a GPU)
+#   flash: issue 14's correctness steps alone: flash attention, the fused SAE pass (dev/cuda/sae 6), the trainer with
+#            --fused-backward on ([fused], memcheck); about five minutes; not yet run on a GPU
 #   extra: the other sanitizer runs, modes, layers and precisions
 #   peer:    issue 14's side-by-side: our e2e L6 fp32 and bf16 benches, then the e2e_sae library's step (fp32, tf32,
 #            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer); not yet run on a GPU
@@ -81,7 +85,7 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 # shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
 # updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
 gpu_tests() {
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]"
     step test_sweep 120 ./test_gpt2_sae "[sweep]"
     grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" | tee "$OUT/issue13.txt"
     printf '%s\n' '{"name": "loc2", "mode": "local", "layer": 2}' '{"name": "e2e0", "mode": "e2e", "layer": 0}' \
@@ -111,8 +115,22 @@ flash_checks() {
     step sae_fused 90 dev/cuda/sae 6
     step sae_fused_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae 6
     step sae_fused_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae 6
+    # the trainer with --fused-backward on (that pass and the DGELU epilogue): against PyTorch, equal
+    # to off in fp32, resume; then memcheck on a short bf16 run with both flags of the fast path
+    step test_fused 150 ./test_gpt2_sae "[fused]"
+    step memcheck_fused 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision bf16 \
+        --fused-backward on --out /tmp/san_fused
     grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6" "$LOG"/flash_*.log "$LOG/test_flash.log" \
-        "$LOG"/sae_fused*.log | tee "$OUT/issue14.txt"
+        "$LOG"/sae_fused*.log "$LOG/test_fused.log" "$LOG/memcheck_fused.log" | tee "$OUT/issue14.txt"
+}
+
+# issue 14's target: e2e, layer 6, bf16 at the paper shape with the paths that wait for a device
+# (--attention flash --fused-backward on), right after the default bench_e2e_bf16_L6: both medians
+# and their ratio into $OUT/issue14.txt (target: >= 455,000 tokens/s)
+fast_bench() {
+    step bench_e2e_bf16_L6_fast 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --attention flash --fused-backward on \
+        --max-steps 15 --out /tmp/b1f
+    grep -h "time per step" "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_e2e_bf16_L6_fast.log" | tee -a "$OUT/issue14.txt"
 }
 
 # issue 13: a 4-SAE e2e sweep at layer 6 (sweeps/paper_e2e_L6_x4.jsonl, four lambdas from the same
@@ -152,6 +170,7 @@ if [ "$stage" = peer ]; then  # ours and the library's at the paper shape, same 
     make_paper_model
     step bench_e2e_fp32_L6 60 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision fp32 --max-steps 7 --out /tmp/b6
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
+    fast_bench
     peer_bench
 fi
 if [ "$stage" = flash ]; then
@@ -167,6 +186,7 @@ if [ "$stage" = kernels ] || [ "$stage" = core ] || [ "$stage" = all ]; then
     flash_checks
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
+    fast_bench
     sweep_bench
     memcheck e2e+ds bf16
     step dev_cuda 150 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing (attention: ~15 s of CPU reference)

@@ -72,13 +72,14 @@ inline bool epilogue_has_bias(cublasLtEpilogue_t e) {
     return e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU_BIAS ||
            e == CUBLASLT_EPILOGUE_GELU_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
 }
+// the GELU_AUX epilogues write the aux matrix (the pre-GELU values), DGELU reads it
 inline bool epilogue_has_aux(cublasLtEpilogue_t e) {
-    return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    return e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
 }
 inline bool epilogue_is_supported(cublasLtEpilogue_t e) {
     return e == CUBLASLT_EPILOGUE_DEFAULT || e == CUBLASLT_EPILOGUE_BIAS || e == CUBLASLT_EPILOGUE_RELU ||
            e == CUBLASLT_EPILOGUE_RELU_BIAS || e == CUBLASLT_EPILOGUE_GELU || e == CUBLASLT_EPILOGUE_GELU_BIAS ||
-           e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+           e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_DGELU;
 }
 
 // Largest power of two (<= 256) dividing every one of the byte offsets. cuBLASLt's heuristic
@@ -170,7 +171,7 @@ inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const vo
     if (c == NULL) c = d;
     if (c != d && (!accumulate || batch > 1)) matmul_fail("a separate C is read only with accumulate, unbatched");
     if (epilogue_has_bias(epilogue) != (bias != NULL)) matmul_fail("bias must be given exactly when the epilogue adds one");
-    if (epilogue_has_aux(epilogue) != (aux != NULL)) matmul_fail("aux must be given exactly when the epilogue stores one");
+    if (epilogue_has_aux(epilogue) != (aux != NULL)) matmul_fail("aux must be given exactly when the epilogue stores or reads one");
     // No preference states the bias's alignment (only A..D's); the heuristic infers it from the
     // pointer, and kernels for a bias under 16 bytes aligned are untested here (other projects
     // report faults). Every bias the trainer passes is carved 16-byte aligned: anything else is a bug.
@@ -179,6 +180,7 @@ inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const vo
         matmul_fail("accumulate with a ReLU/GELU epilogue would apply it to the sum");
     if (epilogue != CUBLASLT_EPILOGUE_DEFAULT && batch > 1) matmul_fail("epilogues are not supported for batched matmuls");
     if (epilogue_has_aux(epilogue) && (ldd != n || n % 8 != 0)) matmul_fail("the GELU aux matrix needs packed D with n %% 8 == 0");
+    if (epilogue == CUBLASLT_EPILOGUE_DGELU && ab_type != CUDA_R_16BF) matmul_fail("DGELU is used, and checked, in bf16 only");
 
     // cuBLAS's first operand is our B, its second our A (see the top of the file)
     const long long ab_size = (long long)matmul_type_size(ab_type), d_size = (long long)matmul_type_size(d_type);
@@ -279,8 +281,9 @@ inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const vo
 //   transA: A is stored (k,m) and used transposed; transB: B is stored (n,k) (nn.Linear weight).
 //   ab_type/d_type: CUDA_R_16BF/CUDA_R_16BF, CUDA_R_16BF/CUDA_R_32F or CUDA_R_32F/CUDA_R_32F.
 //   bias (n), of type d_type: non-NULL exactly for the *_BIAS epilogues; 16-byte aligned (checked).
-//   epilogue: CUBLASLT_EPILOGUE_DEFAULT, BIAS, RELU(_BIAS), GELU(_BIAS), GELU_AUX(_BIAS).
-//   aux (m,n), of type d_type: for GELU_AUX(_BIAS), receives the pre-GELU values; needs n % 8 == 0.
+//   epilogue: CUBLASLT_EPILOGUE_DEFAULT, BIAS, RELU(_BIAS), GELU(_BIAS), GELU_AUX(_BIAS), DGELU (bf16).
+//   aux (m,n), of type d_type: for GELU_AUX(_BIAS), receives the pre-GELU values; for DGELU, holds
+//   them, and D = gelu'(aux) ⊙ op(A)·op(B); needs n % 8 == 0.
 //   accumulate: D += result (beta = 1); only with DEFAULT or BIAS (D = D + A·B + bias).
 inline void matmul_cublaslt(void* d, const void* a, const void* b, const void* bias, int m, int n, int k,
                             bool transA, bool transB, cudaDataType_t ab_type, cudaDataType_t d_type,
@@ -341,6 +344,24 @@ void matmul_backward_dinp(floatX* dinp, const floatX* dout, const floatX* weight
     const cudaDataType_t t = cuda_dtype<floatX>();
     matmul_cublaslt(dinp, dout, weight, NULL, N, C, OC, false, false, t, t, accumulate,
                     CUBLASLT_EPILOGUE_DEFAULT, NULL, stream);
+}
+
+// The GELU's backward fused into the activation gradient of the matmul after it (fc_proj):
+//   dinp (N,C) = gelu'(pre_gelu (N,C)) ⊙ (dout (N,OC) · weight (OC,C)),
+// the CPU trainer's matmul_backward + gelu_backward pair. In bf16 with C % 8 == 0, cuBLASLt's DGELU
+// epilogue applies gelu' to the unrounded matmul output, so dinp is rounded once instead of twice
+// and the (N,C) gradient is not read and written again; otherwise (fp32: the reference precision)
+// the two run separately.
+template <typename floatX>
+void matmul_backward_dinp_gelu(floatX* dinp, const floatX* dout, const floatX* weight, const floatX* pre_gelu, int N, int C, int OC,
+                               cudaStream_t stream) {
+    if (std::is_same<floatX, bf16>::value && C % 8 == 0) {
+        matmul_cublaslt(dinp, dout, weight, NULL, N, C, OC, false, false, CUDA_R_16BF, CUDA_R_16BF, false, CUBLASLT_EPILOGUE_DGELU,
+                        (void*)pre_gelu, stream);
+    } else {
+        matmul_backward_dinp(dinp, dout, weight, N, C, OC, false, stream);
+        gelu_backward_inplace(dinp, pre_gelu, (size_t)N * C, stream);
+    }
 }
 
 // out (N,OC) = residual (N,OC) + inp (N,C) · weight (OC,C)ᵀ + bias (OC): the residual add rides on

@@ -201,6 +201,7 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
     for (const auto& kv : fields) meta.push_back(kv);
     for (const auto& kv : resume_settings(cfg)) meta.push_back(kv);
     meta.push_back({"attention", cfg.attention});  // not in resume_settings: states saved before it have none
+    meta.push_back({"fused_backward", cfg.fused_backward});  // the same
     safetensors_write(dir + "/train_state.safetensors", t, meta);
 }
 
@@ -231,8 +232,14 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
         if (meta(kv.first.c_str()) != kv.second)
             die("'%s' was saved with %s %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
                 kv.first.c_str(), meta(kv.first.c_str()).c_str(), kv.second.c_str());
-    std::string attention = "materialized";  // a state saved before --attention existed
-    for (const auto& kv : st.metadata) if (kv.first == "attention") attention = kv.second;
+    std::string attention = "materialized", fused_backward = "off";  // a state saved before the flags existed
+    for (const auto& kv : st.metadata) {
+        if (kv.first == "attention") attention = kv.second;
+        if (kv.first == "fused_backward") fused_backward = kv.second;
+    }
+    if (fused_backward != cfg.fused_backward)  // the DGELU epilogue rounds once where the kernel rounds twice
+        die("'%s' was saved with --fused-backward %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
+            fused_backward.c_str(), cfg.fused_backward.c_str());
     if (attention != cfg.attention)  // flash and materialized attention round differently in bf16
         die("'%s' was saved with --attention %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
             attention.c_str(), cfg.attention.c_str());

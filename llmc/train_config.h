@@ -48,6 +48,7 @@ struct TrainConfig {
     long long alive_window = 500000;  // tokens
     std::string precision = "fp32";
     std::string attention = "materialized";  // GPU: or flash (llmc/attention.cuh)
+    std::string fused_backward = "off";      // GPU: or on (the SAE's one-pass backward, bf16's DGELU epilogue)
     int device = 0;
     bool eval_only = false;
     bool overwrite = false;       // a fresh run may replace a run already in --out
@@ -103,10 +104,13 @@ inline void print_usage(const char* prog, bool gpu) {
     if (gpu) {
         printf("  --precision P           bf16 | fp32 [bf16]\n");
         printf("  --attention A           materialized | flash [materialized until flash has passed on a GPU]; flash: bf16, head size 64\n");
+        printf("  --fused-backward F      off | on [off until it has passed on a GPU]; on: the SAE's backward in one pass over its\n");
+        printf("                          activations, and in bf16 the MLP's GELU backward in cuBLASLt's DGELU epilogue\n");
         printf("  --device N              CUDA device [0]\n");
     } else {
         printf("  --precision fp32        accepted so command lines carry over to the GPU trainer\n");
         printf("  --attention materialized  accepted so command lines carry over to the GPU trainer\n");
+        printf("  --fused-backward off    accepted so command lines carry over to the GPU trainer\n");
     }
 }
 
@@ -189,6 +193,11 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
         c.attention = v;
         if (gpu ? (c.attention != "materialized" && c.attention != "flash") : c.attention != "materialized")
             die("--attention must be %s, got '%s'", gpu ? "materialized or flash" : "materialized (the CPU trainer has no flash attention)", v);
+    }
+    else if (f == "--fused-backward") {
+        c.fused_backward = v;
+        if (gpu ? (c.fused_backward != "off" && c.fused_backward != "on") : c.fused_backward != "off")
+            die("--fused-backward must be %s, got '%s'", gpu ? "off or on" : "off (the CPU trainer is the unfused reference)", v);
     }
     else if (f == "--device") {
         if (!gpu) die("--device is for the GPU trainer");

@@ -548,6 +548,21 @@ void matmul_backward_dinp(floatX* dinp, const floatX* dout, const floatX* weight
     for (size_t i = 0; i < y.size(); i++) dinp[i] = from_float<floatX>(y[i] + (accumulate ? to_float(dinp[i]) : 0.0f));
 }
 
+// matmul_backward_dinp_gelu: dinp (N,C) = gelu'(pre_gelu) ⊙ (dout (N,OC) · weight (OC,C)); bf16 with C % 8 == 0
+// (the DGELU epilogue) rounds once, otherwise the matmul's output is rounded before the product
+template <typename floatX>
+void matmul_backward_dinp_gelu(floatX* dinp, const floatX* dout, const floatX* weight, const floatX* pre_gelu, int N, int C, int OC,
+                               cudaStream_t stream) {
+    if (std::is_same<floatX, bf16>::value && C % 8 == 0) {
+        MOCK_DEV(dinp, (size_t)N * C); MOCK_DEV(pre_gelu, (size_t)N * C);
+        std::vector<float> y = mock_matmul(__func__, dout, weight, nullptr, N, C, OC, false, false);
+        for (size_t i = 0; i < y.size(); i++) dinp[i] = from_float<floatX>(y[i] * gelu_tanh_grad(to_float(pre_gelu[i])));
+    } else {
+        matmul_backward_dinp(dinp, dout, weight, N, C, OC, false, stream);
+        gelu_backward_inplace(dinp, pre_gelu, (size_t)N * C, stream);
+    }
+}
+
 // matmul_forward_residual: out (N,OC) = residual (N,OC) + inp (N,C) · weightᵀ + bias (OC); residual may be out
 template <typename floatX>
 void matmul_forward_residual(floatX* out, const floatX* residual, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C,

@@ -312,6 +312,20 @@ TEST_CASE("flash attention: one bf16 pass matches PyTorch and --attention materi
     printf("measured: flash vs materialized attention, bf16 one pass: worst relative error %.3g (tolerance %.1g)\n", worst, BF16_PASS_TOL);
 }
 
+// --fused-backward on (issue 14): the SAE's one-pass backward (llmc/sae_fused.cuh) and, in bf16, the
+// GELU backward in cuBLASLt's DGELU epilogue. Against PyTorch in every mode (bf16) and in fp32; in
+// fp32 the SAE's tensors equal those of off bit for bit (only the SAE pass changes there, and it
+// makes the same dpre and db_enc sums); resume bit-exact with it on
+TEST_CASE("--fused-backward on: 10 updates match PyTorch, equal off in fp32 bit for bit, and resume bit-exactly", "[gpu][fused]") {
+    for (const char* mode : {"local", "e2e", "e2e+ds"})
+        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_fused");
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 --fused-backward on", FP32_STEPS_TOL, "gpu_fp32_fused");
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_unfused");
+    check_same_tensors("build/test_out/steps_gpu_fp32_fused_e2e_ds/sae_weights.safetensors",
+                       "build/test_out/steps_gpu_fp32_unfused_e2e_ds/sae_weights.safetensors");
+    check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on");
+}
+
 TEST_CASE("flash attention: the trainer refuses it with fp32 and at a head size it does not serve, in one line", "[gpu][flash]") {
     std::string dir = ref_for_mode("e2e");  // C 32, 2 heads: head size 16
     RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e", "build/test_out/flash_refused", "--attention flash --max-steps 1"));

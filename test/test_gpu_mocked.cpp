@@ -27,6 +27,9 @@ What is compared with what, and why the tolerances are what they are:
   (check_sweep_exact), and a 4 + 6 step resume a straight run (check_resume): fp32 and bf16.
 - a run or sweep that does not fit the device's memory (the mock reports MOCK_CUDA_MEMORY_GIB) is
   refused in one line, before anything is allocated or written.
+- --fused-backward on: against the CPU trainer (fp32, every mode) and PyTorch (bf16 every mode,
+  fp32) at the bounds above; in fp32 the SAE's tensors equal those of off bit for bit (the fused
+  pass makes the same dpre and db_enc sums); resume bit-exact in bf16; a resume across the flag refused.
 - the training loop waits for the device once per update: the mock counts host waits (full
   synchronisations, synchronous copies, event waits not already passed) in runs of 3 and 9 updates.
   Its device-to-host async copies land only at a synchronisation, so a result read before one is
@@ -118,12 +121,12 @@ static double check_close_tensors(const std::string& a, const std::string& b, do
 // 10 updates of the mocked GPU trainer (fp32) and the CPU trainer on the reference config of
 // `mode`, the SAE at `layer`, with evals (every 16 rows: 4 updates; 7 rows, so the last batch is 1 row)
 // and alive windows (96 tokens: 3 updates)
-static void check_against_cpu(const std::string& mode, int layer = 1) {
-    std::string dir = ref_for_mode(mode), tag = (mode == "e2e+ds" ? "e2e_ds" : mode) + "_L" + std::to_string(layer);
+static void check_against_cpu(const std::string& mode, int layer = 1, const std::string& gpu_extra = "") {
+    std::string dir = ref_for_mode(mode), tag = (mode == "e2e+ds" ? "e2e_ds" : mode) + "_L" + std::to_string(layer) + (gpu_extra.empty() ? "" : "_x");
     std::string gpu = "build/test_out/mocked_vs_cpu_gpu_" + tag, cpu = "build/test_out/mocked_vs_cpu_cpu_" + tag;
     run_cmd("rm -rf " + gpu + " " + cpu);
     const std::string extra = " --layer " + std::to_string(layer) + " --eval-samples 7 --eval-every 16 --alive-window 96 --max-steps 10";
-    RunResult rg = run_cmd(trainer_cmd(MOCKED, dir, mode, gpu, "--precision fp32" + extra));
+    RunResult rg = run_cmd(trainer_cmd(MOCKED, dir, mode, gpu, "--precision fp32 " + gpu_extra + extra));
     INFO(rg.out);
     REQUIRE(rg.code == 0);
     RunResult rc = run_cmd(trainer_cmd("./train_gpt2_sae_cpu", dir, mode, cpu, extra));
@@ -138,8 +141,8 @@ static void check_against_cpu(const std::string& mode, int layer = 1) {
         double err = check_close_tensors(gpu + "/" + f, cpu + "/" + f, CPU_TENSOR_TOL, &tensors, &what);
         if (err > tensor_worst) { tensor_worst = err; tensor_what = std::string(f) + " " + what; }
     }
-    printf("measured: mocked GPU fp32 against the CPU trainer, %s at layer %d, 10 updates: worst relative difference %.3g over %d log "
-           "values (%s; tolerance %.0e), %.3g over %d tensors (%s; tolerance %.0e)\n", mode.c_str(), layer, log_worst, values,
+    printf("measured: mocked GPU fp32%s against the CPU trainer, %s at layer %d, 10 updates: worst relative difference %.3g over %d log "
+           "values (%s; tolerance %.0e), %.3g over %d tensors (%s; tolerance %.0e)\n", gpu_extra.empty() ? "" : (" " + gpu_extra).c_str(), mode.c_str(), layer, log_worst, values,
            log_what.c_str(), CPU_LOG_TOL, tensor_worst, tensors, tensor_what.c_str(), CPU_TENSOR_TOL);
 }
 
@@ -209,6 +212,31 @@ TEST_CASE("mocked GPU: resume after 4 steps continues bit-exactly (fp32 and bf16
 TEST_CASE("mocked GPU sweep: each SAE equals its single run bit for bit, and a resumed sweep a straight one (fp32 and bf16)", "[sweep]") {
     check_sweep_exact(MOCKED, "--precision fp32 --alive-window 96", "mock_fp32");
     check_sweep_exact(MOCKED, "--precision bf16 --alive-window 96", "mock_bf16");
+}
+
+// ----------------------------------------------------------------------------
+// --fused-backward on: the SAE's one-pass backward (and in bf16 the DGELU epilogue) through the
+// trainer's host code: against the CPU trainer and PyTorch, the same SAE bits as off in fp32 (where
+// only the SAE pass changes, and its dpre and db_enc are the same sums), resume bit-exact, and a
+// resume across the flag refused
+
+TEST_CASE("mocked GPU --fused-backward on: matches the CPU trainer and PyTorch, equals off in fp32, resumes bit-exactly", "[steps][fused]") {
+    for (const char* mode : {"local", "e2e", "e2e+ds"}) {
+        check_against_cpu(mode, 1, "--fused-backward on");
+        check_ten_steps(MOCKED, mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "mock_bf16_fused");
+    }
+    check_ten_steps(MOCKED, "e2e+ds", "--precision fp32 --fused-backward on", FP32_STEPS_TOL, "mock_fp32_fused");
+    check_ten_steps(MOCKED, "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "mock_fp32_unfused");
+    check_same_tensors("build/test_out/steps_mock_fp32_fused_e2e_ds/sae_weights.safetensors",
+                       "build/test_out/steps_mock_fp32_unfused_e2e_ds/sae_weights.safetensors");
+    check_resume(MOCKED, "--precision bf16 --fused-backward on --alive-window 96");
+    const std::string dir = ref_for_mode("e2e"), out = "build/test_out/mock_fused_resume_refused";
+    run_cmd("rm -rf " + out);
+    REQUIRE(run_cmd(trainer_cmd(MOCKED, dir, "e2e", out, "--precision bf16 --max-steps 2")).code == 0);
+    RunResult r = run_cmd(trainer_cmd(MOCKED, dir, "e2e", out, "--precision bf16 --max-steps 4 --fused-backward on --resume " + out));
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("was saved with --fused-backward off, this run has on") != std::string::npos);
 }
 
 // ----------------------------------------------------------------------------

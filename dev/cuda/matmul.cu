@@ -23,6 +23,9 @@ every size a multiple of 8 (m 40, n 56, k 32) and once with none (m 37, n 53, k 
   - strided batched: attention's three shapes (one with a row stride wider than the row, as the
     per-head output into (B,T,C)), and odd row/batch strides with gaps, alpha 0.5, with and
     without accumulate; the gaps must come back untouched
+  - matmul_backward_dinp_gelu (--fused-backward: the DGELU epilogue in bf16 when C % 8 == 0, else
+    matmul_backward_dinp then gelu_backward_inplace) against the tanh GELU's derivative in double
+    (2e-3 for the epilogue, as for its GELU), timed against the separate pair at fc_proj's shape
   - matmul_forward (no bias, bias, pre_gelu fused and unfused), matmul_forward_residual (the
     residual as a separate C, which must come back untouched, and in place), matmul_forward_fp32_out (the LM
     head's fp32 logits; 1e-5 in both precisions, as its products are exact) and matmul_backward_dinp
@@ -422,6 +425,26 @@ int check_gpt2_wrappers(bool odd, float tol) {
         snprintf(name, sizeof(name), "backward dinp acc OC=%d", OC);
         failures += !check_result(d_dinp0, ref_dinp_acc.data(), name, NC, tol);
 
+        {  // the GELU backward fused in (--fused-backward): dinp = gelu'(pre_gelu) ⊙ (dout · weight), pre_gelu
+           // (N,C) in [-4, 4] (both tails of gelu'); bf16 with C % 8 == 0 takes the DGELU epilogue
+            float* pre_c = make_random_float(NC, -4.0f, 4.0f);
+            round_to_storage<floatX>(pre_c, NC);
+            std::vector<float> ref_dg(NC);
+            for (size_t i = 0; i < NC; i++) {
+                const double x = pre_c[i], u = sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x), t = tanh(u);
+                const double grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * sqrt(2.0 / M_PI) * (1.0 + 3.0 * 0.044715 * x * x);
+                ref_dg[i] = (float)(ref_dinp[i] * grad);
+            }
+            floatX* d_pre_c = to_device<floatX>(pre_c, NC);
+            const bool dgelu = std::is_same<floatX, bf16>::value && C % 8 == 0;
+            poison(d_dinp, NC * sizeof(floatX));
+            matmul_backward_dinp_gelu(d_dinp, d_dout, d_weight, d_pre_c, N, C, OC, 0);
+            snprintf(name, sizeof(name), "backward dinp gelu %s OC=%d", dgelu ? "DGELU" : "separate", OC);
+            failures += !check_result(d_dinp, ref_dg.data(), name, NC, dgelu ? fmaxf(tol, 2e-3f) : tol);
+            cudaCheck(cudaFree(d_pre_c));
+            free(pre_c);
+        }
+
         cudaCheck(cudaFree(d_inp)); cudaCheck(cudaFree(d_weight)); cudaCheck(cudaFree(d_bias));
         cudaCheck(cudaFree(d_dout)); cudaCheck(cudaFree(d_dinp0)); cudaCheck(cudaFree(d_out));
         cudaCheck(cudaFree(d_pre)); cudaCheck(cudaFree(d_dinp));
@@ -489,6 +512,20 @@ void bench_gpt2(int warmup, int repeats) {
     float ms = benchmark_kernel(warmup, repeats, [&] { matmul_backward_dinp(out, dout, weight, N, C, 4 * C, false, 0); });
     snprintf(what, sizeof(what), "%s backward dinp fc", tn);
     report(what, N, C, 4 * C, ms);
+    // fc_proj's dinp (N,4C) with the GELU backward: the DGELU epilogue (bf16, --fused-backward on)
+    // against the matmul then gelu_backward_inplace
+    const float ms_sep = benchmark_kernel(warmup, repeats, [&] {
+        matmul_backward_dinp(out, dout, weight, N, 4 * C, C, false, 0);
+        gelu_backward_inplace(out, pre, (size_t)N * 4 * C, 0);
+    });
+    snprintf(what, sizeof(what), "%s backward dinp fc_proj + gelu separate", tn);
+    report(what, N, 4 * C, C, ms_sep);
+    if (std::is_same<floatX, bf16>::value) {
+        const float ms_fused = benchmark_kernel(warmup, repeats, [&] { matmul_backward_dinp_gelu(out, dout, weight, pre, N, 4 * C, C, 0); });
+        snprintf(what, sizeof(what), "%s backward dinp fc_proj + gelu DGELU", tn);
+        report(what, N, 4 * C, C, ms_fused);
+        printf("  DGELU epilogue is %.2fx the separate pair\n", ms_sep / ms_fused);
+    }
     cudaCheck(cudaFree(inp)); cudaCheck(cudaFree(weight)); cudaCheck(cudaFree(bias));
     cudaCheck(cudaFree(dout)); cudaCheck(cudaFree(out)); cudaCheck(cudaFree(pre));
 }

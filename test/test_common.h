@@ -122,8 +122,43 @@ static std::vector<JsonValue> read_log(const std::string& path) {
 // runs `binary` for 10 updates on the reference config and compares its log and final state; with
 // ref_dir, on that reference instead (`extra` then restates the flags in which it differs from
 // trainer_cmd's, a repeated flag's last value winning), where clipping need not be active
+// The encoder's final W_enc (C,D) and b_enc (D) under bf16 (gates_may_flip): a pre-activation within
+// rounding of 0 fires on one side only, and such a feature's column then gets another Adam update
+// (a rare feature's gradient is zero on one side and normalised to ~lr on the other). Every column
+// is held to tol except at most FLIP_FEATURES_MAX of them, each within the most two Adam
+// trajectories can part, 2·Σ lr_t (each moves an element by ~lr_t per step), relative to max |ref|.
+// Measured through the mock at the odd shapes (test_gpt2_sae [odd] built against test/mock_cuda.h):
+// 2 of 1001 columns above 5e-2, the worst at 6.5e-2 against a bound of 0.155, the rest within 4.6e-2.
+static const double FLIP_FEATURES_MAX = 0.02;
+static void check_encoder_columns(const std::vector<float>& ours, const std::vector<float>& ref, size_t D, double tol, double lr_sum,
+                                  const std::string& what, double* worst) {
+    REQUIRE(ours.size() == ref.size());
+    double maxb = 0;
+    for (float v : ref) maxb = std::max(maxb, (double)fabsf(v));
+    if (maxb == 0) maxb = 1;
+    std::vector<double> col(D, 0.0);
+    for (size_t i = 0; i < ref.size(); i++) {
+        double d = fabs((double)ours[i] - ref[i]) / maxb;
+        if (!(d <= col[i % D])) col[i % D] = std::isnan(d) ? INFINITY : d;
+    }
+    size_t over = 0;
+    double bulk = 0, most = 0;
+    for (double e : col) {
+        if (e > tol) over++;
+        else bulk = std::max(bulk, e);
+        if (!(e <= most)) most = e;
+    }
+    const double bound = 2.0 * lr_sum / maxb;
+    printf("measured: %s: %zu of %zu features past %.0e (at most %.0f%%), the worst %.3g (bound 2·Σlr/max|ref| = %.3g); the rest within %.3g\n",
+           what.c_str(), over, D, tol, 100 * FLIP_FEATURES_MAX, most, bound, bulk);
+    INFO(what << ": " << over << " features past " << tol << ", worst " << most);
+    CHECK(over <= FLIP_FEATURES_MAX * D);
+    CHECK(most <= bound);
+    *worst = std::max(*worst, bulk);
+}
+
 static void check_ten_steps(const std::string& binary, const std::string& mode, const std::string& extra, double tol, const std::string& tag,
-                            const std::string& ref_dir = "") {
+                            const std::string& ref_dir = "", bool gates_may_flip = false) {
     std::string dir = ref_dir.empty() ? ref_for_mode(mode) : ref_dir;
     std::string ep = dir + "/expected.safetensors";
     std::string out = "build/test_out/steps_" + tag + "_" + std::string(mode == "e2e+ds" ? "e2e_ds" : mode);
@@ -156,10 +191,18 @@ static void check_ten_steps(const std::string& binary, const std::string& mode, 
     }
     if (ref_dir.empty()) CHECK(clipped > 0);  // the run must exercise clipping
     const char* names[4] = {"W_enc", "b_enc", "W_dec", "b_dec"};
-    for (const char* n : names)
-        CHECK_CLOSE(read_tensor(out + "/train_state.safetensors", n), read_tensor(ep, std::string("final_") + n), tol, mode << " final " << n);
-    for (const char* n : names)
-        worst = std::max(worst, rel_err(read_tensor(out + "/train_state.safetensors", n), read_tensor(ep, std::string("final_") + n)));
+    double lr_sum = 0;
+    for (int s = 0; s < 10; s++) lr_sum += log[s].get("lr")->num;
+    for (const char* n : names) {
+        auto ours = read_tensor(out + "/train_state.safetensors", n), ref = read_tensor(ep, std::string("final_") + n);
+        if (gates_may_flip && (std::string(n) == "W_enc" || std::string(n) == "b_enc")) {
+            const size_t D = read_tensor(ep, "final_b_enc").size();  // W_enc is (C,D): feature i % D
+            check_encoder_columns(ours, ref, D, tol, lr_sum, tag + " " + mode + " final " + n, &worst);
+            continue;
+        }
+        CHECK_CLOSE(ours, ref, tol, mode << " final " << n);
+        worst = std::max(worst, rel_err(ours, ref));
+    }
     printf("measured: %s %s 10 steps: worst relative error %.3g (tolerance %.1g)\n", tag.c_str(), mode.c_str(), worst, tol);
 }
 

@@ -13,8 +13,16 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
   or a missing term is O(1).
 - 10 updates: fp32 1e-4 (as the CPU trainer, see test_cpu.cpp); bf16 5e-2 on the logged terms
   and the final parameters (Adam normalises the noisy bf16 gradients, so updates stay within a
-  few percent of the fp32 ones).
+  few percent of the fp32 ones), except that up to 2% of the features' W_enc / b_enc columns may
+  exceed it, each within 2·Σ lr_t of torch's: those whose gates flipped (below), whose Adam
+  updates then differ (test_common.h, check_encoder_columns; the odd shapes need it, 2 of 1001).
 - resume: bit-exact in both precisions (every reduction is deterministic).
+- gates: a pre-activation within rounding of 0 fires on one side only; each such flip moves its
+  feature's encoder gradient column by a whole token's x_t·dpre_t, beyond any rounding bound. The
+  one-pass checks count the flips (at most 0.5% of the gates; the mock measures 16 of 34034 at
+  the odd shapes in bf16, none in fp32) and compare grad_W_enc and grad_b_enc on the features
+  without one. At the odd shapes in bf16 the whole tensors missed 6e-2 through the mock (6.7e-2
+  and 9.0e-2 for grad_W_enc), from those columns alone.
 - odd shapes ([odd], issue 16): the same bounds at C = 100 (4 heads of 25), d_sae = 1001, T = 17,
   V = 1000, where bias slices, row strides and the vocabulary padding are misaligned or ragged
   (one pass of the GPU trainer in three modes, 10 updates of both trainers).
@@ -42,6 +50,7 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
 
 static const double FP32_PASS_TOL = 3e-5, BF16_PASS_TOL = 6e-2;
 static const double FP32_STEPS_TOL = 1e-4, BF16_STEPS_TOL = 5e-2;
+static const double MAX_FLIP_FRACTION = 5e-3;  // of an SAE's gates, one pass (measured through the mock: 4.7e-4 in bf16, 0 in fp32)
 
 template <typename T>
 static std::vector<float> download(const T* d, size_t n, size_t rows = 0, size_t ld = 0, size_t cols = 0) {
@@ -139,13 +148,38 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     };
     close(download(sae_input(&e, sr.L), (size_t)N * C), "sae_in");
     close(download(e.acts.c, (size_t)N * D), "c");
-    {  // gates that bf16 rounding flips (c > 0 here but not in torch, or the reverse): each moves that feature's
-       // gradients by a whole token's contribution, which no rounding bound covers; counted to read the gradients by
+    // Gates that rounding flips (c > 0 here but not in torch, or the reverse: a pre-activation within
+    // rounding of 0). A flip adds or drops a whole token's x_t·dpre_tj in feature j's encoder gradient
+    // column, which no rounding bound covers, so the encoder gradients are compared on the features whose
+    // gates all agree with torch's; the flips themselves are bounded (MAX_FLIP_FRACTION of the gates:
+    // a wrong threshold or index flips far more) and counted.
+    std::vector<char> agrees(D, 1);
+    size_t flips = 0;
+    {
         std::vector<float> ours = download(e.acts.c, (size_t)N * D), ref = t("c");
-        size_t flips = 0, fired = 0;
-        for (size_t i = 0; i < ours.size(); i++) { flips += (ours[i] > 0.0f) != (ref[i] > 0.0f); fired += ref[i] > 0.0f; }
-        printf("measured: %s gates flipped against torch: %zu of %zu (torch fires %zu)\n", tag.c_str(), flips, ours.size(), fired);
+        size_t fired = 0;
+        for (size_t i = 0; i < ours.size(); i++) {
+            const bool flip = (ours[i] > 0.0f) != (ref[i] > 0.0f);
+            flips += flip;
+            fired += ref[i] > 0.0f;
+            if (flip) agrees[i % D] = 0;
+        }
+        const size_t excluded = std::count(agrees.begin(), agrees.end(), 0);
+        printf("measured: %s gates flipped against torch: %zu of %zu (torch fires %zu); features with a flip, left out of the "
+               "encoder gradients' comparison: %zu of %d\n", tag.c_str(), flips, ours.size(), fired, excluded, D);
+        INFO(tag << ": " << flips << " gates flipped of " << ours.size());
+        CHECK(flips <= MAX_FLIP_FRACTION * ours.size());
     }
+    // the encoder gradients, (C,D) and (D), on the features whose gates agree
+    auto close_features = [&](const std::vector<float>& ours, const std::string& name) {
+        std::vector<float> ref = t(name), a, b;
+        for (size_t i = 0; i < ref.size(); i++)
+            if (agrees[i % D]) { a.push_back(ours[i]); b.push_back(ref[i]); }
+        double err = rel_err(a, b);
+        worst = std::max(worst, err);
+        INFO(tag << " " << name << " (features whose gates agree) rel err " << err);
+        CHECK(err <= tol);
+    };
     close(download(e.acts.x_hat, (size_t)N * C), "x_hat");
     scalar(s[STAT_L1] / N / C, "sparsity");
     scalar(s[STAT_L0] / N, "l0");
@@ -155,8 +189,8 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     for (int k = 0; k < sr.K; k++) ds += s[STAT_DS + k] / N / C;
     if (mode == "e2e+ds") scalar(ds / sr.K, "ds_mse");
     else CHECK(ds == 0.0);  // trained on, and summed, in e2e+ds only
-    close(download(sr.dev.dW_enc, (size_t)C * D), "grad_W_enc");
-    close(download(sr.dev.db_enc, (size_t)D), "grad_b_enc");
+    close_features(download(sr.dev.dW_enc, (size_t)C * D), "grad_W_enc");
+    close_features(download(sr.dev.db_enc, (size_t)D), "grad_b_enc");
     close(download(sr.dev.dW_dec, (size_t)D * C), "grad_W_dec");
     close(download(sr.dev.db_dec, (size_t)C), "grad_b_dec");
     // logits of both branches (in fp32 the KL overwrote the spliced ones with the gradient), each row less
@@ -198,7 +232,7 @@ TEST_CASE("fp32: 10 updates with accumulation and clipping match PyTorch in ever
     for (const char* mode : {"local", "e2e", "e2e+ds"}) check_ten_steps("./train_gpt2_sae", mode, "--precision fp32", FP32_STEPS_TOL, "gpu_fp32");
 }
 TEST_CASE("bf16: 10 updates with accumulation and clipping track PyTorch in every mode", "[gpu][steps]") {
-    for (const char* mode : {"local", "e2e", "e2e+ds"}) check_ten_steps("./train_gpt2_sae", mode, "--precision bf16", BF16_STEPS_TOL, "gpu_bf16");
+    for (const char* mode : {"local", "e2e", "e2e+ds"}) check_ten_steps("./train_gpt2_sae", mode, "--precision bf16", BF16_STEPS_TOL, "gpu_bf16", "", true);
 }
 TEST_CASE("GPU resume after 4 steps continues bit-exactly (fp32 and bf16)", "[gpu][resume]") {
     check_resume("./train_gpt2_sae", "--precision fp32");
@@ -251,7 +285,7 @@ TEST_CASE("odd shapes: one micro-batch matches PyTorch in fp32 and bf16, every m
 TEST_CASE("odd shapes: 10 updates of both trainers match PyTorch (GPU fp32 and bf16, CPU)", "[gpu][odd]") {
     std::string dir = odd_ref("e2e+ds");
     check_ten_steps("./train_gpt2_sae", "e2e+ds", "--seq-len 17 --precision fp32", FP32_STEPS_TOL, "odd_gpu_fp32", dir);
-    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--seq-len 17 --precision bf16", BF16_STEPS_TOL, "odd_gpu_bf16", dir);
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--seq-len 17 --precision bf16", BF16_STEPS_TOL, "odd_gpu_bf16", dir, true);
     check_ten_steps("./train_gpt2_sae_cpu", "e2e+ds", "--seq-len 17", FP32_STEPS_TOL, "odd_cpu", dir);
 }
 
@@ -318,7 +352,7 @@ TEST_CASE("flash attention: one bf16 pass matches PyTorch and --attention materi
 // makes the same dpre and db_enc sums); resume bit-exact with it on
 TEST_CASE("--fused-backward on: 10 updates match PyTorch, equal off in fp32 bit for bit, and resume bit-exactly", "[gpu][fused]") {
     for (const char* mode : {"local", "e2e", "e2e+ds"})
-        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_fused");
+        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_fused", "", true);
     check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 --fused-backward on", FP32_STEPS_TOL, "gpu_fp32_fused");
     check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_unfused");
     check_same_tensors("build/test_out/steps_gpu_fp32_fused_e2e_ds/sae_weights.safetensors",

@@ -19,7 +19,7 @@ What is compared with what, and why the tolerances are what they are:
   (measured <= 3.2e-7). A wrong index, scale or stat slot is 1e-2 or worse. The mock's sums run in
   its own fixed order: its results are not a GPU's bits, only what the host code decides is tested.
 - bf16: the same 10 updates track PyTorch at 5e-2 (test_gpt2_sae's bound: every activation rounded
-  to 8 bits; measured 7.4e-3); --attention flash (head size 64, T 80) tracks it as --attention
+  to 8 bits; measured 7.4e-3; the encoder's columns as test_gpt2_sae checks them, gates may flip); --attention flash (head size 64, T 80) tracks it as --attention
   materialized does (both 3.8e-2), and the refusals of flash with fp32 or another head size.
 - odd shapes (C 100, 4 heads of 25, d_sae 1001, T 17, V 1000): fp32 at 1e-4 (bf16: see there);
   the mock refuses a misaligned cuBLASLt bias, so layer slices without the padded stride fail here.
@@ -159,7 +159,7 @@ TEST_CASE("mocked GPU fp32: 10 updates, evals and alive windows match the CPU tr
 }
 
 TEST_CASE("mocked GPU bf16: 10 updates with accumulation and clipping track PyTorch in every mode", "[steps]") {
-    for (const char* mode : {"local", "e2e", "e2e+ds"}) check_ten_steps(MOCKED, mode, "--precision bf16", BF16_STEPS_TOL, "mock_bf16");
+    for (const char* mode : {"local", "e2e", "e2e+ds"}) check_ten_steps(MOCKED, mode, "--precision bf16", BF16_STEPS_TOL, "mock_bf16", "", true);
 }
 
 // test_gpt2_sae's flash model: 3 layers, C 128 in 2 heads of 64 (the flash head size), T 80
@@ -168,7 +168,7 @@ TEST_CASE("mocked GPU bf16 --attention flash: 10 updates track PyTorch and --att
                                               "--mode e2e+ds --batch 2 --seq-len 80 --grad-accum 2 --steps 10 --lr 1e-3 --warmup-samples 8 --samples 200");
     for (const char* attention : {"flash", "materialized"})
         check_ten_steps(MOCKED, "e2e+ds", std::string("--seq-len 80 --precision bf16 --attention ") + attention, BF16_STEPS_TOL,
-                        std::string("mock_bf16_") + attention, dir);
+                        std::string("mock_bf16_") + attention, dir, true);
     int tensors = 0;
     double err = check_close_tensors("build/test_out/steps_mock_bf16_flash_e2e_ds/train_state.safetensors",
                                      "build/test_out/steps_mock_bf16_materialized_e2e_ds/train_state.safetensors", BF16_STEPS_TOL, &tensors);
@@ -223,7 +223,7 @@ TEST_CASE("mocked GPU sweep: each SAE equals its single run bit for bit, and a r
 TEST_CASE("mocked GPU --fused-backward on: matches the CPU trainer and PyTorch, equals off in fp32, resumes bit-exactly", "[steps][fused]") {
     for (const char* mode : {"local", "e2e", "e2e+ds"}) {
         check_against_cpu(mode, 1, "--fused-backward on");
-        check_ten_steps(MOCKED, mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "mock_bf16_fused");
+        check_ten_steps(MOCKED, mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "mock_bf16_fused", "", true);
     }
     check_ten_steps(MOCKED, "e2e+ds", "--precision fp32 --fused-backward on", FP32_STEPS_TOL, "mock_fp32_fused");
     check_ten_steps(MOCKED, "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "mock_fp32_unfused");

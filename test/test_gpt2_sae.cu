@@ -114,6 +114,38 @@ static std::vector<float> train_pass(Engine<floatX>* e, SaeRun<floatX>* s, const
     return st;
 }
 
+// Gates that rounding flips (c > 0 on one side only: a pre-activation within rounding of 0). A flip
+// adds or drops a whole token's x_t·dpre_tj in feature j's encoder gradient column, which no rounding
+// bound covers, so the encoder gradients are compared on the features whose gates all agree; the flips
+// themselves are bounded (MAX_FLIP_FRACTION of the gates: a wrong threshold or index flips far more)
+// and counted. c and ref (N,D); returns, per feature, whether its gates agree on every token.
+static std::vector<char> gates_agree(const std::vector<float>& c, const std::vector<float>& ref, int D, const std::string& what) {
+    REQUIRE(c.size() == ref.size());
+    std::vector<char> agrees(D, 1);
+    size_t flips = 0, fired = 0;
+    for (size_t i = 0; i < c.size(); i++) {
+        const bool flip = (c[i] > 0.0f) != (ref[i] > 0.0f);
+        flips += flip;
+        fired += ref[i] > 0.0f;
+        if (flip) agrees[i % D] = 0;
+    }
+    const size_t excluded = std::count(agrees.begin(), agrees.end(), 0);
+    printf("measured: %s: gates flipped %zu of %zu (the reference fires %zu); features with a flip, left out of the encoder "
+           "gradients' comparison: %zu of %d\n", what.c_str(), flips, c.size(), fired, excluded, D);
+    INFO(what << ": " << flips << " gates flipped of " << c.size());
+    CHECK(flips <= MAX_FLIP_FRACTION * c.size());
+    return agrees;
+}
+
+// rel_err over the elements of features that agree (a (C,D) or (D) tensor: feature i % D)
+static double rel_err_agreeing(const std::vector<float>& ours, const std::vector<float>& ref, const std::vector<char>& agrees) {
+    REQUIRE(ours.size() == ref.size());
+    std::vector<float> a, b;
+    for (size_t i = 0; i < ref.size(); i++)
+        if (agrees[i % agrees.size()]) { a.push_back(ours[i]); b.push_back(ref[i]); }
+    return rel_err(a, b);
+}
+
 // one micro-batch on the GPU with the reference's model, SAE and rows 0..B-1, accum 1; by default
 // the common reference (C 32, D 64, V 97, B 2, T 8)
 template <typename floatX>
@@ -148,34 +180,10 @@ static void check_single_pass(const std::string& mode, std::string dir = "", int
     };
     close(download(sae_input(&e, sr.L), (size_t)N * C), "sae_in");
     close(download(e.acts.c, (size_t)N * D), "c");
-    // Gates that rounding flips (c > 0 here but not in torch, or the reverse: a pre-activation within
-    // rounding of 0). A flip adds or drops a whole token's x_t·dpre_tj in feature j's encoder gradient
-    // column, which no rounding bound covers, so the encoder gradients are compared on the features whose
-    // gates all agree with torch's; the flips themselves are bounded (MAX_FLIP_FRACTION of the gates:
-    // a wrong threshold or index flips far more) and counted.
-    std::vector<char> agrees(D, 1);
-    size_t flips = 0;
-    {
-        std::vector<float> ours = download(e.acts.c, (size_t)N * D), ref = t("c");
-        size_t fired = 0;
-        for (size_t i = 0; i < ours.size(); i++) {
-            const bool flip = (ours[i] > 0.0f) != (ref[i] > 0.0f);
-            flips += flip;
-            fired += ref[i] > 0.0f;
-            if (flip) agrees[i % D] = 0;
-        }
-        const size_t excluded = std::count(agrees.begin(), agrees.end(), 0);
-        printf("measured: %s gates flipped against torch: %zu of %zu (torch fires %zu); features with a flip, left out of the "
-               "encoder gradients' comparison: %zu of %d\n", tag.c_str(), flips, ours.size(), fired, excluded, D);
-        INFO(tag << ": " << flips << " gates flipped of " << ours.size());
-        CHECK(flips <= MAX_FLIP_FRACTION * ours.size());
-    }
+    const std::vector<char> agrees = gates_agree(download(e.acts.c, (size_t)N * D), t("c"), D, tag + " against torch");
     // the encoder gradients, (C,D) and (D), on the features whose gates agree
     auto close_features = [&](const std::vector<float>& ours, const std::string& name) {
-        std::vector<float> ref = t(name), a, b;
-        for (size_t i = 0; i < ref.size(); i++)
-            if (agrees[i % D]) { a.push_back(ours[i]); b.push_back(ref[i]); }
-        double err = rel_err(a, b);
+        double err = rel_err_agreeing(ours, t(name), agrees);
         worst = std::max(worst, err);
         INFO(tag << " " << name << " (features whose gates agree) rel err " << err);
         CHECK(err <= tol);
@@ -395,7 +403,8 @@ static std::string real_scale_model() {
 // one e2e+ds micro-batch (rows 0..3 of train.bin) and an eval of the same rows: the loss terms and
 // metrics by name, and the SAE's gradients; shift false loads W_U as it is (logits near -80)
 template <typename floatX>
-static std::vector<std::pair<std::string, double>> real_scale_pass(const std::string& dir, bool shift, std::vector<std::vector<float>>* grads) {
+static std::vector<std::pair<std::string, double>> real_scale_pass(const std::string& dir, bool shift, std::vector<std::vector<float>>* grads,
+                                                                   std::vector<float>* c = nullptr) {
     TrainConfig cfg = pass_config("e2e+ds", REAL_LAYER, REAL_B, REAL_T, std::is_same<floatX, float>::value);
     Engine<floatX> e;
     std::vector<SaeRun<floatX>> saes;
@@ -411,6 +420,7 @@ static std::vector<std::pair<std::string, double>> real_scale_pass(const std::st
         const size_t CD = (size_t)e.C * sr.D;
         *grads = {download(sr.dev.dW_enc, CD), download(sr.dev.db_enc, (size_t)sr.D), download(sr.dev.dW_dec, CD), download(sr.dev.db_dec, (size_t)e.C)};
     }
+    if (c) *c = download(e.acts.c, (size_t)N * sr.D);
     DataLoader dl;
     dataloader_init(&dl, dir + "/train.bin", "--val", 1, REAL_T, e.V, false, 0);
     EvalMetrics m = evaluate(&e, saes, &dl, REAL_B)[0];
@@ -426,8 +436,10 @@ static std::vector<std::pair<std::string, double>> real_scale_pass(const std::st
 TEST_CASE("real scale: one pass in bf16 tracks fp32, its KL within 2% with W_U less its mean row", "[gpu][real]") {
     std::string dir = real_scale_model();
     std::vector<std::vector<float>> g32, g16;
-    auto f = real_scale_pass<float>(dir, true, &g32);
-    auto b = real_scale_pass<bf16>(dir, true, &g16);
+    std::vector<float> c32, c16;
+    auto f = real_scale_pass<float>(dir, true, &g32, &c32);
+    auto b = real_scale_pass<bf16>(dir, true, &g16, &c16);
+    const std::vector<char> agrees = gates_agree(c16, c32, (int)g16[1].size(), "real scale bf16 against fp32");
     double worst = 0.0;
     for (size_t i = 0; i < f.size(); i++) {
         double err = fabs(b[i].second - f[i].second) / (fabs(f[i].second) + 1e-12);
@@ -437,9 +449,9 @@ TEST_CASE("real scale: one pass in bf16 tracks fp32, its KL within 2% with W_U l
         worst = std::max(worst, err);
     }
     const char* names[4] = {"grad_W_enc", "grad_b_enc", "grad_W_dec", "grad_b_dec"};
-    for (int i = 0; i < 4; i++) {
-        double err = rel_err(g16[i], g32[i]);
-        printf("  real scale %-24s relative error %.2e (max |bf16 - fp32| / max |fp32|)\n", names[i], err);
+    for (int i = 0; i < 4; i++) {  // the encoder's on the features whose gates agree (gates_agree)
+        double err = i < 2 ? rel_err_agreeing(g16[i], g32[i], agrees) : rel_err(g16[i], g32[i]);
+        printf("  real scale %-24s relative error %.2e (max |bf16 - fp32| / max |fp32|%s)\n", names[i], err, i < 2 ? ", agreeing features" : "");
         INFO(names[i] << " rel err " << err);
         CHECK(err <= BF16_PASS_TOL);
         worst = std::max(worst, err);

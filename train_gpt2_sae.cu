@@ -229,7 +229,7 @@ struct Engine {
     int L_lo = 0, L_hi = 0, D_max = 0;    // the lowest and highest SAE layer, the largest d_sae
     bool train_logits = false;            // some SAE trains on the KL: the clean pass goes to the logits
     bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
-    bool fused_backward = false;          // --fused-backward on: the SAE's one-pass backward, the DGELU epilogue (bf16)
+    bool fused_backward = false;          // --fused-backward on: the one-pass KL and SAE backward, the DGELU epilogue (bf16)
     DeviceArena arena;
     size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0;
     GPT2Device<floatX> model;
@@ -730,8 +730,11 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
         }
         {
             auto t = time_phase(e, micro, si, PH_KL);
-            kl_forward_backward(act.rows, act.dlogits, act.logits_spliced, act.logits_clean, (float)(cfg.kl_coeff / (dN * accum)), N, e->V,
-                                e->Vp, main_stream);
+            const float kl_scale = (float)(cfg.kl_coeff / (dN * accum));
+            if (e->fused_backward)  // each row pair read once (sm_90 clusters; falls back to kl_forward_backward elsewhere)
+                kl_forward_backward_onepass(act.rows, act.dlogits, act.logits_spliced, act.logits_clean, kl_scale, N, e->V, e->Vp, main_stream);
+            else
+                kl_forward_backward(act.rows, act.dlogits, act.logits_spliced, act.logits_clean, kl_scale, N, e->V, e->Vp, main_stream);
             deterministic_sum(stats + STAT_KL, act.rows, N, true, main_stream);
         }
         auto t = time_phase(e, micro, si, PH_BACKWARD);

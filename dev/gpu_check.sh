@@ -115,13 +115,15 @@ flash_checks() {
     step sae_fused 90 dev/cuda/sae 6
     step sae_fused_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae 6
     step sae_fused_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae 6
+    # the one-pass KL (dev/cuda/kl variant 4, now also fp32 logits with a bf16 gradient: the bf16 trainer's form)
+    step kl_onepass 90 dev/cuda/kl 4
     # the trainer with --fused-backward on (that pass and the DGELU epilogue): against PyTorch, equal
     # to off in fp32, resume; then memcheck on a short bf16 run with both flags of the fast path
     step test_fused 150 ./test_gpt2_sae "[fused]"
     step memcheck_fused 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision bf16 \
         --fused-backward on --out /tmp/san_fused
-    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6" "$LOG"/flash_*.log "$LOG/test_flash.log" \
-        "$LOG"/sae_fused*.log "$LOG/test_fused.log" "$LOG/memcheck_fused.log" | tee "$OUT/issue14.txt"
+    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4" "$LOG"/flash_*.log "$LOG/test_flash.log" \
+        "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/test_fused.log" "$LOG/memcheck_fused.log" | tee "$OUT/issue14.txt"
 }
 
 # issue 14's target: e2e, layer 6, bf16 at the paper shape with the paths that wait for a device

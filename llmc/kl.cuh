@@ -3,7 +3,7 @@ Logit-level loss and metrics, one thread block per row of logits (a cluster of b
 kl_forward_backward_onepass) (SPEC §4 KL, §6 CE and top-1 agreement):
   kl_forward_backward  KL(clean ‖ spliced) per row, and its gradient wrt the spliced logits
   kl_forward_backward_onepass  the same, each row pair read from memory once (sm_90 clusters;
-                       dev/cuda/kl.cu variant 4, not used by the trainer yet)
+                       dev/cuda/kl.cu variant 4; the trainer's with --fused-backward on)
   ce_forward           next-token cross-entropy per row
   argmax_agree         count of rows whose clean and spliced argmax agree
 Logits are (N, Vp), fp32 in the trainer in both precisions (any floatX here), with only the first V columns real (llm.c pads the vocab to Vp);
@@ -218,13 +218,13 @@ void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_s
 // holding KL_ONEPASS_PACKS = 13 packs of each row: 2·13·4 = 104 registers of data, bf16 kept
 // packed and converted on use. KL_ONEPASS_THREADS = 256 and __launch_bounds__(256, 2) cap a
 // thread at 128 registers (65536 / 512), so two blocks share an SM and one can load while the
-// other computes; ptxas (CUDA 13.0, sm_90) fits fp32 in 128 with no spill and bf16 with an 8-byte
-// spill. A block covers 256·13 = 3328 packs of a row; at Vp = 50304 a row takes 2 blocks in bf16
+// other computes; ptxas (CUDA 13.0, sm_90) fits fp32 logits with a bf16 gradient (the bf16
+// trainer's form) in 128 with no spill, fp32 in place with a 4-byte spill and bf16 with 8 bytes. A block covers 256·13 = 3328 packs of a row; at Vp = 50304 a row takes 2 blocks in bf16
 // (6288 packs) and 4 in fp32 (12576). Portable clusters have at most 8 blocks: Vp up to
 // 8·3328·P = 212,992 (bf16) or 106,496 (fp32). The launcher falls back to kl_forward_backward
 // (two reads) for a larger Vp, a Vp that is not a multiple of the pack, unaligned rows, or a
-// device below sm_90. It writes the gradient in place over one type of logits; the trainer has
-// fp32 logits and a floatX gradient (kl_forward_backward), so wiring it in needs that form.
+// device below sm_90. The gradient goes to dlogits, of the logits' type (in place over the spliced
+// logits allowed) or bf16 beside fp32 logits: the bf16 trainer's form (--fused-backward on).
 // Determinism: each block reduces its threads in llmc's fixed order, then the blocks' stats go
 // through distributed shared memory to every block of the cluster, where they are merged in
 // rank order (every block gets the same bits); the KL partials are summed in rank order by rank 0.
@@ -270,9 +270,9 @@ __device__ __forceinline__ void launder_packs(Packed128<floatX> (&packs)[KL_ONEP
     }
 }
 
-template <typename floatX>
+template <typename floatX, typename floatG>
 __global__ void __launch_bounds__(KL_ONEPASS_THREADS, 2)
-kl_forward_backward_onepass_kernel(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean,
+kl_forward_backward_onepass_kernel(float* kl_rows, floatG* dlogits, const floatX* logits_spliced, const floatX* logits_clean,
                                    float grad_scale, int V, int Vp) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     __trap();  // clusters need sm_90: the launcher never launches this on an older device
@@ -287,8 +287,9 @@ kl_forward_backward_onepass_kernel(float* kl_rows, floatX* logits_spliced, const
     const int row = blockIdx.x / ranks;
     const OnepassShare share = kl_onepass_share(rank, ranks, threadIdx.x, V, Vp, P);
     const int packs_here = share.packs_here, cols_here = share.cols_here;
-    floatX* zs = logits_spliced + (size_t)row * Vp + share.first_pack * P;
+    const floatX* zs = logits_spliced + (size_t)row * Vp + share.first_pack * P;
     const floatX* zc = logits_clean + (size_t)row * Vp + share.first_pack * P;
+    floatG* dz = dlogits + (size_t)row * Vp + share.first_pack * P;  // may be zs itself: each thread has read its packs
 
     Packed128<floatX> s[KL_ONEPASS_PACKS], c[KL_ONEPASS_PACKS];  // every index compile-time: registers
     #pragma unroll
@@ -339,20 +340,19 @@ kl_forward_backward_onepass_kernel(float* kl_rows, floatX* logits_spliced, const
     #pragma unroll
     for (int i = 0; i < KL_ONEPASS_PACKS; i++) {
         if (i * T < packs_here) {
-            Packed128<floatX> g_pack;
+            float g[P];
             #pragma unroll
             for (int k = 0; k < P; k++) {
-                float g = 0.0f;  // padding: no gradient
+                g[k] = 0.0f;  // padding: no gradient
                 if (i * T * P + k < cols_here) {
                     const float lp_s = (to_float(s[i][k]) - stats_s.max) - log_sum_s;
                     const float lp_c = (to_float(c[i][k]) - stats_c.max) - log_sum_c;
                     const float p_s = expf(lp_s), p_c = expf(lp_c);
                     kl += p_c * (lp_c - lp_s);
-                    g = grad_scale * (p_s - p_c);
+                    g[k] = grad_scale * (p_s - p_c);
                 }
-                g_pack[k] = from_float<floatX>(g);
             }
-            store128(zs + i * T * P, g_pack);
+            store_grad_pack<floatG, P>(dz + i * T * P, g);
         }
     }
     kl = block_reduce_sum(kl);
@@ -366,10 +366,11 @@ kl_forward_backward_onepass_kernel(float* kl_rows, floatX* logits_spliced, const
 #endif
 }
 
-// kl_forward_backward's arguments and results (see there); launches one cluster of
-// ceil(Vp / (P·3328)) blocks per row when it can, else calls kl_forward_backward
-template <typename floatX>
-void kl_forward_backward_onepass(float* kl_rows, floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
+// kl_forward_backward's arguments and results (see there), dlogits not null (training: the eval
+// has no gradient and keeps kl_forward_backward); launches one cluster of ceil(Vp / (P·3328))
+// blocks per row when it can, else calls kl_forward_backward
+template <typename floatX, typename floatG>
+void kl_forward_backward_onepass(float* kl_rows, floatG* dlogits, const floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
                                  int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
@@ -378,9 +379,9 @@ void kl_forward_backward_onepass(float* kl_rows, floatX* logits_spliced, const f
     int device, major;
     cudaCheck(cudaGetDevice(&device));
     cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    if (Vp % P != 0 || !is_aligned16(logits_spliced) || !is_aligned16(logits_clean) || ranks > KL_ONEPASS_MAX_RANKS ||
-        major < 9) {
-        kl_forward_backward(kl_rows, logits_spliced, logits_spliced, logits_clean, grad_scale, N, V, Vp, stream);
+    if (dlogits == nullptr || Vp % P != 0 || !is_aligned16(logits_spliced) || !is_aligned16(logits_clean) || !is_aligned16(dlogits) ||
+        ranks > KL_ONEPASS_MAX_RANKS || major < 9) {
+        kl_forward_backward(kl_rows, dlogits, logits_spliced, logits_clean, grad_scale, N, V, Vp, stream);
         return;
     }
     cudaLaunchAttribute cluster_dim;
@@ -395,7 +396,7 @@ void kl_forward_backward_onepass(float* kl_rows, floatX* logits_spliced, const f
     config.stream = stream;
     config.attrs = &cluster_dim;
     config.numAttrs = 1;
-    cudaCheck(cudaLaunchKernelEx(&config, kl_forward_backward_onepass_kernel<floatX>, kl_rows, logits_spliced, logits_clean,
+    cudaCheck(cudaLaunchKernelEx(&config, kl_forward_backward_onepass_kernel<floatX, floatG>, kl_rows, dlogits, logits_spliced, logits_clean,
                                  grad_scale, V, Vp));
     cudaLaunchCheck();
 }

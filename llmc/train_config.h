@@ -48,7 +48,7 @@ struct TrainConfig {
     long long alive_window = 500000;  // tokens
     std::string precision = "fp32";
     std::string attention = "materialized";  // GPU: or flash (llmc/attention.cuh)
-    std::string fused_backward = "off";      // GPU: or on (the SAE's one-pass backward, bf16's DGELU epilogue)
+    std::string fused_backward = "off";      // GPU: or on (one-pass KL and SAE backward, bf16's DGELU epilogue)
     int device = 0;
     bool eval_only = false;
     bool overwrite = false;       // a fresh run may replace a run already in --out
@@ -104,8 +104,9 @@ inline void print_usage(const char* prog, bool gpu) {
     if (gpu) {
         printf("  --precision P           bf16 | fp32 [bf16]\n");
         printf("  --attention A           materialized | flash [materialized until flash has passed on a GPU]; flash: bf16, head size 64\n");
-        printf("  --fused-backward F      off | on [off until it has passed on a GPU]; on: the SAE's backward in one pass over its\n");
-        printf("                          activations, and in bf16 the MLP's GELU backward in cuBLASLt's DGELU epilogue\n");
+        printf("  --fused-backward F      off | on [off until it has passed on a GPU]; on: the KL in one read of the logits (sm_90),\n");
+        printf("                          the SAE's backward in one pass over its activations, and in bf16 the MLP's GELU backward\n");
+        printf("                          in cuBLASLt's DGELU epilogue\n");
         printf("  --device N              CUDA device [0]\n");
     } else {
         printf("  --precision fp32        accepted so command lines carry over to the GPU trainer\n");

@@ -981,6 +981,14 @@ void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_s
     }
 }
 
+// kl_forward_backward_onepass: kl_forward_backward's results (the GPU reads each row pair once)
+template <typename floatL, typename floatG>
+void kl_forward_backward_onepass(float* kl_rows, floatG* dlogits, const floatL* logits_spliced, const floatL* logits_clean, float grad_scale,
+                                 int N, int V, int Vp, cudaStream_t stream) {
+    MOCK_REQUIRE(dlogits != nullptr, "the one-pass KL is for training: it needs the gradient");
+    kl_forward_backward(kl_rows, dlogits, logits_spliced, logits_clean, grad_scale, N, V, Vp, stream);
+}
+
 // ce_forward: ce_rows (N) = −log p[target] per row, 0 where targets[row] == -1, NaN for a target outside [0, V)
 template <typename floatX>
 void ce_forward(float* ce_rows, const floatX* logits, const int* targets, int N, int V, int Vp, cudaStream_t) {

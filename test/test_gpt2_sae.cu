@@ -354,17 +354,21 @@ TEST_CASE("flash attention: one bf16 pass matches PyTorch and --attention materi
     printf("measured: flash vs materialized attention, bf16 one pass: worst relative error %.3g (tolerance %.1g)\n", worst, BF16_PASS_TOL);
 }
 
-// --fused-backward on (issue 14): the SAE's one-pass backward (llmc/sae_fused.cuh) and, in bf16, the
-// GELU backward in cuBLASLt's DGELU epilogue. Against PyTorch in every mode (bf16) and in fp32; in
-// fp32 the SAE's tensors equal those of off bit for bit (only the SAE pass changes there, and it
-// makes the same dpre and db_enc sums); resume bit-exact with it on
-TEST_CASE("--fused-backward on: 10 updates match PyTorch, equal off in fp32 bit for bit, and resume bit-exactly", "[gpu][fused]") {
+// --fused-backward on (issue 14): the one-pass KL (kl_forward_backward_onepass), the SAE's one-pass
+// backward (llmc/sae_fused.cuh) and, in bf16, the GELU backward in cuBLASLt's DGELU epilogue. Against PyTorch in every mode (bf16) and in fp32; in
+// fp32 the SAE's tensors agree with those of off at 1e-5 (the SAE pass makes the same dpre and db_enc
+// sums, the one-pass KL sums exp in another order); resume bit-exact with it on
+TEST_CASE("--fused-backward on: 10 updates match PyTorch and off, and resume bit-exactly", "[gpu][fused]") {
     for (const char* mode : {"local", "e2e", "e2e+ds"})
         check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_fused", "", true);
     check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 --fused-backward on", FP32_STEPS_TOL, "gpu_fp32_fused");
     check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_unfused");
-    check_same_tensors("build/test_out/steps_gpu_fp32_fused_e2e_ds/sae_weights.safetensors",
-                       "build/test_out/steps_gpu_fp32_unfused_e2e_ds/sae_weights.safetensors");
+    for (const char* n : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+        const double err = rel_err(read_tensor("build/test_out/steps_gpu_fp32_fused_e2e_ds/sae_weights.safetensors", n),
+                                   read_tensor("build/test_out/steps_gpu_fp32_unfused_e2e_ds/sae_weights.safetensors", n));
+        printf("measured: fp32 e2e+ds 10 updates, --fused-backward on against off: %s relative error %.3g (tolerance 1e-5)\n", n, err);
+        CHECK(err <= 1e-5);
+    }
     check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on");
 }
 

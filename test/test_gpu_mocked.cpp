@@ -215,10 +215,11 @@ TEST_CASE("mocked GPU sweep: each SAE equals its single run bit for bit, and a r
 }
 
 // ----------------------------------------------------------------------------
-// --fused-backward on: the SAE's one-pass backward (and in bf16 the DGELU epilogue) through the
-// trainer's host code: against the CPU trainer and PyTorch, the same SAE bits as off in fp32 (where
-// only the SAE pass changes, and its dpre and db_enc are the same sums), resume bit-exact, and a
-// resume across the flag refused
+// --fused-backward on: the one-pass KL and SAE backward (and in bf16 the DGELU epilogue) through the
+// trainer's host code: against the CPU trainer and PyTorch, the same SAE bits as off in fp32 (the
+// mock's one-pass KL is its KL, and the SAE pass makes the same dpre and db_enc sums; on a GPU the
+// KL's sums differ in order, so test_gpt2_sae compares at 1e-5), resume bit-exact, and a resume
+// across the flag refused
 
 TEST_CASE("mocked GPU --fused-backward on: matches the CPU trainer and PyTorch, equals off in fp32, resumes bit-exactly", "[steps][fused]") {
     for (const char* mode : {"local", "e2e", "e2e+ds"}) {

@@ -19,19 +19,20 @@ KL variants (1-3: one block of LOGITS_BLOCK_SIZE = 1024 threads per row):
   3  llmc (kl_forward_backward): as 2 with 16-byte packs (8 bf16 / 4 fp32 per load); needs
      Vp a multiple of the pack and 16-byte aligned rows (falls back to 2 otherwise); the pad
      columns ride along in the packs
-  4  llmc (kl_forward_backward_onepass, not used by the trainer): one read. A row pair is split
+  4  llmc (kl_forward_backward_onepass, the trainer's with --fused-backward on): one read. A row pair is split
      over a cluster of blocks (sm_90; 2 blocks of 256 threads per row in bf16, 4 in fp32 at
      Vp = 50304), each thread keeping its 16-byte packs of both rows in registers from the
      stats to the KL and gradient step; stats merged across the cluster through distributed
      shared memory in rank order. Falls back to 3 where it cannot serve the shape (Vp not a
      multiple of the pack, unaligned rows, Vp over 212,992 in bf16 / 106,496 in fp32, a device
      below sm_90): here (2,999,1001) falls back to 3 and so to 2
-The trainer ships KL variant 3 on fp32 logits in both precisions, with the gradient written in
+The trainer ships KL variant 3 (variant 4 with --fused-backward on) on fp32 logits in both precisions, with the gradient written in
 place in fp32 and as bf16 beside the logits in bf16 (its Vp is a multiple of 128 and its buffers
 are 256-byte aligned, so the fallback to variant 2 never happens there), and the one ce_forward
 and argmax_agree. Variants 2 and 3 are checked for fp32 logits with an fp32 gradient in place,
 fp32 logits with a bf16 gradient (the bf16 trainer's form), and bf16 logits with a bf16 gradient
-in place; 1 and 4 write in place only, so they run in the two in-place forms.
+in place, and so is 4 (in the trainer with --fused-backward on); 1 writes in place only, so it
+runs in the two in-place forms.
 Checks: (N,V,Vp) = (3,1,8) (5,100,128) (V < threads per block) (7,1000,1000) (no padding)
 (2,999,1001) (odd row stride: variant 3 falls back to 2) (64,50257,50304); the pad columns of every input are NaN, so reading them fails the
 check; logits either independent U(-10,10) per row (large KL) or spliced = clean + U(-0.05,0.05)
@@ -318,7 +319,7 @@ __global__ void kl_fused_kernel1(float* kl_rows, floatX* logits_spliced, const f
     if (threadIdx.x == 0) kl_rows[blockIdx.x] = kl;
 }
 
-// variants 1 and 4 write in place (dz must be zs, the same type); 2 and 3 take any dz
+// variant 1 writes in place (dz must be zs, the same type); 2, 3 and 4 take any dz
 template <typename floatL, typename floatG>
 constexpr bool in_place_only_ok() { return std::is_same<floatL, floatG>::value; }
 
@@ -329,14 +330,12 @@ void kl_variant(int variant, float* kl_rows, floatG* dz, floatL* zs, const float
         cudaLaunchCheck();
     } else if (variant == 3) {
         kl_forward_backward(kl_rows, dz, zs, zc, grad_scale, N, V, Vp, 0);
+    } else if (variant == 4) {
+        kl_forward_backward_onepass(kl_rows, dz, zs, zc, grad_scale, N, V, Vp, 0);
     } else if constexpr (in_place_only_ok<floatL, floatG>()) {
         if ((void*)dz != (void*)zs) { fprintf(stderr, "kl variant %d writes in place only\n", variant); exit(1); }
-        if (variant == 1) {
-            kl_fused_kernel1<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
-            cudaLaunchCheck();
-        } else {
-            kl_forward_backward_onepass(kl_rows, zs, zc, grad_scale, N, V, Vp, 0);
-        }
+        kl_fused_kernel1<<<N, LOGITS_BLOCK_SIZE>>>(kl_rows, zs, zc, grad_scale, V, Vp);
+        cudaLaunchCheck();
     } else {
         fprintf(stderr, "kl variant %d writes in place only\n", variant);
         exit(1);
@@ -537,7 +536,7 @@ int run_checks(int only, float grad_rtol) {
     constexpr bool in_place = std::is_same<floatL, floatG>::value;
     const int shapes[][3] = {{3, 1, 8}, {5, 100, 128}, {7, 1000, 1000}, {2, 999, 1001}, {64, 50257, 50304}};
     for (int variant = 1; variant <= 4; variant++) {
-        if ((only && variant != only) || (!in_place && (variant == 1 || variant == 4))) continue;
+        if ((only && variant != only) || (!in_place && variant == 1)) continue;
         for (auto& s : shapes)
             for (int close = 0; close <= 1; close++) failures += check_kl<floatL, floatG>(variant, s[0], s[1], s[2], close, false, grad_rtol);
         failures += check_kl<floatL, floatG>(variant, 8192, 50257, 50304, true, true, grad_rtol);
@@ -580,7 +579,7 @@ void time_kernels(int only) {
     cudaCheck(cudaMemset(d_agree, 0, sizeof(int)));
     LogitSpec c_spec = {101, 0, 0.0f, INFINITY}, s_spec = {101, 102, 0.05f, INFINITY};
     for (int variant = 1; variant <= 4; variant++) {
-        if ((only && variant != only) || (!in_place && (variant == 1 || variant == 4))) continue;
+        if ((only && variant != only) || (!in_place && variant == 1)) continue;
         // the spliced logits are overwritten by the first call: later repeats read gradients,
         // which costs the same (same reads, writes and exps)
         fill_logits(d_zs, s_spec, N, V, Vp);

@@ -43,6 +43,9 @@ run cpu ./test_cpu
 run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run gpu_mocked ./test_gpu_mocked  # the GPU trainer's host code on the CPU (test/mock_cuda.h): orchestration, not kernels
+# test_gpt2_sae's own cases through the same mock (dev/forecast_gpu_tests.sh), all but the slow real-scale
+# ones: the GPU tests' design and bounds on every submission; not a GPU run (the GPU step below is)
+run gpu_tests_mocked bash dev/forecast_gpu_tests.sh "~[real]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run flash_emulated ./test_flash_emulated  # the GPU flash kernels on the CPU, emulated (test/cuda_host_emulation.h)

@@ -96,34 +96,35 @@ gpu_tests() {
     grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" | tee "$OUT/issue16.txt"
 }
 
-# issue 14, flash attention: dev/cuda/attention variants 2 (the trainer's flash kernels) and 3 (the
-# tensor-core forward, bench only): checks against the CPU reference at T = 2, 17, 100, 130 and at
-# GPT-2 small's shape, the same bits on a second run, then timing against the materialised
-# attention; compute-sanitizer racecheck and memcheck on their kernels at the small shapes
-# (ATTENTION_SMALL); one trainer pass with --attention flash against PyTorch and against
-# --attention materialized (test_gpt2_sae [flash]). The summary lines go to $OUT/issue14.txt.
+# issue 14's paths that no GPU has run: --attention flash (test_gpt2_sae [flash]: one bf16 pass
+# against PyTorch and --attention materialized; dev/cuda/attention variants 2 and 3: checks against
+# the CPU reference at T = 2, 17, 100, 130 and GPT-2 small's shape, the same bits on a second run,
+# timing against the materialised attention) and --fused-backward on (test_gpt2_sae [fused];
+# dev/cuda/sae 6 and kl 4), then compute-sanitizer on each at small shapes (ATTENTION_SMALL,
+# SAE_SMALL). In priority order, so BUDGET cuts the sanitizers first. Summary lines: $OUT/issue14.txt.
 flash_checks() {
+    # first what decides the defaults: the trainer with each fast path against PyTorch
+    step test_flash 90 ./test_gpt2_sae "[flash]"
+    # --fused-backward on (one-pass KL, one-pass SAE backward, DGELU): against PyTorch, against off in fp32, resume
+    step test_fused 150 ./test_gpt2_sae "[fused]"
+    # then the kernels' own checks and timings: flash (attention 2, and 3: tensor cores), the fused SAE
+    # pass against the three kernels it replaces (sae 6), the one-pass KL in all three type forms (kl 4)
     step flash_bench 60 dev/cuda/attention 2
     step flash_bench_mma 45 dev/cuda/attention 3
+    step sae_fused 90 dev/cuda/sae 6
+    step kl_onepass 90 dev/cuda/kl 4
+    # then the sanitizers: racecheck and memcheck on each new kernel at small shapes, memcheck on a
+    # short bf16 trainer run with --fused-backward on (its model, head size 16, has no flash)
+    step memcheck_fused 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision bf16 \
+        --attention materialized --fused-backward on --out /tmp/san_fused
+    step sae_fused_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae 6
+    step sae_fused_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae 6
     for v in 2 3; do
         step "flash_racecheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/attention $v
         step "flash_memcheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/attention $v
     done
-    step test_flash 90 ./test_gpt2_sae "[flash]"
-    # the SAE backward's fused pass (dev/cuda/sae variant 6): checks and timing against the three
-    # kernels it replaces, then racecheck and memcheck at the small shapes
-    step sae_fused 90 dev/cuda/sae 6
-    step sae_fused_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae 6
-    step sae_fused_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae 6
-    # the one-pass KL (dev/cuda/kl variant 4, now also fp32 logits with a bf16 gradient: the bf16 trainer's form)
-    step kl_onepass 90 dev/cuda/kl 4
-    # the trainer with --fused-backward on (that pass and the DGELU epilogue): against PyTorch, equal
-    # to off in fp32, resume; then memcheck on a short bf16 run with both flags of the fast path
-    step test_fused 150 ./test_gpt2_sae "[fused]"
-    step memcheck_fused 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision bf16 \
-        --fused-backward on --out /tmp/san_fused
     grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4" "$LOG"/flash_*.log "$LOG/test_flash.log" \
-        "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/test_fused.log" "$LOG/memcheck_fused.log" | tee "$OUT/issue14.txt"
+        "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/test_fused.log" "$LOG/memcheck_fused.log" 2>/dev/null | tee "$OUT/issue14.txt"
 }
 
 # issue 14's target: e2e, layer 6, bf16 at the paper shape with the paths that wait for a device

@@ -31,7 +31,8 @@ What is compared with what, and why the tolerances are what they are:
   fp32) at the bounds above; in fp32 the SAE's tensors equal those of off bit for bit (the fused
   pass makes the same dpre and db_enc sums); resume bit-exact in bf16; a resume across the flag refused.
 - the training loop waits for the device once per update: the mock counts host waits (full
-  synchronisations, synchronous copies, event waits not already passed) in runs of 3 and 9 updates.
+  synchronisations, synchronous copies, event waits not already passed) in runs of 3 and 9 updates,
+  one SAE and a 3-SAE sweep.
   Its device-to-host async copies land only at a synchronisation, so a result read before one is
   the 0xff fill and fails the comparisons above.
 - --dump-features against the CPU trainer's on the same SAE, fp32: dev/compare_features.py
@@ -263,6 +264,20 @@ TEST_CASE("mocked GPU: the training loop waits for the device once per update", 
         const long long w3 = mock_host_waits("e2e+ds", 3, extra), w9 = mock_host_waits("e2e+ds", 9, extra);
         printf("measured: mocked GPU %s e2e+ds host waits: %lld over 3 updates, %lld over 9 (setup and saves included): %.2f per update\n",
                precision, w3, w9, (w9 - w3) / 6.0);
+        CHECK(w9 - w3 == 6);
+    }
+    // a sweep of three SAEs (every mode, layers 0 to 2) still waits once per update, with --fused-backward on too
+    const std::string file = "build/test_out/mock_waits_sweep.jsonl";
+    {
+        std::ofstream f(file);
+        f << "{\"name\": \"loc2\", \"mode\": \"local\", \"layer\": 2}\n{\"name\": \"e2e0\", \"mode\": \"e2e\", \"layer\": 0}\n"
+             "{\"name\": \"ds1\", \"mode\": \"e2e+ds\", \"layer\": 1}\n";
+    }
+    for (const char* fused : {"off", "on"}) {
+        const std::string extra = std::string("--precision bf16 --alive-window 96 --eval-samples 0 --fused-backward ") + fused + " --sweep " + file;
+        const long long w3 = mock_host_waits("e2e+ds", 3, extra), w9 = mock_host_waits("e2e+ds", 9, extra);
+        printf("measured: mocked GPU bf16 3-SAE sweep, --fused-backward %s, host waits: %lld over 3 updates, %lld over 9: %.2f per update\n",
+               fused, w3, w9, (w9 - w3) / 6.0);
         CHECK(w9 - w3 == 6);
     }
 }

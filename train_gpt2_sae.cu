@@ -677,14 +677,14 @@ void lm_head_backward(Engine<floatX>* e, int N) {
 // dW_dec itself comes from dW_dec_norm once per update (sae_finish_grads): the normalisation
 // backward is linear in dW_dec_norm and W_dec does not change within an update.
 template <typename floatX>
-void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, int B, float l1_scale, float* stats, bool first) {
+void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, int B, float l1_scale, bool first) {
     NvtxRange r("sae_backward");
     int N = B * e->T;
     SaeDevice<floatX>& d = s->dev;
     Activations<floatX>& act = e->acts;
     sae_decoder_backward(d.dW_dec_norm, d.db_dec, act.dc, dx_hat, act.c, d.W_dec_norm, N, e->C, s->D, !first, main_stream);
     if (e->fused_backward) {
-        sae_l1_relu_backward_stats(act.dc, d.db_enc, stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, l1_scale, N, s->D,
+        sae_l1_relu_backward_stats(act.dc, d.db_enc, s->stats.sums + STAT_L1, s->stats.sums + STAT_L0, s->stats.fired_train, act.c, l1_scale, N, s->D,
                                    !first, main_stream);
     } else {
         sae_l1_relu_backward(act.dc, act.dc, act.c, l1_scale, N, s->D, main_stream);
@@ -749,7 +749,7 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
         }
     }
     auto t = time_phase(e, micro, si, PH_SAE_BWD);
-    sae_backward(e, s, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), stats, micro <= 0);
+    sae_backward(e, s, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), micro <= 0);
 }
 
 // the update's log terms from the stats its micro-batches accumulated, st (read back after the

@@ -12,12 +12,17 @@
 #   fused SAE backward pass and the DGELU epilogue (--fused-backward on: dev/cuda/sae 6 with racecheck and
 #   memcheck, test_gpt2_sae [fused], a memcheck run) and the paper-shape bench with both fast paths.
 # Build first, here or anywhere with nvcc: dev/gpu_pack.sh puts every binary in .devbin/.
-# Usage: OUT=/some/dir bash dev/gpu_check.sh [tests|kernels|core|extra|all|final|flash|peer]
+# Usage: OUT=/some/dir [CONTINUE=1] bash dev/gpu_check.sh [session|tests|kernels|core|extra|all|final|flash|peer]
+#   session: what a session's 15 device minutes should hold, in the order of the open issues (16, 14, 15, then the
+#            standing checks): issue 16's [odd] and [real]; issue 14's [flash] and [fused], the paper-shape e2e L6 bench
+#            as it is and with both fast paths; issue 15's GPU dump against the CPU's; then test_gpt2_sae, GPU vs CPU,
+#            the new kernels' benches and sanitizers, the e2e_sae peer, the sweep. Call it, then at once (the machine
+#            stays warm for 30 s) CONTINUE=1 with a short BUDGET for what the first call did not reach
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
 #   kernels: issue 14's flash attention and fused backward checks, the e2e bf16 layer-6 benchmark as it is and with both
 #            (--attention flash --fused-backward on), a 4-SAE sweep beside it (issue 13), memcheck e2e+ds, every dev/cuda
-#            bench; more than 560 s of timeouts: BUDGET skips the tail (dev_cuda first), which `final` or `extra` can run
+#            bench; more than 560 s of timeouts: BUDGET cuts the tail (dev_cuda first), which `final` or `extra` can run
 #   core: tests then kernels (more than one `run` call allows: call tests, then kernels at once)
 #   flash: issue 14's correctness steps alone: flash attention, the fused SAE pass (dev/cuda/sae 6), the trainer with
 #            --fused-backward on ([fused], memcheck); about five minutes; not yet run on a GPU
@@ -25,9 +30,10 @@
 #   peer:    issue 14's side-by-side: our e2e L6 fp32 and bf16 benches, then the e2e_sae library's step (fp32, tf32,
 #            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer); not yet run on a GPU
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
-# BUDGET (seconds, default 560): a step whose timeout would end past BUDGET seconds after the start
-# is skipped and listed as such, so a stage ends inside one `run` call (600 s) with what it could
-# do, rather than being killed in the middle of a step. Steps run in priority order within a stage.
+# BUDGET (seconds, default 560): each step's timeout is cut to what is left of BUDGET since the start, and
+# steps that would start with under MIN_STEP (20) seconds left are skipped and listed, so a stage ends
+# inside one `run` call (600 s) with what it could do. Steps run in priority order within a stage.
+# CONTINUE=1 skips the steps that passed in an earlier call on the same (warm) machine.
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 LOG=$OUT/logs
@@ -36,20 +42,36 @@ export SAE_REF_PYTHON=${SAE_REF_PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 stage=${1:-all}
 BUDGET=${BUDGET:-560}
+MIN_STEP=${MIN_STEP:-20}
+# steps that passed, for CONTINUE=1 (build/ is git-ignored, so it stays on a warm machine between calls)
+DONE=build/gpu_done
+[ "${CONTINUE:-0}" = 1 ] || rm -rf "$DONE"
+mkdir -p "$DONE"
 script_start=$(date +%s)
 summary=()
+declare -A ran  # steps this call has run: a stage that lists one twice runs it once
 step() {  # name, timeout, command...
     local name=$1 t=$2; shift 2
+    [ -n "${ran[$name]:-}" ] && return
+    ran[$name]=1
     local start=$(date +%s)
-    if [ $(( start - script_start + t )) -gt "$BUDGET" ]; then
-        summary+=("$(printf '%-26s skipped: %ss would pass BUDGET %ss' "$name" "$t" "$BUDGET")")
+    local left=$(( BUDGET - (start - script_start) ))
+    if [ -f "$DONE/$name" ]; then  # CONTINUE=1: it passed in an earlier call on this machine
+        summary+=("$(printf '%-26s passed in an earlier call' "$name")")
+        echo "== $name passed in an earlier call"
+        return
+    fi
+    if [ "$left" -lt "$MIN_STEP" ]; then
+        summary+=("$(printf '%-26s skipped: %ss left of BUDGET %ss' "$name" "$left" "$BUDGET")")
         echo "== $name skipped (budget)"
         return
     fi
+    [ "$t" -gt "$left" ] && t=$left  # cut at BUDGET: a step that runs out there still logs what it did
     timeout "$t" "$@" > "$LOG/$name.log" 2>&1
     local rc=$?
     local secs=$(( $(date +%s) - start ))
     summary+=("$(printf '%-26s rc=%-3s %4ss' "$name" "$rc" "$secs")")
+    [ "$rc" = 0 ] && touch "$DONE/$name"
     echo "== $name rc=$rc ${secs}s"
     grep -E "^measured|time per step|^  [a-zA-Z].* ms  \(|ERROR SUMMARY|FAIL|FAILED|test cases|All tests|worst|error:|CE increase" "$LOG/$name.log" | head -n 25
     tar czf "$OUT/logs.tgz" -C "$OUT" logs
@@ -87,13 +109,13 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 gpu_tests() {
     step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]"
     step test_sweep 120 ./test_gpt2_sae "[sweep]"
-    grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" | tee "$OUT/issue13.txt"
+    grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" 2>/dev/null | tee "$OUT/issue13.txt"
     printf '%s\n' '{"name": "loc2", "mode": "local", "layer": 2}' '{"name": "e2e0", "mode": "e2e", "layer": 0}' \
         '{"name": "ds1", "mode": "e2e+ds", "layer": 1}' > /tmp/san_sweep.jsonl
     step memcheck_sweep 120 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --precision bf16 --sweep /tmp/san_sweep.jsonl --out /tmp/san_sweep
     step test_odd_shapes 90 ./test_gpt2_sae "[odd]"
     step test_real_scale 150 ./test_gpt2_sae "[real]"
-    grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" | tee "$OUT/issue16.txt"
+    grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" 2>/dev/null | tee "$OUT/issue16.txt"
 }
 
 # issue 14's paths that no GPU has run: --attention flash (test_gpt2_sae [flash]: one bf16 pass
@@ -102,12 +124,14 @@ gpu_tests() {
 # timing against the materialised attention) and --fused-backward on (test_gpt2_sae [fused];
 # dev/cuda/sae 6 and kl 4), then compute-sanitizer on each at small shapes (ATTENTION_SMALL,
 # SAE_SMALL). In priority order, so BUDGET cuts the sanitizers first. Summary lines: $OUT/issue14.txt.
-flash_checks() {
-    # first what decides the defaults: the trainer with each fast path against PyTorch
+flash_tests() {  # what decides the defaults: the trainer with each fast path against PyTorch
     step test_flash 90 ./test_gpt2_sae "[flash]"
     # --fused-backward on (one-pass KL, one-pass SAE backward, DGELU): against PyTorch, against off in fp32, resume
     step test_fused 150 ./test_gpt2_sae "[fused]"
-    # then the kernels' own checks and timings: flash (attention 2, and 3: tensor cores), the fused SAE
+    issue14_lines
+}
+flash_kernels() {
+    # the kernels' own checks and timings: flash (attention 2, and 3: tensor cores), the fused SAE
     # pass against the three kernels it replaces (sae 6), the one-pass KL in all three type forms (kl 4)
     step flash_bench 60 dev/cuda/attention 2
     step flash_bench_mma 45 dev/cuda/attention 3
@@ -123,9 +147,14 @@ flash_checks() {
         step "flash_racecheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/attention $v
         step "flash_memcheck_$v" 60 env ATTENTION_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/attention $v
     done
-    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4" "$LOG"/flash_*.log "$LOG/test_flash.log" \
-        "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/test_fused.log" "$LOG/memcheck_fused.log" 2>/dev/null | tee "$OUT/issue14.txt"
+    issue14_lines
 }
+issue14_lines() {  # what the steps above measured, into $OUT/issue14.txt (rewritten from every log there is)
+    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4|time per step" \
+        "$LOG/test_flash.log" "$LOG/test_fused.log" "$LOG"/flash_*.log "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/memcheck_fused.log" \
+        "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_e2e_bf16_L6_fast.log" 2>/dev/null > "$OUT/issue14.txt"
+}
+flash_checks() { flash_tests; flash_kernels; }
 
 # issue 14's target: e2e, layer 6, bf16 at the paper shape with the paths that wait for a device
 # (--attention flash --fused-backward on), right after the default bench_e2e_bf16_L6: both medians
@@ -133,7 +162,7 @@ flash_checks() {
 fast_bench() {
     step bench_e2e_bf16_L6_fast 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --attention flash --fused-backward on \
         --max-steps 15 --out /tmp/b1f
-    grep -h "time per step" "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_e2e_bf16_L6_fast.log" | tee -a "$OUT/issue14.txt"
+    issue14_lines
 }
 
 # issue 13: a 4-SAE e2e sweep at layer 6 (sweeps/paper_e2e_L6_x4.jsonl, four lambdas from the same
@@ -142,9 +171,9 @@ fast_bench() {
 sweep_bench() {
     step bench_sweep4_e2e_bf16_L6 150 ./train_gpt2_sae $bench_args --precision bf16 --max-steps 12 --sweep sweeps/paper_e2e_L6_x4.jsonl --out /tmp/bs
     local single sweep
-    single=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6.log" | awk '{print $2}')
-    sweep=$(grep -o "median [0-9.]* ms" "$LOG/bench_sweep4_e2e_bf16_L6.log" | awk '{print $2}')
-    grep -h "time per step" "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_sweep4_e2e_bf16_L6.log" | tee -a "$OUT/issue13.txt"
+    single=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6.log" 2>/dev/null | awk '{print $2}')
+    sweep=$(grep -o "median [0-9.]* ms" "$LOG/bench_sweep4_e2e_bf16_L6.log" 2>/dev/null | awk '{print $2}')
+    grep -h "time per step" "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_sweep4_e2e_bf16_L6.log" 2>/dev/null | tee -a "$OUT/issue13.txt"
     if [ -n "$single" ] && [ -n "$sweep" ]; then
         awk -v a="$single" -v b="$sweep" 'BEGIN { printf "measured: 4-SAE e2e sweep at layer 6: %.2f ms per update against %.2f ms for one SAE: %.2fx per SAE\n", b, a, 4 * a / b }' \
             | tee -a "$OUT/issue13.txt"
@@ -166,9 +195,26 @@ dump_compare() {
     step dump_cpu 60 ./train_gpt2_sae_cpu $cmp_args --mode e2e --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_cpu --dump-tokens 8192 --out /tmp/dump_cpu_run
     step dump_gpu 30 ./train_gpt2_sae $cmp_args --mode e2e --precision fp32 --eval-only --init-sae /tmp/cmp_cpu_e2e --dump-features /tmp/dump_gpu --dump-tokens 8192 --out /tmp/dump_gpu_run
     step agree_dump 20 python3 dev/compare_features.py /tmp/dump_gpu /tmp/dump_cpu --tol 1e-4
-    grep -h "^measured" "$LOG/agree_dump.log" | tee "$OUT/issue15.txt"
+    grep -h "^measured" "$LOG/agree_dump.log" 2>/dev/null | tee "$OUT/issue15.txt"
 }
 
+if [ "$stage" = session ]; then  # one device session: the open issues' deciding checks first (see Usage)
+    step test_odd_shapes 90 ./test_gpt2_sae "[odd]"        # issue 16
+    step test_real_scale 150 ./test_gpt2_sae "[real]"
+    grep -h "^measured" "$LOG/test_odd_shapes.log" "$LOG/test_real_scale.log" 2>/dev/null > "$OUT/issue16.txt"
+    flash_tests                                             # issue 14: the fast paths against PyTorch, then their speed
+    make_paper_model
+    step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
+    fast_bench
+    compare_mode e2e                                        # GPU vs CPU, and the SAE dump_compare reads (issue 15)
+    dump_compare
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]"
+    flash_kernels
+    peer_bench
+    memcheck e2e+ds bf16
+    gpu_tests                                               # what is left of it: the sweep (issue 13)
+    sweep_bench
+fi
 if [ "$stage" = peer ]; then  # ours and the library's at the paper shape, same card, one call
     make_paper_model
     step bench_e2e_fp32_L6 60 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision fp32 --max-steps 7 --out /tmp/b6

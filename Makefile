@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -59,6 +59,10 @@ test_flash_emulated: test/test_flash_emulated.cpp test/cuda_host_emulation.h llm
 test_sae_emulated: test/test_sae_emulated.cpp test/cuda_host_emulation.h llmc/sae_fused.cuh
 	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
 
+# and the one-pass KL, its row split over a thread block cluster
+test_kl_emulated: test/test_kl_emulated.cpp test/cuda_host_emulation.h llmc/kl.cuh
+	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
+
 test_tokenizer: test/test_tokenizer.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
 
@@ -93,4 +97,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_gpt2_sae prepare_text build

@@ -4,7 +4,7 @@ simple tiled kernels (fp32 FMA, any floatX: the correctness reference) and the t
 (FA2's scheme, bf16: the trainer's --attention flash). Head size 64.
 
 Built with HOST_EMULATION defined, this file takes the CUDA built-ins and ptx.cuh's wrappers from
-test/cuda_host_emulation.h instead, which runs each block's threads as CPU threads:
+test/cuda_host_emulation.h instead, which runs each block's threads as fibers on a CPU:
 test/test_flash_emulated.cpp checks every kernel here against a CPU reference on a machine
 without a GPU. That is an emulation from our reading of the PTX ISA, not a GPU run.
 */

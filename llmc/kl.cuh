@@ -3,7 +3,8 @@ Logit-level loss and metrics, one thread block per row of logits (a cluster of b
 kl_forward_backward_onepass) (SPEC §4 KL, §6 CE and top-1 agreement):
   kl_forward_backward  KL(clean ‖ spliced) per row, and its gradient wrt the spliced logits
   kl_forward_backward_onepass  the same, each row pair read from memory once (sm_90 clusters;
-                       dev/cuda/kl.cu variant 4; the trainer's with --fused-backward on)
+                       dev/cuda/kl.cu variant 4; the trainer's with --fused-backward on;
+                       test/test_kl_emulated.cpp runs its kernel on the CPU)
   ce_forward           next-token cross-entropy per row
   argmax_agree         count of rows whose clean and spliced argmax agree
 Logits are (N, Vp), fp32 in the trainer in both precisions (any floatX here), with only the first V columns real (llm.c pads the vocab to Vp);
@@ -16,8 +17,10 @@ Per-row outputs, no atomics on floats: sum kl_rows / ce_rows with deterministic_
 #pragma once
 #include <float.h>
 #include <limits.h>
+#ifndef HOST_EMULATION  // test/cuda_host_emulation.h stands in for both (test/test_kl_emulated.cpp); the launchers are left out there
 #include <cooperative_groups.h>
 #include "cuda_common.cuh"
+#endif
 
 // threads per block for every kernel here (KL, CE, argmax): one block per row of logits,
 // 50257 / 1024: ~49 logits per thread per row
@@ -186,6 +189,7 @@ __global__ void kl_forward_backward_scalar_kernel(float* kl_rows, floatG* dlogit
 // dlogits (N,Vp) out: grad_scale · (p_s − p_c), padding columns 0; the spliced logits themselves
 // (in place, when floatG is floatL) or null (no gradient: the eval);
 // logits_spliced, logits_clean (N,Vp) in; grad_scale = kl_coeff / (N·grad_accum)
+#ifndef HOST_EMULATION
 template <typename floatL, typename floatG>
 void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_spliced, const floatL* logits_clean, float grad_scale,
                          int N, int V, int Vp, cudaStream_t stream) {
@@ -201,6 +205,7 @@ void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_s
     }
     cudaLaunchCheck();
 }
+#endif
 
 // ----------------------------------------------------------------------------
 // KL forward and backward in one read of the logits (issue 14, "fewer passes")
@@ -321,7 +326,7 @@ kl_forward_backward_onepass_kernel(float* kl_rows, floatG* dlogits, const floatX
     SoftmaxStats stats_s = block_reduce_softmax_stats({max_s, sum_s});
     SoftmaxStats stats_c = block_reduce_softmax_stats({max_c, sum_c});
     cluster.barrier_wait();  // every block of the cluster has started: its shared memory exists
-    if (threadIdx.x < ranks) {  // thread r puts this block's stats in rank r's slot for this rank
+    if ((int)threadIdx.x < ranks) {  // thread r puts this block's stats in rank r's slot for this rank
         SoftmaxStats* slot = cluster.map_shared_rank(&cluster_stats[rank][0], (int)threadIdx.x);
         slot[0] = stats_s;
         slot[1] = stats_c;
@@ -369,6 +374,7 @@ kl_forward_backward_onepass_kernel(float* kl_rows, floatG* dlogits, const floatX
 // kl_forward_backward's arguments and results (see there), dlogits not null (training: the eval
 // has no gradient and keeps kl_forward_backward); launches one cluster of ceil(Vp / (P·3328))
 // blocks per row when it can, else calls kl_forward_backward
+#ifndef HOST_EMULATION
 template <typename floatX, typename floatG>
 void kl_forward_backward_onepass(float* kl_rows, floatG* dlogits, const floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
                                  int N, int V, int Vp, cudaStream_t stream) {
@@ -400,6 +406,7 @@ void kl_forward_backward_onepass(float* kl_rows, floatG* dlogits, const floatX* 
                                  grad_scale, V, Vp));
     cudaLaunchCheck();
 }
+#endif
 
 // ----------------------------------------------------------------------------
 // cross-entropy: ce = −log_softmax(z)[target] = log(sum) − (z_target − max)
@@ -423,6 +430,7 @@ __global__ void ce_forward_kernel(float* ce_rows, const floatX* logits, const in
 
 // ce_rows (N) fp32 out: −log p[target] per row, 0 where targets[row] == -1 (ignored position:
 // the last token of each row); logits (N,Vp) floatX; targets (N) int, -1 or in [0, V)
+#ifndef HOST_EMULATION
 template <typename floatX>
 void ce_forward(float* ce_rows, const floatX* logits, const int* targets, int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
@@ -430,6 +438,7 @@ void ce_forward(float* ce_rows, const floatX* logits, const int* targets, int N,
     ce_forward_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(ce_rows, logits, targets, V, Vp);
     cudaLaunchCheck();
 }
+#endif
 
 // ----------------------------------------------------------------------------
 // top-1 agreement: argmax of both rows, first index on ties (torch.argmax); NaN logits are
@@ -483,6 +492,7 @@ __global__ void argmax_agree_kernel(int* agree_count, const floatX* logits_a, co
 
 // agree_count[0] += number of rows whose argmax over the first V columns is the same in
 // logits_a and logits_b (N,Vp) floatX; zero it before the first call of an eval
+#ifndef HOST_EMULATION
 template <typename floatX>
 void argmax_agree(int* agree_count, const floatX* logits_a, const floatX* logits_b, int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
@@ -490,3 +500,4 @@ void argmax_agree(int* agree_count, const floatX* logits_a, const floatX* logits
     argmax_agree_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(agree_count, logits_a, logits_b, V, Vp);
     cudaLaunchCheck();
 }
+#endif

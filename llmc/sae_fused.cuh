@@ -9,7 +9,7 @@ once; fused, c and dc are read once and dpre written once. At the paper shape in
 2.3 GB instead of 3.8 GB per micro-batch.
 
 Built with HOST_EMULATION defined, this file takes the CUDA built-ins from
-test/cuda_host_emulation.h instead (each block's threads as CPU threads), so
+test/cuda_host_emulation.h instead (each block's threads as fibers on a CPU), so
 test/test_sae_emulated.cpp checks the kernel against a CPU reference on a machine without a GPU.
 That is an emulation, not a GPU run.
 */

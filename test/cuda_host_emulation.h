@@ -1,24 +1,36 @@
 /*
-Just enough of CUDA to run llmc/flash_attention.cuh's kernels on a CPU (test/test_flash_emulated.cpp):
-a launch runs the grid's blocks one after another, each block's threads as CPU threads; __shared__
-becomes a static (one block at a time, so one copy is enough); __syncthreads and every
-warp-collective operation are a barrier across the block, so each must be reached by all of the
-block's threads together, as they are in those kernels. ldmatrix, mma.sync m16n8k16 (bf16 in,
-fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their fragment
-layouts; cp.async copies land only at the wait that covers them, as on the GPU.
-This is an emulation from our reading of the PTX ISA, not a GPU run: it catches indexing,
-masking, tiling and fragment-layout mistakes before a device sees the kernels, and nothing about
-timing, races or the hardware's own rounding order in mma.
+Just enough of CUDA to run llmc's kernels on a CPU (test/test_flash_emulated.cpp: flash attention;
+test_sae_emulated.cpp: the fused SAE pass; test_kl_emulated.cpp: the one-pass KL on a cluster).
+A block runs on one CPU thread, its CUDA threads as fibers (ucontext) that switch only where a
+CUDA thread would wait for others: __syncthreads waits for the block, a warp-collective operation
+(shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster. So a
+warp-collective inside `if (warp == 0)` works as on the GPU, and a barrier some threads never
+reach stops the test with a message instead of hanging. __shared__ is `static thread_local`: one
+copy per block. Blocks run one after another, except the blocks of a cluster, which run together
+(one CPU thread each); cluster.map_shared_rank finds another block's copy of a __shared__
+variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
+(bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
+fragment layouts; cp.async copies land only at the wait that covers them, as on the GPU.
+This is an emulation from our reading of CUDA and the PTX ISA, not a GPU run: it catches
+indexing, masking, tiling, fragment-layout and synchronisation-structure mistakes before a device
+sees the kernels, and nothing about timing, memory races or the hardware's rounding order in mma.
 */
 #pragma once
 #define HOST_EMULATION
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <float.h>
+#include <limits.h>
+#include <ucontext.h>
 #include <barrier>
 #include <thread>
 #include <vector>
 #include <deque>
+#include <functional>
+#include <memory>
 #include <algorithm>
 using std::max;
 using std::min;
@@ -28,25 +40,227 @@ using std::min;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static
+#define __shared__ static thread_local
 #define __align__(n) __attribute__((aligned(n)))
 
 struct EmuDim3 { unsigned x = 0, y = 0, z = 0; };
 struct alignas(16) float4 { float x, y, z, w; };
-inline thread_local EmuDim3 threadIdx;
-inline EmuDim3 blockIdx, blockDim, gridDim;
-inline std::barrier<>* emu_barrier = nullptr;
-inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
+inline thread_local EmuDim3 threadIdx, blockIdx, blockDim, gridDim;  // per block's CPU thread; threadIdx set at each fiber switch
 
-// every thread posts its value, then reads its partner's
-inline float emu_shfl_buf[1024];
-inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+[[noreturn]] inline void emu_fail(const char* what) {
+    fprintf(stderr, "cuda_host_emulation: %s (block %u,%u)\n", what, blockIdx.x, blockIdx.y);
+    abort();
+}
+
+// ----------------------------------------------------------------------------
+// fibers: the threads of one block, on the CPU thread that runs the block
+
+enum EmuWait { EMU_RUN, EMU_WARP, EMU_BLOCK, EMU_CLUSTER, EMU_DONE };
+struct EmuCopy { void* dst; const void* src; int bytes; };
+struct EmuThread {
+    ucontext_t ctx;
+    EmuWait wait = EMU_RUN;
+    std::deque<std::vector<EmuCopy>> groups;  // cp.async: committed groups in flight
+    std::vector<EmuCopy> open;                // cp.async: not yet committed
+};
+struct EmuBlock {
+    ucontext_t sched;
+    std::vector<EmuThread> threads;
+    const std::function<void()>* kernel = nullptr;
+    std::barrier<>* cluster = nullptr;  // the cluster's blocks' barrier, or none
+    int cluster_syncs = 0;
+};
+inline thread_local EmuBlock* emu_block = nullptr;
+
+// the running thread stops until the scheduler releases `w` (its warp, block or cluster)
+inline void emu_wait(EmuWait w) {
+    EmuThread& me = emu_block->threads[threadIdx.x];
+    me.wait = w;
+    swapcontext(&me.ctx, &emu_block->sched);
+}
+inline void __syncthreads() { emu_wait(EMU_BLOCK); }
+inline void emu_syncwarp() { emu_wait(EMU_WARP); }
+
+inline void emu_fiber_main() {
+    (*emu_block->kernel)();
+    emu_block->threads[threadIdx.x].wait = EMU_DONE;  // uc_link returns to the scheduler
+}
+
+// Runs f as one block of `threads` threads on this CPU thread. The scheduler runs every runnable
+// fiber until it waits, then releases what is complete: a warp whose live threads all wait at a
+// warp operation, or the block when all its live threads wait at __syncthreads (the cluster: and
+// every other block of the cluster has arrived too).
+// Returns the number of cluster barriers the block passed.
+inline int emu_run_block(unsigned threads, const std::function<void()>& f, std::barrier<>* cluster) {
+    const size_t stack_size = 64 * 1024;
+    static thread_local std::unique_ptr<char[]> stacks;  // uninitialised, kept for this CPU thread's next block
+    static thread_local size_t stacks_size = 0;
+    if (stacks_size < stack_size * threads) {
+        stacks.reset(new char[stack_size * threads]);
+        stacks_size = stack_size * threads;
+    }
+    EmuBlock blk;
+    blk.threads.resize(threads);
+    blk.kernel = &f;
+    blk.cluster = cluster;
+    emu_block = &blk;
+    blockDim = {threads, 1, 1};
+    for (unsigned t = 0; t < threads; t++) {
+        ucontext_t& c = blk.threads[t].ctx;
+        getcontext(&c);
+        c.uc_stack.ss_sp = stacks.get() + stack_size * t;
+        c.uc_stack.ss_size = stack_size;
+        c.uc_link = &blk.sched;
+        makecontext(&c, emu_fiber_main, 0);
+    }
+    for (;;) {
+        for (unsigned t = 0; t < threads; t++) {
+            if (blk.threads[t].wait != EMU_RUN) continue;
+            threadIdx = {t, 0, 0};
+            swapcontext(&blk.sched, &blk.threads[t].ctx);
+        }
+        unsigned done = 0, at_block = 0, at_cluster = 0, released = 0;
+        for (const EmuThread& th : blk.threads) {
+            done += th.wait == EMU_DONE;
+            at_block += th.wait == EMU_BLOCK;
+            at_cluster += th.wait == EMU_CLUSTER;
+        }
+        if (done == threads) break;
+        for (unsigned w = 0; w * 32 < threads; w++) {  // warps
+            unsigned waiting = 0, live = 0;
+            for (unsigned t = 32 * w; t < std::min(threads, 32 * w + 32); t++) {
+                waiting += blk.threads[t].wait == EMU_WARP;
+                live += blk.threads[t].wait != EMU_DONE;
+            }
+            if (waiting > 0 && waiting == live) {
+                for (unsigned t = 32 * w; t < std::min(threads, 32 * w + 32); t++)
+                    if (blk.threads[t].wait == EMU_WARP) blk.threads[t].wait = EMU_RUN;
+                released += waiting;
+            }
+        }
+        if (released) continue;
+        if (at_block && at_block + done == threads) {
+            if (done) emu_fail("__syncthreads after some of the block's threads returned");
+            for (EmuThread& th : blk.threads) th.wait = EMU_RUN;
+        } else if (at_cluster && at_cluster + done == threads) {
+            if (done) emu_fail("a cluster barrier after some of the block's threads returned");
+            if (!cluster) emu_fail("a cluster barrier in a launch without a cluster");
+            cluster->arrive_and_wait();
+            blk.cluster_syncs++;
+            for (EmuThread& th : blk.threads) th.wait = EMU_RUN;
+        } else {
+            emu_fail("deadlock: threads wait at different barriers (a warp operation or __syncthreads not reached by all)");
+        }
+    }
+    emu_block = nullptr;
+    return blk.cluster_syncs;
+}
+
+// runs kernel f on a (gx, gy) grid of blocks of `threads` threads, one block after another
+inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& f) {
+    for (unsigned y = 0; y < gy; y++)
+        for (unsigned x = 0; x < gx; x++) {
+            gridDim = {gx, gy, 1};
+            blockIdx = {x, y, 0};
+            emu_run_block(threads, f, nullptr);
+        }
+}
+
+// ----------------------------------------------------------------------------
+// thread block clusters (sm_90): cooperative_groups::this_cluster() for a 1D grid of 1D clusters
+
+inline thread_local char emu_tls_anchor;  // where this block's thread-local storage is
+inline thread_local int emu_tls_probe;    // a second variable, to check that every block's storage has one layout
+struct EmuCluster {
+    unsigned size = 0;
+    std::vector<char*> anchor;  // each rank's emu_tls_anchor
+};
+inline thread_local EmuCluster* emu_cluster = nullptr;
+inline thread_local unsigned emu_rank = 0;
+
+// kernel f on gx blocks of `threads` threads, in clusters of `cluster` consecutive blocks, each
+// cluster's blocks at the same time on CPU threads of their own
+inline void emu_launch_cluster(unsigned gx, unsigned cluster, unsigned threads, const std::function<void()>& f) {
+    if (cluster == 0 || gx % cluster != 0) emu_fail("the grid is not a whole number of clusters");
+    for (unsigned first = 0; first < gx; first += cluster) {
+        EmuCluster cl;
+        cl.size = cluster;
+        cl.anchor.assign(cluster, nullptr);
+        std::vector<ptrdiff_t> probe(cluster);
+        std::vector<int> syncs_passed(cluster);
+        std::barrier<> started(cluster), syncs(cluster);
+        std::vector<std::thread> blocks;
+        for (unsigned r = 0; r < cluster; r++)
+            blocks.emplace_back([&, r] {
+                gridDim = {gx, 1, 1};
+                blockIdx = {first + r, 0, 0};
+                emu_cluster = &cl;
+                emu_rank = r;
+                cl.anchor[r] = &emu_tls_anchor;
+                probe[r] = (char*)&emu_tls_probe - &emu_tls_anchor;
+                started.arrive_and_wait();  // every block's storage is known before any block maps another's
+                if (probe[r] != probe[0]) emu_fail("the blocks' thread-local storage differs in layout: map_shared_rank cannot be emulated");
+                syncs_passed[r] = emu_run_block(threads, f, &syncs);
+                syncs.arrive_and_drop();  // a block that ends leaves the barrier: a missing sync is reported below, not hung on
+                emu_cluster = nullptr;
+            });
+        for (auto& b : blocks) b.join();
+        for (unsigned r = 1; r < cluster; r++)
+            if (syncs_passed[r] != syncs_passed[0]) emu_fail("the blocks of a cluster passed different numbers of cluster barriers");
+    }
+}
+
+namespace cooperative_groups {
+struct cluster_group {
+    unsigned num_blocks() const { return emu_cluster->size; }
+    unsigned block_rank() const { return emu_rank; }
+    // arrive and wait are one barrier here: every thread of every block reaches the wait
+    void barrier_arrive() const {}
+    void barrier_wait() const { emu_wait(EMU_CLUSTER); }
+    void sync() const { emu_wait(EMU_CLUSTER); }
+    // the same __shared__ variable in block `rank` of the cluster
+    template <typename T>
+    T* map_shared_rank(T* p, int rank) const {
+        if (rank < 0 || (unsigned)rank >= emu_cluster->size) emu_fail("map_shared_rank: rank outside the cluster");
+        return reinterpret_cast<T*>(reinterpret_cast<char*>(p) + (emu_cluster->anchor[rank] - emu_cluster->anchor[emu_rank]));
+    }
+};
+inline cluster_group this_cluster() {
+    if (!emu_cluster) emu_fail("this_cluster() in a launch without a cluster");
+    return {};
+}
+}  // namespace cooperative_groups
+
+// ----------------------------------------------------------------------------
+// warp shuffles: every lane posts its value, the warp waits, each reads its source lane's
+
+inline thread_local float emu_shfl_buf[1024];
+inline thread_local int emu_shfl_ibuf[1024];
+inline float emu_shfl(float v, int src_lane) {
     emu_shfl_buf[threadIdx.x] = v;
-    emu_barrier->arrive_and_wait();
-    float r = emu_shfl_buf[threadIdx.x ^ lane_mask];
-    emu_barrier->arrive_and_wait();
+    emu_syncwarp();
+    const float r = emu_shfl_buf[threadIdx.x / 32 * 32 + src_lane];
+    emu_syncwarp();  // nobody posts the next value before every lane has read this one
     return r;
 }
+inline int emu_shfl(int v, int src_lane) {
+    emu_shfl_ibuf[threadIdx.x] = v;
+    emu_syncwarp();
+    const int r = emu_shfl_ibuf[threadIdx.x / 32 * 32 + src_lane];
+    emu_syncwarp();
+    return r;
+}
+template <typename T> T __shfl_xor_sync(unsigned, T v, int lane_mask) { return emu_shfl(v, (int)(threadIdx.x % 32) ^ lane_mask); }
+template <typename T> T __shfl_down_sync(unsigned, T v, unsigned delta) {  // a source past lane 31 gives the lane its own value
+    const int lane = threadIdx.x % 32, src = lane + (int)delta;
+    return emu_shfl(v, src < 32 ? src : lane);
+}
+
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }  // integers: order-independent
+inline void __trap() { emu_fail("__trap"); }
+
+// ----------------------------------------------------------------------------
+// llmc/cuda_common.cuh's device helpers, as there
 
 // bf16 with round-to-nearest-even, as __float2bfloat16_rn
 struct bf16 { uint16_t bits; };
@@ -71,21 +285,23 @@ struct alignas(16) Packed128 {
 };
 template <typename T> inline Packed128<T> load128(const T* p) { return *reinterpret_cast<const Packed128<T>*>(p); }
 template <typename T> inline void store128(T* p, const Packed128<T>& x) { *reinterpret_cast<Packed128<T>*>(p) = x; }
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// runs kernel f on a (gx, gy) grid of blocks of `threads` threads
-template <typename F>
-void emu_launch(unsigned gx, unsigned gy, unsigned threads, F f) {
-    gridDim = {gx, gy, 1};
-    blockDim = {threads, 1, 1};
-    for (unsigned y = 0; y < gy; y++)
-        for (unsigned x = 0; x < gx; x++) {
-            blockIdx = {x, y, 0};
-            std::barrier<> bar(threads);
-            emu_barrier = &bar;
-            std::vector<std::thread> pool;
-            for (unsigned t = 0; t < threads; t++) pool.emplace_back([&, t] { threadIdx = {t, 0, 0}; f(); });
-            for (auto& th : pool) th.join();
-        }
+template <typename T>
+T warp_reduce_sum(T v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+template <typename T>
+T block_reduce_sum(T v) {
+    __shared__ T warp_sums[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
+    v = warp_reduce_sum(v);
+    __syncthreads();
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    v = lane < num_warps ? warp_sums[lane] : (T)0;
+    return warp_reduce_sum(v);
 }
 
 // ----------------------------------------------------------------------------
@@ -99,11 +315,11 @@ inline uint32_t pack_bf16x2(float lo, float hi) { return emu_pack(from_float<bf1
 
 // ldmatrix .x4: lanes 8i..8i+7 address the rows of matrix i; lane receives in register i matrix
 // i's row g, columns 2c, 2c+1 (.trans: rows 2c, 2c+1 of column g)
-inline const void* emu_rows[1024];
+inline thread_local const void* emu_rows[1024];
 inline void emu_ldmatrix(uint32_t* r, const bf16* row, bool trans) {
     const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
     emu_rows[tid] = row;
-    emu_barrier->arrive_and_wait();
+    emu_syncwarp();
     for (int i = 0; i < 4; i++) {
         if (!trans) {
             const bf16* p = (const bf16*)emu_rows[w * 32 + 8 * i + lane / 4];
@@ -114,19 +330,19 @@ inline void emu_ldmatrix(uint32_t* r, const bf16* row, bool trans) {
             r[i] = emu_pack(p0[lane / 4], p1[lane / 4]);
         }
     }
-    emu_barrier->arrive_and_wait();
+    emu_syncwarp();
 }
 inline void ldmatrix_x4(uint32_t* r, const bf16* row) { emu_ldmatrix(r, row, false); }
 inline void ldmatrix_x4_trans(uint32_t* r, const bf16* row) { emu_ldmatrix(r, row, true); }
 
 // d (16x8) += a (16x16) · b (16x8) for each warp, products of bf16 values summed in fp32
-inline uint32_t emu_a[1024][4], emu_b[1024][2];
-inline float emu_d[1024][4];
+inline thread_local uint32_t emu_a[1024][4], emu_b[1024][2];
+inline thread_local float emu_d[1024][4];
 inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
     const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
     for (int i = 0; i < 4; i++) emu_a[tid][i] = a[i];
     for (int i = 0; i < 2; i++) emu_b[tid][i] = b[i];
-    emu_barrier->arrive_and_wait();
+    emu_syncwarp();
     auto A = [&](int row, int k) { return to_float(emu_half(emu_a[w * 32 + (row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2)); };
     auto B = [&](int k, int n) { return to_float(emu_half(emu_b[w * 32 + n * 4 + (k % 8) / 2][k >= 8], k % 2)); };
     const int g = lane / 4, c = lane % 4;
@@ -136,22 +352,24 @@ inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
         for (int k = 0; k < 16; k++) acc += A(row, k) * B(k, col);
         emu_d[tid][i] = acc;
     }
-    emu_barrier->arrive_and_wait();
+    emu_syncwarp();
     for (int i = 0; i < 4; i++) d[i] = emu_d[tid][i];
 }
 
 // cp.async: a thread's copies wait in its committed groups until cp_async_wait<N> leaves N in flight
-struct EmuCopy { void* dst; const void* src; int bytes; };
-inline thread_local std::deque<std::vector<EmuCopy>> emu_groups;
-inline thread_local std::vector<EmuCopy> emu_open;
-inline void cp_async16(void* smem, const void* gmem, int src_bytes) { emu_open.push_back({smem, gmem, src_bytes}); }
-inline void cp_async_commit() { emu_groups.push_back(emu_open); emu_open.clear(); }
+inline void cp_async16(void* smem, const void* gmem, int src_bytes) { emu_block->threads[threadIdx.x].open.push_back({smem, gmem, src_bytes}); }
+inline void cp_async_commit() {
+    EmuThread& me = emu_block->threads[threadIdx.x];
+    me.groups.push_back(me.open);
+    me.open.clear();
+}
 template <int N> void cp_async_wait() {
-    while ((int)emu_groups.size() > N) {
-        for (const EmuCopy& cp : emu_groups.front()) {
+    EmuThread& me = emu_block->threads[threadIdx.x];
+    while ((int)me.groups.size() > N) {
+        for (const EmuCopy& cp : me.groups.front()) {
             if (cp.bytes) memcpy(cp.dst, cp.src, 16);
             else memset(cp.dst, 0, 16);
         }
-        emu_groups.pop_front();
+        me.groups.pop_front();
     }
 }

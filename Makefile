@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -59,9 +59,21 @@ test_flash_emulated: test/test_flash_emulated.cpp test/cuda_host_emulation.h llm
 test_sae_emulated: test/test_sae_emulated.cpp test/cuda_host_emulation.h llmc/sae_fused.cuh
 	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
 
-# and the one-pass KL, its row split over a thread block cluster
-test_kl_emulated: test/test_kl_emulated.cpp test/cuda_host_emulation.h llmc/kl.cuh
-	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
+# kernel headers with their launches rewritten for the emulation (test/emulate_launches.pl), so the
+# launchers run there as written
+build/emu/%.cuh: llmc/%.cuh test/emulate_launches.pl
+	@mkdir -p build/emu
+	perl -0p test/emulate_launches.pl $< > $@
+
+# the one-pass KL through its launcher (a row split over a thread block cluster)
+test_kl_emulated: test/test_kl_emulated.cpp test/cuda_host_emulation.h build/emu/kl.cuh
+	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread -Ibuild/emu -Illmc $< -o $@
+
+# --dump-features' kernels through their launchers, against the CPU trainer's dump (g++ cannot see
+# that K >= 1 fills the top-K's first slot: maybe-uninitialized is a false alarm there)
+test_feature_dump_emulated: test/test_feature_dump_emulated.cpp test/cuda_host_emulation.h build/emu/feature_dump.cuh llmc/feature_dump.h \
+		dev/cuda/feature_dump_checks.h dev/cuda/rand.h
+	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-maybe-uninitialized -pthread -Ibuild/emu -Illmc $< -o $@
 
 test_tokenizer: test/test_tokenizer.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
@@ -97,4 +109,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_gpt2_sae prepare_text build

@@ -13,11 +13,14 @@ Every decision goes through the helpers in feature_dump.h (hash, histogram bin, 
 offer, logit order, F16 rounding), so from the same activations the results equal the CPU's bit
 for bit; the logit effects agree to fp32 rounding of the sums (cuBLAS sums in another order), so
 two tokens whose effects differ by less than that may swap. Bench and CPU checks:
-dev/cuda/feature_dump.cu.
+dev/cuda/feature_dump.cu; test/test_feature_dump_emulated.cpp runs the kernels and launchers on a
+CPU (test/cuda_host_emulation.h) against the CPU trainer's dump.
 */
 #pragma once
+#ifndef HOST_EMULATION  // test/cuda_host_emulation.h and a matmul stand-in there (test/test_feature_dump_emulated.cpp)
 #include "cuda_common.cuh"
 #include "matmul.cuh"
+#endif
 #include "feature_dump.h"  // also the device state's layout, FeatureDumpDevice, and its carve
 
 // ----------------------------------------------------------------------------

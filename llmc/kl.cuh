@@ -17,7 +17,7 @@ Per-row outputs, no atomics on floats: sum kl_rows / ce_rows with deterministic_
 #pragma once
 #include <float.h>
 #include <limits.h>
-#ifndef HOST_EMULATION  // test/cuda_host_emulation.h stands in for both (test/test_kl_emulated.cpp); the launchers are left out there
+#ifndef HOST_EMULATION  // test/cuda_host_emulation.h stands in for both (test/test_kl_emulated.cpp)
 #include <cooperative_groups.h>
 #include "cuda_common.cuh"
 #endif
@@ -189,7 +189,6 @@ __global__ void kl_forward_backward_scalar_kernel(float* kl_rows, floatG* dlogit
 // dlogits (N,Vp) out: grad_scale · (p_s − p_c), padding columns 0; the spliced logits themselves
 // (in place, when floatG is floatL) or null (no gradient: the eval);
 // logits_spliced, logits_clean (N,Vp) in; grad_scale = kl_coeff / (N·grad_accum)
-#ifndef HOST_EMULATION
 template <typename floatL, typename floatG>
 void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_spliced, const floatL* logits_clean, float grad_scale,
                          int N, int V, int Vp, cudaStream_t stream) {
@@ -205,7 +204,6 @@ void kl_forward_backward(float* kl_rows, floatG* dlogits, const floatL* logits_s
     }
     cudaLaunchCheck();
 }
-#endif
 
 // ----------------------------------------------------------------------------
 // KL forward and backward in one read of the logits (issue 14, "fewer passes")
@@ -374,7 +372,6 @@ kl_forward_backward_onepass_kernel(float* kl_rows, floatG* dlogits, const floatX
 // kl_forward_backward's arguments and results (see there), dlogits not null (training: the eval
 // has no gradient and keeps kl_forward_backward); launches one cluster of ceil(Vp / (P·3328))
 // blocks per row when it can, else calls kl_forward_backward
-#ifndef HOST_EMULATION
 template <typename floatX, typename floatG>
 void kl_forward_backward_onepass(float* kl_rows, floatG* dlogits, const floatX* logits_spliced, const floatX* logits_clean, float grad_scale,
                                  int N, int V, int Vp, cudaStream_t stream) {
@@ -406,7 +403,6 @@ void kl_forward_backward_onepass(float* kl_rows, floatG* dlogits, const floatX* 
                                  grad_scale, V, Vp));
     cudaLaunchCheck();
 }
-#endif
 
 // ----------------------------------------------------------------------------
 // cross-entropy: ce = −log_softmax(z)[target] = log(sum) − (z_target − max)
@@ -430,7 +426,6 @@ __global__ void ce_forward_kernel(float* ce_rows, const floatX* logits, const in
 
 // ce_rows (N) fp32 out: −log p[target] per row, 0 where targets[row] == -1 (ignored position:
 // the last token of each row); logits (N,Vp) floatX; targets (N) int, -1 or in [0, V)
-#ifndef HOST_EMULATION
 template <typename floatX>
 void ce_forward(float* ce_rows, const floatX* logits, const int* targets, int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
@@ -438,7 +433,6 @@ void ce_forward(float* ce_rows, const floatX* logits, const int* targets, int N,
     ce_forward_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(ce_rows, logits, targets, V, Vp);
     cudaLaunchCheck();
 }
-#endif
 
 // ----------------------------------------------------------------------------
 // top-1 agreement: argmax of both rows, first index on ties (torch.argmax); NaN logits are
@@ -492,7 +486,6 @@ __global__ void argmax_agree_kernel(int* agree_count, const floatX* logits_a, co
 
 // agree_count[0] += number of rows whose argmax over the first V columns is the same in
 // logits_a and logits_b (N,Vp) floatX; zero it before the first call of an eval
-#ifndef HOST_EMULATION
 template <typename floatX>
 void argmax_agree(int* agree_count, const floatX* logits_a, const floatX* logits_b, int N, int V, int Vp, cudaStream_t stream) {
     NVTX_RANGE_FN();
@@ -500,4 +493,3 @@ void argmax_agree(int* agree_count, const floatX* logits_a, const floatX* logits
     argmax_agree_kernel<<<N, LOGITS_BLOCK_SIZE, 0, stream>>>(agree_count, logits_a, logits_b, V, Vp);
     cudaLaunchCheck();
 }
-#endif

@@ -11,6 +11,10 @@ copy per block. Blocks run one after another, except the blocks of a cluster, wh
 variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
 (bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
 fragment layouts; cp.async copies land only at the wait that covers them, as on the GPU.
+Launchers run too: the Makefile copies a header through test/emulate_launches.pl, which turns
+`kernel<<<grid, block, smem, stream>>>(args);` into `emu_launch_helper(grid, block, smem, stream)
+= [&] { kernel(args); };`, and below is the little of the runtime they call (memset, memcpy, synchronise as
+no-ops or host copies; cudaLaunchKernelEx with a cluster dimension). Device memory is host memory.
 This is an emulation from our reading of CUDA and the PTX ISA, not a GPU run: it catches
 indexing, masking, tiling, fragment-layout and synchronisation-structure mistakes before a device
 sees the kernels, and nothing about timing, memory races or the hardware's rounding order in mma.
@@ -31,6 +35,7 @@ sees the kernels, and nothing about timing, memory races or the hardware's round
 #include <deque>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <algorithm>
 using std::max;
 using std::min;
@@ -180,7 +185,9 @@ inline thread_local unsigned emu_rank = 0;
 
 // kernel f on gx blocks of `threads` threads, in clusters of `cluster` consecutive blocks, each
 // cluster's blocks at the same time on CPU threads of their own
+inline int emu_cluster_launches = 0;  // for tests that must know a launcher took its cluster path
 inline void emu_launch_cluster(unsigned gx, unsigned cluster, unsigned threads, const std::function<void()>& f) {
+    emu_cluster_launches++;
     if (cluster == 0 || gx % cluster != 0) emu_fail("the grid is not a whole number of clusters");
     for (unsigned first = 0; first < gx; first += cluster) {
         EmuCluster cl;
@@ -232,22 +239,83 @@ inline cluster_group this_cluster() {
 }  // namespace cooperative_groups
 
 // ----------------------------------------------------------------------------
+// the runtime calls the launchers make, on host memory
+
+typedef int cudaError_t;
+typedef void* cudaStream_t;
+enum { cudaSuccess = 0 };
+enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
+enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor };
+enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension };
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct cudaLaunchAttribute {
+    cudaLaunchAttributeID id;
+    struct { struct { unsigned x, y, z; } clusterDim; } val;
+};
+struct cudaLaunchConfig_t {
+    dim3 gridDim, blockDim;
+    size_t dynamicSmemBytes;
+    cudaStream_t stream;
+    cudaLaunchAttribute* attrs;
+    unsigned numAttrs;
+};
+inline void cuda_check(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) { fprintf(stderr, "[CUDA ERROR] at %s:%d: %d\n", file, line, err); exit(EXIT_FAILURE); }
+}
+#define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
+#define cudaLaunchCheck() ((void)0)
+#define NVTX_RANGE_FN() ((void)0)
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+inline bool is_aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = 0) { memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 9; return cudaSuccess; }  // an sm_90 device: clusters
+
+// kernel<<<grid, block, smem, stream>>>(args); as test/emulate_launches.pl writes it:
+// emu_launch_helper(grid, block, smem, stream) = [&] { kernel(args); };
+struct EmuLaunch {
+    dim3 grid, block;
+    template <typename F>
+    void operator=(const F& kernel_call) const {
+        if (block.y != 1 || block.z != 1 || grid.z != 1) emu_fail("the emulation runs 1D blocks on 1D or 2D grids");
+        emu_launch(grid.x, grid.y, block.x, kernel_call);
+    }
+};
+inline EmuLaunch emu_launch_helper(dim3 grid, dim3 block, size_t = 0, cudaStream_t = 0) { return {grid, block}; }
+
+template <typename... P, typename... A>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
+    unsigned cluster = 1;
+    for (unsigned i = 0; i < config->numAttrs; i++)
+        if (config->attrs[i].id == cudaLaunchAttributeClusterDimension) {
+            if (config->attrs[i].val.clusterDim.y != 1 || config->attrs[i].val.clusterDim.z != 1) emu_fail("the emulation runs 1D clusters");
+            cluster = config->attrs[i].val.clusterDim.x;
+        }
+    if (config->gridDim.y != 1 || config->blockDim.y != 1) emu_fail("the emulation runs clusters on 1D grids of 1D blocks");
+    emu_launch_cluster(config->gridDim.x, cluster, config->blockDim.x, [&] { kernel(args...); });
+    return cudaSuccess;
+}
+
+// ----------------------------------------------------------------------------
 // warp shuffles: every lane posts its value, the warp waits, each reads its source lane's
 
-inline thread_local float emu_shfl_buf[1024];
-inline thread_local int emu_shfl_ibuf[1024];
-inline float emu_shfl(float v, int src_lane) {
-    emu_shfl_buf[threadIdx.x] = v;
+inline thread_local uint64_t emu_shfl_buf[1024];
+template <typename T>
+T emu_shfl(T v, int src_lane) {
+    static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value, "a shuffle moves one register or a pair");
+    memcpy(&emu_shfl_buf[threadIdx.x], &v, sizeof(T));
     emu_syncwarp();
-    const float r = emu_shfl_buf[threadIdx.x / 32 * 32 + src_lane];
+    T r;
+    memcpy(&r, &emu_shfl_buf[threadIdx.x / 32 * 32 + src_lane], sizeof(T));
     emu_syncwarp();  // nobody posts the next value before every lane has read this one
-    return r;
-}
-inline int emu_shfl(int v, int src_lane) {
-    emu_shfl_ibuf[threadIdx.x] = v;
-    emu_syncwarp();
-    const int r = emu_shfl_ibuf[threadIdx.x / 32 * 32 + src_lane];
-    emu_syncwarp();
     return r;
 }
 template <typename T> T __shfl_xor_sync(unsigned, T v, int lane_mask) { return emu_shfl(v, (int)(threadIdx.x % 32) ^ lane_mask); }
@@ -285,7 +353,6 @@ struct alignas(16) Packed128 {
 };
 template <typename T> inline Packed128<T> load128(const T* p) { return *reinterpret_cast<const Packed128<T>*>(p); }
 template <typename T> inline void store128(T* p, const Packed128<T>& x) { *reinterpret_cast<Packed128<T>*>(p) = x; }
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 template <typename T>
 T warp_reduce_sum(T v) {

@@ -2,7 +2,8 @@
 llmc/kl.cuh's one-pass KL kernel (kl_forward_backward_onepass_kernel, the trainer's with
 --fused-backward on) run on the CPU (test/cuda_host_emulation.h), a row split over the blocks of a
 thread block cluster as the launcher splits it, against a double reference: KL(clean ‖ spliced) per
-row and its gradient grad_scale·(p_s − p_c). An emulation, not a GPU run: it checks the split of
+row and its gradient grad_scale·(p_s − p_c), through its launcher (kl_forward_backward_onepass, as
+the trainer calls it; the test checks that it took the cluster path). An emulation, not a GPU run: it checks the split of
 a row over ranks and threads, the merge of the blocks' softmax stats through another block's
 shared memory (map_shared_rank), the cluster barriers and the KL partials' sum, on every machine,
 before a device runs dev/cuda/kl.cu's variant 4 on the same kernel.
@@ -23,7 +24,7 @@ rank's stats in the wrong slot, a missing merge or a pack held twice is O(1).
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "../llmc/kl.cuh"
+#include "kl.cuh"  // build/emu/kl.cuh: llmc/kl.cuh with its launches rewritten for the emulation
 
 static const float GRAD_SCALE = 1.0f / (8192.0f * 2.0f);  // kl_coeff / (N · grad_accum) at the defaults
 
@@ -70,9 +71,9 @@ static void check_onepass(int V, int Vp, bool in_place, bool close, float grad_r
     floatG* dz = in_place ? reinterpret_cast<floatG*>(zs.data()) : dz_own.data();
     const std::vector<floatL> zs_in = zs;  // in place overwrites them
     std::vector<float> kl_rows(N, NAN);
-    emu_launch_cluster((unsigned)(N * ranks), (unsigned)ranks, KL_ONEPASS_THREADS, [&] {
-        kl_forward_backward_onepass_kernel<floatL, floatG>(kl_rows.data(), dz, zs.data(), zc.data(), GRAD_SCALE, V, Vp);
-    });
+    const int cluster_launches = emu_cluster_launches;
+    kl_forward_backward_onepass(kl_rows.data(), dz, zs.data(), zc.data(), GRAD_SCALE, N, V, Vp, 0);
+    REQUIRE(emu_cluster_launches == cluster_launches + 1);  // the launcher took the one-pass path, not its fallback
 
     int bad_kl = 0, bad_grad = 0, bad_pad = 0;
     double max_kl_err = 0.0, max_grad_share = 0.0;  // the largest gradient error as a fraction of its bound

@@ -20,12 +20,7 @@ Exit code 0 if every check passed, 1 if one failed, 2 on a bad argument.
 #include <thread>
 #include "../../llmc/cuda_common.cuh"
 
-// deterministic xorshift so every run draws the same inputs for a given seed
-static unsigned long long dev_rng_state = 1337;
-inline float rand_uniform() {  // [0,1)
-    dev_rng_state ^= dev_rng_state >> 12; dev_rng_state ^= dev_rng_state << 25; dev_rng_state ^= dev_rng_state >> 27;
-    return (float)((dev_rng_state * 0x2545F4914F6CDD1DULL) >> 40) / 16777216.0f;
-}
+#include "rand.h"
 inline float* make_random_float(size_t n, float lo = -1.0f, float hi = 1.0f) {
     float* a = (float*)malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) a[i] = lo + (hi - lo) * rand_uniform();

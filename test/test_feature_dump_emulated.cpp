@@ -1,0 +1,126 @@
+/*
+--dump-features on the GPU, llmc/feature_dump.cuh, run on the CPU (test/cuda_host_emulation.h)
+through its own launchers, reset and download, against the CPU trainer's dump (llmc/feature_dump.h)
+of the same activations: what the GPU dump against the CPU's on a device (dev/gpu_check.sh's
+dump_compare, issue 15) will compare, checked here first. An emulation, not a GPU run: it checks
+the kernels' logic (firing counts, histogram bins, top-K order and ties, band offers, contexts,
+the logit rows and the top/bottom-10 merge), not the device's memory system.
+
+Passes 1 and 2 (dev/cuda/feature_dump.cu's shapes and activations, dev/cuda/feature_dump_checks.h):
+(rows, T, D, K) = (1,1,1,1) (7,1,33,3) (3,12,4099,10) (10,10,1000,32), fp32 and bf16, streamed in
+three uneven batches of whole rows onto state the launcher reset (buffers poisoned first): every
+array bit for bit equal to the CPU's. Logit effects (fp32): the whole pipeline at (D,C,V) =
+(300,64,1000) and (70,100,7) against the CPU's, values within 1e-5 of the scale, a token differing
+only where two effects are that close. cuBLASLt's matmul is the one piece not emulated: a plain
+fp32 loop stands in for it (below), as cuBLAS, summing in its own order.
+*/
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>
+#include <stdio.h>
+#include "cuda_host_emulation.h"
+
+// matmul.cuh's nn.Linear, out (N,OC) = inp (N,C) · weightᵀ + bias: the stand-in for cuBLASLt
+template <typename floatX>
+void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C, int OC, cudaStream_t) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            float acc = bias ? to_float(bias[o]) : 0.0f;
+            for (int i = 0; i < C; i++) acc += to_float(inp[(size_t)n * C + i]) * to_float(weight[(size_t)o * C + i]);
+            out[(size_t)n * OC + o] = from_float<floatX>(acc);
+        }
+}
+
+#include "feature_dump.cuh"  // build/emu/feature_dump.cuh: llmc's with its launches rewritten for the emulation
+#include "../dev/cuda/feature_dump_checks.h"
+
+// "device" memory: host blocks poisoned with 0xff bytes (NaN floats, -1 ints), so a slot the
+// reset or a kernel misses shows
+struct EmuArena {
+    std::vector<std::unique_ptr<char[]>> blocks;
+    template <typename T>
+    T* take(size_t n) {
+        const size_t bytes = std::max(n, (size_t)1) * sizeof(T);
+        blocks.emplace_back(new char[bytes + 16]);
+        char* p = blocks.back().get();
+        p += (16 - (uintptr_t)p % 16) % 16;
+        memset(p, 0xff, bytes);
+        return reinterpret_cast<T*>(p);
+    }
+};
+
+static FeatureDumpDevice emu_dump_alloc(EmuArena* a, int D, int K, int C, int V) {
+    FeatureDumpDevice g;
+    feature_dump_device_carve(&g, a, D, K, C, V);
+    FeatureDump host;
+    feature_dump_init(&host, 1, 1);  // only its histogram edges are read
+    feature_dump_reset_gpu(g, host, 0);
+    return g;
+}
+
+static FeatureDump emu_dump_read(const FeatureDumpDevice& g, long long tokens) {
+    FeatureDump fd;
+    feature_dump_init(&fd, g.D, g.K);
+    feature_dump_download(&fd, g, tokens);
+    feature_dump_order_bands(&fd);
+    return fd;
+}
+
+template <typename floatX>
+static void check_passes(int rows, int T, int D, int K) {
+    const int N = rows * T, r1 = rows / 3, r2 = rows - rows / 5;
+    std::vector<float> c = make_activations(N, D);
+    std::vector<floatX> cx(c.size());
+    for (size_t i = 0; i < c.size(); i++) {  // the CPU sees what the GPU sees
+        cx[i] = from_float<floatX>(c[i]);
+        c[i] = to_float(cx[i]);
+    }
+    const FeatureDump ref = cpu_dump(c.data(), rows, T, D, K, r1, r2);
+    EmuArena a;
+    FeatureDumpDevice g = emu_dump_alloc(&a, D, K, 1, 1);
+    const int cuts[4] = {0, r1, r2, rows};
+    for (int pass = 0; pass < 2; pass++)  // as the trainer streams them (llmc/run.h)
+        for (int i = 0; i < 3; i++) {
+            const int n0 = cuts[i] * T, n = (cuts[i + 1] - cuts[i]) * T;
+            if (n == 0) continue;
+            const floatX* batch = cx.data() + (size_t)n0 * D;
+            if (pass == 0) {
+                feature_dump_add_gpu(g, batch, n, n0, 0);
+            } else {
+                feature_dump_add_bands_gpu(g, batch, n, n0, 0);
+                feature_dump_add_contexts_gpu(g, batch, n, T, n0, 0);
+            }
+        }
+    char name[96];
+    snprintf(name, sizeof(name), "%s rows=%d T=%d D=%d K=%d", sizeof(floatX) == 4 ? "fp32" : "bf16", rows, T, D, K);
+    CHECK(same_dump(emu_dump_read(g, N), ref, name));
+}
+
+static void check_logits(int D, int C, int V) {
+    LogitCase lc = make_logit_case(D, C, V);
+    std::vector<float> Wn = normalize_rows(lc.W_dec, D, C);
+    FeatureDump ref;
+    feature_dump_init(&ref, D, 1);
+    feature_dump_logit_effects(&ref, Wn.data(), lc.gamma.data(), lc.W_U.data(), lc.mean.data(), C, V);
+    EmuArena a;
+    FeatureDumpDevice g = emu_dump_alloc(&a, D, 1, C, V);
+    memcpy(g.gamma, lc.gamma.data(), C * sizeof(float));
+    memcpy(g.unembed_mean, lc.mean.data(), C * sizeof(float));
+    feature_dump_logit_effects_gpu(g, lc.W_dec.data(), g.gamma, lc.W_U.data(), g.unembed_mean, 0);
+    FeatureDump got;
+    feature_dump_init(&got, D, 1);
+    feature_dump_download(&got, g, 0);
+    char name[96];
+    snprintf(name, sizeof(name), "logit effects D=%d C=%d V=%d", D, C, V);
+    CHECK(same_logits(got, ref, 1e-5, name));
+}
+
+TEST_CASE("the GPU dump's two passes equal the CPU's bit for bit, fp32 and bf16 (emulated on the CPU)", "[dump]") {
+    const int shapes[][4] = {{1, 1, 1, 1}, {7, 1, 33, 3}, {3, 12, 4099, 10}, {10, 10, 1000, 32}};
+    for (auto& s : shapes) check_passes<float>(s[0], s[1], s[2], s[3]);
+    for (auto& s : shapes) check_passes<bf16>(s[0], s[1], s[2], s[3]);
+}
+
+TEST_CASE("the GPU dump's logit effects match the CPU's (emulated on the CPU)", "[dump]") {
+    check_logits(300, 64, 1000);  // more than one chunk of 256 features
+    check_logits(70, 100, 7);     // V < 10: empty slots (-1, NaN)
+}

@@ -50,30 +50,33 @@ test_gpu_mocked: test/test_gpu_mocked.cpp test/test_common.h $(HOST_HEADERS) | t
 test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@
 
-# the flash attention kernels run on the CPU through test/cuda_host_emulation.h (C++20 for
-# std::barrier; the kernels' #pragma unroll means nothing to g++)
-test_flash_emulated: test/test_flash_emulated.cpp test/cuda_host_emulation.h llmc/flash_attention.cuh
-	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
-
-# the SAE backward's fused pass, the same way
-test_sae_emulated: test/test_sae_emulated.cpp test/cuda_host_emulation.h llmc/sae_fused.cuh
-	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread $< -o $@
-
-# kernel headers with their launches rewritten for the emulation (test/emulate_launches.pl), so the
-# launchers run there as written
+# CUDA kernels on the CPU (test/cuda_host_emulation.h): each llmc header goes through
+# test/emulate_launches.pl into build/emu/ (its <<<...>>> launches rewritten), so the launchers run
+# there as written; C++20 for std::barrier; the kernels' #pragma unroll means nothing to g++; no
+# _FORTIFY_SOURCE, whose longjmp check refuses the jumps between fiber stacks
 build/emu/%.cuh: llmc/%.cuh test/emulate_launches.pl
 	@mkdir -p build/emu
 	perl -0p test/emulate_launches.pl $< > $@
+EMU_CXX = $(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -U_FORTIFY_SOURCE -pthread -Ibuild/emu -Illmc
+EMU_DEPS = test/cuda_host_emulation.h build/emu/cuda_common.cuh
+
+# the flash attention kernels (mma.sync, ldmatrix, cp.async from the PTX ISA's definitions)
+test_flash_emulated: test/test_flash_emulated.cpp $(EMU_DEPS) build/emu/flash_attention.cuh
+	$(EMU_CXX) $< -o $@
+
+# the SAE backward's fused pass, and the unfused kernels and launchers it replaces
+test_sae_emulated: test/test_sae_emulated.cpp $(EMU_DEPS) build/emu/sae_fused.cuh build/emu/sae.cuh
+	$(EMU_CXX) $< -o $@
 
 # the one-pass KL through its launcher (a row split over a thread block cluster)
-test_kl_emulated: test/test_kl_emulated.cpp test/cuda_host_emulation.h build/emu/kl.cuh
-	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -pthread -Ibuild/emu -Illmc $< -o $@
+test_kl_emulated: test/test_kl_emulated.cpp $(EMU_DEPS) build/emu/kl.cuh
+	$(EMU_CXX) $< -o $@
 
 # --dump-features' kernels through their launchers, against the CPU trainer's dump (g++ cannot see
 # that K >= 1 fills the top-K's first slot: maybe-uninitialized is a false alarm there)
-test_feature_dump_emulated: test/test_feature_dump_emulated.cpp test/cuda_host_emulation.h build/emu/feature_dump.cuh llmc/feature_dump.h \
+test_feature_dump_emulated: test/test_feature_dump_emulated.cpp $(EMU_DEPS) build/emu/feature_dump.cuh llmc/feature_dump.h \
 		dev/cuda/feature_dump_checks.h dev/cuda/rand.h
-	$(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-maybe-uninitialized -pthread -Ibuild/emu -Illmc $< -o $@
+	$(EMU_CXX) -Wno-maybe-uninitialized $< -o $@
 
 test_tokenizer: test/test_tokenizer.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8

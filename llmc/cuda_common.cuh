@@ -7,6 +7,10 @@ storage type `floatX` (float or __nv_bfloat16) and always accumulate in fp32.
 #pragma once
 #include <stdio.h>
 #include <stdlib.h>
+// Built with HOST_EMULATION (test/cuda_host_emulation.h, which runs kernels on a CPU), the CUDA
+// headers, the error checks, the dtype map and the NVTX / event scopes come from the emulation;
+// everything else here is compiled as it is.
+#ifndef HOST_EMULATION
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublasLt.h>
@@ -33,6 +37,7 @@ inline void cublas_check(cublasStatus_t status, const char* file, int line) {
 
 // after every kernel launch
 #define cudaLaunchCheck() (cuda_check(cudaGetLastError(), __FILE__, __LINE__))
+#endif  // HOST_EMULATION
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
@@ -64,6 +69,7 @@ void cast_copy(Tout* out, const Tin* in, size_t n, cudaStream_t stream) {
     cudaLaunchCheck();
 }
 
+#ifndef HOST_EMULATION
 template <typename T> inline cudaDataType_t cuda_dtype();
 template <> inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
 template <> inline cudaDataType_t cuda_dtype<bf16>() { return CUDA_R_16BF; }
@@ -86,6 +92,7 @@ struct EventRange {
     EventRange(const EventRange&) = delete;
     EventRange& operator=(const EventRange&) = delete;
 };
+#endif  // HOST_EMULATION
 
 // ----------------------------------------------------------------------------
 // reductions in a fixed order: the same inputs and launch shape give the same bits on every

@@ -17,8 +17,8 @@ dev/cuda/feature_dump.cu; test/test_feature_dump_emulated.cpp runs the kernels a
 CPU (test/cuda_host_emulation.h) against the CPU trainer's dump.
 */
 #pragma once
-#ifndef HOST_EMULATION  // test/cuda_host_emulation.h and a matmul stand-in there (test/test_feature_dump_emulated.cpp)
 #include "cuda_common.cuh"
+#ifndef HOST_EMULATION  // cuBLASLt: test/test_feature_dump_emulated.cpp has a stand-in
 #include "matmul.cuh"
 #endif
 #include "feature_dump.h"  // also the device state's layout, FeatureDumpDevice, and its carve

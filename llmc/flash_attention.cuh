@@ -9,9 +9,9 @@ test/test_flash_emulated.cpp checks every kernel here against a CPU reference on
 without a GPU. That is an emulation from our reading of the PTX ISA, not a GPU run.
 */
 #pragma once
-#ifndef HOST_EMULATION
 #include <stdint.h>
 #include "cuda_common.cuh"
+#ifndef HOST_EMULATION
 #include "ptx.cuh"
 #endif
 

@@ -17,10 +17,10 @@ Per-row outputs, no atomics on floats: sum kl_rows / ce_rows with deterministic_
 #pragma once
 #include <float.h>
 #include <limits.h>
-#ifndef HOST_EMULATION  // test/cuda_host_emulation.h stands in for both (test/test_kl_emulated.cpp)
+#ifndef HOST_EMULATION  // test/cuda_host_emulation.h stands in (test/test_kl_emulated.cpp)
 #include <cooperative_groups.h>
-#include "cuda_common.cuh"
 #endif
+#include "cuda_common.cuh"
 
 // threads per block for every kernel here (KL, CE, argmax): one block per row of logits,
 // 50257 / 1024: ~49 logits per thread per row

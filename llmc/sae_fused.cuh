@@ -14,9 +14,7 @@ test/test_sae_emulated.cpp checks the kernel against a CPU reference on a machin
 That is an emulation, not a GPU run.
 */
 #pragma once
-#ifndef HOST_EMULATION
 #include "cuda_common.cuh"
-#endif
 
 // Layout: a block of 1024 threads owns tiles of 32·VEC columns and all N rows. Thread
 // (tx = id % 32, ty = id / 32) holds VEC consecutive columns (one 16-byte pack, or one element

@@ -1,20 +1,24 @@
 /*
-Just enough of CUDA to run llmc's kernels on a CPU (test/test_flash_emulated.cpp: flash attention;
-test_sae_emulated.cpp: the fused SAE pass; test_kl_emulated.cpp: the one-pass KL on a cluster).
-A block runs on one CPU thread, its CUDA threads as fibers (ucontext) that switch only where a
-CUDA thread would wait for others: __syncthreads waits for the block, a warp-collective operation
-(shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster. So a
-warp-collective inside `if (warp == 0)` works as on the GPU, and a barrier some threads never
+Just enough of CUDA to run llmc's kernels and their launchers on a CPU: test/test_flash_emulated.cpp
+(flash attention), test_sae_emulated.cpp (the SAE's elementwise and statistics kernels, fused and
+not), test_kl_emulated.cpp (the one-pass KL on a cluster), test_feature_dump_emulated.cpp (the dump).
+A block runs on one CPU thread, its CUDA threads (1D or 2D blocks) as fibers that switch only
+where a CUDA thread would wait for others: __syncthreads waits for the block, a warp-collective
+operation (shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster.
+So a warp-collective inside `if (warp == 0)` works as on the GPU, and a barrier some threads never
 reach stops the test with a message instead of hanging. __shared__ is `static thread_local`: one
 copy per block. Blocks run one after another, except the blocks of a cluster, which run together
 (one CPU thread each); cluster.map_shared_rank finds another block's copy of a __shared__
 variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
 (bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
 fragment layouts; cp.async copies land only at the wait that covers them, as on the GPU.
-Launchers run too: the Makefile copies a header through test/emulate_launches.pl, which turns
+llmc/cuda_common.cuh is compiled as it is (bf16, Packed128, the reductions, deterministic_sum),
+less its CUDA headers and runtime helpers, which come from here. Launchers run as written: the
+Makefile copies each header through test/emulate_launches.pl into build/emu/, turning
 `kernel<<<grid, block, smem, stream>>>(args);` into `emu_launch_helper(grid, block, smem, stream)
-= [&] { kernel(args); };`, and below is the little of the runtime they call (memset, memcpy, synchronise as
-no-ops or host copies; cudaLaunchKernelEx with a cluster dimension). Device memory is host memory.
+= [&] { kernel(args); };`, and below is the little of the runtime they call (memset and memcpy on
+host memory, which is device memory here; synchronisation as no-ops; cudaLaunchKernelEx with a
+cluster dimension). cuBLASLt is not emulated: its launchers are left out or stood in for by a test.
 This is an emulation from our reading of CUDA and the PTX ISA, not a GPU run: it catches
 indexing, masking, tiling, fragment-layout and synchronisation-structure mistakes before a device
 sees the kernels, and nothing about timing, memory races or the hardware's rounding order in mma.
@@ -29,6 +33,7 @@ sees the kernels, and nothing about timing, memory races or the hardware's round
 #include <float.h>
 #include <limits.h>
 #include <ucontext.h>
+#include <setjmp.h>
 #include <barrier>
 #include <thread>
 #include <vector>
@@ -51,6 +56,7 @@ using std::min;
 struct EmuDim3 { unsigned x = 0, y = 0, z = 0; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline thread_local EmuDim3 threadIdx, blockIdx, blockDim, gridDim;  // per block's CPU thread; threadIdx set at each fiber switch
+inline thread_local unsigned emu_tid;  // the running thread's linear index in its block (x fastest, as CUDA numbers lanes)
 
 [[noreturn]] inline void emu_fail(const char* what) {
     fprintf(stderr, "cuda_host_emulation: %s (block %u,%u)\n", what, blockIdx.x, blockIdx.y);
@@ -63,13 +69,15 @@ inline thread_local EmuDim3 threadIdx, blockIdx, blockDim, gridDim;  // per bloc
 enum EmuWait { EMU_RUN, EMU_WARP, EMU_BLOCK, EMU_CLUSTER, EMU_DONE };
 struct EmuCopy { void* dst; const void* src; int bytes; };
 struct EmuThread {
-    ucontext_t ctx;
+    ucontext_t ctx;        // its first entry, onto its own stack
+    jmp_buf resume;        // where it waits (after the first entry)
+    bool started = false;
     EmuWait wait = EMU_RUN;
     std::deque<std::vector<EmuCopy>> groups;  // cp.async: committed groups in flight
     std::vector<EmuCopy> open;                // cp.async: not yet committed
 };
 struct EmuBlock {
-    ucontext_t sched;
+    jmp_buf sched;  // the scheduler, where a thread that waits or ends goes back to
     std::vector<EmuThread> threads;
     const std::function<void()>* kernel = nullptr;
     std::barrier<>* cluster = nullptr;  // the cluster's blocks' barrier, or none
@@ -77,18 +85,21 @@ struct EmuBlock {
 };
 inline thread_local EmuBlock* emu_block = nullptr;
 
-// the running thread stops until the scheduler releases `w` (its warp, block or cluster)
+// The running thread stops until the scheduler releases `w` (its warp, block or cluster).
+// Switches are _setjmp / _longjmp between the fibers' stacks and the scheduler's (no signal mask
+// saved: ucontext's swapcontext makes a system call each time); ucontext only starts a fiber.
 inline void emu_wait(EmuWait w) {
-    EmuThread& me = emu_block->threads[threadIdx.x];
+    EmuThread& me = emu_block->threads[emu_tid];
     me.wait = w;
-    swapcontext(&me.ctx, &emu_block->sched);
+    if (!_setjmp(me.resume)) _longjmp(emu_block->sched, 1);
 }
 inline void __syncthreads() { emu_wait(EMU_BLOCK); }
 inline void emu_syncwarp() { emu_wait(EMU_WARP); }
 
 inline void emu_fiber_main() {
     (*emu_block->kernel)();
-    emu_block->threads[threadIdx.x].wait = EMU_DONE;  // uc_link returns to the scheduler
+    emu_block->threads[emu_tid].wait = EMU_DONE;
+    _longjmp(emu_block->sched, 1);  // never returns: its stack is reused
 }
 
 // Runs f as one block of `threads` threads on this CPU thread. The scheduler runs every runnable
@@ -96,7 +107,8 @@ inline void emu_fiber_main() {
 // warp operation, or the block when all its live threads wait at __syncthreads (the cluster: and
 // every other block of the cluster has arrived too).
 // Returns the number of cluster barriers the block passed.
-inline int emu_run_block(unsigned threads, const std::function<void()>& f, std::barrier<>* cluster) {
+inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::barrier<>* cluster) {
+    const unsigned threads = block.x * block.y;
     const size_t stack_size = 64 * 1024;
     static thread_local std::unique_ptr<char[]> stacks;  // uninitialised, kept for this CPU thread's next block
     static thread_local size_t stacks_size = 0;
@@ -109,20 +121,28 @@ inline int emu_run_block(unsigned threads, const std::function<void()>& f, std::
     blk.kernel = &f;
     blk.cluster = cluster;
     emu_block = &blk;
-    blockDim = {threads, 1, 1};
+    blockDim = {block.x, block.y, 1};
     for (unsigned t = 0; t < threads; t++) {
         ucontext_t& c = blk.threads[t].ctx;
         getcontext(&c);
         c.uc_stack.ss_sp = stacks.get() + stack_size * t;
         c.uc_stack.ss_size = stack_size;
-        c.uc_link = &blk.sched;
+        c.uc_link = nullptr;
         makecontext(&c, emu_fiber_main, 0);
     }
     for (;;) {
         for (unsigned t = 0; t < threads; t++) {
             if (blk.threads[t].wait != EMU_RUN) continue;
-            threadIdx = {t, 0, 0};
-            swapcontext(&blk.sched, &blk.threads[t].ctx);
+            threadIdx = {t % block.x, t / block.x, 0};
+            emu_tid = t;
+            if (!_setjmp(blk.sched)) {  // back here when thread t waits or ends
+                EmuThread& th = blk.threads[t];
+                if (!th.started) {
+                    th.started = true;
+                    setcontext(&th.ctx);
+                }
+                _longjmp(th.resume, 1);
+            }
         }
         unsigned done = 0, at_block = 0, at_cluster = 0, released = 0;
         for (const EmuThread& th : blk.threads) {
@@ -161,15 +181,16 @@ inline int emu_run_block(unsigned threads, const std::function<void()>& f, std::
     return blk.cluster_syncs;
 }
 
-// runs kernel f on a (gx, gy) grid of blocks of `threads` threads, one block after another
-inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& f) {
+// runs kernel f on a (gx, gy) grid of blocks of `block` (x, y) threads, one block after another
+inline void emu_launch(unsigned gx, unsigned gy, EmuDim3 block, const std::function<void()>& f) {
     for (unsigned y = 0; y < gy; y++)
         for (unsigned x = 0; x < gx; x++) {
             gridDim = {gx, gy, 1};
             blockIdx = {x, y, 0};
-            emu_run_block(threads, f, nullptr);
+            emu_run_block(block, f, nullptr);
         }
 }
+inline void emu_launch(unsigned gx, unsigned gy, unsigned threads, const std::function<void()>& f) { emu_launch(gx, gy, EmuDim3{threads, 1, 1}, f); }
 
 // ----------------------------------------------------------------------------
 // thread block clusters (sm_90): cooperative_groups::this_cluster() for a 1D grid of 1D clusters
@@ -207,7 +228,7 @@ inline void emu_launch_cluster(unsigned gx, unsigned cluster, unsigned threads, 
                 probe[r] = (char*)&emu_tls_probe - &emu_tls_anchor;
                 started.arrive_and_wait();  // every block's storage is known before any block maps another's
                 if (probe[r] != probe[0]) emu_fail("the blocks' thread-local storage differs in layout: map_shared_rank cannot be emulated");
-                syncs_passed[r] = emu_run_block(threads, f, &syncs);
+                syncs_passed[r] = emu_run_block(EmuDim3{threads, 1, 1}, f, &syncs);
                 syncs.arrive_and_drop();  // a block that ends leaves the barrier: a missing sync is reported below, not hung on
                 emu_cluster = nullptr;
             });
@@ -268,9 +289,6 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 #define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
 #define cudaLaunchCheck() ((void)0)
 #define NVTX_RANGE_FN() ((void)0)
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
-inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
-inline bool is_aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { memset(p, v, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = 0) { memcpy(d, s, n); return cudaSuccess; }
@@ -278,6 +296,8 @@ inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 9; return cudaSuccess; }  // an sm_90 device: clusters
+template <typename T>
+cudaError_t cudaGetSymbolAddress(void** p, T& symbol) { *p = (void*)&symbol; return cudaSuccess; }  // a __device__ array is a host one here
 
 // kernel<<<grid, block, smem, stream>>>(args); as test/emulate_launches.pl writes it:
 // emu_launch_helper(grid, block, smem, stream) = [&] { kernel(args); };
@@ -285,8 +305,8 @@ struct EmuLaunch {
     dim3 grid, block;
     template <typename F>
     void operator=(const F& kernel_call) const {
-        if (block.y != 1 || block.z != 1 || grid.z != 1) emu_fail("the emulation runs 1D blocks on 1D or 2D grids");
-        emu_launch(grid.x, grid.y, block.x, kernel_call);
+        if (block.z != 1 || grid.z != 1 || block.x * block.y > 1024) emu_fail("the emulation runs 1D or 2D blocks of up to 1024 threads on 1D or 2D grids");
+        emu_launch(grid.x, grid.y, EmuDim3{block.x, block.y, 1}, kernel_call);
     }
 };
 inline EmuLaunch emu_launch_helper(dim3 grid, dim3 block, size_t = 0, cudaStream_t = 0) { return {grid, block}; }
@@ -311,16 +331,16 @@ inline thread_local uint64_t emu_shfl_buf[1024];
 template <typename T>
 T emu_shfl(T v, int src_lane) {
     static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value, "a shuffle moves one register or a pair");
-    memcpy(&emu_shfl_buf[threadIdx.x], &v, sizeof(T));
+    memcpy(&emu_shfl_buf[emu_tid], &v, sizeof(T));
     emu_syncwarp();
     T r;
-    memcpy(&r, &emu_shfl_buf[threadIdx.x / 32 * 32 + src_lane], sizeof(T));
+    memcpy(&r, &emu_shfl_buf[emu_tid / 32 * 32 + src_lane], sizeof(T));
     emu_syncwarp();  // nobody posts the next value before every lane has read this one
     return r;
 }
-template <typename T> T __shfl_xor_sync(unsigned, T v, int lane_mask) { return emu_shfl(v, (int)(threadIdx.x % 32) ^ lane_mask); }
+template <typename T> T __shfl_xor_sync(unsigned, T v, int lane_mask) { return emu_shfl(v, (int)(emu_tid % 32) ^ lane_mask); }
 template <typename T> T __shfl_down_sync(unsigned, T v, unsigned delta) {  // a source past lane 31 gives the lane its own value
-    const int lane = threadIdx.x % 32, src = lane + (int)delta;
+    const int lane = emu_tid % 32, src = lane + (int)delta;
     return emu_shfl(v, src < 32 ? src : lane);
 }
 
@@ -328,48 +348,22 @@ inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_R
 inline void __trap() { emu_fail("__trap"); }
 
 // ----------------------------------------------------------------------------
-// llmc/cuda_common.cuh's device helpers, as there
+// bf16 as cuda_bf16.h's conversions see it, round-to-nearest-even as __float2bfloat16_rn; then
+// llmc/cuda_common.cuh itself (build/emu's copy, its launches rewritten), which defines bf16,
+// to_float / from_float, Packed128, the reductions, deterministic_sum and cast_copy
 
-// bf16 with round-to-nearest-even, as __float2bfloat16_rn
-struct bf16 { uint16_t bits; };
-inline float to_float(float x) { return x; }
-inline float to_float(bf16 x) { uint32_t u = (uint32_t)x.bits << 16; float f; memcpy(&f, &u, 4); return f; }
-template <typename T> T from_float(float x);
-template <> inline float from_float<float>(float x) { return x; }
-template <> inline bf16 from_float<bf16>(float x) {
+struct __nv_bfloat16 { uint16_t bits; };
+inline float __bfloat162float(__nv_bfloat16 x) { uint32_t u = (uint32_t)x.bits << 16; float f; memcpy(&f, &u, 4); return f; }
+inline __nv_bfloat16 __float2bfloat16_rn(float x) {
     uint32_t u;
     memcpy(&u, &x, 4);
-    if (isnan(x)) return bf16{0x7fc0};
+    if (isnan(x)) return __nv_bfloat16{0x7fc0};
     u += 0x7fff + ((u >> 16) & 1);
-    return bf16{(uint16_t)(u >> 16)};
+    return __nv_bfloat16{(uint16_t)(u >> 16)};
 }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
-template <typename T>
-struct alignas(16) Packed128 {
-    static constexpr int size = 16 / sizeof(T);
-    T v[size];
-    T& operator[](int i) { return v[i]; }
-    const T& operator[](int i) const { return v[i]; }
-};
-template <typename T> inline Packed128<T> load128(const T* p) { return *reinterpret_cast<const Packed128<T>*>(p); }
-template <typename T> inline void store128(T* p, const Packed128<T>& x) { *reinterpret_cast<Packed128<T>*>(p) = x; }
-
-template <typename T>
-T warp_reduce_sum(T v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-template <typename T>
-T block_reduce_sum(T v) {
-    __shared__ T warp_sums[32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, num_warps = blockDim.x / 32;
-    v = warp_reduce_sum(v);
-    __syncthreads();
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    v = lane < num_warps ? warp_sums[lane] : (T)0;
-    return warp_reduce_sum(v);
-}
+#include "cuda_common.cuh"
 
 // ----------------------------------------------------------------------------
 // llmc/ptx.cuh's wrappers. Fragments (g = lane/4, c = lane%4): A (16x16) element (row, k) in lane
@@ -384,7 +378,7 @@ inline uint32_t pack_bf16x2(float lo, float hi) { return emu_pack(from_float<bf1
 // i's row g, columns 2c, 2c+1 (.trans: rows 2c, 2c+1 of column g)
 inline thread_local const void* emu_rows[1024];
 inline void emu_ldmatrix(uint32_t* r, const bf16* row, bool trans) {
-    const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+    const int tid = emu_tid, lane = tid % 32, w = tid / 32;
     emu_rows[tid] = row;
     emu_syncwarp();
     for (int i = 0; i < 4; i++) {
@@ -406,7 +400,7 @@ inline void ldmatrix_x4_trans(uint32_t* r, const bf16* row) { emu_ldmatrix(r, ro
 inline thread_local uint32_t emu_a[1024][4], emu_b[1024][2];
 inline thread_local float emu_d[1024][4];
 inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
-    const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+    const int tid = emu_tid, lane = tid % 32, w = tid / 32;
     for (int i = 0; i < 4; i++) emu_a[tid][i] = a[i];
     for (int i = 0; i < 2; i++) emu_b[tid][i] = b[i];
     emu_syncwarp();
@@ -424,14 +418,14 @@ inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
 }
 
 // cp.async: a thread's copies wait in its committed groups until cp_async_wait<N> leaves N in flight
-inline void cp_async16(void* smem, const void* gmem, int src_bytes) { emu_block->threads[threadIdx.x].open.push_back({smem, gmem, src_bytes}); }
+inline void cp_async16(void* smem, const void* gmem, int src_bytes) { emu_block->threads[emu_tid].open.push_back({smem, gmem, src_bytes}); }
 inline void cp_async_commit() {
-    EmuThread& me = emu_block->threads[threadIdx.x];
+    EmuThread& me = emu_block->threads[emu_tid];
     me.groups.push_back(me.open);
     me.open.clear();
 }
 template <int N> void cp_async_wait() {
-    EmuThread& me = emu_block->threads[threadIdx.x];
+    EmuThread& me = emu_block->threads[emu_tid];
     while ((int)me.groups.size() > N) {
         for (const EmuCopy& cp : me.groups.front()) {
             if (cp.bytes) memcpy(cp.dst, cp.src, 16);

@@ -20,7 +20,7 @@ and flags exact. A wrong index, tile or stride is O(1).
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "../llmc/sae_fused.cuh"
+#include "sae.cuh"  // build/emu/: llmc's with its launches rewritten for the emulation (it includes sae_fused.cuh)
 
 // one shape through the kernel at VEC (1 or the pack size), on `grid` blocks (0: one per tile)
 template <typename floatX, int VEC>
@@ -100,4 +100,105 @@ TEST_CASE("the fused SAE backward pass matches the reference in bf16 (emulated o
     check_fused<bf16, 8>(5, 1000, 3, false);  // 4 tiles on 3 blocks
     check_fused<bf16, 1>(37, 1001, 0, false);
     check_fused<bf16, 1>(1, 1001, 5, true);
+}
+
+// The trainer's launchers, --fused-backward on against off: sae_l1_relu_backward_stats against
+// sae_sparsity_l0, sae_l1_relu_backward and bias_grad_colsum on the same c and dc. dpre and
+// db_enc must have the same bits (the fused pass sums db_enc in bias_grad_colsum's order, which
+// is what makes the flag train fp32 to the same SAE), L0 and the fired flags must be equal, and
+// Σ|c| (partials in another grouping) within 1e-6.
+template <typename floatX>
+static void check_launchers(int N, int D, bool accumulate) {
+    const size_t n = (size_t)N * D;
+    const float l1_scale = 2e-3f;
+    std::mt19937 rng(11 * N + D);
+    std::uniform_real_distribution<float> U(-1.0f, 1.0f);
+    std::vector<floatX> c(n), dc(n);
+    for (size_t i = 0; i < n; i++) {
+        const float u = U(rng);
+        c[i] = from_float<floatX>(u < 0.0f ? 0.0f : u);  // a ReLU's output: half zeros
+        dc[i] = from_float<floatX>(1e-2f * U(rng));
+    }
+    std::vector<float> db0(D);
+    for (float& x : db0) x = 0.1f * U(rng);
+    // fused
+    std::vector<floatX> dpre_f = dc;
+    std::vector<float> db_f = db0;
+    std::vector<unsigned int> fired_f(D, 0u);
+    float l1_f = 0.5f, l0_f = 2.0f;  // both add to what is there
+    sae_l1_relu_backward_stats(dpre_f.data(), db_f.data(), &l1_f, &l0_f, fired_f.data(), c.data(), l1_scale, N, D, accumulate, 0);
+    // unfused
+    std::vector<floatX> dpre_u(n);
+    std::vector<float> db_u = db0;
+    std::vector<unsigned int> fired_u(D, 0u);
+    float l1_u = 0.5f, l0_u = 2.0f;
+    sae_sparsity_l0(&l1_u, &l0_u, fired_u.data(), c.data(), N, D, 0);
+    sae_l1_relu_backward(dpre_u.data(), dc.data(), c.data(), l1_scale, N, D, 0);
+    bias_grad_colsum(db_u.data(), dpre_u.data(), N, D, accumulate, 0);
+
+    size_t dpre_bad = 0, db_bad = 0, fired_bad = 0;
+    for (size_t i = 0; i < n; i++) dpre_bad += memcmp(&dpre_f[i], &dpre_u[i], sizeof(floatX)) != 0;
+    for (int j = 0; j < D; j++) {
+        db_bad += memcmp(&db_f[j], &db_u[j], sizeof(float)) != 0;
+        fired_bad += fired_f[j] != fired_u[j];
+    }
+    double l1_ref = 0.5;
+    long long l0_ref = 2;
+    for (size_t i = 0; i < n; i++) { l1_ref += fabs(to_float(c[i])); l0_ref += to_float(c[i]) > 0.0f; }
+    printf("measured: emulated SAE launchers %s N=%d D=%d%s, fused against unfused: dpre %zu and db_enc %zu bit differences, fired %zu; "
+           "L0 %.0f / %.0f (ref %lld); L1 %.9g / %.9g (ref %.9g)\n",
+           std::is_same<floatX, float>::value ? "fp32" : "bf16", N, D, accumulate ? " accumulate" : "", dpre_bad, db_bad, fired_bad, l0_f, l0_u,
+           l0_ref, l1_f, l1_u, l1_ref);
+    CHECK(dpre_bad == 0);
+    CHECK(db_bad == 0);
+    CHECK(fired_bad == 0);
+    CHECK(l0_f == (float)l0_ref);
+    CHECK(l0_u == (float)l0_ref);
+    CHECK(fabs(l1_f - l1_ref) <= 1e-6 * l1_ref);
+    CHECK(fabs(l1_u - l1_ref) <= 1e-6 * l1_ref);
+}
+
+TEST_CASE("the fused launcher gives the unfused launchers' dpre and db_enc bits (emulated on the CPU)", "[sae]") {
+    check_launchers<float>(37, 1000, false);  // packed
+    check_launchers<float>(33, 1001, true);   // one column per thread
+    check_launchers<bf16>(37, 1000, true);
+    check_launchers<bf16>(5, 1001, false);
+}
+
+// issue 16: past 2^20 columns (256 x 4096, the grid's cap) each thread of sae_sparsity_l0 walks
+// several column tiles; every column's flag and count must still be found, and the L0 total exact
+TEST_CASE("the sparsity statistics cover every column of a dictionary past 2^20 features (emulated on the CPU)", "[sae]") {
+    const int N = 3, D = (1 << 20) + 1000;
+    std::vector<float> c((size_t)N * D, 0.0f);
+    std::mt19937 rng(5);
+    std::uniform_int_distribution<int> col(0, D - 1);
+    std::vector<int> cols = {0, 255, 256, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, D - 1};
+    for (int k = 0; k < 2000; k++) cols.push_back(col(rng));
+    long long l0_ref = 0;
+    double l1_ref = 0.0;
+    std::vector<long long> count_ref(D, 0);
+    for (size_t k = 0; k < cols.size(); k++) {
+        const int r = (int)(k % N), j = cols[k];
+        float& v = c[(size_t)r * D + j];
+        if (v != 0.0f) continue;
+        v = 0.25f + 0.001f * (float)(k % 97);
+        l0_ref++;
+        l1_ref += v;
+        count_ref[j]++;
+    }
+    std::vector<unsigned int> fired(D, 0u);
+    std::vector<unsigned long long> fire_count(D, 0ull);
+    float l1 = 0.0f, l0 = 0.0f;
+    sae_sparsity_l0(&l1, &l0, fired.data(), c.data(), N, D, 0, fire_count.data());
+    size_t fired_bad = 0, count_bad = 0;
+    for (int j = 0; j < D; j++) {
+        fired_bad += fired[j] != (count_ref[j] > 0 ? 1u : 0u);
+        count_bad += (long long)fire_count[j] != count_ref[j];
+    }
+    printf("measured: emulated sae_sparsity_l0 at D = 2^20 + 1000: L0 %.0f (ref %lld), L1 %.7g (ref %.7g), fired %zu wrong, counts %zu wrong\n",
+           l0, l0_ref, l1, l1_ref, fired_bad, count_bad);
+    CHECK(l0 == (float)l0_ref);
+    CHECK(fabs(l1 - l1_ref) <= 1e-5 * l1_ref);
+    CHECK(fired_bad == 0);
+    CHECK(count_bad == 0);
 }

@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -72,6 +72,10 @@ test_sae_emulated: test/test_sae_emulated.cpp $(EMU_DEPS) build/emu/sae_fused.cu
 test_kl_emulated: test/test_kl_emulated.cpp $(EMU_DEPS) build/emu/kl.cuh
 	$(EMU_CXX) $< -o $@
 
+# Adam(W) and the gradient norm through their launchers, with the copies the update writes along
+test_adamw_emulated: test/test_adamw_emulated.cpp $(EMU_DEPS) build/emu/adamw.cuh llmc/schedule.h
+	$(EMU_CXX) $< -o $@
+
 # --dump-features' kernels through their launchers, against the CPU trainer's dump (g++ cannot see
 # that K >= 1 fills the top-K's first slot: maybe-uninitialized is a false alarm there)
 test_feature_dump_emulated: test/test_feature_dump_emulated.cpp $(EMU_DEPS) build/emu/feature_dump.cuh llmc/feature_dump.h \
@@ -112,4 +116,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated test_gpt2_sae prepare_text build

@@ -17,7 +17,8 @@ masters come from the host (init, resume).
 norm_sq is a device scalar (a slot of the trainer's stats array), read by adamw_update on the
 device and copied to the host with the other stats for the log: grad_norm = sqrt(norm_sq).
 global_norm_squared can also accumulate over several separate tensors (accumulate = true for
-all but the first), which dev/cuda/adamw.cu checks.
+all but the first), which dev/cuda/adamw.cu checks. test/test_adamw_emulated.cpp runs both
+launchers on a CPU (an emulation), the copies included.
 */
 #pragma once
 #include <math.h>

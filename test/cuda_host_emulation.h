@@ -289,6 +289,7 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 #define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
 #define cudaLaunchCheck() ((void)0)
 #define NVTX_RANGE_FN() ((void)0)
+inline float __fmul_rn(float a, float b) { return a * b; }  // no contraction into an FMA (ISO C++: -ffp-contract=off)
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { memset(p, v, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = 0) { memcpy(d, s, n); return cudaSuccess; }

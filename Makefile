@@ -61,7 +61,7 @@ EMU_CXX = $(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -U_FO
 EMU_DEPS = test/cuda_host_emulation.h build/emu/cuda_common.cuh
 
 # the flash attention kernels (mma.sync, ldmatrix, cp.async from the PTX ISA's definitions)
-test_flash_emulated: test/test_flash_emulated.cpp $(EMU_DEPS) build/emu/flash_attention.cuh
+test_flash_emulated: test/test_flash_emulated.cpp $(EMU_DEPS) build/emu/flash_attention.cuh build/emu/attention.cuh
 	$(EMU_CXX) $< -o $@
 
 # the SAE backward's fused pass, and the unfused kernels and launchers it replaces

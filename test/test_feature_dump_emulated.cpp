@@ -57,14 +57,6 @@ static FeatureDumpDevice emu_dump_alloc(EmuArena* a, int D, int K, int C, int V)
     return g;
 }
 
-static FeatureDump emu_dump_read(const FeatureDumpDevice& g, long long tokens) {
-    FeatureDump fd;
-    feature_dump_init(&fd, g.D, g.K);
-    feature_dump_download(&fd, g, tokens);
-    feature_dump_order_bands(&fd);
-    return fd;
-}
-
 template <typename floatX>
 static void check_passes(int rows, int T, int D, int K) {
     const int N = rows * T, r1 = rows / 3, r2 = rows - rows / 5;
@@ -90,17 +82,18 @@ static void check_passes(int rows, int T, int D, int K) {
                 feature_dump_add_contexts_gpu(g, batch, n, T, n0, 0);
             }
         }
+    FeatureDump got;  // downloaded and ordered as the trainer does (llmc/run.h)
+    feature_dump_init(&got, D, K);
+    feature_dump_download(&got, g, N);
+    feature_dump_order_bands(&got);
     char name[96];
     snprintf(name, sizeof(name), "%s rows=%d T=%d D=%d K=%d", sizeof(floatX) == 4 ? "fp32" : "bf16", rows, T, D, K);
-    CHECK(same_dump(emu_dump_read(g, N), ref, name));
+    CHECK(same_dump(got, ref, name));
 }
 
 static void check_logits(int D, int C, int V) {
     LogitCase lc = make_logit_case(D, C, V);
-    std::vector<float> Wn = normalize_rows(lc.W_dec, D, C);
-    FeatureDump ref;
-    feature_dump_init(&ref, D, 1);
-    feature_dump_logit_effects(&ref, Wn.data(), lc.gamma.data(), lc.W_U.data(), lc.mean.data(), C, V);
+    const FeatureDump ref = cpu_logits(lc, D);
     EmuArena a;
     FeatureDumpDevice g = emu_dump_alloc(&a, D, 1, C, V);
     memcpy(g.gamma, lc.gamma.data(), C * sizeof(float));

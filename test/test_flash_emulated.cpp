@@ -1,7 +1,8 @@
 /*
-llmc/flash_attention.cuh's kernels run on the CPU (test/cuda_host_emulation.h) against a double
-reference: the simple kernels in fp32 and bf16, and the tensor-core ones (FA2: mma.sync, ldmatrix,
-cp.async) in bf16, forward and backward. An emulation, not a GPU run: it checks the kernels'
+llmc/flash_attention.cuh's kernels run on the CPU (test/cuda_host_emulation.h), through the
+launchers in llmc/attention.cuh that the trainer calls, against a double reference: the simple
+kernels in fp32 and bf16, and the tensor-core ones (FA2: mma.sync, ldmatrix, cp.async) in bf16,
+forward and backward. An emulation, not a GPU run: it checks the kernels'
 indexing, masking, tiling, double buffering and fragment layouts, on every machine, before a
 device runs dev/cuda/attention.cu's checks of the same kernels.
 
@@ -19,7 +20,7 @@ or mask is O(1).
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "flash_attention.cuh"  // build/emu/: llmc's, for the emulation
+#include "attention.cuh"  // build/emu/: llmc's with its launches rewritten for the emulation (it includes flash_attention.cuh)
 
 // out (B,T,C), lse (B,NH,T), dinp (B,T,3C) in double from inp (B,T,3C) and dout (B,T,C)
 static void attention_reference(std::vector<double>& out, std::vector<double>& lse, std::vector<double>& dinp, const std::vector<float>& inp,
@@ -86,22 +87,13 @@ static void check_flash(int B, int T, int NH, bool tensor_cores) {
     std::vector<float> inp_f(n_inp), dout_f(n_out), lse(n_lse, NAN), dsum(n_lse, NAN);
     for (size_t i = 0; i < n_inp; i++) { inp[i] = from_float<floatX>(U(rng)); inp_f[i] = to_float(inp[i]); }
     for (size_t i = 0; i < n_out; i++) { dout[i] = from_float<floatX>(U(rng)); dout_f[i] = to_float(dout[i]); }
-    const unsigned tiles = (T + FLASH_TILE - 1) / FLASH_TILE;
-    if constexpr (std::is_same<floatX, bf16>::value) {
-        if (tensor_cores) {
-            emu_launch(B * NH, tiles, FA2_THREADS, [&] { flash_forward_mma_kernel(out.data(), lse.data(), inp.data(), T, NH); });
-            emu_launch(B * NH, tiles, FA2_THREADS, [&] {
-                flash_backward_dq_mma_kernel(dinp.data(), dsum.data(), dout.data(), out.data(), inp.data(), lse.data(), T, NH); });
-            emu_launch(B * NH, tiles, FA2_THREADS, [&] {
-                flash_backward_dkdv_mma_kernel(dinp.data(), dout.data(), inp.data(), lse.data(), dsum.data(), T, NH); });
-        }
-    }
-    if (!tensor_cores) {
-        emu_launch(B * NH, tiles, FLASH_THREADS, [&] { flash_attention_forward_kernel<floatX>(out.data(), lse.data(), inp.data(), T, NH); });
-        emu_launch(B * NH, tiles, FLASH_THREADS, [&] {
-            flash_attention_backward_dq_kernel<floatX>(dinp.data(), dsum.data(), dout.data(), out.data(), inp.data(), lse.data(), T, NH); });
-        emu_launch(B * NH, tiles, FLASH_THREADS, [&] {
-            flash_attention_backward_dkdv_kernel<floatX>(dinp.data(), dout.data(), inp.data(), lse.data(), dsum.data(), T, NH); });
+    // the trainer's launchers: bf16 on tensor cores (FA2), the simple kernels otherwise
+    if (tensor_cores) {
+        flash_attention_forward(out.data(), lse.data(), inp.data(), B, T, C, NH, 0);
+        flash_attention_backward(dinp.data(), dsum.data(), dout.data(), out.data(), inp.data(), lse.data(), B, T, C, NH, 0);
+    } else {
+        flash_attention_forward_simple(out.data(), lse.data(), inp.data(), B, T, C, NH, 0);
+        flash_attention_backward_simple(dinp.data(), dsum.data(), dout.data(), out.data(), inp.data(), lse.data(), B, T, C, NH, 0);
     }
     std::vector<double> ref_out, ref_lse, ref_dinp;
     attention_reference(ref_out, ref_lse, ref_dinp, inp_f, dout_f, B, T, NH);

@@ -286,10 +286,7 @@ int check_logit_select(int F, int V) {
 // of a D-feature decoder (the CPU reference of the paper shape for every feature would take minutes)
 int check_logits(int D, int C, int V, int Dcheck) {
     LogitCase lc = make_logit_case(D, C, V);
-    std::vector<float> Wn = normalize_rows(lc.W_dec, Dcheck, C);
-    FeatureDump ref;
-    feature_dump_init(&ref, Dcheck, 1);
-    feature_dump_logit_effects(&ref, Wn.data(), lc.gamma.data(), lc.W_U.data(), lc.mean.data(), C, V);
+    const FeatureDump ref = cpu_logits(lc, Dcheck);
     BenchArena a;
     FeatureDumpDevice g = device_dump_alloc(&a, D, 1, C, V);
     float* d_W_dec = to_device<float>(lc.W_dec.data(), lc.W_dec.size());

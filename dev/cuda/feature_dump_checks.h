@@ -158,3 +158,13 @@ inline LogitCase make_logit_case(int D, int C, int V) {
     for (float& x : lc.W_U) x = 0.2f * (rand_uniform() - 0.5f);
     return lc;
 }
+
+// the CPU trainer's logit effects of features [0, D) of a case (its decoder normalised as the
+// CPU trainer normalises it)
+inline FeatureDump cpu_logits(const LogitCase& lc, int D) {
+    std::vector<float> Wn = normalize_rows(lc.W_dec, D, lc.C);
+    FeatureDump ref;
+    feature_dump_init(&ref, D, 1);
+    feature_dump_logit_effects(&ref, Wn.data(), lc.gamma.data(), lc.W_U.data(), lc.mean.data(), lc.C, lc.V);
+    return ref;
+}

@@ -8,13 +8,14 @@ storage type `floatX` (float or __nv_bfloat16) and always accumulate in fp32.
 #include <stdio.h>
 #include <stdlib.h>
 // Built with HOST_EMULATION (test/cuda_host_emulation.h, which runs kernels on a CPU), the CUDA
-// headers, the error checks, the dtype map and the NVTX / event scopes come from the emulation;
-// everything else here is compiled as it is.
+// headers come from the emulation and the cuBLAS and CUDA-event parts are left out; everything
+// else here is compiled as it is.
 #ifndef HOST_EMULATION
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublasLt.h>
 #include <nvtx3/nvToolsExt.h>
+#endif
 
 // ----------------------------------------------------------------------------
 // error checking: every CUDA / cuBLAS call and every launch goes through one of these
@@ -27,6 +28,10 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 }
 #define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
 
+// after every kernel launch
+#define cudaLaunchCheck() (cuda_check(cudaGetLastError(), __FILE__, __LINE__))
+
+#ifndef HOST_EMULATION
 inline void cublas_check(cublasStatus_t status, const char* file, int line) {
     if (status != CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "[cuBLAS ERROR] %d at %s:%d\n", (int)status, file, line);
@@ -34,9 +39,6 @@ inline void cublas_check(cublasStatus_t status, const char* file, int line) {
     }
 }
 #define cublasCheck(status) (cublas_check((status), __FILE__, __LINE__))
-
-// after every kernel launch
-#define cudaLaunchCheck() (cuda_check(cudaGetLastError(), __FILE__, __LINE__))
 #endif  // HOST_EMULATION
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -69,17 +71,17 @@ void cast_copy(Tout* out, const Tin* in, size_t n, cudaStream_t stream) {
     cudaLaunchCheck();
 }
 
-#ifndef HOST_EMULATION
-template <typename T> inline cudaDataType_t cuda_dtype();
-template <> inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
-template <> inline cudaDataType_t cuda_dtype<bf16>() { return CUDA_R_16BF; }
-
 // NVTX range that closes at the end of the scope, so an Nsight timeline reads like the code
 struct NvtxRange {
     NvtxRange(const char* name) { nvtxRangePushA(name); }
     ~NvtxRange() { nvtxRangePop(); }
 };
 #define NVTX_RANGE_FN() NvtxRange nvtx_range_fn(__func__)
+
+#ifndef HOST_EMULATION
+template <typename T> inline cudaDataType_t cuda_dtype();
+template <> inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
+template <> inline cudaDataType_t cuda_dtype<bf16>() { return CUDA_R_16BF; }
 
 // CUDA events that bracket a scope on one stream: `start` is recorded now, `end` when the scope
 // closes. The scope's GPU time is cudaEventElapsedTime(start, end), read once the stream has

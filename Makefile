@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked train_gpt2_sae_emulated test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -39,7 +39,7 @@ test_gpt2_sae: test/test_gpt2_sae.cu test/test_common.h train_gpt2_sae.cu $(HOST
 
 # the GPU trainer's host code on the CPU: g++ builds train_gpt2_sae.cu against test/mock_cuda.h's
 # stand-ins for the CUDA runtime and every kernel launcher (its orchestration under test, not its kernels)
-train_gpt2_sae_mocked: train_gpt2_sae.cu test/mock_cuda.h $(HOST_HEADERS)
+train_gpt2_sae_mocked: train_gpt2_sae.cu test/mock_cuda.h test/mock_cuda_runtime.h $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) -DMOCK_CUDA -x c++ $< -o $@
 
 # runs train_gpt2_sae_mocked against train_gpt2_sae_cpu and PyTorch (order-only: both are built first);
@@ -54,33 +54,50 @@ test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS
 # test/emulate_launches.pl into build/emu/ (its <<<...>>> launches rewritten), so the launchers run
 # there as written; C++20 for std::barrier; the kernels' #pragma unroll means nothing to g++; no
 # _FORTIFY_SOURCE, whose longjmp check refuses the jumps between fiber stacks
-build/emu/%.cuh: llmc/%.cuh test/emulate_launches.pl
-	@mkdir -p build/emu
+build/emu/llmc/%.cuh: llmc/%.cuh test/emulate_launches.pl
+	@mkdir -p build/emu/llmc
 	perl -0p test/emulate_launches.pl $< > $@
-EMU_CXX = $(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -U_FORTIFY_SOURCE -pthread -Ibuild/emu -Illmc
-EMU_DEPS = test/cuda_host_emulation.h build/emu/cuda_common.cuh
+EMU_CXX = $(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -U_FORTIFY_SOURCE -pthread -Ibuild/emu/llmc -Illmc
+EMU_DEPS = test/cuda_host_emulation.h $(patsubst llmc/%,build/emu/llmc/%,$(CUDA_HEADERS)) $(HOST_HEADERS)
 
 # the flash attention kernels (mma.sync, ldmatrix, cp.async from the PTX ISA's definitions)
-test_flash_emulated: test/test_flash_emulated.cpp $(EMU_DEPS) build/emu/flash_attention.cuh build/emu/attention.cuh
+test_flash_emulated: test/test_flash_emulated.cpp $(EMU_DEPS)
 	$(EMU_CXX) $< -o $@
 
 # the SAE backward's fused pass, and the unfused kernels and launchers it replaces
-test_sae_emulated: test/test_sae_emulated.cpp $(EMU_DEPS) build/emu/sae_fused.cuh build/emu/sae.cuh
+test_sae_emulated: test/test_sae_emulated.cpp $(EMU_DEPS)
 	$(EMU_CXX) $< -o $@
 
 # the one-pass KL through its launcher (a row split over a thread block cluster)
-test_kl_emulated: test/test_kl_emulated.cpp $(EMU_DEPS) build/emu/kl.cuh
+test_kl_emulated: test/test_kl_emulated.cpp $(EMU_DEPS)
 	$(EMU_CXX) $< -o $@
 
 # Adam(W) and the gradient norm through their launchers, with the copies the update writes along
-test_adamw_emulated: test/test_adamw_emulated.cpp $(EMU_DEPS) build/emu/adamw.cuh llmc/schedule.h
+test_adamw_emulated: test/test_adamw_emulated.cpp $(EMU_DEPS) llmc/schedule.h
 	$(EMU_CXX) $< -o $@
 
 # --dump-features' kernels through their launchers, against the CPU trainer's dump (g++ cannot see
 # that K >= 1 fills the top-K's first slot: maybe-uninitialized is a false alarm there)
-test_feature_dump_emulated: test/test_feature_dump_emulated.cpp $(EMU_DEPS) build/emu/feature_dump.cuh llmc/feature_dump.h \
+test_feature_dump_emulated: test/test_feature_dump_emulated.cpp $(EMU_DEPS) llmc/feature_dump.h \
 		dev/cuda/feature_dump_checks.h dev/cuda/rand.h
 	$(EMU_CXX) -Wno-maybe-uninitialized $< -o $@
+
+# the GPU trainer with its kernels on the CPU: train_gpt2_sae.cu (copied into build/emu/, so that its
+# llmc/*.cuh includes find the rewritten headers) on test/mock_cuda_runtime.h's runtime, every kernel
+# and launcher as written (test/cuda_host_emulation.h), cuBLASLt's matmul a CPU loop (maybe-uninitialized:
+# the dump's false alarm, as test_feature_dump_emulated)
+# test_gpt2_sae.cu (the device tests) the same way, for dev/forecast_gpu_tests.sh --emulated
+EMU_TRAINER_CXX = $(EMU_CXX) -Wno-maybe-uninitialized -DHOST_EMULATION -I. -x c++
+build/emu/train_gpt2_sae.cu: train_gpt2_sae.cu
+	@mkdir -p build/emu
+	cp $< $@
+build/emu/test/test_gpt2_sae.cu: test/test_gpt2_sae.cu
+	@mkdir -p build/emu/test
+	cp $< $@
+train_gpt2_sae_emulated: build/emu/train_gpt2_sae.cu test/mock_cuda_runtime.h $(EMU_DEPS)
+	$(EMU_TRAINER_CXX) $< -o $@
+build/emu/test_gpt2_sae_emulated: build/emu/test/test_gpt2_sae.cu build/emu/train_gpt2_sae.cu test/test_common.h test/mock_cuda_runtime.h $(EMU_DEPS)
+	$(EMU_TRAINER_CXX) -Itest -Wno-unused-function $< -o $@
 
 test_tokenizer: test/test_tokenizer.cpp $(HOST_HEADERS)
 	$(CXX) $(CXXFLAGS) $< -o $@ -lpcre2-8
@@ -116,4 +133,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked train_gpt2_sae_emulated test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated test_gpt2_sae prepare_text build

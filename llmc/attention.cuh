@@ -46,9 +46,7 @@ results are the same bits on every run.
 #pragma once
 #include <math.h>
 #include "cuda_common.cuh"
-#ifndef HOST_EMULATION  // cuBLASLt: the CPU emulation (test/test_flash_emulated.cpp) leaves the materialised launchers out
 #include "matmul.cuh"
-#endif
 #include "flash_attention.cuh"  // the flash kernels; their launchers are below
 
 // ----------------------------------------------------------------------------
@@ -171,7 +169,6 @@ __global__ void attention_softmax_backward_kernel(floatX* datt, const floatX* at
 
 // ----------------------------------------------------------------------------
 // launchers
-#ifndef HOST_EMULATION
 
 // out (B,T,C); qkvr (3,B,NH,T,hs) scratch that the backward reads; att (B,NH,T,T) receives the
 // probabilities (the backward reads them); scratch (B,T,C) is scratch; inp (B,T,3C) is not modified
@@ -241,7 +238,6 @@ void attention_backward(floatX* dinp, floatX* dqkvr, floatX* datt, floatX* scrat
     merge_heads(dinp, dqkvr, B, T, NH, hs, 3, 3 * C, stream);  // dq, dk, dv are consecutive in dqkvr
 }
 
-#endif  // HOST_EMULATION
 
 // ----------------------------------------------------------------------------
 // flash attention: launchers

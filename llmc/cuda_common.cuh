@@ -7,9 +7,9 @@ storage type `floatX` (float or __nv_bfloat16) and always accumulate in fp32.
 #pragma once
 #include <stdio.h>
 #include <stdlib.h>
-// Built with HOST_EMULATION (test/cuda_host_emulation.h, which runs kernels on a CPU), the CUDA
-// headers come from the emulation and the cuBLAS and CUDA-event parts are left out; everything
-// else here is compiled as it is.
+// Built with HOST_EMULATION (test/cuda_host_emulation.h, which runs kernels on a CPU), what the
+// CUDA headers declare comes from the emulation, and the event scope needs its runtime with events
+// (test/mock_cuda_runtime.h); everything else here is compiled as it is.
 #ifndef HOST_EMULATION
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -31,7 +31,6 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
 // after every kernel launch
 #define cudaLaunchCheck() (cuda_check(cudaGetLastError(), __FILE__, __LINE__))
 
-#ifndef HOST_EMULATION
 inline void cublas_check(cublasStatus_t status, const char* file, int line) {
     if (status != CUBLAS_STATUS_SUCCESS) {
         fprintf(stderr, "[cuBLAS ERROR] %d at %s:%d\n", (int)status, file, line);
@@ -39,7 +38,6 @@ inline void cublas_check(cublasStatus_t status, const char* file, int line) {
     }
 }
 #define cublasCheck(status) (cublas_check((status), __FILE__, __LINE__))
-#endif  // HOST_EMULATION
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
@@ -78,10 +76,11 @@ struct NvtxRange {
 };
 #define NVTX_RANGE_FN() NvtxRange nvtx_range_fn(__func__)
 
-#ifndef HOST_EMULATION
 template <typename T> inline cudaDataType_t cuda_dtype();
 template <> inline cudaDataType_t cuda_dtype<float>() { return CUDA_R_32F; }
 template <> inline cudaDataType_t cuda_dtype<bf16>() { return CUDA_R_16BF; }
+
+#if !defined(HOST_EMULATION) || defined(MOCK_CUDA_RUNTIME)
 
 // CUDA events that bracket a scope on one stream: `start` is recorded now, `end` when the scope
 // closes. The scope's GPU time is cudaEventElapsedTime(start, end), read once the stream has
@@ -94,7 +93,7 @@ struct EventRange {
     EventRange(const EventRange&) = delete;
     EventRange& operator=(const EventRange&) = delete;
 };
-#endif  // HOST_EMULATION
+#endif
 
 // ----------------------------------------------------------------------------
 // reductions in a fixed order: the same inputs and launch shape give the same bits on every

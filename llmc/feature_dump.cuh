@@ -18,9 +18,7 @@ CPU (test/cuda_host_emulation.h) against the CPU trainer's dump.
 */
 #pragma once
 #include "cuda_common.cuh"
-#ifndef HOST_EMULATION  // cuBLASLt: test/test_feature_dump_emulated.cpp has a stand-in
 #include "matmul.cuh"
-#endif
 #include "feature_dump.h"  // also the device state's layout, FeatureDumpDevice, and its carve
 
 // ----------------------------------------------------------------------------

@@ -30,6 +30,9 @@ field the descriptors, layouts or heuristic see, alignments included) builds its
 keeps it until matmul_destroy(); a repeat only sets the bias / aux pointers and calls
 cublasLtMatmul. The heuristic sees exactly what it saw uncached, so it picks the same algorithm and
 the results are bit-identical (dev/cuda/matmul.cu checks this). Host code is single-threaded.
+
+Built with HOST_EMULATION (test/cuda_host_emulation.h), the checks below run as they are and the
+product itself is the emulation's CPU loop (emu_cublaslt_matmul); the plans stay out.
 */
 #pragma once
 #include <string.h>
@@ -53,7 +56,9 @@ inline void matmul_plan_cache_clear();
 
 inline void matmul_destroy() {
     if (cublaslt_handle == NULL) return;
+#ifndef HOST_EMULATION
     matmul_plan_cache_clear();  // the plans belong to the handle
+#endif
     cudaCheck(cudaFree(cublaslt_workspace));
     cublasCheck(cublasLtDestroy(cublaslt_handle));
     cublaslt_workspace = NULL;
@@ -95,6 +100,7 @@ inline uint32_t matmul_alignment(const void* p, long long ld_bytes, long long st
 
 // ----------------------------------------------------------------------------
 // plan cache
+#ifndef HOST_EMULATION
 
 // Everything a plan depends on. alpha and beta (accumulate) are not here: they are arguments of
 // cublasLtMatmul, which the heuristic never sees. All fields are 8 bytes, so there is no padding
@@ -135,6 +141,7 @@ inline void matmul_plan_cache_clear() {
     for (auto& entry : matmul_plans) matmul_plan_destroy(entry.second);
     matmul_plans.clear();
 }
+#endif  // HOST_EMULATION
 
 // all argument errors end the program with the shapes and types of the offending call
 #define matmul_fail(...) do { \
@@ -182,6 +189,11 @@ inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const vo
     if (epilogue_has_aux(epilogue) && (ldd != n || n % 8 != 0)) matmul_fail("the GELU aux matrix needs packed D with n %% 8 == 0");
     if (epilogue == CUBLASLT_EPILOGUE_DGELU && ab_type != CUDA_R_16BF) matmul_fail("DGELU is used, and checked, in bf16 only");
 
+#ifdef HOST_EMULATION
+    emu_cublaslt_matmul(d, c, a, b, bias, aux, m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB, strideD, ab_type, d_type,
+                        alpha, accumulate ? 1.0f : 0.0f, epilogue);
+    (void)stream;  // one stream: the emulation runs everything in call order
+#else
     // cuBLAS's first operand is our B, its second our A (see the top of the file)
     const long long ab_size = (long long)matmul_type_size(ab_type), d_size = (long long)matmul_type_size(d_type);
     const uint32_t align_first = matmul_alignment(b, ldb * ab_size, batch > 1 ? strideB * ab_size : 0);
@@ -271,6 +283,7 @@ inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const vo
                                c, plan.layout_d, d, plan.layout_d, &plan.algo,
                                cublaslt_workspace, cublaslt_workspace_size, stream));
     if (!matmul_plan_cache_enabled) matmul_plan_destroy(plan);
+#endif  // HOST_EMULATION
 }
 #undef matmul_fail
 

@@ -45,9 +45,7 @@ fixed order (deterministic_sum), so the same inputs give the same bits on every 
 #pragma once
 #include <algorithm>
 #include "cuda_common.cuh"
-#ifndef HOST_EMULATION  // cuBLASLt: the CPU emulation (test/test_sae_emulated.cpp) leaves the matmuls out
 #include "matmul.cuh"
-#endif
 #include "sae_fused.cuh"
 
 #define SAE_NORM_EPS 1e-12f  // F.normalize's eps: rows are divided by max(||row||, eps)
@@ -327,7 +325,6 @@ inline void sae_count_alive(int* alive, const unsigned int* fired, int D, cudaSt
 
 // ----------------------------------------------------------------------------
 // the SAE's matmuls (see the table at the top), under the CPU trainer's names and argument order
-#ifndef HOST_EMULATION
 
 // c (N,D) = relu(x (N,C) · W_enc (C,D) + b_enc (D)): bias and ReLU in the matmul's epilogue
 template <typename floatX>
@@ -367,4 +364,3 @@ void sae_encoder_backward(float* dW_enc, const floatX* dpre, const floatX* x, in
     matmul_cublaslt(dW_enc, x, dpre, nullptr, C, D, N, true, false, t, CUDA_R_32F, accumulate, CUBLASLT_EPILOGUE_DEFAULT, nullptr,
                     stream);
 }
-#endif  // HOST_EMULATION

@@ -1,7 +1,9 @@
 /*
-Just enough of CUDA to run llmc's kernels and their launchers on a CPU: test/test_flash_emulated.cpp
-(flash attention), test_sae_emulated.cpp (the SAE's elementwise and statistics kernels, fused and
-not), test_kl_emulated.cpp (the one-pass KL on a cluster), test_feature_dump_emulated.cpp (the dump).
+Just enough of CUDA to run llmc's kernels and their launchers on a CPU: the kernel tests
+test/test_flash_emulated.cpp (flash attention), test_sae_emulated.cpp (the SAE's elementwise and
+statistics kernels, fused and not), test_kl_emulated.cpp (the one-pass KL on a cluster),
+test_adamw_emulated.cpp and test_feature_dump_emulated.cpp (the dump), and the whole GPU trainer,
+train_gpt2_sae_emulated, with the device tests on it (dev/forecast_gpu_tests.sh --emulated).
 A block runs on one CPU thread, its CUDA threads (1D or 2D blocks) as fibers that switch only
 where a CUDA thread would wait for others: __syncthreads waits for the block, a warp-collective
 operation (shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster.
@@ -13,18 +15,23 @@ variable at the same offset from that block's thread-local storage. ldmatrix, mm
 (bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
 fragment layouts; cp.async copies land only at the wait that covers them, as on the GPU.
 llmc/cuda_common.cuh is compiled as it is (bf16, Packed128, the reductions, deterministic_sum,
-the error checks), less its CUDA headers, which come from here, and its cuBLAS and event parts. Launchers run as written: the
-Makefile copies each header through test/emulate_launches.pl into build/emu/, turning
+the error checks), less its CUDA headers, which come from here. Launchers run as written: the
+Makefile copies each header through test/emulate_launches.pl into build/emu/llmc/, turning
 `kernel<<<grid, block, smem, stream>>>(args);` into `emu_launch_helper(grid, block, smem, stream)
-= [&] { kernel(args); };`, and below is the little of the runtime they call (memset and memcpy on
-host memory, which is device memory here; synchronisation as no-ops; cudaLaunchKernelEx with a
-cluster dimension). cuBLASLt is not emulated: its launchers are left out or stood in for by a test.
+= [&] { kernel(args); };`. The runtime they call is test/mock_cuda_runtime.h's when it is included
+first (the trainer: device memory, copies and events as a device checks them), else the little
+below (memset and memcpy on host memory; synchronisation as no-ops). cudaLaunchKernelEx takes a
+cluster dimension. cuBLASLt is one CPU loop, emu_cublaslt_matmul: llmc/matmul.cuh's checks and
+wrappers run as written and call it where they would call cublasLtMatmul.
 This is an emulation from our reading of CUDA and the PTX ISA, not a GPU run: it catches
-indexing, masking, tiling, fragment-layout and synchronisation-structure mistakes before a device
-sees the kernels, and nothing about timing, memory races or the hardware's rounding order in mma.
+indexing, masking, tiling, fragment-layout, launch-argument and synchronisation-structure mistakes
+before a device sees the kernels, and nothing about timing, memory races or the hardware's
+rounding order in mma and cuBLAS.
 */
 #pragma once
+#ifndef HOST_EMULATION
 #define HOST_EMULATION
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -260,13 +267,39 @@ inline cluster_group this_cluster() {
 }  // namespace cooperative_groups
 
 // ----------------------------------------------------------------------------
-// the runtime calls the launchers make, on host memory
+// the runtime calls the launchers make. With test/mock_cuda_runtime.h included first (the
+// emulated trainer), they are its calls, on its device memory; otherwise (the kernel tests) the
+// little below, on host memory, where every call succeeds and a failed launch stops the test itself.
 
+#ifndef MOCK_CUDA_RUNTIME
 typedef int cudaError_t;
 typedef void* cudaStream_t;
 enum { cudaSuccess = 0 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice };
 enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor };
+enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
+inline const char* cudaGetErrorString(cudaError_t) { return "error"; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline void nvtxRangePushA(const char*) {}
+inline void nvtxRangePop() {}
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = 0) { memcpy(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 9; return cudaSuccess; }  // an sm_90 device: clusters
+template <typename T>
+cudaError_t cudaGetSymbolAddress(void** p, T& symbol) { *p = (void*)&symbol; return cudaSuccess; }  // a __device__ array is a host one here
+inline cudaError_t cudaMalloc(void** p, size_t n) { *p = malloc(n ? n : 1); return cudaSuccess; }
+template <typename T> cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
+inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
+inline void emu_device_span(const char*, const void*, size_t) {}
+#else
+// an operand the emulated cuBLASLt reads or writes lies inside one cudaMalloc block
+inline void emu_device_span(const char* what, const void* p, size_t bytes) { mock_device_arg("matmul_cublaslt_core", what, (const char*)p, bytes); }
+#endif  // MOCK_CUDA_RUNTIME
+
 enum cudaLaunchAttributeID { cudaLaunchAttributeClusterDimension };
 struct dim3 {
     unsigned x, y, z;
@@ -283,20 +316,7 @@ struct cudaLaunchConfig_t {
     cudaLaunchAttribute* attrs;
     unsigned numAttrs;
 };
-inline const char* cudaGetErrorString(cudaError_t) { return "error"; }  // every call here returns cudaSuccess
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }             // a failed launch stops the test itself (emu_fail)
-inline void nvtxRangePushA(const char*) {}
-inline void nvtxRangePop() {}
 inline float __fmul_rn(float a, float b) { return a * b; }  // no contraction into an FMA (ISO C++: -ffp-contract=off)
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = 0) { memset(p, v, n); return cudaSuccess; }
-inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
-inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = 0) { memcpy(d, s, n); return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = 9; return cudaSuccess; }  // an sm_90 device: clusters
-template <typename T>
-cudaError_t cudaGetSymbolAddress(void** p, T& symbol) { *p = (void*)&symbol; return cudaSuccess; }  // a __device__ array is a host one here
 
 // kernel<<<grid, block, smem, stream>>>(args); as test/emulate_launches.pl writes it:
 // emu_launch_helper(grid, block, smem, stream) = [&] { kernel(args); };
@@ -351,8 +371,12 @@ inline void __trap() { emu_fail("__trap"); }
 // llmc/cuda_common.cuh itself (build/emu's copy, its launches rewritten), which defines bf16,
 // to_float / from_float, Packed128, the reductions, deterministic_sum and cast_copy
 
-struct __nv_bfloat16 { uint16_t bits; };
-inline float __bfloat162float(__nv_bfloat16 x) { uint32_t u = (uint32_t)x.bits << 16; float f; memcpy(&f, &u, 4); return f; }
+inline float emu_bf16_to_float(uint16_t bits) { uint32_t u = (uint32_t)bits << 16; float f; memcpy(&f, &u, 4); return f; }
+struct __nv_bfloat16 {
+    uint16_t bits;
+    explicit operator float() const { return emu_bf16_to_float(bits); }  // as cuda_bf16.h's conversion, for host code's (float)x
+};
+inline float __bfloat162float(__nv_bfloat16 x) { return emu_bf16_to_float(x.bits); }
 inline __nv_bfloat16 __float2bfloat16_rn(float x) {
     uint32_t u;
     memcpy(&u, &x, 4);
@@ -362,7 +386,85 @@ inline __nv_bfloat16 __float2bfloat16_rn(float x) {
 }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
+// cuBLASLt's handle, status and epilogues (the values cublasLt.h gives them), for llmc/matmul.cuh;
+// its one call into cuBLASLt is emu_cublaslt_matmul below
+typedef int cublasStatus_t;
+enum { CUBLAS_STATUS_SUCCESS = 0 };
+typedef struct EmuCublasLt* cublasLtHandle_t;
+enum cublasLtEpilogue_t {
+    CUBLASLT_EPILOGUE_DEFAULT = 1, CUBLASLT_EPILOGUE_RELU = 2, CUBLASLT_EPILOGUE_BIAS = 4, CUBLASLT_EPILOGUE_RELU_BIAS = 6,
+    CUBLASLT_EPILOGUE_GELU = 32, CUBLASLT_EPILOGUE_GELU_BIAS = 36, CUBLASLT_EPILOGUE_GELU_AUX = 160, CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 164,
+    CUBLASLT_EPILOGUE_DGELU = 192,
+};
+inline cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
+    static char handle;
+    *h = (cublasLtHandle_t)&handle;
+    return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasLtDestroy(cublasLtHandle_t) { return CUBLAS_STATUS_SUCCESS; }
+
 #include "cuda_common.cuh"
+#include "gelu.cuh"  // gelu_tanh and its gradient, for the GELU epilogues below
+
+// ----------------------------------------------------------------------------
+// cuBLASLt's matmul, as llmc/matmul.cuh's matmul_cublaslt_core asks for it once its checks have
+// passed (row-major, its argument conventions): for each of `batch` matrices,
+//   D (m,n) = epilogue(alpha · op(A) · op(B) + beta · C + bias)
+// summed in fp32 in k order (cuBLAS's order is its own: results agree to fp32 rounding, not bit for
+// bit), then rounded once to D's type. GELU is gelu.cuh's tanh form (cuBLASLt's own
+// approximation is not known here); GELU_AUX stores the pre-GELU value (D's type), DGELU multiplies
+// by gelu' of the stored one. Every operand must lie in device memory (with the mock runtime).
+
+inline float emu_load(const void* p, size_t i, cudaDataType_t t) {
+    return t == CUDA_R_32F ? ((const float*)p)[i] : to_float(((const bf16*)p)[i]);
+}
+inline void emu_store(void* p, size_t i, cudaDataType_t t, float v) {
+    if (t == CUDA_R_32F) ((float*)p)[i] = v;
+    else ((bf16*)p)[i] = from_float<bf16>(v);
+}
+// bytes spanned by `rows` rows of `cols` elements, ld apart, in each of `batch` matrices stride apart
+inline size_t emu_span(long long rows, long long cols, long long ld, int batch, long long stride, size_t size) {
+    return (size_t)(((long long)(batch - 1) * stride + (rows - 1) * ld + cols) * (long long)size);
+}
+
+inline void emu_cublaslt_matmul(void* d, const void* c, const void* a, const void* b, const void* bias, void* aux, int m, int n, int k,
+                                bool transA, bool transB, int lda, int ldb, int ldd, int batch, long long strideA, long long strideB,
+                                long long strideD, cudaDataType_t ab_type, cudaDataType_t d_type, float alpha, float beta,
+                                cublasLtEpilogue_t epilogue) {
+    const size_t ab = ab_type == CUDA_R_32F ? 4 : 2, ds = d_type == CUDA_R_32F ? 4 : 2;
+    emu_device_span("A", a, emu_span(transA ? k : m, transA ? m : k, lda, batch, strideA, ab));
+    emu_device_span("B", b, emu_span(transB ? n : k, transB ? k : n, ldb, batch, strideB, ab));
+    emu_device_span("D", d, emu_span(m, n, ldd, batch, strideD, ds));
+    if (beta != 0.0f) emu_device_span("C", c, emu_span(m, n, ldd, 1, 0, ds));
+    if (bias) emu_device_span("bias", bias, (size_t)n * ds);
+    if (aux) emu_device_span("aux", aux, (size_t)m * n * ds);
+    const bool relu = epilogue == CUBLASLT_EPILOGUE_RELU || epilogue == CUBLASLT_EPILOGUE_RELU_BIAS;
+    const bool gelu = epilogue == CUBLASLT_EPILOGUE_GELU || epilogue == CUBLASLT_EPILOGUE_GELU_BIAS ||
+                      epilogue == CUBLASLT_EPILOGUE_GELU_AUX || epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    std::vector<float> col(k);
+    for (int i = 0; i < batch; i++) {
+        const char* A = (const char*)a + (size_t)i * strideA * ab;
+        const char* B = (const char*)b + (size_t)i * strideB * ab;
+        char* D = (char*)d + (size_t)i * strideD * ds;
+        for (int j = 0; j < n; j++) {
+            for (int p = 0; p < k; p++) col[p] = emu_load(B, transB ? (size_t)j * ldb + p : (size_t)p * ldb + j, ab_type);
+            for (int r = 0; r < m; r++) {
+                float acc = 0.0f;
+                for (int p = 0; p < k; p++) acc += emu_load(A, transA ? (size_t)p * lda + r : (size_t)r * lda + p, ab_type) * col[p];
+                float v = alpha * acc;
+                if (beta != 0.0f) v += beta * emu_load(c, (size_t)r * ldd + j, d_type);
+                if (bias) v += emu_load(bias, j, d_type);
+                if (relu) v = std::max(v, 0.0f);
+                if (gelu) {
+                    if (aux) emu_store(aux, (size_t)r * n + j, d_type, v);
+                    v = gelu_tanh(v);
+                }
+                if (epilogue == CUBLASLT_EPILOGUE_DGELU) v *= gelu_tanh_grad(emu_load(aux, (size_t)r * n + j, d_type));
+                emu_store(D, (size_t)r * ldd + j, d_type, v);
+            }
+        }
+    }
+}
 
 // ----------------------------------------------------------------------------
 // llmc/ptx.cuh's wrappers. Fragments (g = lane/4, c = lane%4): A (16x16) element (row, k) in lane

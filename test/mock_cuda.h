@@ -1,10 +1,13 @@
 /*
-test/mock_cuda.h: a CPU stand-in for what train_gpt2_sae.cu takes from the CUDA runtime and from
-the llmc .cuh files, so the GPU trainer's host code (buffers, layer indices, stat slots, scales, evals,
-saves, resume, sweeps, the feature dump) runs on a machine without a GPU:
+test/mock_cuda.h: a CPU stand-in for every launcher train_gpt2_sae.cu takes from the llmc .cuh
+files, on test/mock_cuda_runtime.h's CUDA runtime, so the GPU trainer's host code (buffers, layer
+indices, stat slots, scales, evals, saves, resume, sweeps, the feature dump) runs fast on a machine
+without a GPU:
     make train_gpt2_sae_mocked     (g++ -DMOCK_CUDA -x c++ train_gpt2_sae.cu: the trainer includes this
                                     file instead of the .cuh files)
     make test_gpu_mocked && ./test_gpu_mocked
+(train_gpt2_sae_emulated runs the .cuh files' own kernels and launchers instead, far slower:
+test/cuda_host_emulation.h.)
 Each launcher computes what its kernel computes from the same arguments: fp32 arithmetic, floatX
 storage (rounded to bf16 wherever the GPU stores bf16), the same accumulate flags, in-place cases
 and padding, and it leaves untouched what the kernel leaves untouched. The math follows
@@ -12,11 +15,8 @@ train_gpt2_sae_cpu.cpp and llmc/feature_dump.h (whose helpers the dump calls); s
 fixed order, not cuBLAS's, so results are deterministic and agree with a GPU's to fp32 rounding,
 not bit for bit.
 What a device would refuse is refused here too, naming the launcher and the argument: a kernel
-argument that is not device memory or runs past its cudaMalloc block, a copy whose kind does not
-match its pointers, a cuBLASLt bias that is not 16-byte aligned, a matmul before matmul_init, an
-event read before it was recorded. cudaMalloc fills its block with 0xff bytes (NaN in fp32 and
-bf16, -1 in integers), so a read of memory nothing wrote shows up, as compute-sanitizer's initcheck
-would report it. MOCK_CUDA_MEMORY_GIB sets the device memory cudaMemGetInfo reports (default 80).
+argument that is not device memory or runs past its cudaMalloc block, a cuBLASLt bias that is not
+16-byte aligned, a matmul before matmul_init (and, in the runtime, bad copies and events).
 Left out: the kernels themselves (test_gpt2_sae checks those on a device), timing, concurrency
 (everything runs in call order, as the trainer's one stream does), cuBLASLt's GELU epilogue's own
 approximation, and the tensor-core flash kernels' rounding of P and dS to bf16 (flash attention
@@ -33,39 +33,11 @@ runs as the simple kernels do, in any floatX).
 #include <map>
 #include <type_traits>
 #include <vector>
-#include "../llmc/utils.h"         // now_seconds
+#include "mock_cuda_runtime.h"     // the CUDA runtime: device memory, copies, events, the device
 #include "../llmc/feature_dump.h"  // FeatureDump and the helpers the dump kernels share with the CPU
 
 // ----------------------------------------------------------------------------
-// the CUDA runtime: errors, device memory, copies, events, the device
-
-enum cudaError_t {
-    cudaSuccess = 0,
-    cudaErrorInvalidValue = 1,
-    cudaErrorMemoryAllocation = 2,
-    cudaErrorInvalidDevice = 101,
-    cudaErrorInvalidResourceHandle = 400,
-};
-enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
-enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
-struct MockStream {};
-typedef MockStream* cudaStream_t;  // one stream: every call runs at once, in order (D2H async copies: see below)
-struct MockEvent {
-    double seconds = -1.0;  // the host time it was last recorded, -1 before
-    long long seq = -1;     // the async copies enqueued before that record: mock_seq then
-};
-typedef MockEvent* cudaEvent_t;
-
-inline const char* cudaGetErrorString(cudaError_t err) {
-    switch (err) {
-        case cudaSuccess: return "no error";
-        case cudaErrorInvalidValue: return "invalid argument";
-        case cudaErrorMemoryAllocation: return "out of memory";
-        case cudaErrorInvalidDevice: return "invalid device ordinal";
-        case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    }
-    return "unknown error";
-}
+// llmc/cuda_common.cuh: the error check, the NVTX and event scopes
 
 // llmc/cuda_common.cuh cudaCheck: file:line and the error, then exit 1
 inline void cuda_check(cudaError_t err, const char* file, int line) {
@@ -75,241 +47,6 @@ inline void cuda_check(cudaError_t err, const char* file, int line) {
     }
 }
 #define cudaCheck(err) (cuda_check(err, __FILE__, __LINE__))
-
-// the device's memory: every cudaMalloc block, start -> bytes
-inline std::map<uintptr_t, size_t> mock_blocks;
-inline size_t mock_bytes_in_use = 0;
-
-inline size_t mock_memory_total() {
-    const char* gib = getenv("MOCK_CUDA_MEMORY_GIB");
-    return (size_t)((gib ? atof(gib) : 80.0) * 1073741824.0);
-}
-
-// whether [p, p + bytes) lies inside one cudaMalloc block
-inline bool mock_is_device(const void* p, size_t bytes) {
-    const uintptr_t a = (uintptr_t)p;
-    auto it = mock_blocks.upper_bound(a);
-    if (it == mock_blocks.begin()) return false;
-    --it;
-    return a >= it->first && a + bytes <= it->first + it->second;
-}
-
-// a kernel argument: n elements of device memory, or the run ends naming the launcher and argument
-template <typename T>
-inline void mock_device_arg(const char* fn, const char* arg, const T* p, size_t n) {
-    if (mock_is_device(p, n * sizeof(T))) return;
-    fprintf(stderr, "[mock CUDA] %s: %s = %p is not %zu elements of device memory (a host pointer, or past its cudaMalloc block)\n", fn,
-            arg, (const void*)p, n);
-    exit(EXIT_FAILURE);
-}
-#define MOCK_DEV(p, n) mock_device_arg(__func__, #p, p, (size_t)(n))
-
-// a launcher's own precondition, as the device code checks or relies on it
-#define MOCK_REQUIRE(cond, ...) do { if (!(cond)) { \
-    fprintf(stderr, "[mock CUDA] %s: ", __func__); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(EXIT_FAILURE); } } while (0)
-
-// 256-byte aligned as cudaMalloc's, filled with 0xff so that reading unwritten memory gives NaN
-inline cudaError_t cudaMalloc(void** p, size_t bytes) {
-    *p = nullptr;
-    if (mock_bytes_in_use + bytes > mock_memory_total()) return cudaErrorMemoryAllocation;
-    const size_t rounded = (bytes + 255) / 256 * 256;
-    *p = aligned_alloc(256, rounded ? rounded : 256);
-    if (!*p) return cudaErrorMemoryAllocation;
-    memset(*p, 0xff, rounded);
-    mock_blocks[(uintptr_t)*p] = bytes;
-    mock_bytes_in_use += bytes;
-    return cudaSuccess;
-}
-template <typename T>
-inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
-
-inline cudaError_t cudaFree(void* p) {
-    if (!p) return cudaSuccess;
-    auto it = mock_blocks.find((uintptr_t)p);
-    if (it == mock_blocks.end()) return cudaErrorInvalidValue;
-    mock_bytes_in_use -= it->second;
-    mock_blocks.erase(it);
-    free(p);
-    return cudaSuccess;
-}
-
-// a copy of `span` bytes from src to dst is of the kind it claims: device pointers in device memory, host pointers not
-inline cudaError_t mock_copy_kind(const char* fn, void* dst, const void* src, size_t span, cudaMemcpyKind kind) {
-    const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
-    const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
-    if (mock_is_device(dst, span) == dst_dev && mock_is_device(src, span) == src_dev) return cudaSuccess;
-    fprintf(stderr, "[mock CUDA] %s of %zu bytes, kind %d: dst %p is %sdevice memory, src %p is %sdevice memory\n", fn, span, (int)kind,
-            dst, mock_is_device(dst, span) ? "" : "not ", src, mock_is_device(src, span) ? "" : "not ");
-    return cudaErrorInvalidValue;
-}
-
-// pinned host memory (cudaMallocHost): start -> bytes; filled with 0xff as device memory is
-inline std::map<uintptr_t, size_t> mock_pinned;
-inline cudaError_t cudaMallocHost(void** p, size_t bytes) {
-    *p = malloc(bytes ? bytes : 1);
-    if (!*p) return cudaErrorMemoryAllocation;
-    memset(*p, 0xff, bytes);
-    mock_pinned[(uintptr_t)*p] = bytes;
-    return cudaSuccess;
-}
-template <typename T>
-inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMallocHost((void**)p, bytes); }
-inline cudaError_t cudaFreeHost(void* p) {
-    if (!p) return cudaSuccess;
-    if (!mock_pinned.erase((uintptr_t)p)) return cudaErrorInvalidValue;
-    free(p);
-    return cudaSuccess;
-}
-inline bool mock_is_pinned(const void* p, size_t bytes) {
-    const uintptr_t a = (uintptr_t)p;
-    auto it = mock_pinned.upper_bound(a);
-    if (it == mock_pinned.begin()) return false;
-    --it;
-    return a >= it->first && a + bytes <= it->first + it->second;
-}
-
-// Device-to-host cudaMemcpyAsync: the bytes are taken when the call is made (the kernels before it
-// have all run here) but land in host memory only at the next synchronisation that covers them
-// (cudaStreamSynchronize, cudaDeviceSynchronize, a synchronous cudaMemcpy, or cudaEventSynchronize
-// of an event recorded after the copy). Host code that reads the result before it synchronises
-// reads the 0xff fill or the previous update's values, and the tests see it. The destination must
-// be pinned: to pageable memory the copy would synchronise, which the trainer's loop must not.
-struct MockPendingCopy { long long seq; void* dst; std::vector<char> bytes; };
-inline std::vector<MockPendingCopy> mock_pending;
-inline long long mock_seq = 0;     // async copies enqueued so far
-inline long long mock_synced = 0;  // all of them up to here are known complete (the last full synchronisation)
-
-// Host waits for the device: full synchronisations, synchronous copies, and cudaEventSynchronize
-// of an event not already known complete. With MOCK_CUDA_COUNT_SYNCS set, the count is printed at
-// exit ("mock CUDA: N host waits"), so a test can count the training loop's waits per update.
-struct MockWaitCounter {
-    long long n = 0;
-    ~MockWaitCounter() { if (getenv("MOCK_CUDA_COUNT_SYNCS")) fprintf(stderr, "mock CUDA: %lld host waits\n", n); }
-};
-inline MockWaitCounter mock_waits;
-
-inline void mock_deliver(long long up_to) {
-    std::vector<MockPendingCopy> rest;
-    for (MockPendingCopy& c : mock_pending) {
-        if (c.seq <= up_to) memcpy(c.dst, c.bytes.data(), c.bytes.size());
-        else rest.push_back(std::move(c));
-    }
-    mock_pending.swap(rest);
-}
-
-inline void mock_full_sync() {
-    mock_deliver(mock_seq);
-    mock_synced = mock_seq;
-    mock_waits.n++;
-}
-
-inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-    mock_full_sync();
-    if (bytes == 0) return cudaSuccess;
-    cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
-    if (err == cudaSuccess) memmove(dst, src, bytes);
-    return err;
-}
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
-    if (kind != cudaMemcpyDeviceToHost || bytes == 0) {  // into device memory: at once, in stream order
-        if (bytes == 0) return cudaSuccess;
-        ++mock_seq;
-        cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
-        if (err == cudaSuccess) memmove(dst, src, bytes);
-        return err;
-    }
-    cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
-    if (err != cudaSuccess) return err;
-    if (!mock_is_pinned(dst, bytes)) {
-        fprintf(stderr, "[mock CUDA] cudaMemcpyAsync of %zu bytes to pageable host memory %p: that copy synchronises; use cudaMallocHost\n",
-                bytes, dst);
-        return cudaErrorInvalidValue;
-    }
-    mock_pending.push_back({++mock_seq, dst, std::vector<char>((const char*)src, (const char*)src + bytes)});
-    return cudaSuccess;
-}
-
-// height rows of width bytes, rows dpitch / spitch bytes apart
-inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height, cudaMemcpyKind kind) {
-    if (width == 0 || height == 0) return cudaSuccess;
-    if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
-    cudaError_t err = mock_copy_kind(__func__, dst, src, 0, kind);  // the pointers' kinds; the spans below
-    if (err == cudaSuccess) err = mock_copy_kind(__func__, (char*)dst + (height - 1) * dpitch, (const char*)src + (height - 1) * spitch, width, kind);
-    if (err != cudaSuccess) return err;
-    for (size_t r = 0; r < height; r++) memmove((char*)dst + r * dpitch, (const char*)src + r * spitch, width);
-    return cudaSuccess;
-}
-inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
-                                     cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind);
-}
-
-inline cudaError_t cudaMemset(void* p, int value, size_t bytes) {
-    if (bytes == 0) return cudaSuccess;
-    if (!mock_is_device(p, bytes)) {
-        fprintf(stderr, "[mock CUDA] cudaMemset: %p is not %zu bytes of device memory\n", p, bytes);
-        return cudaErrorInvalidValue;
-    }
-    memset(p, value, bytes);
-    return cudaSuccess;
-}
-inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
-
-inline cudaError_t cudaMemset2D(void* p, size_t pitch, int value, size_t width, size_t height) {
-    if (width == 0 || height == 0) return cudaSuccess;
-    if (width > pitch || !mock_is_device(p, (height - 1) * pitch + width)) {
-        fprintf(stderr, "[mock CUDA] cudaMemset2D: %p is not %zu rows of %zu bytes, %zu apart, of device memory\n", p, height, width, pitch);
-        return cudaErrorInvalidValue;
-    }
-    for (size_t r = 0; r < height; r++) memset((char*)p + r * pitch, value, width);
-    return cudaSuccess;
-}
-inline cudaError_t cudaMemset2DAsync(void* p, size_t pitch, int value, size_t width, size_t height, cudaStream_t) {
-    return cudaMemset2D(p, pitch, value, width, height);
-}
-
-inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-    *total_bytes = mock_memory_total();
-    *free_bytes = *total_bytes > mock_bytes_in_use ? *total_bytes - mock_bytes_in_use : 0;
-    return cudaSuccess;
-}
-
-inline cudaError_t cudaEventCreate(cudaEvent_t* ev) { *ev = new MockEvent(); return cudaSuccess; }
-inline cudaError_t cudaEventDestroy(cudaEvent_t ev) { delete ev; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t) { ev->seconds = now_seconds(); ev->seq = mock_seq; return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
-    if (ev->seq > mock_synced) mock_waits.n++;
-    mock_deliver(ev->seq);
-    return cudaSuccess;
-}
-// as CUDA: an error unless both events have been recorded
-inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-    if (start->seconds < 0 || end->seconds < 0) return cudaErrorInvalidResourceHandle;
-    *ms = (float)(1000.0 * (end->seconds - start->seconds));
-    return cudaSuccess;
-}
-
-struct cudaDeviceProp {
-    char name[256];
-    size_t totalGlobalMem;
-    int multiProcessorCount, major, minor;
-};
-inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
-inline cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
-inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-    if (device != 0) return cudaErrorInvalidDevice;
-    memset(prop, 0, sizeof(*prop));
-    snprintf(prop->name, sizeof(prop->name), "mock CPU device");
-    prop->totalGlobalMem = mock_memory_total();
-    prop->multiProcessorCount = 1;
-    prop->major = 9;
-    return cudaSuccess;
-}
-inline cudaError_t cudaDeviceSynchronize() { mock_full_sync(); return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { mock_full_sync(); return cudaSuccess; }
-inline MockStream mock_stream;
-inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = &mock_stream; return cudaSuccess; }
-inline cudaError_t cudaStreamDestroy(cudaStream_t s) { return s == &mock_stream ? cudaSuccess : cudaErrorInvalidResourceHandle; }
 
 // llmc/cuda_common.cuh NvtxRange: nothing to mark without Nsight
 struct NvtxRange {

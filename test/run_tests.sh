@@ -46,6 +46,9 @@ run gpu_mocked ./test_gpu_mocked  # the GPU trainer's host code on the CPU (test
 # test_gpt2_sae's own cases through the same mock (dev/forecast_gpu_tests.sh), all but the slow real-scale
 # ones: the GPU tests' design and bounds on every submission; not a GPU run (the GPU step below is)
 run gpu_tests_mocked bash dev/forecast_gpu_tests.sh "~[real]"
+# and again with the GPU code itself: llmc's kernels and launchers as written, emulated on the CPU
+# (test/cuda_host_emulation.h), the trainer as train_gpt2_sae_emulated; ~3 minutes on 2 cores
+run gpu_tests_emulated bash dev/forecast_gpu_tests.sh --emulated "~[real]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run flash_emulated ./test_flash_emulated  # the GPU flash kernels on the CPU, emulated (test/cuda_host_emulation.h)

@@ -18,7 +18,7 @@ copy ranges as the trainer lays them out (W_enc, b_enc, b_dec) and two Adam step
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "adamw.cuh"  // build/emu/: llmc's with its launches rewritten for the emulation
+#include "adamw.cuh"  // build/emu/llmc/: llmc's with its launches rewritten for the emulation
 
 template <typename floatX>
 static void check_adamw() {

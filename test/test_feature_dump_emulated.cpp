@@ -11,26 +11,15 @@ Passes 1 and 2 (dev/cuda/feature_dump.cu's shapes and activations, dev/cuda/feat
 three uneven batches of whole rows onto state the launcher reset (buffers poisoned first): every
 array bit for bit equal to the CPU's. Logit effects (fp32): the whole pipeline at (D,C,V) =
 (300,64,1000) and (70,100,7) against the CPU's, values within 1e-5 of the scale, a token differing
-only where two effects are that close. cuBLASLt's matmul is the one piece not emulated: a plain
-fp32 loop stands in for it (below), as cuBLAS, summing in its own order.
+only where two effects are that close. The matmul goes through matmul.cuh's wrapper to the
+emulation's cuBLASLt (a CPU loop summing in its own order, as cuBLAS does).
 */
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
 
-// matmul.cuh's nn.Linear, out (N,OC) = inp (N,C) · weightᵀ + bias: the stand-in for cuBLASLt
-template <typename floatX>
-void matmul_forward(floatX* out, const floatX* inp, const floatX* weight, const floatX* bias, int N, int C, int OC, cudaStream_t) {
-    for (int n = 0; n < N; n++)
-        for (int o = 0; o < OC; o++) {
-            float acc = bias ? to_float(bias[o]) : 0.0f;
-            for (int i = 0; i < C; i++) acc += to_float(inp[(size_t)n * C + i]) * to_float(weight[(size_t)o * C + i]);
-            out[(size_t)n * OC + o] = from_float<floatX>(acc);
-        }
-}
-
-#include "feature_dump.cuh"  // build/emu/feature_dump.cuh: llmc's with its launches rewritten for the emulation
+#include "feature_dump.cuh"  // build/emu/llmc/feature_dump.cuh: llmc's with its launches rewritten for the emulation
 #include "../dev/cuda/feature_dump_checks.h"
 
 // "device" memory: host blocks poisoned with 0xff bytes (NaN floats, -1 ints), so a slot the
@@ -98,6 +87,7 @@ static void check_logits(int D, int C, int V) {
     FeatureDumpDevice g = emu_dump_alloc(&a, D, 1, C, V);
     memcpy(g.gamma, lc.gamma.data(), C * sizeof(float));
     memcpy(g.unembed_mean, lc.mean.data(), C * sizeof(float));
+    matmul_init();
     feature_dump_logit_effects_gpu(g, lc.W_dec.data(), g.gamma, lc.W_U.data(), g.unembed_mean, 0);
     FeatureDump got;
     feature_dump_init(&got, D, 1);

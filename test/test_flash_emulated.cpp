@@ -20,7 +20,7 @@ or mask is O(1).
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "attention.cuh"  // build/emu/: llmc's with its launches rewritten for the emulation (it includes flash_attention.cuh)
+#include "attention.cuh"  // build/emu/llmc/: llmc's with its launches rewritten for the emulation (it includes flash_attention.cuh)
 
 // out (B,T,C), lse (B,NH,T), dinp (B,T,3C) in double from inp (B,T,3C) and dout (B,T,C)
 static void attention_reference(std::vector<double>& out, std::vector<double>& lse, std::vector<double>& dinp, const std::vector<float>& inp,

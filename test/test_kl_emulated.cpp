@@ -24,7 +24,7 @@ rank's stats in the wrong slot, a missing merge or a pack held twice is O(1).
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "kl.cuh"  // build/emu/kl.cuh: llmc/kl.cuh with its launches rewritten for the emulation
+#include "kl.cuh"  // build/emu/llmc/kl.cuh: llmc/kl.cuh with its launches rewritten for the emulation
 
 static const float GRAD_SCALE = 1.0f / (8192.0f * 2.0f);  // kl_coeff / (N · grad_accum) at the defaults
 

@@ -20,7 +20,7 @@ and flags exact. A wrong index, tile or stride is O(1).
 #include <random>
 #include <stdio.h>
 #include "cuda_host_emulation.h"
-#include "sae.cuh"  // build/emu/: llmc's with its launches rewritten for the emulation (it includes sae_fused.cuh)
+#include "sae.cuh"  // build/emu/llmc/: llmc's with its launches rewritten for the emulation (it includes sae_fused.cuh)
 
 // one shape through the kernel at VEC (1 or the pack size), on `grid` blocks (0: one per tile)
 template <typename floatX, int VEC>

@@ -44,7 +44,6 @@ rounding order in mma and cuBLAS.
 #include <barrier>
 #include <thread>
 #include <vector>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <type_traits>
@@ -76,12 +75,11 @@ inline thread_local unsigned emu_tid;  // the running thread's linear index in i
 enum EmuWait { EMU_RUN, EMU_WARP, EMU_BLOCK, EMU_CLUSTER, EMU_DONE };
 struct EmuCopy { void* dst; const void* src; int bytes; };
 struct EmuThread {
-    ucontext_t ctx;        // its first entry, onto its own stack
-    jmp_buf resume;        // where it waits (after the first entry)
+    jmp_buf resume;  // where it waits
     bool started = false;
     EmuWait wait = EMU_RUN;
-    std::deque<std::vector<EmuCopy>> groups;  // cp.async: committed groups in flight
-    std::vector<EmuCopy> open;                // cp.async: not yet committed
+    std::vector<std::vector<EmuCopy>> groups;  // cp.async: committed groups in flight, oldest first
+    std::vector<EmuCopy> open;                 // cp.async: not yet committed
 };
 struct EmuBlock {
     jmp_buf sched;  // the scheduler, where a thread that waits or ends goes back to
@@ -92,9 +90,23 @@ struct EmuBlock {
 };
 inline thread_local EmuBlock* emu_block = nullptr;
 
+// The fibers' stacks, one slot per thread of a block, kept by each CPU thread for its next block.
+// A fiber that has run a kernel to its end waits at its slot's `restart` for the next block's
+// thread of its index, so only a slot's first fiber is started through ucontext (whose calls make
+// a system call each); the rest is _setjmp / _longjmp.
+struct EmuJmpBuf { jmp_buf buf; };
+struct EmuSlots {
+    static constexpr size_t stack_size = 64 * 1024;
+    std::unique_ptr<char[]> stacks;  // uninitialised
+    unsigned count = 0;              // slots with a stack
+    unsigned ready = 0;              // slots [0, ready) hold a fiber waiting at restart
+    std::unique_ptr<EmuJmpBuf[]> restart;
+};
+inline thread_local EmuSlots emu_slots;
+
 // The running thread stops until the scheduler releases `w` (its warp, block or cluster).
 // Switches are _setjmp / _longjmp between the fibers' stacks and the scheduler's (no signal mask
-// saved: ucontext's swapcontext makes a system call each time); ucontext only starts a fiber.
+// saved: ucontext's swapcontext makes a system call each time).
 inline void emu_wait(EmuWait w) {
     EmuThread& me = emu_block->threads[emu_tid];
     me.wait = w;
@@ -104,9 +116,11 @@ inline void __syncthreads() { emu_wait(EMU_BLOCK); }
 inline void emu_syncwarp() { emu_wait(EMU_WARP); }
 
 inline void emu_fiber_main() {
-    (*emu_block->kernel)();
-    emu_block->threads[emu_tid].wait = EMU_DONE;
-    _longjmp(emu_block->sched, 1);  // never returns: its stack is reused
+    for (;;) {  // one kernel per block this slot serves
+        (*emu_block->kernel)();
+        emu_block->threads[emu_tid].wait = EMU_DONE;
+        if (!_setjmp(emu_slots.restart[emu_tid].buf)) _longjmp(emu_block->sched, 1);
+    }
 }
 
 // Runs f as one block of `threads` threads on this CPU thread. The scheduler runs every runnable
@@ -116,12 +130,12 @@ inline void emu_fiber_main() {
 // Returns the number of cluster barriers the block passed.
 inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::barrier<>* cluster) {
     const unsigned threads = block.x * block.y;
-    const size_t stack_size = 64 * 1024;
-    static thread_local std::unique_ptr<char[]> stacks;  // uninitialised, kept for this CPU thread's next block
-    static thread_local size_t stacks_size = 0;
-    if (stacks_size < stack_size * threads) {
-        stacks.reset(new char[stack_size * threads]);
-        stacks_size = stack_size * threads;
+    EmuSlots& slots = emu_slots;
+    if (slots.count < threads) {  // new stacks: the fibers waiting on the old ones are dropped
+        slots.stacks.reset(new char[EmuSlots::stack_size * threads]);
+        slots.restart.reset(new EmuJmpBuf[threads]);
+        slots.count = threads;
+        slots.ready = 0;
     }
     EmuBlock blk;
     blk.threads.resize(threads);
@@ -129,14 +143,6 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
     blk.cluster = cluster;
     emu_block = &blk;
     blockDim = {block.x, block.y, 1};
-    for (unsigned t = 0; t < threads; t++) {
-        ucontext_t& c = blk.threads[t].ctx;
-        getcontext(&c);
-        c.uc_stack.ss_sp = stacks.get() + stack_size * t;
-        c.uc_stack.ss_size = stack_size;
-        c.uc_link = nullptr;
-        makecontext(&c, emu_fiber_main, 0);
-    }
     for (;;) {
         for (unsigned t = 0; t < threads; t++) {
             if (blk.threads[t].wait != EMU_RUN) continue;
@@ -146,7 +152,14 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
                 EmuThread& th = blk.threads[t];
                 if (!th.started) {
                     th.started = true;
-                    setcontext(&th.ctx);
+                    if (t < slots.ready) _longjmp(slots.restart[t].buf, 1);
+                    static thread_local ucontext_t first;  // setcontext reads it at once
+                    getcontext(&first);
+                    first.uc_stack.ss_sp = slots.stacks.get() + EmuSlots::stack_size * t;
+                    first.uc_stack.ss_size = EmuSlots::stack_size;
+                    first.uc_link = nullptr;
+                    makecontext(&first, emu_fiber_main, 0);
+                    setcontext(&first);
                 }
                 _longjmp(th.resume, 1);
             }
@@ -184,6 +197,7 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
             emu_fail("deadlock: threads wait at different barriers (a warp operation or __syncthreads not reached by all)");
         }
     }
+    slots.ready = std::max(slots.ready, threads);
     emu_block = nullptr;
     return blk.cluster_syncs;
 }
@@ -441,28 +455,41 @@ inline void emu_cublaslt_matmul(void* d, const void* c, const void* a, const voi
     const bool relu = epilogue == CUBLASLT_EPILOGUE_RELU || epilogue == CUBLASLT_EPILOGUE_RELU_BIAS;
     const bool gelu = epilogue == CUBLASLT_EPILOGUE_GELU || epilogue == CUBLASLT_EPILOGUE_GELU_BIAS ||
                       epilogue == CUBLASLT_EPILOGUE_GELU_AUX || epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
-    std::vector<float> col(k);
+    // op(A)'s rows and op(B)'s columns as contiguous fp32 rows of k; output rows split over CPU
+    // threads, each output one dot product in k order, so the bits do not depend on the split
+    std::vector<float> Ar((size_t)m * k), Bc((size_t)n * k);
     for (int i = 0; i < batch; i++) {
         const char* A = (const char*)a + (size_t)i * strideA * ab;
         const char* B = (const char*)b + (size_t)i * strideB * ab;
         char* D = (char*)d + (size_t)i * strideD * ds;
-        for (int j = 0; j < n; j++) {
-            for (int p = 0; p < k; p++) col[p] = emu_load(B, transB ? (size_t)j * ldb + p : (size_t)p * ldb + j, ab_type);
-            for (int r = 0; r < m; r++) {
-                float acc = 0.0f;
-                for (int p = 0; p < k; p++) acc += emu_load(A, transA ? (size_t)p * lda + r : (size_t)r * lda + p, ab_type) * col[p];
-                float v = alpha * acc;
-                if (beta != 0.0f) v += beta * emu_load(c, (size_t)r * ldd + j, d_type);
-                if (bias) v += emu_load(bias, j, d_type);
-                if (relu) v = std::max(v, 0.0f);
-                if (gelu) {
-                    if (aux) emu_store(aux, (size_t)r * n + j, d_type, v);
-                    v = gelu_tanh(v);
+        for (int r = 0; r < m; r++)
+            for (int p = 0; p < k; p++) Ar[(size_t)r * k + p] = emu_load(A, transA ? (size_t)p * lda + r : (size_t)r * lda + p, ab_type);
+        for (int j = 0; j < n; j++)
+            for (int p = 0; p < k; p++) Bc[(size_t)j * k + p] = emu_load(B, transB ? (size_t)j * ldb + p : (size_t)p * ldb + j, ab_type);
+        auto rows = [&](int r0, int r1) {
+            for (int r = r0; r < r1; r++)
+                for (int j = 0; j < n; j++) {
+                    const float* x = &Ar[(size_t)r * k];
+                    const float* y = &Bc[(size_t)j * k];
+                    float acc = 0.0f;
+                    for (int p = 0; p < k; p++) acc += x[p] * y[p];
+                    float v = alpha * acc;
+                    if (beta != 0.0f) v += beta * emu_load(c, (size_t)r * ldd + j, d_type);
+                    if (bias) v += emu_load(bias, j, d_type);
+                    if (relu) v = std::max(v, 0.0f);
+                    if (gelu) {
+                        if (aux) emu_store(aux, (size_t)r * n + j, d_type, v);
+                        v = gelu_tanh(v);
+                    }
+                    if (epilogue == CUBLASLT_EPILOGUE_DGELU) v *= gelu_tanh_grad(emu_load(aux, (size_t)r * n + j, d_type));
+                    emu_store(D, (size_t)r * ldd + j, d_type, v);
                 }
-                if (epilogue == CUBLASLT_EPILOGUE_DGELU) v *= gelu_tanh_grad(emu_load(aux, (size_t)r * n + j, d_type));
-                emu_store(D, (size_t)r * ldd + j, d_type, v);
-            }
-        }
+        };
+        const int threads = (double)m * n * k < 1e7 ? 1 : (int)std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+        std::vector<std::thread> pool;
+        for (int t = 1; t < threads; t++) pool.emplace_back(rows, (int)((long long)m * t / threads), (int)((long long)m * (t + 1) / threads));
+        rows(0, (int)((long long)m / threads));
+        for (std::thread& th : pool) th.join();
     }
 }
 
@@ -532,6 +559,6 @@ template <int N> void cp_async_wait() {
             if (cp.bytes) memcpy(cp.dst, cp.src, 16);
             else memset(cp.dst, 0, 16);
         }
-        me.groups.pop_front();
+        me.groups.erase(me.groups.begin());
     }
 }

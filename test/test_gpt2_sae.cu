@@ -3,7 +3,9 @@ GPU tests of train_gpt2_sae against the PyTorch reference (scripts/reference.py)
 
 Build and run from the repo root (make test does both; without a GPU it skips, exit code 77):
     make test_gpt2_sae train_gpt2_sae && ./test_gpt2_sae
-On a GPU machine whose torch is not Debian's, set SAE_REF_PYTHON=python3.
+On a GPU machine whose torch is not Debian's, set SAE_REF_PYTHON=python3. Without a GPU,
+dev/forecast_gpu_tests.sh runs these tests on the CPU: through the mock, or (--emulated) on the
+kernels themselves, emulated; make test runs both, all but [real].
 
 Tolerances, as max |ours - torch| / max |torch| over a tensor:
 - fp32, one pass: 3e-5. cuBLAS sums in another order than torch (FFMA, no TF32), so a few ulps

@@ -238,7 +238,6 @@ void attention_backward(floatX* dinp, floatX* dqkvr, floatX* datt, floatX* scrat
     merge_heads(dinp, dqkvr, B, T, NH, hs, 3, 3 * C, stream);  // dq, dk, dv are consecutive in dqkvr
 }
 
-
 // ----------------------------------------------------------------------------
 // flash attention: launchers
 

@@ -86,14 +86,17 @@ inline void mock_device_arg(const char* fn, const char* arg, const T* p, size_t 
 #define MOCK_REQUIRE(cond, ...) do { if (!(cond)) { \
     fprintf(stderr, "[mock CUDA] %s: ", __func__); fprintf(stderr, __VA_ARGS__); fprintf(stderr, "\n"); exit(EXIT_FAILURE); } } while (0)
 
-// 256-byte aligned as cudaMalloc's, filled with 0xff so that reading unwritten memory gives NaN
+// 256-byte aligned as cudaMalloc's, filled with 0xff so that reading unwritten memory gives NaN;
+// exactly `bytes` long, so that under ASan an access past the end is reported, as compute-sanitizer's
+// memcheck reports one past the size asked for
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
     if (mock_bytes_in_use + bytes > mock_memory_total()) return cudaErrorMemoryAllocation;
-    const size_t rounded = (bytes + 255) / 256 * 256;
-    *p = aligned_alloc(256, rounded ? rounded : 256);
-    if (!*p) return cudaErrorMemoryAllocation;
-    memset(*p, 0xff, rounded);
+    if (posix_memalign(p, 256, bytes ? bytes : 1) != 0) {
+        *p = nullptr;
+        return cudaErrorMemoryAllocation;
+    }
+    memset(*p, 0xff, bytes);
     mock_blocks[(uintptr_t)*p] = bytes;
     mock_bytes_in_use += bytes;
     return cudaSuccess;

@@ -116,8 +116,8 @@ test: $(CPU_TARGETS) $(CUDA_TARGETS)
 # which links to the files the tests read; then the emulated GPU trainer (its kernels on the CPU,
 # cudaMalloc blocks of exactly the size asked for, so a kernel's access past one is reported, as
 # compute-sanitizer's memcheck would) for one update of bf16 --fused-backward on at the odd shapes
-# (with an eval) and with --attention flash, on test_gpu_mocked's references. ASan warns once per run
-# that it ignores __asan_handle_no_return: the emulation's threads are fibers on stacks of its own. CI runs it. libstdc++'s <regex> (inside Catch2) trips
+# (with an eval) and with --attention flash, on test_gpu_mocked's references (the emulation tells ASan
+# of every switch between its fibers' stacks). CI runs it. libstdc++'s <regex> (inside Catch2) trips
 # -Wmaybe-uninitialized under the sanitizers, hence that one warning off.
 SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -Wno-maybe-uninitialized
 SAN_DIR = build/sanitize

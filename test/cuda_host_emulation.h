@@ -94,15 +94,38 @@ inline thread_local EmuBlock* emu_block = nullptr;
 // A fiber that has run a kernel to its end waits at its slot's `restart` for the next block's
 // thread of its index, so only a slot's first fiber is started through ucontext (whose calls make
 // a system call each); the rest is _setjmp / _longjmp.
-struct EmuJmpBuf { jmp_buf buf; };
+struct EmuSlot {
+    jmp_buf restart;
+    void* asan_fake = nullptr;  // ASan's state of this fiber while it is switched out
+};
 struct EmuSlots {
     static constexpr size_t stack_size = 64 * 1024;
     std::unique_ptr<char[]> stacks;  // uninitialised
     unsigned count = 0;              // slots with a stack
     unsigned ready = 0;              // slots [0, ready) hold a fiber waiting at restart
-    std::unique_ptr<EmuJmpBuf[]> restart;
+    std::unique_ptr<EmuSlot[]> slot;
 };
 inline thread_local EmuSlots emu_slots;
+
+// Under ASan (make sanitize), every switch between a fiber's stack and the scheduler's is announced
+// to it, as its fiber interface asks, so that it knows which stack is live
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+inline thread_local const void* emu_sched_bottom = nullptr;
+inline thread_local size_t emu_sched_size = 0;
+inline thread_local void* emu_sched_fake = nullptr;
+inline void emu_asan_to_fiber(unsigned t) {
+    __sanitizer_start_switch_fiber(&emu_sched_fake, emu_slots.stacks.get() + EmuSlots::stack_size * t, EmuSlots::stack_size);
+}
+inline void emu_asan_in_fiber() { __sanitizer_finish_switch_fiber(emu_slots.slot[emu_tid].asan_fake, &emu_sched_bottom, &emu_sched_size); }
+inline void emu_asan_to_sched() { __sanitizer_start_switch_fiber(&emu_slots.slot[emu_tid].asan_fake, emu_sched_bottom, emu_sched_size); }
+inline void emu_asan_in_sched() { __sanitizer_finish_switch_fiber(emu_sched_fake, nullptr, nullptr); }
+#else
+inline void emu_asan_to_fiber(unsigned) {}
+inline void emu_asan_in_fiber() {}
+inline void emu_asan_to_sched() {}
+inline void emu_asan_in_sched() {}
+#endif
 
 // The running thread stops until the scheduler releases `w` (its warp, block or cluster).
 // Switches are _setjmp / _longjmp between the fibers' stacks and the scheduler's (no signal mask
@@ -110,16 +133,25 @@ inline thread_local EmuSlots emu_slots;
 inline void emu_wait(EmuWait w) {
     EmuThread& me = emu_block->threads[emu_tid];
     me.wait = w;
-    if (!_setjmp(me.resume)) _longjmp(emu_block->sched, 1);
+    if (!_setjmp(me.resume)) {
+        emu_asan_to_sched();
+        _longjmp(emu_block->sched, 1);
+    }
+    emu_asan_in_fiber();
 }
 inline void __syncthreads() { emu_wait(EMU_BLOCK); }
 inline void emu_syncwarp() { emu_wait(EMU_WARP); }
 
 inline void emu_fiber_main() {
+    emu_asan_in_fiber();
     for (;;) {  // one kernel per block this slot serves
         (*emu_block->kernel)();
         emu_block->threads[emu_tid].wait = EMU_DONE;
-        if (!_setjmp(emu_slots.restart[emu_tid].buf)) _longjmp(emu_block->sched, 1);
+        if (!_setjmp(emu_slots.slot[emu_tid].restart)) {
+            emu_asan_to_sched();
+            _longjmp(emu_block->sched, 1);
+        }
+        emu_asan_in_fiber();
     }
 }
 
@@ -133,7 +165,7 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
     EmuSlots& slots = emu_slots;
     if (slots.count < threads) {  // new stacks: the fibers waiting on the old ones are dropped
         slots.stacks.reset(new char[EmuSlots::stack_size * threads]);
-        slots.restart.reset(new EmuJmpBuf[threads]);
+        slots.slot.reset(new EmuSlot[threads]);
         slots.count = threads;
         slots.ready = 0;
     }
@@ -150,9 +182,10 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
             emu_tid = t;
             if (!_setjmp(blk.sched)) {  // back here when thread t waits or ends
                 EmuThread& th = blk.threads[t];
+                emu_asan_to_fiber(t);
                 if (!th.started) {
                     th.started = true;
-                    if (t < slots.ready) _longjmp(slots.restart[t].buf, 1);
+                    if (t < slots.ready) _longjmp(slots.slot[t].restart, 1);
                     static thread_local ucontext_t first;  // setcontext reads it at once
                     getcontext(&first);
                     first.uc_stack.ss_sp = slots.stacks.get() + EmuSlots::stack_size * t;
@@ -163,6 +196,7 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
                 }
                 _longjmp(th.resume, 1);
             }
+            emu_asan_in_sched();
         }
         unsigned done = 0, at_block = 0, at_cluster = 0, released = 0;
         for (const EmuThread& th : blk.threads) {

@@ -51,7 +51,7 @@ test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS
 	$(CXX) $(CXXFLAGS) $< -o $@
 
 # CUDA kernels on the CPU (test/cuda_host_emulation.h): each llmc header goes through
-# test/emulate_launches.pl into build/emu/ (its <<<...>>> launches rewritten), so the launchers run
+# test/emulate_launches.pl into build/emu/llmc/ (its <<<...>>> launches rewritten), so the launchers run
 # there as written; C++20 for std::barrier; the kernels' #pragma unroll means nothing to g++; no
 # _FORTIFY_SOURCE, whose longjmp check refuses the jumps between fiber stacks
 build/emu/llmc/%.cuh: llmc/%.cuh test/emulate_launches.pl

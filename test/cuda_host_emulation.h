@@ -483,7 +483,7 @@ inline void emu_cublaslt_matmul(void* d, const void* c, const void* a, const voi
     emu_device_span("A", a, emu_span(transA ? k : m, transA ? m : k, lda, batch, strideA, ab));
     emu_device_span("B", b, emu_span(transB ? n : k, transB ? k : n, ldb, batch, strideB, ab));
     emu_device_span("D", d, emu_span(m, n, ldd, batch, strideD, ds));
-    if (beta != 0.0f) emu_device_span("C", c, emu_span(m, n, ldd, 1, 0, ds));
+    if (beta != 0.0f && c != d) emu_device_span("C", c, emu_span(m, n, ldd, 1, 0, ds));
     if (bias) emu_device_span("bias", bias, (size_t)n * ds);
     if (aux) emu_device_span("aux", aux, (size_t)m * n * ds);
     const bool relu = epilogue == CUBLASLT_EPILOGUE_RELU || epilogue == CUBLASLT_EPILOGUE_RELU_BIAS;
@@ -496,6 +496,7 @@ inline void emu_cublaslt_matmul(void* d, const void* c, const void* a, const voi
         const char* A = (const char*)a + (size_t)i * strideA * ab;
         const char* B = (const char*)b + (size_t)i * strideB * ab;
         char* D = (char*)d + (size_t)i * strideD * ds;
+        const void* C = c == d ? D : c;  // C is D itself, or (unbatched only) a matrix of its own
         for (int r = 0; r < m; r++)
             for (int p = 0; p < k; p++) Ar[(size_t)r * k + p] = emu_load(A, transA ? (size_t)p * lda + r : (size_t)r * lda + p, ab_type);
         for (int j = 0; j < n; j++)
@@ -508,7 +509,7 @@ inline void emu_cublaslt_matmul(void* d, const void* c, const void* a, const voi
                     float acc = 0.0f;
                     for (int p = 0; p < k; p++) acc += x[p] * y[p];
                     float v = alpha * acc;
-                    if (beta != 0.0f) v += beta * emu_load(c, (size_t)r * ldd + j, d_type);
+                    if (beta != 0.0f) v += beta * emu_load(C, (size_t)r * ldd + j, d_type);
                     if (bias) v += emu_load(bias, j, d_type);
                     if (relu) v = std::max(v, 0.0f);
                     if (gelu) {

@@ -63,14 +63,15 @@ inline size_t mock_memory_total() {
     return (size_t)((gib ? atof(gib) : 80.0) * 1073741824.0);
 }
 
-// whether [p, p + bytes) lies inside one cudaMalloc block
-inline bool mock_is_device(const void* p, size_t bytes) {
+// whether [p, p + bytes) lies inside one of `blocks` (start -> bytes)
+inline bool mock_in_one_block(const std::map<uintptr_t, size_t>& blocks, const void* p, size_t bytes) {
     const uintptr_t a = (uintptr_t)p;
-    auto it = mock_blocks.upper_bound(a);
-    if (it == mock_blocks.begin()) return false;
+    auto it = blocks.upper_bound(a);
+    if (it == blocks.begin()) return false;
     --it;
     return a >= it->first && a + bytes <= it->first + it->second;
 }
+inline bool mock_is_device(const void* p, size_t bytes) { return mock_in_one_block(mock_blocks, p, bytes); }
 
 // a kernel argument: n elements of device memory, or the run ends naming the launcher and argument
 template <typename T>
@@ -141,13 +142,7 @@ inline cudaError_t cudaFreeHost(void* p) {
     free(p);
     return cudaSuccess;
 }
-inline bool mock_is_pinned(const void* p, size_t bytes) {
-    const uintptr_t a = (uintptr_t)p;
-    auto it = mock_pinned.upper_bound(a);
-    if (it == mock_pinned.begin()) return false;
-    --it;
-    return a >= it->first && a + bytes <= it->first + it->second;
-}
+inline bool mock_is_pinned(const void* p, size_t bytes) { return mock_in_one_block(mock_pinned, p, bytes); }
 
 // Device-to-host cudaMemcpyAsync: the bytes are taken when the call is made (the kernels before it
 // have all run here) but land in host memory only at the next synchronisation that covers them

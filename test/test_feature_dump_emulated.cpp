@@ -37,14 +37,6 @@ struct EmuArena {
     }
 };
 
-static FeatureDumpDevice emu_dump_alloc(EmuArena* a, int D, int K, int C, int V) {
-    FeatureDumpDevice g;
-    feature_dump_device_carve(&g, a, D, K, C, V);
-    FeatureDump host;
-    feature_dump_init(&host, 1, 1);  // only its histogram edges are read
-    feature_dump_reset_gpu(g, host, 0);
-    return g;
-}
 
 template <typename floatX>
 static void check_passes(int rows, int T, int D, int K) {
@@ -57,7 +49,7 @@ static void check_passes(int rows, int T, int D, int K) {
     }
     const FeatureDump ref = cpu_dump(c.data(), rows, T, D, K, r1, r2);
     EmuArena a;
-    FeatureDumpDevice g = emu_dump_alloc(&a, D, K, 1, 1);
+    FeatureDumpDevice g = device_dump_alloc(&a, D, K, 1, 1);
     const int cuts[4] = {0, r1, r2, rows};
     for (int pass = 0; pass < 2; pass++)  // as the trainer streams them (llmc/run.h)
         for (int i = 0; i < 3; i++) {
@@ -84,7 +76,7 @@ static void check_logits(int D, int C, int V) {
     LogitCase lc = make_logit_case(D, C, V);
     const FeatureDump ref = cpu_logits(lc, D);
     EmuArena a;
-    FeatureDumpDevice g = emu_dump_alloc(&a, D, 1, C, V);
+    FeatureDumpDevice g = device_dump_alloc(&a, D, 1, C, V);
     memcpy(g.gamma, lc.gamma.data(), C * sizeof(float));
     memcpy(g.unembed_mean, lc.mean.data(), C * sizeof(float));
     matmul_init();

@@ -144,15 +144,6 @@ struct BenchArena {
     void free_all() { for (void* p : blocks) cudaCheck(cudaFree(p)); blocks.clear(); }
 };
 
-FeatureDumpDevice device_dump_alloc(BenchArena* a, int D, int K, int C, int V) {
-    FeatureDumpDevice g;
-    feature_dump_device_carve(&g, a, D, K, C, V);
-    FeatureDump host;
-    feature_dump_init(&host, 1, 1);  // only its histogram edges are read
-    feature_dump_reset_gpu(g, host, 0);
-    return g;
-}
-
 // the GPU's passes, downloaded and ordered as the trainer does
 FeatureDump device_dump_read(const FeatureDumpDevice& g, long long tokens) {
     FeatureDump fd;

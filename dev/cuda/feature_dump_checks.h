@@ -1,6 +1,7 @@
 // The host side of the --dump-features checks, shared by dev/cuda/feature_dump.cu (the GPU's
 // dump) and test/test_feature_dump_emulated.cpp (the same kernels emulated on a CPU): test
-// activations, the CPU trainer's dump of them (llmc/feature_dump.h), and the comparisons.
+// activations, the CPU trainer's dump of them (llmc/feature_dump.h), the comparisons, and the
+// device state both set up. Include llmc/feature_dump.cuh first.
 #pragma once
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +10,18 @@
 #include <vector>
 #include "rand.h"
 #include "../../llmc/feature_dump.h"
+
+// the device's dump state for D features, carved from arena `a` (each file's own: cudaMalloc, or
+// host blocks in the emulation) and reset, its histogram edges from a host dump
+template <typename Arena>
+FeatureDumpDevice device_dump_alloc(Arena* a, int D, int K, int C, int V) {
+    FeatureDumpDevice g;
+    feature_dump_device_carve(&g, a, D, K, C, V);
+    FeatureDump host;
+    feature_dump_init(&host, 1, 1);  // only its histogram edges are read
+    feature_dump_reset_gpu(g, host, 0);
+    return g;
+}
 
 template <typename T>
 size_t count_diff(const std::vector<T>& a, const std::vector<T>& b) {

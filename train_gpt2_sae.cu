@@ -3,7 +3,8 @@ train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GP
 
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
 (default bf16), --attention materialized|flash (llmc/attention.cuh; flash in bf16 at head size 64
-only, on tensor cores) and --device N. The math is docs/SPEC.md; the CPU trainer holds the same
+only, on tensor cores), --fused-backward off|on, --cuda-graph off|on (micro_batch) and --device N.
+The math is docs/SPEC.md; the CPU trainer holds the same
 operations under the same names in plain loops, and the host side of a run (loading, loaders,
 saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
 e2e needs runs: one clean pass per micro-batch without stored activations (its residuals before
@@ -234,6 +235,9 @@ struct Engine {
     bool train_logits = false;            // some SAE trains on the KL: the clean pass goes to the logits
     bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
     bool fused_backward = false;          // --fused-backward on: the one-pass KL and SAE backward, the DGELU epilogue (bf16)
+    bool graphs = false;                  // --cuda-graph on: micro-batches replayed as CUDA graphs (micro_batch)
+    bool timing = true;                   // time_phase records events (not while a graph is captured)
+    std::vector<cudaGraphExec_t> micro_graphs;  // (grad_accum): micro-batch number a's graph, once captured
     DeviceArena arena;
     size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0;
     GPT2Device<floatX> model;
@@ -415,6 +419,8 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
     e->Vp = (e->V + 127) / 128 * 128;
     e->flash = cfg.attention == "flash";
     e->fused_backward = cfg.fused_backward == "on";
+    e->graphs = cfg.cuda_graph == "on";
+    e->micro_graphs.assign(cfg.grad_accum, nullptr);
     for (SaeRun<floatX>& s : saes) { s.L = s.cfg.layer; s.K = std::max(0, e->n_layer - 1 - s.L); }
     const size_t total = plan_bytes(e, saes, saes.size());
     size_t free_b = 0, total_b = 0, sae_bytes = 0;
@@ -509,6 +515,8 @@ void sae_device_init(SaeRun<floatX>* s) {
 
 template <typename floatX>
 void engine_free(Engine<floatX>* e) {
+    for (cudaGraphExec_t g : e->micro_graphs)
+        if (g) cudaCheck(cudaGraphExecDestroy(g));
     for (cudaEvent_t ev : e->phases.ev) cudaCheck(cudaEventDestroy(ev));
     for (int k = 0; k < 2; k++) {
         cudaCheck(cudaEventDestroy(e->tokens_copied[k]));
@@ -523,10 +531,11 @@ void engine_free(Engine<floatX>* e) {
 }
 
 // times the rest of the enclosing scope as phase p of micro-batch `micro` and SAE `sae`; nothing
-// when micro < 0 (evals, dumps and tests time nothing)
+// when micro < 0 (evals, dumps and tests time nothing) or while a graph is captured (an event
+// recorded there adds no node to the graph)
 template <typename floatX>
 std::optional<EventRange> time_phase(Engine<floatX>* e, int micro, int sae, Phase p) {
-    if (micro < 0) return std::nullopt;
+    if (micro < 0 || !e->timing) return std::nullopt;
     size_t i = ((size_t)micro * e->phases.saes + sae) * NUM_PHASES + p;
     e->phases.recorded[i] = 1;
     return std::optional<EventRange>(std::in_place, e->phases.ev[2 * i], e->phases.ev[2 * i + 1], main_stream);
@@ -754,6 +763,40 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
     }
     auto t = time_phase(e, micro, si, PH_SAE_BWD);
     sae_backward(e, s, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), micro <= 0);
+}
+
+// One micro-batch of the update, number a, after its token upload: the clean pass, then each SAE's
+// micro_step. With --cuda-graph on, from the second update of the process on (the first makes the
+// matmul plans and loads the kernels outside any capture), number a's work is captured once as a
+// CUDA graph and then launched whole: the same kernels with the same arguments (every pointer,
+// shape and scale is fixed for the run; the tokens are uploaded to the same buffer before each
+// launch), so the same bits, with one launch instead of hundreds. A graph's phases are not timed.
+template <typename floatX>
+void micro_batch(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int a, bool replay) {
+    auto work = [&] {
+        clean_forward(e, e->B, e->train_logits, a);
+        for (size_t i = 0; i < saes.size(); i++) micro_step(e, &saes[i], e->cfg.grad_accum, a, (int)i);
+    };
+    if (!e->graphs || !replay) {
+        work();
+        return;
+    }
+    cudaGraphExec_t& exec = e->micro_graphs[a];
+    if (!exec) {
+        NvtxRange r("capture");
+        cudaGraph_t graph;
+        e->timing = false;
+        cudaCheck(cudaStreamBeginCapture(main_stream, cudaStreamCaptureModeGlobal));
+        work();
+        cudaCheck(cudaStreamEndCapture(main_stream, &graph));
+        e->timing = true;
+        size_t nodes = 0;
+        cudaCheck(cudaGraphGetNodes(graph, nullptr, &nodes));
+        cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+        cudaCheck(cudaGraphDestroy(graph));
+        printf("--cuda-graph on: micro-batch %d of the update captured as one graph of %zu nodes\n", a, nodes);
+    }
+    cudaCheck(cudaGraphLaunch(exec, main_stream));
 }
 
 // the update's log terms from the stats its micro-batches accumulated, st (read back after the
@@ -1035,8 +1078,10 @@ void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
     if (e->phases.saes > 1) snprintf(sae_tps, sizeof(sae_tps), ", %.0f SAE-tokens/s with %d SAEs", tps * e->phases.saes, e->phases.saes);
     printf("---- time per step over %zu steps after warm-up: median %.2f ms wall (%.0f tokens/s%s), mean %.2f ms ----\n", n,
            1000.0 * median, tps, sae_tps, 1000.0 * total_s / n);
-    for (int p = 0; p < NUM_PHASES; p++)
-        printf("  %-22s %8.3f ms  (%4.1f%%)\n", PHASE_NAMES[p], e->phases.ms[p] / n, 100.0 * e->phases.ms[p] / sum);
+    if (e->graphs) printf("  (micro-batches ran as CUDA graphs, whose phases are not timed: --cuda-graph off gives the table)\n");
+    else
+        for (int p = 0; p < NUM_PHASES; p++)
+            printf("  %-22s %8.3f ms  (%4.1f%%)\n", PHASE_NAMES[p], e->phases.ms[p] / n, 100.0 * e->phases.ms[p] / sum);
     size_t free_b, total_b;
     cudaCheck(cudaMemGetInfo(&free_b, &total_b));
     printf("  device memory in use: %.2f GiB of %.2f GiB\n", (total_b - free_b) / 1073741824.0, total_b / 1073741824.0);
@@ -1098,8 +1143,7 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
         }
         for (int a = 0; a < cfg.grad_accum; a++) {
             upload_next_batch(&e, &data.train);
-            clean_forward(&e, cfg.batch, e.train_logits, a);
-            for (size_t i = 0; i < saes.size(); i++) micro_step(&e, &saes[i], cfg.grad_accum, a, (int)i);
+            micro_batch(&e, saes, a, step > saes[0].run.start_step);
         }
         for (size_t i = 0; i < saes.size(); i++) {
             auto t = time_phase(&e, 0, (int)i, PH_UPDATE);

@@ -16,19 +16,22 @@
 #   session: what a session's 15 device minutes should hold, in the order of the open issues (16, 14, 15, then the
 #            standing checks): issue 16's [odd] and [real]; issue 14's [flash] and [fused], the paper-shape e2e L6 bench
 #            as it is and with both fast paths; issue 15's GPU dump against the CPU's; then test_gpt2_sae, GPU vs CPU,
-#            the new kernels' benches and sanitizers, the e2e_sae peer, the sweep. Call it, then at once (the machine
+#            the new kernels' benches and sanitizers, the e2e_sae peer, --cuda-graph on ([graph], its bench against off),
+#            the sweep. Call it, then at once (the machine
 #            stays warm for 30 s) CONTINUE=1 with a short BUDGET for what the first call did not reach
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
 #   kernels: issue 14's flash attention and fused backward checks, the e2e bf16 layer-6 benchmark as it is and with both
-#            (--attention flash --fused-backward on), a 4-SAE sweep beside it (issue 13), memcheck e2e+ds, every dev/cuda
+#            (--attention flash --fused-backward on), and that with --cuda-graph off and on, a 4-SAE sweep beside it
+#            (issue 13), memcheck e2e+ds, every dev/cuda
 #            bench; more than 560 s of timeouts: BUDGET cuts the tail (dev_cuda first), which `final` or `extra` can run
 #   core: tests then kernels (more than one `run` call allows: call tests, then kernels at once)
 #   flash: issue 14's correctness steps alone: flash attention, the fused SAE pass (dev/cuda/sae 6), the trainer with
 #            --fused-backward on ([fused], memcheck); about five minutes; not yet run on a GPU
 #   extra: the other sanitizer runs, modes, layers and precisions
 #   peer:    issue 14's side-by-side: our e2e L6 fp32 and bf16 benches, then the e2e_sae library's step (fp32, tf32,
-#            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer); not yet run on a GPU
+#            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer), then
+#            --cuda-graph on against off; not yet run on a GPU
 # Logs go to $OUT/logs (tarred into $OUT/logs.tgz after every step); a summary prints last.
 # BUDGET (seconds, default 560): each step's timeout is cut to what is left of BUDGET since the start, and
 # steps that would start with under MIN_STEP (20) seconds left are skipped and listed, so a stage ends
@@ -107,8 +110,9 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 # shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
 # updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
 gpu_tests() {
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]"
     step test_sweep 120 ./test_gpt2_sae "[sweep]"
+    step test_graph 90 ./test_gpt2_sae "[graph]"
     grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" 2>/dev/null | tee "$OUT/issue13.txt"
     printf '%s\n' '{"name": "loc2", "mode": "local", "layer": 2}' '{"name": "e2e0", "mode": "e2e", "layer": 0}' \
         '{"name": "ds1", "mode": "e2e+ds", "layer": 1}' > /tmp/san_sweep.jsonl
@@ -152,7 +156,9 @@ flash_kernels() {
 issue14_lines() {  # what the steps above measured, into $OUT/issue14.txt (rewritten from every log there is)
     grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4|time per step" \
         "$LOG/test_flash.log" "$LOG/test_fused.log" "$LOG"/flash_*.log "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/memcheck_fused.log" \
-        "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_e2e_bf16_L6_fast.log" 2>/dev/null > "$OUT/issue14.txt"
+        "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_e2e_bf16_L6_fast.log" "$LOG/test_graph.log" "$LOG"/bench_e2e_bf16_L6_*graph.log \
+        2>/dev/null > "$OUT/issue14.txt"
+    cat "$OUT/graph.txt" >> "$OUT/issue14.txt" 2>/dev/null
 }
 flash_checks() { flash_tests; flash_kernels; }
 
@@ -162,6 +168,25 @@ flash_checks() { flash_tests; flash_kernels; }
 fast_bench() {
     step bench_e2e_bf16_L6_fast 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --attention flash --fused-backward on \
         --max-steps 15 --out /tmp/b1f
+    issue14_lines
+}
+
+# issue 14's last host-side step: a CUDA graph per micro-batch (--cuda-graph on), kept only if
+# measured faster. First the same bits as off (test_gpt2_sae [graph]), then the fast paths' bench
+# with --cuda-graph off and on, back to back on the same card: both medians and their ratio go into
+# $OUT/graph.txt and $OUT/issue14.txt
+graph_bench() {
+    step test_graph 90 ./test_gpt2_sae "[graph]"
+    local fast="--mode e2e --layer 6 --precision bf16 --attention flash --fused-backward on --max-steps 20"
+    step bench_e2e_bf16_L6_nograph 100 ./train_gpt2_sae $bench_args $fast --cuda-graph off --out /tmp/bg0
+    step bench_e2e_bf16_L6_graph 100 ./train_gpt2_sae $bench_args $fast --cuda-graph on --out /tmp/bg1
+    local off on
+    off=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_nograph.log" 2>/dev/null | awk '{print $2}')
+    on=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_graph.log" 2>/dev/null | awk '{print $2}')
+    if [ -n "$off" ] && [ -n "$on" ]; then
+        awk -v a="$off" -v b="$on" 'BEGIN { printf "measured: e2e L6 bf16 flash+fused, median update %.2f ms with --cuda-graph on against %.2f ms off: %.3fx\n", b, a, a / b }' \
+            | tee "$OUT/graph.txt"
+    fi
     issue14_lines
 }
 
@@ -208,9 +233,10 @@ if [ "$stage" = session ]; then  # one device session: the open issues' deciding
     fast_bench
     compare_mode e2e                                        # GPU vs CPU, and the SAE dump_compare reads (issue 15)
     dump_compare
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]"
     flash_kernels
     peer_bench
+    graph_bench                                             # issue 14: a CUDA graph per micro-batch, if it pays
     memcheck e2e+ds bf16
     gpu_tests                                               # what is left of it: the sweep (issue 13)
     sweep_bench
@@ -221,6 +247,7 @@ if [ "$stage" = peer ]; then  # ours and the library's at the paper shape, same 
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
     fast_bench
     peer_bench
+    graph_bench
 fi
 if [ "$stage" = flash ]; then
     flash_checks
@@ -236,6 +263,7 @@ if [ "$stage" = kernels ] || [ "$stage" = core ] || [ "$stage" = all ]; then
     make_paper_model
     step bench_e2e_bf16_L6 100 ./train_gpt2_sae $bench_args --mode e2e --layer 6 --precision bf16 --max-steps 15 --out /tmp/b1
     fast_bench
+    graph_bench
     sweep_bench
     memcheck e2e+ds bf16
     step dev_cuda 150 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing (attention: ~15 s of CPU reference)

@@ -191,8 +191,7 @@ inline void matmul_cublaslt_core(void* d, const void* c, const void* a, const vo
 
 #ifdef HOST_EMULATION
     emu_cublaslt_matmul(d, c, a, b, bias, aux, m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB, strideD, ab_type, d_type,
-                        alpha, accumulate ? 1.0f : 0.0f, epilogue);
-    (void)stream;  // one stream: the emulation runs everything in call order
+                        alpha, accumulate ? 1.0f : 0.0f, epilogue, stream);  // in call order (or into a graph being captured)
 #else
     // cuBLAS's first operand is our B, its second our A (see the top of the file)
     const long long ab_size = (long long)matmul_type_size(ab_type), d_size = (long long)matmul_type_size(d_type);

@@ -49,6 +49,7 @@ struct TrainConfig {
     std::string precision = "fp32";
     std::string attention = "materialized";  // GPU: or flash (llmc/attention.cuh)
     std::string fused_backward = "off";      // GPU: or on (one-pass KL and SAE backward, bf16's DGELU epilogue)
+    std::string cuda_graph = "off";          // GPU: or on (each micro-batch one CUDA graph; the same bits)
     int device = 0;
     bool eval_only = false;
     bool overwrite = false;       // a fresh run may replace a run already in --out
@@ -107,11 +108,14 @@ inline void print_usage(const char* prog, bool gpu) {
         printf("  --fused-backward F      off | on [off until it has passed on a GPU]; on: the KL in one read of the logits (sm_90),\n");
         printf("                          the SAE's backward in one pass over its activations, and in bf16 the MLP's GELU backward\n");
         printf("                          in cuBLASLt's DGELU epilogue\n");
+        printf("  --cuda-graph G          off | on [off until measured faster on a GPU]; on: each micro-batch's kernels are\n");
+        printf("                          captured once as a CUDA graph and replayed (the same bits; no phase table)\n");
         printf("  --device N              CUDA device [0]\n");
     } else {
         printf("  --precision fp32        accepted so command lines carry over to the GPU trainer\n");
         printf("  --attention materialized  accepted so command lines carry over to the GPU trainer\n");
         printf("  --fused-backward off    accepted so command lines carry over to the GPU trainer\n");
+        printf("  --cuda-graph off        accepted so command lines carry over to the GPU trainer\n");
     }
 }
 
@@ -199,6 +203,11 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
         c.fused_backward = v;
         if (gpu ? (c.fused_backward != "off" && c.fused_backward != "on") : c.fused_backward != "off")
             die("--fused-backward must be %s, got '%s'", gpu ? "off or on" : "off (the CPU trainer is the unfused reference)", v);
+    }
+    else if (f == "--cuda-graph") {
+        c.cuda_graph = v;
+        if (gpu ? (c.cuda_graph != "off" && c.cuda_graph != "on") : c.cuda_graph != "off")
+            die("--cuda-graph must be %s, got '%s'", gpu ? "off or on" : "off (the CPU trainer launches no kernels)", v);
     }
     else if (f == "--device") {
         if (!gpu) die("--device is for the GPU trainer");

@@ -18,7 +18,7 @@ llmc/cuda_common.cuh is compiled as it is (bf16, Packed128, the reductions, dete
 the error checks), less its CUDA headers, which come from here. Launchers run as written: the
 Makefile copies each header through test/emulate_launches.pl into build/emu/llmc/, turning
 `kernel<<<grid, block, smem, stream>>>(args);` into `emu_launch_helper(grid, block, smem, stream)
-= [&] { kernel(args); };`. The runtime they call is test/mock_cuda_runtime.h's when it is included
+= [=] { kernel(args); };`. The runtime they call is test/mock_cuda_runtime.h's when it is included
 first (the trainer: device memory, copies and events as a device checks them), else the little
 below (memset and memcpy on host memory; synchronisation as no-ops). cudaLaunchKernelEx takes a
 cluster dimension. cuBLASLt is one CPU loop, emu_cublaslt_matmul: llmc/matmul.cuh's checks and
@@ -343,6 +343,7 @@ inline cudaError_t cudaMalloc(void** p, size_t n) { *p = malloc(n ? n : 1); retu
 template <typename T> cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc((void**)p, n); }
 inline cudaError_t cudaFree(void* p) { free(p); return cudaSuccess; }
 inline void emu_device_span(const char*, const void*, size_t) {}
+inline bool mock_captured(const char*, cudaStream_t, const std::function<cudaError_t()>&) { return false; }  // no capture: run now
 #else
 // an operand the emulated cuBLASLt reads or writes lies inside one cudaMalloc block
 inline void emu_device_span(const char* what, const void* p, size_t bytes) { mock_device_arg("matmul_cublaslt_core", what, (const char*)p, bytes); }
@@ -367,16 +368,21 @@ struct cudaLaunchConfig_t {
 inline float __fmul_rn(float a, float b) { return a * b; }  // no contraction into an FMA (ISO C++: -ffp-contract=off)
 
 // kernel<<<grid, block, smem, stream>>>(args); as test/emulate_launches.pl writes it:
-// emu_launch_helper(grid, block, smem, stream) = [&] { kernel(args); };
+// emu_launch_helper(grid, block, smem, stream) = [=] { kernel(args); };
+// the call holds copies of the arguments, so a stream capture can keep it for the graph's launches
 struct EmuLaunch {
     dim3 grid, block;
+    cudaStream_t stream;
     template <typename F>
     void operator=(const F& kernel_call) const {
         if (block.z != 1 || grid.z != 1 || block.x * block.y > 1024) emu_fail("the emulation runs 1D or 2D blocks of up to 1024 threads on 1D or 2D grids");
-        emu_launch(grid.x, grid.y, EmuDim3{block.x, block.y, 1}, kernel_call);
+        const unsigned gx = grid.x, gy = grid.y;
+        const EmuDim3 b{block.x, block.y, 1};
+        if (mock_captured("a kernel launch", stream, [=] { emu_launch(gx, gy, b, kernel_call); return (cudaError_t)cudaSuccess; })) return;
+        emu_launch(gx, gy, b, kernel_call);
     }
 };
-inline EmuLaunch emu_launch_helper(dim3 grid, dim3 block, size_t = 0, cudaStream_t = 0) { return {grid, block}; }
+inline EmuLaunch emu_launch_helper(dim3 grid, dim3 block, size_t = 0, cudaStream_t stream = 0) { return {grid, block, stream}; }
 
 template <typename... P, typename... A>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
@@ -387,7 +393,11 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
             cluster = config->attrs[i].val.clusterDim.x;
         }
     if (config->gridDim.y != 1 || config->blockDim.y != 1) emu_fail("the emulation runs clusters on 1D grids of 1D blocks");
-    emu_launch_cluster(config->gridDim.x, cluster, config->blockDim.x, [&] { kernel(args...); });
+    const unsigned gx = config->gridDim.x, threads = config->blockDim.x;
+    auto call = [=] { kernel(args...); };  // copies of the arguments, as a capture keeps them
+    if (mock_captured("cudaLaunchKernelEx", config->stream, [=] { emu_launch_cluster(gx, cluster, threads, call); return (cudaError_t)cudaSuccess; }))
+        return cudaSuccess;
+    emu_launch_cluster(gx, cluster, threads, call);
     return cudaSuccess;
 }
 
@@ -478,7 +488,13 @@ inline size_t emu_span(long long rows, long long cols, long long ld, int batch, 
 inline void emu_cublaslt_matmul(void* d, const void* c, const void* a, const void* b, const void* bias, void* aux, int m, int n, int k,
                                 bool transA, bool transB, int lda, int ldb, int ldd, int batch, long long strideA, long long strideB,
                                 long long strideD, cudaDataType_t ab_type, cudaDataType_t d_type, float alpha, float beta,
-                                cublasLtEpilogue_t epilogue) {
+                                cublasLtEpilogue_t epilogue, cudaStream_t stream) {
+    if (mock_captured("cublasLtMatmul", stream, [=] {
+            emu_cublaslt_matmul(d, c, a, b, bias, aux, m, n, k, transA, transB, lda, ldb, ldd, batch, strideA, strideB, strideD, ab_type,
+                                d_type, alpha, beta, epilogue, stream);
+            return (cudaError_t)cudaSuccess;
+        }))
+        return;
     const size_t ab = ab_type == CUDA_R_32F ? 4 : 2, ds = d_type == CUDA_R_32F ? 4 : 2;
     emu_device_span("A", a, emu_span(transA ? k : m, transA ? m : k, lda, batch, strideA, ab));
     emu_device_span("B", b, emu_span(transB ? n : k, transB ? k : n, ldb, batch, strideB, ab));

@@ -33,6 +33,7 @@ runs as the simple kernels do, in any floatX).
 #include <map>
 #include <type_traits>
 #include <vector>
+#define MOCK_CUDA_NO_CAPTURE              // the launchers below run at once: no stream capture here
 #include "mock_cuda_runtime.h"     // the CUDA runtime: device memory, copies, events, the device
 #include "../llmc/feature_dump.h"  // FeatureDump and the helpers the dump kernels share with the CPU
 

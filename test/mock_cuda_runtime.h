@@ -9,7 +9,8 @@ cudaMalloc fills its block with 0xff bytes (NaN in fp32 and bf16, -1 in integers
 memory nothing wrote shows up, as compute-sanitizer's initcheck would report it; a device-to-host
 cudaMemcpyAsync lands only at the synchronisation that covers it, so a result read too early is
 that fill. MOCK_CUDA_MEMORY_GIB sets the device memory cudaMemGetInfo reports (default 80);
-MOCK_CUDA_COUNT_SYNCS prints the host's waits for the device at exit.
+MOCK_CUDA_COUNT_SYNCS prints the host's waits for the device at exit. Stream capture and graphs
+(--cuda-graph on) are recorded and replayed: see "stream capture" below.
 */
 #pragma once
 #include <float.h>
@@ -18,6 +19,7 @@ MOCK_CUDA_COUNT_SYNCS prints the host's waits for the device at exit.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <functional>
 #include <map>
 #include <vector>
 #include "../llmc/utils.h"  // now_seconds
@@ -32,6 +34,8 @@ enum cudaError_t {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorStreamCaptureUnsupported = 900,
+    cudaErrorStreamCaptureUnmatched = 903,
 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 enum cudaDataType_t { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
@@ -50,8 +54,52 @@ inline const char* cudaGetErrorString(cudaError_t err) {
         case cudaErrorMemoryAllocation: return "out of memory";
         case cudaErrorInvalidDevice: return "invalid device ordinal";
         case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+        case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+        case cudaErrorStreamCaptureUnmatched: return "the capture was not initiated in this stream";
     }
     return "unknown error";
+}
+
+// ----------------------------------------------------------------------------
+// stream capture (the trainer's --cuda-graph on): between cudaStreamBeginCapture and
+// cudaStreamEndCapture the capturing stream's work is recorded, not run, and each cudaGraphLaunch
+// runs the record in order. What a graph cannot hold fails the capture, as on a device: a host wait
+// (synchronous copies and memsets, stream, device and event synchronisation), allocating or
+// freeing, work on another stream (the legacy stream 0 here). Stricter than a device in one
+// point: a plain cudaEventRecord fails during a capture, since on a device it adds no node (it
+// only orders captured streams), so a phase timed with it inside a graph would never be recorded.
+// Kernel launches and the emulated cuBLASLt record themselves through mock_captured
+// (test/cuda_host_emulation.h); test/mock_cuda.h's launchers run at once, so its build
+// (MOCK_CUDA_NO_CAPTURE) refuses to capture.
+typedef std::vector<std::function<cudaError_t()>> MockOps;
+struct MockGraph { MockOps ops; };
+struct MockGraphExec { MockOps ops; };
+typedef MockGraph* cudaGraph_t;
+typedef MockGraphExec* cudaGraphExec_t;
+typedef struct MockGraphNode* cudaGraphNode_t;
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2 };
+inline MockGraph* mock_capture = nullptr;  // the graph being captured; null outside a capture
+inline cudaStream_t mock_capture_stream = nullptr;
+inline long long mock_graph_launches = 0;
+
+// cudaSuccess outside a capture; inside one, fn is a call no graph can hold: the capture fails
+inline cudaError_t mock_capture_refuses(const char* fn) {
+    if (!mock_capture) return cudaSuccess;
+    fprintf(stderr, "[mock CUDA] %s during a stream capture: a graph cannot hold it (a host wait, an allocation, or an event "
+            "record that adds no node)\n", fn);
+    return cudaErrorStreamCaptureUnsupported;
+}
+// true when work on stream s goes into the graph being captured instead of running now; work on
+// another stream during a capture invalidates it (the legacy stream synchronises with the
+// capturing one), which ends the run here
+inline bool mock_captured(const char* fn, cudaStream_t s, std::function<cudaError_t()> op) {
+    if (!mock_capture) return false;
+    if (s != mock_capture_stream) {
+        fprintf(stderr, "[mock CUDA] %s on a stream other than the one being captured (the legacy stream 0?): the capture is invalidated\n", fn);
+        exit(EXIT_FAILURE);
+    }
+    mock_capture->ops.push_back(std::move(op));
+    return true;
 }
 
 // the device's memory: every cudaMalloc block, start -> bytes
@@ -92,6 +140,7 @@ inline void mock_device_arg(const char* fn, const char* arg, const T* p, size_t 
 // memcheck reports one past the size asked for
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
     if (mock_bytes_in_use + bytes > mock_memory_total()) return cudaErrorMemoryAllocation;
     if (posix_memalign(p, 256, bytes ? bytes : 1) != 0) {
         *p = nullptr;
@@ -106,6 +155,7 @@ template <typename T>
 inline cudaError_t cudaMalloc(T** p, size_t bytes) { return cudaMalloc((void**)p, bytes); }
 
 inline cudaError_t cudaFree(void* p) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
     if (!p) return cudaSuccess;
     auto it = mock_blocks.find((uintptr_t)p);
     if (it == mock_blocks.end()) return cudaErrorInvalidValue;
@@ -128,6 +178,7 @@ inline cudaError_t mock_copy_kind(const char* fn, void* dst, const void* src, si
 // pinned host memory (cudaMallocHost): start -> bytes; filled with 0xff as device memory is
 inline std::map<uintptr_t, size_t> mock_pinned;
 inline cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
     *p = malloc(bytes ? bytes : 1);
     if (!*p) return cudaErrorMemoryAllocation;
     memset(*p, 0xff, bytes);
@@ -137,6 +188,7 @@ inline cudaError_t cudaMallocHost(void** p, size_t bytes) {
 template <typename T>
 inline cudaError_t cudaMallocHost(T** p, size_t bytes) { return cudaMallocHost((void**)p, bytes); }
 inline cudaError_t cudaFreeHost(void* p) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
     if (!p) return cudaSuccess;
     if (!mock_pinned.erase((uintptr_t)p)) return cudaErrorInvalidValue;
     free(p);
@@ -180,13 +232,15 @@ inline void mock_full_sync() {
 }
 
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
     mock_full_sync();
     if (bytes == 0) return cudaSuccess;
     cudaError_t err = mock_copy_kind(__func__, dst, src, bytes, kind);
     if (err == cudaSuccess) memmove(dst, src, bytes);
     return err;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+    if (mock_captured(__func__, s, [=] { return cudaMemcpyAsync(dst, src, bytes, kind, s); })) return cudaSuccess;
     if (kind != cudaMemcpyDeviceToHost || bytes == 0) {  // into device memory: at once, in stream order
         if (bytes == 0) return cudaSuccess;
         ++mock_seq;
@@ -206,7 +260,7 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cud
 }
 
 // height rows of width bytes, rows dpitch / spitch bytes apart
-inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height, cudaMemcpyKind kind) {
+inline cudaError_t mock_copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height, cudaMemcpyKind kind) {
     if (width == 0 || height == 0) return cudaSuccess;
     if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
     cudaError_t err = mock_copy_kind(__func__, dst, src, 0, kind);  // the pointers' kinds; the spans below
@@ -215,12 +269,17 @@ inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_
     for (size_t r = 0; r < height; r++) memmove((char*)dst + r * dpitch, (const char*)src + r * spitch, width);
     return cudaSuccess;
 }
+inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height, cudaMemcpyKind kind) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
+    return mock_copy_2d(dst, dpitch, src, spitch, width, height, kind);
+}
 inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
-                                     cudaMemcpyKind kind, cudaStream_t) {
-    return cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind);
+                                     cudaMemcpyKind kind, cudaStream_t s) {
+    if (mock_captured(__func__, s, [=] { return cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, kind, s); })) return cudaSuccess;
+    return mock_copy_2d(dst, dpitch, src, spitch, width, height, kind);
 }
 
-inline cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+inline cudaError_t mock_memset(void* p, int value, size_t bytes) {
     if (bytes == 0) return cudaSuccess;
     if (!mock_is_device(p, bytes)) {
         fprintf(stderr, "[mock CUDA] cudaMemset: %p is not %zu bytes of device memory\n", p, bytes);
@@ -229,9 +288,16 @@ inline cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     memset(p, value, bytes);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+inline cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
+    return mock_memset(p, value, bytes);
+}
+inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+    if (mock_captured(__func__, s, [=] { return cudaMemsetAsync(p, value, bytes, s); })) return cudaSuccess;
+    return mock_memset(p, value, bytes);
+}
 
-inline cudaError_t cudaMemset2D(void* p, size_t pitch, int value, size_t width, size_t height) {
+inline cudaError_t mock_memset_2d(void* p, size_t pitch, int value, size_t width, size_t height) {
     if (width == 0 || height == 0) return cudaSuccess;
     if (width > pitch || !mock_is_device(p, (height - 1) * pitch + width)) {
         fprintf(stderr, "[mock CUDA] cudaMemset2D: %p is not %zu rows of %zu bytes, %zu apart, of device memory\n", p, height, width, pitch);
@@ -240,8 +306,13 @@ inline cudaError_t cudaMemset2D(void* p, size_t pitch, int value, size_t width, 
     for (size_t r = 0; r < height; r++) memset((char*)p + r * pitch, value, width);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemset2DAsync(void* p, size_t pitch, int value, size_t width, size_t height, cudaStream_t) {
-    return cudaMemset2D(p, pitch, value, width, height);
+inline cudaError_t cudaMemset2D(void* p, size_t pitch, int value, size_t width, size_t height) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
+    return mock_memset_2d(p, pitch, value, width, height);
+}
+inline cudaError_t cudaMemset2DAsync(void* p, size_t pitch, int value, size_t width, size_t height, cudaStream_t s) {
+    if (mock_captured(__func__, s, [=] { return cudaMemset2DAsync(p, pitch, value, width, height, s); })) return cudaSuccess;
+    return mock_memset_2d(p, pitch, value, width, height);
 }
 
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
@@ -252,8 +323,14 @@ inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 inline cudaError_t cudaEventCreate(cudaEvent_t* ev) { *ev = new MockEvent(); return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t ev) { delete ev; return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t) { ev->seconds = now_seconds(); ev->seq = mock_seq; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
+    ev->seconds = now_seconds();
+    ev->seq = mock_seq;
+    return cudaSuccess;
+}
 inline cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
     if (ev->seq > mock_synced) mock_waits.n++;
     mock_deliver(ev->seq);
     return cudaSuccess;
@@ -281,11 +358,61 @@ inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
     prop->major = 9;
     return cudaSuccess;
 }
-inline cudaError_t cudaDeviceSynchronize() { mock_full_sync(); return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { mock_full_sync(); return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
+    mock_full_sync();
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;
+    mock_full_sync();
+    return cudaSuccess;
+}
 inline MockStream mock_stream;
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = &mock_stream; return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { return s == &mock_stream ? cudaSuccess : cudaErrorInvalidResourceHandle; }
+
+// graphs: captured on the stream cudaStreamCreate made (a device cannot capture the legacy stream),
+// one capture at a time; a launch runs the captured work in order, returning the first error
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+#ifdef MOCK_CUDA_NO_CAPTURE
+    (void)s;
+    fprintf(stderr, "[mock CUDA] cudaStreamBeginCapture: test/mock_cuda.h's launchers run at once and cannot be captured "
+            "(train_gpt2_sae_emulated captures)\n");
+    return cudaErrorStreamCaptureUnsupported;
+#else
+    if (mock_capture || s != &mock_stream) return cudaErrorStreamCaptureUnsupported;
+    mock_capture = new MockGraph();
+    mock_capture_stream = s;
+    return cudaSuccess;
+#endif
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+    if (!mock_capture || s != mock_capture_stream) return cudaErrorStreamCaptureUnmatched;
+    *graph = mock_capture;
+    mock_capture = nullptr;
+    mock_capture_stream = nullptr;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* n) {
+    if (nodes) return cudaErrorInvalidValue;  // the count only
+    *n = graph->ops.size();
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0) {
+    if (flags) return cudaErrorInvalidValue;
+    *exec = new MockGraphExec{graph->ops};
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) { delete graph; return cudaSuccess; }
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+    if (cudaError_t err = mock_capture_refuses(__func__)) return err;  // a device would nest it; nothing here does
+    mock_graph_launches++;
+    for (const auto& op : exec->ops)
+        if (cudaError_t err = op()) return err;
+    return cudaSuccess;
+}
 
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }  // a launch that fails stops the run where it fails
 inline cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }

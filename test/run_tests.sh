@@ -44,8 +44,9 @@ run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads],[s
 run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run gpu_mocked ./test_gpu_mocked  # the GPU trainer's host code on the CPU (test/mock_cuda.h): orchestration, not kernels
 # test_gpt2_sae's own cases through the same mock (dev/forecast_gpu_tests.sh), all but the slow real-scale
-# ones: the GPU tests' design and bounds on every submission; not a GPU run (the GPU step below is)
-run gpu_tests_mocked bash dev/forecast_gpu_tests.sh "~[real]"
+# ones and [graph] (the mock's launchers run at once and cannot be captured): the GPU tests' design and
+# bounds on every submission; not a GPU run (the GPU step below is)
+run gpu_tests_mocked bash dev/forecast_gpu_tests.sh "~[real]~[graph]"
 # and again with the GPU code itself: llmc's kernels and launchers as written, emulated on the CPU
 # (test/cuda_host_emulation.h), the trainer as train_gpt2_sae_emulated; ~3 minutes on 2 cores
 run gpu_tests_emulated bash dev/forecast_gpu_tests.sh --emulated "~[real]"

@@ -449,6 +449,11 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
     SECTION("--seq-len 1: no next token for the eval's CE") { expect_rejected(good + "--seq-len 1", "--seq-len 1: rows need at least 2 tokens"); }
     SECTION("a --dict-ratio that rounds d_sae to 0") { expect_rejected(good + "--dict-ratio 0.01", "--dict-ratio 0.01 x d_model 32 rounds to d_sae 0"); }
     SECTION("unknown flag") { expect_rejected(good + "--bogus 1", "unknown flag '--bogus'"); }
+    SECTION("a GPU setting the CPU trainer does not have") {  // the off values are accepted, so command lines carry over
+        expect_rejected(good + "--cuda-graph on", "--cuda-graph must be off (the CPU trainer launches no kernels), got 'on'");
+        expect_rejected(good + "--fused-backward on", "--fused-backward must be off (the CPU trainer is the unfused reference), got 'on'");
+        expect_rejected(good + "--attention flash", "--attention must be materialized (the CPU trainer has no flash attention), got 'flash'");
+    }
     SECTION("missing default model") {
         // in the repo a missing GPT-2 small means the bundled demo; from elsewhere neither is there
         std::string out = "build/test_out/bad";

@@ -41,6 +41,8 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
   --bf16-estimate) put the KL error at +2.2% with the shift and +18% without while the logits were
   stored in bf16: their rounding dominated. The logits are fp32 since, and it predicts +0.7% with
   the shift and +1.1% without.
+- CUDA graphs ([graph], issue 14): --cuda-graph on replays the kernels --cuda-graph off launches,
+  with the same arguments, so every log term, eval, saved tensor and sweep SAE must be the same bits.
 */
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -372,6 +374,50 @@ TEST_CASE("--fused-backward on: 10 updates match PyTorch and off, and resume bit
         CHECK(err <= 1e-5);
     }
     check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on");
+}
+
+// --cuda-graph on (issue 14): each micro-batch number captured once (from the second update on) and
+// replayed; the run must be the same bits as with it off, through evals between the graphs, a
+// resume (captured anew after it), a sweep of three SAEs in every mode, flash and the fused paths
+static void check_graph_same(const std::string& dir, const std::string& extra, const std::string& tag, int graphs = 2) {
+    std::string root = "build/test_out/graph_" + tag;
+    run_cmd("rm -rf " + root);
+    std::string flags = extra + " --eval-samples 4 --eval-every 24 --max-steps 10 ";  // evals after updates 6 and 10 (24 rows), between the graphs
+    RunResult off = run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e+ds", root + "/off", flags + "--cuda-graph off"));
+    INFO(off.out);
+    REQUIRE(off.code == 0);
+    RunResult on = run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e+ds", root + "/on", flags + "--cuda-graph on"));
+    INFO(on.out);
+    REQUIRE(on.code == 0);
+    size_t captured = 0;  // the graphs were made: an equality with nothing replayed would prove nothing
+    for (size_t at = on.out.find("captured as one graph"); at != std::string::npos; at = on.out.find("captured as one graph", at + 1)) captured++;
+    CHECK(captured == (size_t)graphs);
+    CHECK(off.out.find("captured as one graph") == std::string::npos);
+    const bool sweep = extra.find("--sweep") != std::string::npos;
+    std::vector<std::string> runs = sweep ? std::vector<std::string>{"/loc2", "/e2e0", "/ds1"} : std::vector<std::string>{""};
+    for (const std::string& r : runs) {
+        check_same_log(root + "/off" + r + "/log.jsonl", root + "/on" + r + "/log.jsonl", true);
+        for (const char* f : {"/sae_weights.safetensors", "/train_state.safetensors"}) check_same_tensors(root + "/off" + r + f, root + "/on" + r + f);
+    }
+    printf("measured: --cuda-graph on against off, %s: %zu graphs captured, every log line and saved tensor the same bits\n", tag.c_str(), captured);
+    run_cmd("rm -rf " + root);
+}
+
+TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash and fused, fp32 and bf16), and resume bit-exactly", "[gpu][graph]") {
+    const std::string ds = ref_for_mode("e2e+ds");
+    check_graph_same(ds, "--mode e2e+ds --precision fp32", "fp32_ds");
+    check_graph_same(ds, "--mode e2e+ds --precision bf16", "bf16_ds");
+    check_graph_same(ds, "--mode local --precision bf16 --grad-accum 3", "bf16_local_accum3", 3);  // the clean pass stops below the logits
+    check_graph_same(reference("flash_hs64", FLASH_ARGS), "--precision bf16 --attention flash --fused-backward on", "bf16_flash_fused");
+    const std::string file = "build/test_out/graph_sweep.jsonl";
+    {
+        std::ofstream f(file);
+        f << "{\"name\": \"loc2\", \"mode\": \"local\", \"layer\": 2, \"dict_size\": 48, \"init_seed\": 5}\n"
+          << "{\"name\": \"e2e0\", \"mode\": \"e2e\", \"layer\": 0, \"init_seed\": 7}\n"
+          << "{\"name\": \"ds1\", \"mode\": \"e2e+ds\", \"layer\": 1}\n";
+    }
+    check_graph_same(ds, "--precision bf16 --fused-backward on --sweep " + file, "bf16_sweep");
+    check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on --cuda-graph on");
 }
 
 TEST_CASE("flash attention: the trainer refuses it with fp32 and at a head size it does not serve, in one line", "[gpu][flash]") {

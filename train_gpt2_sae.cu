@@ -1064,9 +1064,12 @@ void upload_next_batch(Engine<floatX>* e, DataLoader* loader) {
     cudaCheck(cudaEventRecord(e->tokens_copied[k], main_stream));
 }
 
-// the time per step after warm-up, and the phase breakdown (summed over a sweep's SAEs)
+// the time per step after warm-up, the host's share of it, and the phase breakdown (summed over a
+// sweep's SAEs). enqueue_seconds: the host's time from the step's start to its one wait, in which
+// it issues the whole update; the GPU waits on the host only where that nears the step's time
+// (--cuda-graph on then pays; otherwise a graph saves only the gaps between kernels).
 template <typename floatX>
-void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
+void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds, std::vector<double>& enqueue_seconds) {
     const TrainConfig& cfg = e->cfg;
     double sum = 0, total_s = 0;
     for (int p = 0; p < NUM_PHASES; p++) sum += e->phases.ms[p];
@@ -1078,6 +1081,8 @@ void print_timing(Engine<floatX>* e, std::vector<double>& step_seconds) {
     if (e->phases.saes > 1) snprintf(sae_tps, sizeof(sae_tps), ", %.0f SAE-tokens/s with %d SAEs", tps * e->phases.saes, e->phases.saes);
     printf("---- time per step over %zu steps after warm-up: median %.2f ms wall (%.0f tokens/s%s), mean %.2f ms ----\n", n,
            1000.0 * median, tps, sae_tps, 1000.0 * total_s / n);
+    std::sort(enqueue_seconds.begin(), enqueue_seconds.end());
+    printf("  host: median %.2f ms to issue an update before its one wait\n", 1000.0 * enqueue_seconds[n / 2]);
     if (e->graphs) printf("  (micro-batches ran as CUDA graphs, whose phases are not timed: --cuda-graph off gives the table)\n");
     else
         for (int p = 0; p < NUM_PHASES; p++)
@@ -1132,7 +1137,7 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
     if (saes[0].run.ts.step == 0 || cfg.eval_only) run_eval(0);
     long long step = saes[0].run.ts.step;
     const long long update_tokens = (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
-    std::vector<double> step_seconds;  // after warm-up, for the median
+    std::vector<double> step_seconds, enqueue_seconds;  // after warm-up, for the medians
     while (keep_training(saes[0].run.sched, cfg, step)) {
         NvtxRange r("step");
         double t0 = now_seconds();
@@ -1167,6 +1172,7 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
                 cudaCheck(cudaMemsetAsync(s.stats.fired_train, 0, s.D * sizeof(unsigned int), main_stream));
             }
         }
+        const double enqueued = now_seconds() - t0;
         cudaCheck(cudaStreamSynchronize(main_stream));
         std::vector<StepLog> sls;
         for (size_t i = 0, at = 0; i < saes.size(); i++) {
@@ -1187,12 +1193,15 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
         }
         double dt = now_seconds() - t0;
         phase_times_collect(&e);
-        if (step - saes[0].run.start_step > 3) step_seconds.push_back(dt);  // after warm-up
+        if (step - saes[0].run.start_step > 3) {  // after warm-up
+            step_seconds.push_back(dt);
+            enqueue_seconds.push_back(enqueued);
+        }
         else std::fill(e.phases.ms, e.phases.ms + NUM_PHASES, 0.0);
         for (StepLog& sl : sls) sl.tokens_per_s = update_tokens / dt;
         step_end(runs, cfg, sls, save, run_eval);
     }
-    if (!step_seconds.empty()) print_timing(&e, step_seconds);
+    if (!step_seconds.empty()) print_timing(&e, step_seconds, enqueue_seconds);
     run_end(runs, cfg, &data, step, save, run_eval, [&] {
         for (SaeRun<floatX>& s : saes) {
             dump_features(&e, &s, &data.val);

@@ -76,7 +76,7 @@ step() {  # name, timeout, command...
     summary+=("$(printf '%-26s rc=%-3s %4ss' "$name" "$rc" "$secs")")
     [ "$rc" = 0 ] && touch "$DONE/$name"
     echo "== $name rc=$rc ${secs}s"
-    grep -E "^measured|time per step|^  [a-zA-Z].* ms  \(|ERROR SUMMARY|FAIL|FAILED|test cases|All tests|worst|error:|CE increase" "$LOG/$name.log" | head -n 25
+    grep -E "^measured|time per step|host: median|^  [a-zA-Z].* ms  \(|ERROR SUMMARY|FAIL|FAILED|test cases|All tests|worst|error:|CE increase" "$LOG/$name.log" | head -n 25
     tar czf "$OUT/logs.tgz" -C "$OUT" logs
 }
 if [ -d .devbin ]; then
@@ -154,7 +154,7 @@ flash_kernels() {
     issue14_lines
 }
 issue14_lines() {  # what the steps above measured, into $OUT/issue14.txt (rewritten from every log there is)
-    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4|time per step" \
+    grep -h -E "variant [0-9] \(flash\)|^measured|ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL|fused v6|kl fused fwd\+bwd v4|time per step|host: median" \
         "$LOG/test_flash.log" "$LOG/test_fused.log" "$LOG"/flash_*.log "$LOG"/sae_fused*.log "$LOG/kl_onepass.log" "$LOG/memcheck_fused.log" \
         "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_e2e_bf16_L6_fast.log" "$LOG/test_graph.log" "$LOG"/bench_e2e_bf16_L6_*graph.log \
         2>/dev/null > "$OUT/issue14.txt"

@@ -65,9 +65,11 @@ inline const char* cudaGetErrorString(cudaError_t err) {
 // cudaStreamEndCapture the capturing stream's work is recorded, not run, and each cudaGraphLaunch
 // runs the record in order. What a graph cannot hold fails the capture, as on a device: a host wait
 // (synchronous copies and memsets, stream, device and event synchronisation), allocating or
-// freeing, work on another stream (the legacy stream 0 here). Stricter than a device in one
-// point: a plain cudaEventRecord fails during a capture, since on a device it adds no node (it
-// only orders captured streams), so a phase timed with it inside a graph would never be recorded.
+// freeing, work on another stream (the legacy stream 0 here). Stricter than a device in two
+// points: a plain cudaEventRecord fails during a capture, since on a device it adds no node (it
+// only orders captured streams), so a phase timed with it inside a graph would never be recorded;
+// and so does an async copy from or to pageable host memory, which the graph would read or write
+// at each launch, long after the host code that filled or reads it has moved on.
 // Kernel launches and the emulated cuBLASLt record themselves through mock_captured
 // (test/cuda_host_emulation.h); test/mock_cuda.h's launchers run at once, so its build
 // (MOCK_CUDA_NO_CAPTURE) refuses to capture.
@@ -80,7 +82,6 @@ typedef struct MockGraphNode* cudaGraphNode_t;
 enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2 };
 inline MockGraph* mock_capture = nullptr;  // the graph being captured; null outside a capture
 inline cudaStream_t mock_capture_stream = nullptr;
-inline long long mock_graph_launches = 0;
 
 // cudaSuccess outside a capture; inside one, fn is a call no graph can hold: the capture fails
 inline cudaError_t mock_capture_refuses(const char* fn) {
@@ -240,6 +241,9 @@ inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemc
     return err;
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+    const bool pageable = (kind == cudaMemcpyHostToDevice && !mock_is_pinned(src, bytes)) ||
+                          (kind == cudaMemcpyDeviceToHost && !mock_is_pinned(dst, bytes));
+    if (mock_capture && pageable) return mock_capture_refuses("cudaMemcpyAsync with pageable host memory");
     if (mock_captured(__func__, s, [=] { return cudaMemcpyAsync(dst, src, bytes, kind, s); })) return cudaSuccess;
     if (kind != cudaMemcpyDeviceToHost || bytes == 0) {  // into device memory: at once, in stream order
         if (bytes == 0) return cudaSuccess;
@@ -408,7 +412,6 @@ inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) { delete graph; return cu
 inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
 inline cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
     if (cudaError_t err = mock_capture_refuses(__func__)) return err;  // a device would nest it; nothing here does
-    mock_graph_launches++;
     for (const auto& op : exec->ops)
         if (cudaError_t err = op()) return err;
     return cudaSuccess;

@@ -1196,8 +1196,9 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
         if (step - saes[0].run.start_step > 3) {  // after warm-up
             step_seconds.push_back(dt);
             enqueue_seconds.push_back(enqueued);
+        } else {
+            std::fill(e.phases.ms, e.phases.ms + NUM_PHASES, 0.0);
         }
-        else std::fill(e.phases.ms, e.phases.ms + NUM_PHASES, 0.0);
         for (StepLog& sl : sls) sl.tokens_per_s = update_tokens / dt;
         step_end(runs, cfg, sls, save, run_eval);
     }

@@ -42,7 +42,7 @@ Left out: multi-GPU, sparse SAE backward (the dense one is exact).
 #ifdef MOCK_CUDA  // make train_gpt2_sae_mocked: the host code on the CPU, every kernel below a CPU loop (test/test_gpu_mocked.cpp)
 #include "test/mock_cuda.h"      // defines: the CUDA runtime calls, bf16, and every launcher the .cuh files below define
 #else
-#ifdef HOST_EMULATION  // make train_gpt2_sae_emulated: these kernels as written, on the CPU (test/test_gpu_emulated.cpp)
+#ifdef HOST_EMULATION  // make train_gpt2_sae_emulated: these kernels as written, on the CPU (dev/forecast_gpu_tests.sh --emulated)
 #include "test/mock_cuda_runtime.h"      // defines: the CUDA runtime calls, on the CPU
 #include "test/cuda_host_emulation.h"    // defines: threads, blocks, launches, warp operations; cuBLASLt's matmul as a CPU loop
 #endif

@@ -13,7 +13,7 @@ HOST_HEADERS = $(wildcard llmc/*.h)
 CUDA_HEADERS = $(wildcard llmc/*.cuh)
 # without nvcc, `all` and `test` build and run everything else and say the CUDA targets were skipped
 HAVE_NVCC := $(shell command -v $(NVCC) 2>/dev/null)
-CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked train_gpt2_sae_emulated test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated prepare_text
+CPU_TARGETS = train_gpt2_sae_cpu train_gpt2_sae_mocked train_gpt2_sae_emulated test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_sae_sparse_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated prepare_text
 CUDA_TARGETS = $(if $(HAVE_NVCC),train_gpt2_sae test_gpt2_sae)
 NO_NVCC_NOTE = $(if $(HAVE_NVCC),,@echo "nvcc not found: CUDA targets train_gpt2_sae and test_gpt2_sae skipped")
 
@@ -67,6 +67,10 @@ test_flash_emulated: test/test_flash_emulated.cpp $(EMU_DEPS)
 
 # the SAE backward's fused pass, and the unfused kernels and launchers it replaces
 test_sae_emulated: test/test_sae_emulated.cpp $(EMU_DEPS)
+	$(EMU_CXX) $< -o $@
+
+# --sae-kernels sparse: the index of c, the sparse decoder and backward, against the dense math
+test_sae_sparse_emulated: test/test_sae_sparse_emulated.cpp $(EMU_DEPS)
 	$(EMU_CXX) $< -o $@
 
 # the one-pass KL through its launcher (a row split over a thread block cluster)
@@ -147,4 +151,4 @@ demo: train_gpt2_sae_cpu
 	bash scripts/demo.sh
 
 clean:
-	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked train_gpt2_sae_emulated test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated test_gpt2_sae prepare_text build
+	rm -rf train_gpt2_sae train_gpt2_sae_cpu train_gpt2_sae_mocked train_gpt2_sae_emulated test_cpu test_gpu_mocked test_tokenizer test_feature_dump test_flash_emulated test_sae_emulated test_sae_sparse_emulated test_kl_emulated test_feature_dump_emulated test_adamw_emulated test_gpt2_sae prepare_text build

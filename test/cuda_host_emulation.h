@@ -141,6 +141,7 @@ inline void emu_wait(EmuWait w) {
 }
 inline void __syncthreads() { emu_wait(EMU_BLOCK); }
 inline void emu_syncwarp() { emu_wait(EMU_WARP); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_syncwarp(); }
 
 inline void emu_fiber_main() {
     emu_asan_in_fiber();
@@ -420,6 +421,23 @@ template <typename T> T __shfl_down_sync(unsigned, T v, unsigned delta) {  // a 
     const int lane = emu_tid % 32, src = lane + (int)delta;
     return emu_shfl(v, src < 32 ? src : lane);
 }
+
+template <typename T> T __shfl_up_sync(unsigned, T v, unsigned delta) {  // a source below lane 0 gives the lane its own value
+    const int lane = emu_tid % 32, src = lane - (int)delta;
+    return emu_shfl(v, src >= 0 ? src : lane);
+}
+template <typename T> T __shfl_sync(unsigned, T v, int src_lane) { return emu_shfl(v, src_lane & 31); }
+// bit i of the result is lane i's predicate (every lane of the warp takes part)
+inline unsigned __ballot_sync(unsigned, int pred) {
+    const unsigned lane = emu_tid % 32;
+    unsigned mine = pred ? 1u << lane : 0u, all = 0;
+    emu_shfl_buf[emu_tid] = mine;
+    emu_syncwarp();
+    for (unsigned i = 0; i < 32; i++) all |= (unsigned)emu_shfl_buf[emu_tid / 32 * 32 + i];
+    emu_syncwarp();
+    return all;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
 inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }  // integers: order-independent
 inline void __trap() { emu_fail("__trap"); }

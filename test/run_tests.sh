@@ -54,6 +54,7 @@ run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
 run flash_emulated ./test_flash_emulated  # the GPU flash kernels on the CPU, emulated (test/cuda_host_emulation.h)
 run sae_emulated ./test_sae_emulated  # the SAE backward's fused GPU pass on the CPU, emulated
+run sae_sparse_emulated ./test_sae_sparse_emulated  # --sae-kernels sparse's GPU kernels on the CPU against the dense math, emulated
 run kl_emulated ./test_kl_emulated  # the one-pass KL on a thread block cluster, on the CPU, emulated
 run adamw_emulated ./test_adamw_emulated  # Adam(W) and the copies it writes along, on the CPU, emulated
 run feature_dump_emulated ./test_feature_dump_emulated  # the GPU's --dump-features kernels against the CPU's dump, emulated

@@ -3,7 +3,8 @@ train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GP
 
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
 (default bf16), --attention materialized|flash (llmc/attention.cuh; flash in bf16 at head size 64
-only, on tensor cores), --fused-backward off|on, --cuda-graph off|on (micro_batch) and --device N.
+only, on tensor cores), --fused-backward off|on, --cuda-graph off|on (micro_batch), --sae-kernels
+dense|sparse (llmc/sae_sparse.cuh: the SAE's decoder and backward over c > 0) and --device N.
 The math is docs/SPEC.md; the CPU trainer holds the same
 operations under the same names in plain loops, and the host side of a run (loading, loaders,
 saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
@@ -53,6 +54,7 @@ Left out: multi-GPU, sparse SAE backward (the dense one is exact).
 #include "llmc/attention.cuh"    // defines: attention_forward/backward (materialised), flash_attention_forward/backward
 #include "llmc/gelu.cuh"         // defines: gelu_forward, gelu_backward_inplace
 #include "llmc/sae.cuh"          // defines: sae_encoder_forward, sae_decoder_forward, sae_decoder_backward, sae_encoder_backward, ...
+#include "llmc/sae_sparse.cuh"   // defines: SaeSparse, sae_sparse_index, sae_sparse_decoder_forward, sae_sparse_backward
 #include "llmc/kl.cuh"           // defines: kl_forward_backward, ce_forward, argmax_agree
 #include "llmc/mse.cuh"          // defines: mse_forward_backward
 #include "llmc/adamw.cuh"        // defines: global_norm_squared, adamw_update
@@ -202,6 +204,7 @@ struct Activations {
     int* targets;                         // (B,T) next token within the row, -1 at the end
     std::vector<floatX*> clean;           // clean[l - L_lo] (N,C): the clean resid_pre_l, l = L_lo..n_layer-1 (SAE inputs, e2e+ds targets)
     floatX *x_hat, *c, *dc;               // (N,C): the first spliced block's inp, where the decoder writes; (N,D_max), (N,D_max)
+    SaeSparse sparse;                     // --sae-kernels sparse: the index of c (N·D_max entries of each kind); dc holds dpre by feature
     floatX *resid, *dresid, *dx_hat_local, *lnf, *dlnf;  // (N,C) each
     float *logits_clean, *logits_spliced;                // (N,Vp) each, fp32 in both precisions (kl.cuh)
     floatX* dlogits;                                     // (N,Vp) the KL's gradient; in fp32 the spliced logits themselves
@@ -235,11 +238,12 @@ struct Engine {
     bool train_logits = false;            // some SAE trains on the KL: the clean pass goes to the logits
     bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
     bool fused_backward = false;          // --fused-backward on: the one-pass KL and SAE backward, the DGELU epilogue (bf16)
+    bool sparse = false;                  // --sae-kernels sparse: the SAE's decoder and backward over c > 0 (sae_sparse.cuh)
     bool graphs = false;                  // --cuda-graph on: micro-batches replayed as CUDA graphs (micro_batch)
     bool timing = true;                   // time_phase records events (not while a graph is captured)
     std::vector<cudaGraphExec_t> micro_graphs;  // (grad_accum): micro-batch number a's graph, once captured
     DeviceArena arena;
-    size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0;
+    size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0, bytes_sparse = 0;
     GPT2Device<floatX> model;
     Activations<floatX> acts;
     FeatureDumpDevice dump;               // --dump-features state, sized for the largest SAE; null pointers without the flag
@@ -303,6 +307,15 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
     for (floatX*& r : act.clean) r = a->take<floatX>(N * C);  // (n_layer - L_lo) x (N,C)
     act.c = a->take<floatX>(N * D);                      // (N,D)
     act.dc = a->take<floatX>(N * D);                     // (N,D)
+    size_t sparse_start = a->used;
+    if (e->sparse) {  // every entry of c can be indexed: no overflow, no host sync (sae_sparse.cuh)
+        act.sparse.col_cnt = a->take<int>(D);            // (D)
+        act.sparse.col_rows = a->take<int>(D * N);       // (D,N)
+        act.sparse.col_l1 = a->take<float>(D);           // (D)
+        act.sparse.row_cnt = a->take<int>(N);            // (N)
+        act.sparse.row_cols = a->take<int>(N * D);       // (N,D)
+    }
+    e->bytes_sparse = a->used - sparse_start;
     act.resid = a->take<floatX>(N * C);                  // (N,C)
     act.dresid = a->take<floatX>(N * C);                 // (N,C)
     act.dx_hat_local = a->take<floatX>(N * C);           // (N,C)
@@ -420,6 +433,7 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
     e->flash = cfg.attention == "flash";
     e->fused_backward = cfg.fused_backward == "on";
     e->graphs = cfg.cuda_graph == "on";
+    e->sparse = cfg.sae_kernels == "sparse";
     e->micro_graphs.assign(cfg.grad_accum, nullptr);
     for (SaeRun<floatX>& s : saes) { s.L = s.cfg.layer; s.K = std::max(0, e->n_layer - 1 - s.L); }
     const size_t total = plan_bytes(e, saes, saes.size());
@@ -438,6 +452,9 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
            e->bytes_acts / 1048576.0, att_note, total / 1073741824.0, free_b / 1073741824.0);
     if (saes.size() > 1)
         for (const SaeRun<floatX>& s : saes) printf("  SAE %-16s %9.1f MiB\n", s.cfg.name.c_str(), s.bytes / 1048576.0);
+    if (e->bytes_sparse)
+        printf("  of which the sparse index of c %.1f MiB (--sae-kernels sparse: every entry of (N,D) by feature and by row)\n",
+               e->bytes_sparse / 1048576.0);
     if (e->bytes_dump)
         printf("  of which the feature dump %.1f MiB (top-%d, histogram, bands, contexts, logit effects of %d features, in chunks of %d)\n",
                e->bytes_dump / 1048576.0, cfg.dump_topk, e->D_max, FEATURE_DUMP_LOGIT_CHUNK);
@@ -687,6 +704,8 @@ void lm_head_backward(Engine<floatX>* e, int N) {
 // With --fused-backward on, one pass makes dpre and db_enc and also adds the micro-batch's Σ|c|
 // and count(c > 0) to stats and sets the fired flags (micro_step's forward does that otherwise):
 // c and dc read once, dpre written once. Both ways give the same dpre and db_enc bits.
+// With --sae-kernels sparse, all but db_dec come from sae_sparse_backward over the index of c:
+// the same terms, summed in another order (and the statistics came with the index).
 // dW_dec itself comes from dW_dec_norm once per update (sae_finish_grads): the normalisation
 // backward is linear in dW_dec_norm and W_dec does not change within an update.
 template <typename floatX>
@@ -695,6 +714,12 @@ void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, in
     int N = B * e->T;
     SaeDevice<floatX>& d = s->dev;
     Activations<floatX>& act = e->acts;
+    if (e->sparse) {  // over the index micro_step's forward made; dc holds dpre by feature
+        bias_grad_colsum(d.db_dec, dx_hat, N, e->C, !first, main_stream);
+        sae_sparse_backward(d.dW_dec_norm, d.dW_enc, d.db_enc, act.dc, &act.sparse, act.c, dx_hat, sae_input(e, s->L), d.W_dec_norm, l1_scale,
+                            N, e->C, s->D, !first, main_stream);
+        return;
+    }
     sae_decoder_backward(d.dW_dec_norm, d.db_dec, act.dc, dx_hat, act.c, d.W_dec_norm, N, e->C, s->D, !first, main_stream);
     if (e->fused_backward) {
         sae_l1_relu_backward_stats(act.dc, d.db_enc, s->stats.sums + STAT_L1, s->stats.sums + STAT_L0, s->stats.fired_train, act.c, l1_scale, N, s->D,
@@ -727,9 +752,15 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
     bool local = cfg.mode == MODE_LOCAL;
     {
         auto t = time_phase(e, micro, si, PH_SAE_FWD);
-        sae_forward(e, s, B);
-        if (!e->fused_backward)  // fused, sae_backward's one pass adds them
-            sae_sparsity_l0(stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, N, s->D, main_stream);
+        if (e->sparse) {  // the index adds Σ|c|, L0 and the fired flags; the decoder reads it
+            sae_encoder_forward(act.c, x, s->dev.W_enc_x, s->dev.b_enc_x, N, e->C, s->D, main_stream);
+            sae_sparse_index(&act.sparse, stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, N, s->D, main_stream);
+            sae_sparse_decoder_forward(act.x_hat, &act.sparse, act.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, s->D, main_stream);
+        } else {
+            sae_forward(e, s, B);
+            if (!e->fused_backward)  // fused, sae_backward's one pass adds them
+                sae_sparsity_l0(stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, N, s->D, main_stream);
+        }
         // MSE(x_hat, x) is logged in every mode and trained on in local mode only
         if (local) cudaCheck(cudaMemsetAsync(act.dx_hat_local, 0, NC * sizeof(floatX), main_stream));
         mse_forward_backward(stats + STAT_MSE, local ? act.dx_hat_local : (floatX*)nullptr, act.x_hat, x, NC,

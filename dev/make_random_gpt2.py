@@ -10,7 +10,8 @@ bf16 at the numeric scales of real GPT-2 small.
         --max-t 64 --dict-size 2048 --layer 2 --bf16-estimate
 
 Writes OUT/model.safetensors (HF key names, F32), OUT/config.json, OUT/train.bin and OUT/val.bin
-(llm.c shards of uniform random tokens), and with --dict-size OUT/init_sae/ (an initial SAE). Weights
+(llm.c shards of uniform random tokens), and with --dict-size OUT/init_sae/ (an initial SAE; with
+--target-l0 also OUT/init_sae_sparse/, the same SAE at about that L0, see sparse_sae). Weights
 come from scripts/reference.py's init_gpt2 and init_sae, files from its writers; the speed of the
 engine does not depend on the values, only the shapes.
 
@@ -118,6 +119,21 @@ def real_scale_sae(w, tokens, cfg, target_kl):
     return sae, stats
 
 
+def sparse_sae(sae, w, train, cfg, a):
+    """--target-l0: b_enc less one offset t, the (1 - L0/D) quantile of the pre-activations over the calibration
+    tokens, so that about L0 of the D features fire per token there (as a trained SAE's do; the library init fires
+    on about half). Returns the SAE and the L0 it measured on those tokens."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    with torch.no_grad():
+        tokens = train[:a.calib_rows * a.calib_seq_len].view(a.calib_rows, a.calib_seq_len).long()
+        pre = (gpt2_forward_to(cfg.layer, tokens, w, cfg) @ sae["W_enc"] + sae["b_enc"]).flatten()
+        fire = round(a.target_l0 / cfg.dict_size * pre.numel())  # values above the offset
+        t = pre.kthvalue(pre.numel() - fire).values.item()
+        sae = dict(sae, b_enc=sae["b_enc"] - t)
+        l0 = ((pre - t) > 0).float().sum().item() / (a.calib_rows * a.calib_seq_len)
+    return sae, l0
+
+
 def print_scales(w, tokens, cfg):
     """The scales --real-scale aims at, measured on `tokens` with the weights as the engine loads them."""
     with torch.no_grad():
@@ -156,6 +172,9 @@ def main():
     p.add_argument("--calib-rows", type=int, default=4, help="--real-scale: rows of train.bin the KL is measured on")
     p.add_argument("--calib-seq-len", type=int, default=64, help="--real-scale: tokens per calibration row")
     p.add_argument("--bf16-estimate", action="store_true", help="--real-scale: also the emulated bf16 KL error, with and without the shift")
+    p.add_argument("--target-l0", type=float, default=0, help="with --dict-size (not --real-scale): also OUT/init_sae_sparse/, the same SAE "
+                   "with b_enc lowered by one offset so that it fires on about this many features per token at --layer on the "
+                   "calibration rows (a trained SAE's sparsity, for timing --sae-kernels sparse)")
     a = p.parse_args()
     g = torch.Generator().manual_seed(a.seed)
     C, V = a.d_model, a.vocab
@@ -168,6 +187,11 @@ def main():
             p.error("--layer must be in [0, n_layer)")
         if a.dict_size < 2 * C:
             p.error("--real-scale needs --dict-size >= 2 x d_model (its SAE starts from an exact reconstruction)")
+    if a.target_l0:
+        a.layer = a.n_layer // 2 if a.layer < 0 else a.layer
+        if a.real_scale or not a.dict_size or not 0 < a.target_l0 < a.dict_size or not 0 <= a.layer < a.n_layer:
+            p.error("--target-l0 needs --dict-size, no --real-scale, 0 < L0 < d_sae and --layer in [0, n_layer)")
+    if a.real_scale or a.target_l0:
         if a.calib_seq_len > a.max_t or a.calib_rows * a.calib_seq_len > a.train_tokens:
             p.error("--calib-seq-len must fit --max-t and the calibration rows --train-tokens")
 
@@ -199,10 +223,15 @@ def main():
                       f"relative error {100 * (kl - st['kl']) / st['kl']:+.2f}% against fp32")
     elif a.dict_size:
         sae = init_sae(cfg)
-    if sae is not None:
-        os.makedirs(os.path.join(a.out, "init_sae"), exist_ok=True)
-        write_safetensors(os.path.join(a.out, "init_sae", "sae_weights.safetensors"), sae)
-        write_json(os.path.join(a.out, "init_sae", "cfg.json"), {"d_in": C, "d_sae": a.dict_size, "dtype": "float32"})
+    saes = {"init_sae": sae} if sae is not None else {}
+    if a.target_l0:
+        saes["init_sae_sparse"], l0 = sparse_sae(sae, centre_weights(w, a.n_layer), train, cfg, a)
+        print(f"init_sae_sparse at layer {a.layer}, d_sae {a.dict_size}: b_enc lowered for L0 {a.target_l0:g}, measured {l0:.1f} on "
+              f"{a.calib_rows} x {a.calib_seq_len} train tokens")
+    for name, s in saes.items():
+        os.makedirs(os.path.join(a.out, name), exist_ok=True)
+        write_safetensors(os.path.join(a.out, name, "sae_weights.safetensors"), s)
+        write_json(os.path.join(a.out, name, "cfg.json"), {"d_in": C, "d_sae": a.dict_size, "dtype": "float32"})
     print(f"wrote {a.out}: GPT-2 L={a.n_layer} NH={a.n_head} C={C} V={V} maxT={a.max_t}, "
           f"{a.train_tokens} train / {a.val_tokens} val tokens")
 

@@ -202,6 +202,7 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
     for (const auto& kv : resume_settings(cfg)) meta.push_back(kv);
     meta.push_back({"attention", cfg.attention});  // not in resume_settings: states saved before it have none
     meta.push_back({"fused_backward", cfg.fused_backward});  // the same
+    meta.push_back({"sae_kernels", cfg.sae_kernels});  // the same
     safetensors_write(dir + "/train_state.safetensors", t, meta);
 }
 
@@ -232,11 +233,15 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
         if (meta(kv.first.c_str()) != kv.second)
             die("'%s' was saved with %s %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
                 kv.first.c_str(), meta(kv.first.c_str()).c_str(), kv.second.c_str());
-    std::string attention = "materialized", fused_backward = "off";  // a state saved before the flags existed
+    std::string attention = "materialized", fused_backward = "off", sae_kernels = "dense";  // a state saved before the flags existed
     for (const auto& kv : st.metadata) {
         if (kv.first == "attention") attention = kv.second;
         if (kv.first == "fused_backward") fused_backward = kv.second;
+        if (kv.first == "sae_kernels") sae_kernels = kv.second;
     }
+    if (sae_kernels != cfg.sae_kernels)  // the sparse kernels sum in another order
+        die("'%s' was saved with --sae-kernels %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
+            sae_kernels.c_str(), cfg.sae_kernels.c_str());
     if (fused_backward != cfg.fused_backward)  // the DGELU epilogue rounds once where the kernel rounds twice
         die("'%s' was saved with --fused-backward %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
             fused_backward.c_str(), cfg.fused_backward.c_str());

@@ -50,6 +50,7 @@ struct TrainConfig {
     std::string attention = "materialized";  // GPU: or flash (llmc/attention.cuh)
     std::string fused_backward = "off";      // GPU: or on (one-pass KL and SAE backward, bf16's DGELU epilogue)
     std::string cuda_graph = "off";          // GPU: or on (each micro-batch one CUDA graph; the same bits)
+    std::string sae_kernels = "dense";       // GPU: or sparse (llmc/sae_sparse.cuh: the SAE's matmuls but the encoder's, over c > 0)
     int device = 0;
     bool eval_only = false;
     bool overwrite = false;       // a fresh run may replace a run already in --out
@@ -116,6 +117,7 @@ inline void print_usage(const char* prog, bool gpu) {
         printf("  --attention materialized  accepted so command lines carry over to the GPU trainer\n");
         printf("  --fused-backward off    accepted so command lines carry over to the GPU trainer\n");
         printf("  --cuda-graph off        accepted so command lines carry over to the GPU trainer\n");
+        printf("  --sae-kernels dense     accepted so command lines carry over to the GPU trainer\n");
     }
 }
 
@@ -208,6 +210,11 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
         c.cuda_graph = v;
         if (gpu ? (c.cuda_graph != "off" && c.cuda_graph != "on") : c.cuda_graph != "off")
             die("--cuda-graph must be %s, got '%s'", gpu ? "off or on" : "off (the CPU trainer launches no kernels)", v);
+    }
+    else if (f == "--sae-kernels") {
+        c.sae_kernels = v;
+        if (gpu ? (c.sae_kernels != "dense" && c.sae_kernels != "sparse") : c.sae_kernels != "dense")
+            die("--sae-kernels must be %s, got '%s'", gpu ? "dense or sparse" : "dense (the CPU trainer is the dense reference)", v);
     }
     else if (f == "--device") {
         if (!gpu) die("--device is for the GPU trainer");

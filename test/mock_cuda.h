@@ -676,6 +676,94 @@ void sae_encoder_backward(float* dW_enc, const floatX* dpre, const floatX* x, in
 }
 
 // ----------------------------------------------------------------------------
+// llmc/sae_sparse.cuh (--sae-kernels sparse): the index of c, then the decoder and the backward
+// over the entries with c > 0, in the kernels' order of summation
+
+struct SaeSparse {
+    int* col_cnt;   // (D)
+    int* col_rows;  // (D,N) feature j's rows at j·N, ascending
+    float* col_l1;  // (D)
+    int* row_cnt;   // (N)
+    int* row_cols;  // (N,D) row n's features at n·D, ascending
+};
+
+template <typename floatX>
+void sae_sparse_index(SaeSparse* sp, float* l1_sum, float* l0_sum, unsigned int* fired, const floatX* c, int N, int D, cudaStream_t) {
+    if (N == 0 || D == 0) return;
+    MOCK_DEV(sp->col_cnt, D); MOCK_DEV(sp->col_rows, (size_t)N * D); MOCK_DEV(sp->col_l1, D);
+    MOCK_DEV(sp->row_cnt, N); MOCK_DEV(sp->row_cols, (size_t)N * D); MOCK_DEV(c, (size_t)N * D);
+    for (int n = 0; n < N; n++) sp->row_cnt[n] = 0;
+    double l1 = 0.0;
+    unsigned long long l0 = 0;
+    for (int j = 0; j < D; j++) {
+        int cnt = 0;
+        float col_l1 = 0.0f;
+        for (int n = 0; n < N; n++) {
+            const float v = to_float(c[(size_t)n * D + j]);
+            col_l1 += fabsf(v);
+            if (v > 0.0f) {
+                sp->col_rows[(size_t)j * N + cnt++] = n;
+                sp->row_cols[(size_t)n * D + sp->row_cnt[n]++] = j;
+            }
+        }
+        sp->col_cnt[j] = cnt;
+        sp->col_l1[j] = col_l1;
+        if (cnt > 0) fired[j] = 1u;
+        l1 += col_l1;
+        l0 += (unsigned long long)cnt;
+    }
+    l1_sum[0] = (float)((double)l1_sum[0] + l1);
+    l0_sum[0] = (float)((double)l0_sum[0] + (double)l0);
+}
+
+template <typename floatX>
+void sae_sparse_decoder_forward(floatX* x_hat, const SaeSparse* sp, const floatX* c, const floatX* W_dec_norm, const floatX* b_dec, int N, int C,
+                                int D, cudaStream_t) {
+    MOCK_DEV(x_hat, (size_t)N * C); MOCK_DEV(b_dec, C);
+    for (int n = 0; n < N; n++)
+        for (int col = 0; col < C; col++) {
+            float acc = 0.0f;
+            for (int k = 0; k < sp->row_cnt[n]; k++) {
+                const int j = sp->row_cols[(size_t)n * D + k];
+                acc += to_float(c[(size_t)n * D + j]) * to_float(W_dec_norm[(size_t)j * C + col]);
+            }
+            x_hat[(size_t)n * C + col] = from_float<floatX>(acc + to_float(b_dec[col]));
+        }
+}
+
+template <typename floatX>
+void sae_sparse_backward(float* dW_dec_norm, float* dW_enc, float* db_enc, floatX* dpre_csc, const SaeSparse* sp, const floatX* c,
+                         const floatX* dx_hat, const floatX* x, const floatX* W_dec_norm, float l1_scale, int N, int C, int D, bool accumulate,
+                         cudaStream_t) {
+    MOCK_DEV(dW_dec_norm, (size_t)D * C); MOCK_DEV(dW_enc, (size_t)C * D); MOCK_DEV(db_enc, D); MOCK_DEV(dpre_csc, (size_t)N * D);
+    for (int j = 0; j < D; j++) {
+        const int n = sp->col_cnt[j];
+        const int* rows = sp->col_rows + (size_t)j * N;
+        float db = 0.0f;
+        for (int k = 0; k < n; k++) {
+            float dot = 0.0f;
+            for (int col = 0; col < C; col++) dot += to_float(dx_hat[(size_t)rows[k] * C + col]) * to_float(W_dec_norm[(size_t)j * C + col]);
+            const floatX d = from_float<floatX>(to_float(from_float<floatX>(dot)) + l1_scale);
+            dpre_csc[(size_t)j * N + k] = d;
+            db += to_float(d);
+        }
+        db_enc[j] = accumulate ? db_enc[j] + db : db;
+        for (int col = 0; col < C; col++) {
+            float acc_dec = 0.0f, acc_enc = 0.0f;
+            for (int k = 0; k < n; k++) {
+                const size_t r = rows[k];
+                acc_dec += to_float(c[r * D + j]) * to_float(dx_hat[r * C + col]);
+                acc_enc += to_float(dpre_csc[(size_t)j * N + k]) * to_float(x[r * C + col]);
+            }
+            float* od = dW_dec_norm + (size_t)j * C + col;
+            float* oe = dW_enc + (size_t)col * D + j;
+            *od = accumulate ? *od + acc_dec : acc_dec;
+            *oe = accumulate ? *oe + acc_enc : acc_enc;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
 // llmc/kl.cuh: logits (N,Vp), only the first V columns real
 
 // the max and Σ exp(x − max) of the first V entries of a row (the online softmax's result)

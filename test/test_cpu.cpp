@@ -451,6 +451,7 @@ TEST_CASE("bad input is rejected with a clear message and nothing written", "[er
     SECTION("unknown flag") { expect_rejected(good + "--bogus 1", "unknown flag '--bogus'"); }
     SECTION("a GPU setting the CPU trainer does not have") {  // the off values are accepted, so command lines carry over
         expect_rejected(good + "--cuda-graph on", "--cuda-graph must be off (the CPU trainer launches no kernels), got 'on'");
+        expect_rejected(good + "--sae-kernels sparse", "--sae-kernels must be dense (the CPU trainer is the dense reference), got 'sparse'");
         expect_rejected(good + "--fused-backward on", "--fused-backward must be off (the CPU trainer is the unfused reference), got 'on'");
         expect_rejected(good + "--attention flash", "--attention must be materialized (the CPU trainer has no flash attention), got 'flash'");
     }

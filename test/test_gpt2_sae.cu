@@ -43,6 +43,8 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
   the shift and +1.1% without.
 - CUDA graphs ([graph], issue 14): --cuda-graph on replays the kernels --cuda-graph off launches,
   with the same arguments, so every log term, eval, saved tensor and sweep SAE must be the same bits.
+- sparse SAE kernels ([sparse]): --sae-kernels sparse sums the dense path's terms in another
+  order, so it is held to the same bounds against PyTorch, and in fp32 to 1e-5 against dense.
 */
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -403,12 +405,13 @@ static void check_graph_same(const std::string& dir, const std::string& extra, c
     run_cmd("rm -rf " + root);
 }
 
-TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash and fused, fp32 and bf16), and resume bit-exactly", "[gpu][graph]") {
+TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash and fused, sparse, fp32 and bf16), and resume bit-exactly", "[gpu][graph]") {
     const std::string ds = ref_for_mode("e2e+ds");
     check_graph_same(ds, "--mode e2e+ds --precision fp32", "fp32_ds");
     check_graph_same(ds, "--mode e2e+ds --precision bf16", "bf16_ds");
     check_graph_same(ds, "--mode local --precision bf16 --grad-accum 3", "bf16_local_accum3", 3);  // the clean pass stops below the logits
     check_graph_same(reference("flash_hs64", FLASH_ARGS), "--precision bf16 --attention flash --fused-backward on", "bf16_flash_fused");
+    check_graph_same(ds, "--mode e2e+ds --precision bf16 --sae-kernels sparse --fused-backward on", "bf16_sparse");
     const std::string file = "build/test_out/graph_sweep.jsonl";
     {
         std::ofstream f(file);
@@ -418,6 +421,76 @@ TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash 
     }
     check_graph_same(ds, "--precision bf16 --fused-backward on --sweep " + file, "bf16_sweep");
     check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on --cuda-graph on");
+}
+
+// --sae-kernels sparse (llmc/sae_sparse.cuh): the SAE's decoder and backward over the entries with
+// c > 0. The same terms as the dense matmuls, summed in another order: against PyTorch at the
+// usual bounds in every mode (bf16) and in fp32, and in fp32 against dense at 1e-5 (the two differ
+// by the sums' order only, as --fused-backward's KL); with the fused paths; resume bit-exact; a
+// state saved dense is not resumed sparse ([graph] runs it under a CUDA graph). A fresh SAE fires
+// on about half its features, so these runs index a dense-ish c, rows and features of every count.
+TEST_CASE("--sae-kernels sparse: 10 updates match PyTorch and dense, and resume bit-exactly", "[gpu][sparse]") {
+    for (const char* mode : {"local", "e2e", "e2e+ds"})
+        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --sae-kernels sparse", BF16_STEPS_TOL, "gpu_bf16_sparse", "", true);
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 --sae-kernels sparse", FP32_STEPS_TOL, "gpu_fp32_sparse");
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_dense");
+    for (const char* n : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+        const double err = rel_err(read_tensor("build/test_out/steps_gpu_fp32_sparse_e2e_ds/sae_weights.safetensors", n),
+                                   read_tensor("build/test_out/steps_gpu_fp32_dense_e2e_ds/sae_weights.safetensors", n));
+        printf("measured: fp32 e2e+ds 10 updates, --sae-kernels sparse against dense: %s relative error %.3g (tolerance 1e-5)\n", n, err);
+        CHECK(err <= 1e-5);
+    }
+    check_ten_steps("./train_gpt2_sae", "e2e", "--precision bf16 --sae-kernels sparse --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_sparse_fused",
+                    "", true);
+    check_resume("./train_gpt2_sae", "--precision bf16 --sae-kernels sparse");
+
+    // at a trained SAE's sparsity, the regime the kernels are for: an SAE that fires on ~16 of its
+    // 2048 features (dev/make_random_gpt2.py --target-l0), 6 updates of e2e+ds in fp32, sparse against
+    // dense: every logged term and final tensor within 1e-5, and the logged L0 near the target
+    const std::string lo = REF_ROOT + "/sparse_l0_16";
+    const char* py = getenv("SAE_REF_PYTHON");
+    REQUIRE(system(("mkdir -p " + lo + " && " + std::string(py ? py : "/usr/bin/python3") + " dev/make_random_gpt2.py --out " + lo +
+                    " --n-layer 3 --n-head 2 --d-model 64 --vocab 256 --max-t 32 --train-tokens 8192 --val-tokens 2048 --dict-size 2048"
+                    " --target-l0 16 --layer 1 --calib-rows 8 --calib-seq-len 32 > " + lo + ".log 2>&1").c_str()) == 0);
+    std::vector<std::vector<JsonValue>> logs;
+    for (const char* k : {"dense", "sparse"}) {
+        const std::string out = "build/test_out/sparse_l0_" + std::string(k);
+        run_cmd("rm -rf " + out);
+        RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae", lo, "e2e+ds", out, "--init-sae " + lo + "/init_sae_sparse --batch 4 --seq-len 32 "
+                                          "--precision fp32 --max-steps 6 --sae-kernels " + k));
+        INFO(r.out);
+        REQUIRE(r.code == 0);
+        logs.push_back(read_log(out + "/log.jsonl"));
+        REQUIRE(logs.back().size() == 6);
+    }
+    double worst = 0.0;
+    for (int st = 0; st < 6; st++)
+        for (const char* key : {"loss", "kl", "sparsity", "mse", "ds_mse", "l0", "grad_norm"}) {
+            const double a = logs[0][st].get(key)->num, b = logs[1][st].get(key)->num;
+            INFO("step " << st + 1 << " " << key << ": dense " << a << " sparse " << b);
+            CHECK(fabs(a - b) <= 1e-5 * fabs(a) + 1e-12);
+            worst = std::max(worst, fabs(a - b) / (fabs(a) + 1e-30));
+        }
+    for (const char* n : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
+        const double err = rel_err(read_tensor("build/test_out/sparse_l0_sparse/train_state.safetensors", n),
+                                   read_tensor("build/test_out/sparse_l0_dense/train_state.safetensors", n));
+        CHECK(err <= 1e-5);
+        worst = std::max(worst, err);
+    }
+    const double l0 = logs[1][0].get("l0")->num;
+    printf("measured: fp32 e2e+ds at L0 %.1f of 2048 (target 16), 6 updates, --sae-kernels sparse against dense: worst relative "
+           "difference %.3g (tolerance 1e-5)\n", l0, worst);
+    CHECK(l0 >= 8.0);  // the calibration rows are not the training rows: near the target, not at it
+    CHECK(l0 <= 32.0);
+
+    const std::string dir = ref_for_mode("e2e"), out = "build/test_out/sparse_refused";
+    run_cmd("rm -rf " + out);
+    REQUIRE(run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e", out, "--max-steps 2")).code == 0);
+    RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae", dir, "e2e", out, "--max-steps 4 --sae-kernels sparse --resume " + out));
+    INFO(r.out);
+    CHECK(r.code == 1);
+    CHECK(r.out.find("was saved with --sae-kernels dense, this run has sparse") != std::string::npos);
+    run_cmd("rm -rf " + out);
 }
 
 TEST_CASE("flash attention: the trainer refuses it with fp32 and at a head size it does not serve, in one line", "[gpu][flash]") {

@@ -17,7 +17,7 @@
 #            standing checks): issue 16's [odd] and [real]; issue 14's [flash] and [fused], the paper-shape e2e L6 bench
 #            as it is and with both fast paths; issue 15's GPU dump against the CPU's; then test_gpt2_sae, GPU vs CPU,
 #            the new kernels' benches and sanitizers, the e2e_sae peer, --cuda-graph on ([graph], its bench against off),
-#            the sweep. Call it, then at once (the machine
+#            the sweep, then --sae-kernels sparse (sparse_checks). Call it, then at once (the machine
 #            stays warm for 30 s) CONTINUE=1 with a short BUDGET for what the first call did not reach
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
@@ -29,6 +29,8 @@
 #   flash: issue 14's correctness steps alone: flash attention, the fused SAE pass (dev/cuda/sae 6), the trainer with
 #            --fused-backward on ([fused], memcheck); about five minutes; not yet run on a GPU
 #   extra: the other sanitizer runs, modes, layers and precisions
+#   sparse:  --sae-kernels sparse alone: [sparse], dev/cuda/sae_sparse (checks, timing against dense by L0), the
+#            paper-shape bench at L0 ~32 dense against sparse, sanitizers; about 6 minutes; not yet run on a GPU
 #   peer:    issue 14's side-by-side: our e2e L6 fp32 and bf16 benches, then the e2e_sae library's step (fp32, tf32,
 #            bf16; dev/gpu_peer.sh; run dev/peer_pack.sh here first, carry .devbin, .whl and .peer), then
 #            --cuda-graph on against off; not yet run on a GPU
@@ -88,7 +90,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # paper shape model (random weights) and the small references the sanitizer and comparisons use
 P=/tmp/gpt2s
 bench_args="--overwrite --model $P --train $P/train.bin --val $P/val.bin --init-sae $P/init_sae --batch 8 --seq-len 1024 --grad-accum 2 --eval-samples 0 --samples 400000"
-make_paper_model() { [ -f $P/init_sae/sae_weights.safetensors ] || step make_gpt2s 150 python3 dev/make_random_gpt2.py --out $P --dict-size 46080 --train-tokens 600000 --val-tokens 16384; }
+# (init_sae: the library init, L0 about half of d_sae; init_sae_sparse: the same at L0 ~32, for --sae-kernels sparse)
+make_paper_model() { [ -f $P/init_sae_sparse/sae_weights.safetensors ] || step make_gpt2s 150 python3 dev/make_random_gpt2.py --out $P --dict-size 46080 --train-tokens 600000 --val-tokens 16384 --target-l0 32 --layer 6; }
 R=build/ref/e2e_ds
 san_args="--overwrite --model $R/model.safetensors --train $R/train.bin --val $R/val.bin --layer 1 --batch 2 --seq-len 8 --grad-accum 2 --init-sae $R/init_sae --max-steps 2 --samples 200 --eval-samples 2 --eval-every 0"
 M=/tmp/cmp_model
@@ -110,7 +113,7 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 # shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
 # updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
 gpu_tests() {
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]~[sparse]"
     step test_sweep 120 ./test_gpt2_sae "[sweep]"
     step test_graph 90 ./test_gpt2_sae "[graph]"
     grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" 2>/dev/null | tee "$OUT/issue13.txt"
@@ -205,6 +208,35 @@ sweep_bench() {
     fi
 }
 
+# --sae-kernels sparse (llmc/sae_sparse.cuh; no issue asks for it yet, so after every issue's checks):
+# the trainer against PyTorch and dense ([sparse]), the kernels against the CPU and timed against the
+# dense path at L0 32, 128, 512 and 23040 (dev/cuda/sae_sparse), the sanitizers at small shapes and on
+# a short trainer run, then the paper-shape e2e L6 bench with the fast paths from an SAE at L0 ~32
+# (init_sae_sparse), --sae-kernels dense and sparse back to back: both medians and their ratio
+# into $OUT/sparse.txt
+sparse_checks() {
+    step test_sparse 150 ./test_gpt2_sae "[sparse]"
+    step sae_sparse_bench 120 dev/cuda/sae_sparse
+    make_paper_model
+    local fast="--mode e2e --layer 6 --precision bf16 --attention flash --fused-backward on --max-steps 20 --init-sae $P/init_sae_sparse"
+    step bench_e2e_bf16_L6_l0_dense 100 ./train_gpt2_sae $bench_args $fast --sae-kernels dense --out /tmp/bsd
+    step bench_e2e_bf16_L6_l0_sparse 100 ./train_gpt2_sae $bench_args $fast --sae-kernels sparse --out /tmp/bss
+    local dense sparse
+    dense=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_l0_dense.log" 2>/dev/null | awk '{print $2}')
+    sparse=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_l0_sparse.log" 2>/dev/null | awk '{print $2}')
+    step sae_sparse_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae_sparse 2
+    step sae_sparse_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae_sparse 2
+    step memcheck_sparse 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision bf16 \
+        --sae-kernels sparse --out /tmp/san_sparse
+    grep -h -E "^measured|L0|sparse|dense|PASS|FAIL|ERROR SUMMARY|RACECHECK SUMMARY|test cases|All tests|time per step" \
+        "$LOG/test_sparse.log" "$LOG/sae_sparse_bench.log" "$LOG"/bench_e2e_bf16_L6_l0_*.log "$LOG"/sae_sparse_*check.log \
+        "$LOG/memcheck_sparse.log" 2>/dev/null > "$OUT/sparse.txt"
+    if [ -n "$dense" ] && [ -n "$sparse" ]; then
+        awk -v a="$dense" -v b="$sparse" 'BEGIN { printf "measured: e2e L6 bf16 flash+fused at L0 ~32, median update %.2f ms with --sae-kernels sparse against %.2f ms dense: %.3fx\n", b, a, a / b }' \
+            | tee -a "$OUT/sparse.txt"
+    fi
+}
+
 # issue 14 item 3: the e2e_sae library's own training step on the same card, at the paper shape:
 # fp32 as shipped, tf32 and bf16 autocast (dev/gpu_peer.sh; carry .whl and .peer, made here by
 # dev/peer_pack.sh). Its log and measured lines go to $OUT/peer.txt; about 2 minutes, 5.5 at most.
@@ -233,13 +265,17 @@ if [ "$stage" = session ]; then  # one device session: the open issues' deciding
     fast_bench
     compare_mode e2e                                        # GPU vs CPU, and the SAE dump_compare reads (issue 15)
     dump_compare
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]~[sparse]"
     flash_kernels
     peer_bench
     graph_bench                                             # issue 14: a CUDA graph per micro-batch, if it pays
     memcheck e2e+ds bf16
     gpu_tests                                               # what is left of it: the sweep (issue 13)
     sweep_bench
+    sparse_checks                                           # --sae-kernels sparse, no issue's yet
+fi
+if [ "$stage" = sparse ]; then
+    sparse_checks
 fi
 if [ "$stage" = peer ]; then  # ours and the library's at the paper shape, same card, one call
     make_paper_model
@@ -266,6 +302,7 @@ if [ "$stage" = kernels ] || [ "$stage" = core ] || [ "$stage" = all ]; then
     graph_bench
     sweep_bench
     memcheck e2e+ds bf16
+    sparse_checks
     step dev_cuda 150 env TIMEOUT=60 LOG_DIR="$LOG/dev_cuda" bash dev/cuda/run_all.sh  # each bench in full: checks, timing (attention: ~15 s of CPU reference)
 fi
 if [ "$stage" = extra ] || [ "$stage" = all ]; then

@@ -121,7 +121,8 @@ test: $(CPU_TARGETS) $(CUDA_TARGETS)
 # cudaMalloc blocks of exactly the size asked for, so a kernel's access past one is reported, as
 # compute-sanitizer's memcheck would) for one update of bf16 --fused-backward on at the odd shapes
 # (with an eval), with --attention flash, and for three updates with --cuda-graph on (captured at the
-# second, replayed at the third, evals between) on test_gpu_mocked's references (the emulation tells ASan
+# second, replayed at the third, evals between), and with --sae-kernels sparse at the odd shapes and under
+# a graph, on test_gpu_mocked's references (the emulation tells ASan
 # of every switch between its fibers' stacks). CI runs it. libstdc++'s <regex> (inside Catch2) trips
 # -Wmaybe-uninitialized under the sanitizers, hence that one warning off.
 SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -Wno-maybe-uninitialized
@@ -140,7 +141,9 @@ sanitize: build/emu/train_gpt2_sae.cu $(EMU_HEADERS)
 	cd $(SAN_DIR) && ./test_cpu && ./test_tokenizer && ./test_feature_dump && ./test_gpu_mocked
 	cd $(SAN_DIR) && for run in "odd_e2e_ds --seq-len 17 --eval-samples 2 --eval-every 1" \
 	                            "flash_hs64 --seq-len 80 --eval-samples 0 --attention flash" \
-	                            "e2e_ds --seq-len 8 --eval-samples 2 --eval-every 1 --max-steps 3 --cuda-graph on"; do \
+	                            "e2e_ds --seq-len 8 --eval-samples 2 --eval-every 1 --max-steps 3 --cuda-graph on" \
+	                            "odd_e2e_ds --seq-len 17 --eval-samples 2 --eval-every 1 --max-steps 2 --sae-kernels sparse" \
+	                            "e2e_ds --seq-len 8 --eval-samples 0 --max-steps 3 --cuda-graph on --sae-kernels sparse"; do \
 	    set -- $$run; r=build/ref/$$1; shift; \
 	    ./train_gpt2_sae_emulated --overwrite --model $$r/model.safetensors --train $$r/train.bin --val $$r/val.bin \
 	        --init-sae $$r/init_sae --layer 1 --mode e2e+ds --batch 2 --grad-accum 2 --samples 200 --max-steps 1 \

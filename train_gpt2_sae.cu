@@ -4,7 +4,7 @@ train_gpt2_sae: the GPU trainer of end-to-end sparse autoencoders on a frozen GP
 Same flags, files and log as train_gpt2_sae_cpu (the fp32 oracle), plus --precision fp32|bf16
 (default bf16), --attention materialized|flash (llmc/attention.cuh; flash in bf16 at head size 64
 only, on tensor cores), --fused-backward off|on, --cuda-graph off|on (micro_batch), --sae-kernels
-dense|sparse (llmc/sae_sparse.cuh: the SAE's decoder and backward over c > 0) and --device N.
+dense|sparse|auto (llmc/sae_sparse.cuh: the SAE's decoder and backward over c > 0) and --device N.
 The math is docs/SPEC.md; the CPU trainer holds the same
 operations under the same names in plain loops, and the host side of a run (loading, loaders,
 saving, eval reports, the run's cadence) is shared with it through llmc/run.h. Only the work
@@ -21,7 +21,7 @@ Build and run:
     make train_gpt2_sae
     ./train_gpt2_sae --help
 Every phase sits in an NVTX range, so an Nsight Systems timeline reads like this file.
-Left out: multi-GPU, sparse SAE backward (the dense one is exact).
+Left out: multi-GPU.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,6 +175,7 @@ struct SaeRun {
     SAE sae;                              // host copy: init, --init-sae, export, state
     std::vector<float> adam_m, adam_v, fired;  // host copies of the Adam moments and alive flags, for saves
     RunState run;                         // step, log, schedule (llmc/run.h)
+    bool sparse_now = false;              // this update runs its decoder and backward sparse (sae_runs_sparse)
     SaeDevice<floatX> dev;
     Stats stats;
     size_t bytes = 0;                     // its device memory
@@ -204,7 +205,7 @@ struct Activations {
     int* targets;                         // (B,T) next token within the row, -1 at the end
     std::vector<floatX*> clean;           // clean[l - L_lo] (N,C): the clean resid_pre_l, l = L_lo..n_layer-1 (SAE inputs, e2e+ds targets)
     floatX *x_hat, *c, *dc;               // (N,C): the first spliced block's inp, where the decoder writes; (N,D_max), (N,D_max)
-    SaeSparse sparse;                     // --sae-kernels sparse: the index of c (N·D_max entries of each kind); dc holds dpre by feature
+    SaeSparse sparse;                     // --sae-kernels sparse or auto: the index of c (N·D_max entries of each kind); dc holds dpre by feature
     floatX *resid, *dresid, *dx_hat_local, *lnf, *dlnf;  // (N,C) each
     float *logits_clean, *logits_spliced;                // (N,Vp) each, fp32 in both precisions (kl.cuh)
     floatX* dlogits;                                     // (N,Vp) the KL's gradient; in fp32 the spliced logits themselves
@@ -238,10 +239,11 @@ struct Engine {
     bool train_logits = false;            // some SAE trains on the KL: the clean pass goes to the logits
     bool flash = false;                   // --attention flash: no (B,NH,T,T) matrices
     bool fused_backward = false;          // --fused-backward on: the one-pass KL and SAE backward, the DGELU epilogue (bf16)
-    bool sparse = false;                  // --sae-kernels sparse: the SAE's decoder and backward over c > 0 (sae_sparse.cuh)
+    bool sparse = false;                  // --sae-kernels sparse or auto: the index of c is carved (sae_sparse.cuh)
     bool graphs = false;                  // --cuda-graph on: micro-batches replayed as CUDA graphs (micro_batch)
     bool timing = true;                   // time_phase records events (not while a graph is captured)
     std::vector<cudaGraphExec_t> micro_graphs;  // (grad_accum): micro-batch number a's graph, once captured
+    long long capture_from = 0;           // the first update (0-based) whose micro-batches may be captured
     DeviceArena arena;
     size_t bytes_weights = 0, bytes_acts = 0, bytes_dump = 0, bytes_sparse = 0;
     GPT2Device<floatX> model;
@@ -314,6 +316,11 @@ void engine_carve(Engine<floatX>* e, DeviceArena* a) {
         act.sparse.col_l1 = a->take<float>(D);           // (D)
         act.sparse.row_cnt = a->take<int>(N);            // (N)
         act.sparse.row_cols = a->take<int>(N * D);       // (N,D)
+        act.sparse.seg_ptr = a->take<int>(D + 1);        // (D+1)
+        act.sparse.seg_info = a->take<int>(2);           // (2)
+        act.sparse.part_dec = a->take<float>(2 * D * C); // (2D,C)
+        act.sparse.part_enc = a->take<float>(2 * D * C); // (2D,C)
+        act.sparse.part_db = a->take<float>(2 * D);      // (2D)
     }
     e->bytes_sparse = a->used - sparse_start;
     act.resid = a->take<floatX>(N * C);                  // (N,C)
@@ -433,7 +440,7 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
     e->flash = cfg.attention == "flash";
     e->fused_backward = cfg.fused_backward == "on";
     e->graphs = cfg.cuda_graph == "on";
-    e->sparse = cfg.sae_kernels == "sparse";
+    e->sparse = cfg.sae_kernels != "dense";
     e->micro_graphs.assign(cfg.grad_accum, nullptr);
     for (SaeRun<floatX>& s : saes) { s.L = s.cfg.layer; s.K = std::max(0, e->n_layer - 1 - s.L); }
     const size_t total = plan_bytes(e, saes, saes.size());
@@ -453,8 +460,8 @@ void engine_init(Engine<floatX>* e, std::vector<SaeRun<floatX>>& saes, int B) {
     if (saes.size() > 1)
         for (const SaeRun<floatX>& s : saes) printf("  SAE %-16s %9.1f MiB\n", s.cfg.name.c_str(), s.bytes / 1048576.0);
     if (e->bytes_sparse)
-        printf("  of which the sparse index of c %.1f MiB (--sae-kernels sparse: every entry of (N,D) by feature and by row)\n",
-               e->bytes_sparse / 1048576.0);
+        printf("  of which the sparse index of c %.1f MiB (--sae-kernels %s: every entry of (N,D) by feature and by row, the backward's partials)\n",
+               e->bytes_sparse / 1048576.0, cfg.sae_kernels.c_str());
     if (e->bytes_dump)
         printf("  of which the feature dump %.1f MiB (top-%d, histogram, bands, contexts, logit effects of %d features, in chunks of %d)\n",
                e->bytes_dump / 1048576.0, cfg.dump_topk, e->D_max, FEATURE_DUMP_LOGIT_CHUNK);
@@ -714,7 +721,7 @@ void sae_backward(Engine<floatX>* e, SaeRun<floatX>* s, const floatX* dx_hat, in
     int N = B * e->T;
     SaeDevice<floatX>& d = s->dev;
     Activations<floatX>& act = e->acts;
-    if (e->sparse) {  // over the index micro_step's forward made; dc holds dpre by feature
+    if (s->sparse_now) {  // over the index micro_step's forward made; dc holds dpre by feature
         bias_grad_colsum(d.db_dec, dx_hat, N, e->C, !first, main_stream);
         sae_sparse_backward(d.dW_dec_norm, d.dW_enc, d.db_enc, act.dc, &act.sparse, act.c, dx_hat, sae_input(e, s->L), d.W_dec_norm, l1_scale,
                             N, e->C, s->D, !first, main_stream);
@@ -752,7 +759,7 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
     bool local = cfg.mode == MODE_LOCAL;
     {
         auto t = time_phase(e, micro, si, PH_SAE_FWD);
-        if (e->sparse) {  // the index adds Σ|c|, L0 and the fired flags; the decoder reads it
+        if (s->sparse_now) {  // the index adds Σ|c|, L0 and the fired flags; the decoder reads it
             sae_encoder_forward(act.c, x, s->dev.W_enc_x, s->dev.b_enc_x, N, e->C, s->D, main_stream);
             sae_sparse_index(&act.sparse, stats + STAT_L1, stats + STAT_L0, s->stats.fired_train, act.c, N, s->D, main_stream);
             sae_sparse_decoder_forward(act.x_hat, &act.sparse, act.c, s->dev.W_dec_norm, s->dev.b_dec_x, N, e->C, s->D, main_stream);
@@ -794,6 +801,34 @@ void micro_step(Engine<floatX>* e, SaeRun<floatX>* s, int accum, int micro, int 
     }
     auto t = time_phase(e, micro, si, PH_SAE_BWD);
     sae_backward(e, s, dx_hat, B, (float)(cfg.sparsity_coeff / (dN * dC * accum)), micro <= 0);
+}
+
+// --sae-kernels: whether SAE s runs update `step` (0-based) sparse. auto runs dense until an update's
+// L0 (features per token) is at most d_sae / SPARSE_AUTO_FRACTION, then sparse from the next update to
+// the end, a switch kept in the training state (sparse_from) so that a resumed run makes the same
+// choices. The rule reads only the logged L0, so the same run switches at the same update every time.
+// The fraction is an estimate, not a measurement: at the paper shape the four dense matmuls and the
+// fused pass cost ~4 ms per micro-batch and the sparse path ~0.7 ms + ~8 µs per unit of L0, so the
+// paths meet near L0 ~400 of 46080 (~d_sae / 110); dev/cuda/sae_sparse times both by L0 on a device.
+static const int SPARSE_AUTO_FRACTION = 128;
+
+template <typename floatX>
+bool sae_runs_sparse(const SaeRun<floatX>& s, long long step) {
+    if (s.cfg.sae_kernels == "sparse") return true;
+    return s.cfg.sae_kernels == "auto" && s.run.ts.sparse_from >= 0 && step >= s.run.ts.sparse_from;
+}
+
+// after update `done` (1-based) of an auto SAE, logged at L0 l0: switches it to sparse from the next
+// update when l0 is low enough. Returns whether it switched (the micro-batch graphs then hold the
+// dense kernels: the caller drops them).
+template <typename floatX>
+bool sae_auto_switch(SaeRun<floatX>* s, long long done, double l0) {
+    if (s->cfg.sae_kernels != "auto" || s->run.ts.sparse_from >= 0 || !(l0 <= (double)s->D / SPARSE_AUTO_FRACTION)) return false;
+    s->run.ts.sparse_from = done;
+    printf("--sae-kernels auto%s%s: L0 %.1f after update %lld is at most d_sae / %d = %.1f: its decoder and backward run sparse from update "
+           "%lld on\n", s->cfg.name.empty() ? "" : ", SAE ", s->cfg.name.c_str(), l0, done, SPARSE_AUTO_FRACTION,
+           (double)s->D / SPARSE_AUTO_FRACTION, done + 1);
+    return true;
 }
 
 // One micro-batch of the update, number a, after its token upload: the clean pass, then each SAE's
@@ -1167,6 +1202,7 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
     };
     if (saes[0].run.ts.step == 0 || cfg.eval_only) run_eval(0);
     long long step = saes[0].run.ts.step;
+    e.capture_from = saes[0].run.start_step + 1;  // the first update makes the matmul plans and loads the kernels uncaptured
     const long long update_tokens = (long long)cfg.batch * cfg.seq_len * cfg.grad_accum;
     std::vector<double> step_seconds, enqueue_seconds;  // after warm-up, for the medians
     while (keep_training(saes[0].run.sched, cfg, step)) {
@@ -1176,10 +1212,11 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
         for (SaeRun<floatX>& s : saes) {
             cudaCheck(cudaMemsetAsync(s.stats.sums, 0, (NUM_STATS_FIXED + s.K) * sizeof(float), main_stream));
             sae_prepare_weights(&e, &s);
+            s.sparse_now = sae_runs_sparse(s, step);
         }
         for (int a = 0; a < cfg.grad_accum; a++) {
             upload_next_batch(&e, &data.train);
-            micro_batch(&e, saes, a, step > saes[0].run.start_step);
+            micro_batch(&e, saes, a, step >= e.capture_from);
         }
         for (size_t i = 0; i < saes.size(); i++) {
             auto t = time_phase(&e, 0, (int)i, PH_UPDATE);
@@ -1221,6 +1258,12 @@ int run(const TrainConfig& raw, const std::vector<TrainConfig>& cfgs) {
             sl.step = step;
             sl.lr = lr;
             sls.push_back(sl);
+            if (sae_auto_switch(&s, step, sl.l0) && e.graphs) {  // the next update runs uncaptured, the one after captures anew
+                for (cudaGraphExec_t& g : e.micro_graphs)
+                    if (g) cudaCheck(cudaGraphExecDestroy(g));
+                std::fill(e.micro_graphs.begin(), e.micro_graphs.end(), nullptr);
+                e.capture_from = step + 1;
+            }
         }
         double dt = now_seconds() - t0;
         phase_times_collect(&e);

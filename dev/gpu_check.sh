@@ -216,7 +216,7 @@ sweep_bench() {
 # into $OUT/sparse.txt
 sparse_checks() {
     step test_sparse 150 ./test_gpt2_sae "[sparse]"
-    step sae_sparse_bench 120 dev/cuda/sae_sparse
+    step sae_sparse_bench 180 dev/cuda/sae_sparse  # checks at the paper shape (host references: ~13 GB of host memory), then timing
     make_paper_model
     local fast="--mode e2e --layer 6 --precision bf16 --attention flash --fused-backward on --max-steps 20 --init-sae $P/init_sae_sparse"
     step bench_e2e_bf16_L6_l0_dense 100 ./train_gpt2_sae $bench_args $fast --sae-kernels dense --out /tmp/bsd

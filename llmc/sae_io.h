@@ -143,6 +143,7 @@ struct TrainState {
     long long alive_tokens = 0;    // tokens in the current alive window
     long long last_alive = -1;     // features alive in the last completed window (the eval lines log it)
     long long last_eval_samples = 0;  // training rows at the last periodic eval: the eval cadence
+    long long sparse_from = -1;    // --sae-kernels auto (GPU): the first update (0-based) run sparse, -1 while dense
     std::vector<float> alive_fired;  // (D) 1 if the feature fired in the current window
     std::string inputs;            // fingerprint of the model and training data (run_begin sets it)
 };
@@ -203,6 +204,7 @@ inline void train_state_save(const std::string& dir, const SAE* sae, const float
     meta.push_back({"attention", cfg.attention});  // not in resume_settings: states saved before it have none
     meta.push_back({"fused_backward", cfg.fused_backward});  // the same
     meta.push_back({"sae_kernels", cfg.sae_kernels});  // the same
+    meta.push_back({"sparse_from", std::to_string(ts.sparse_from)});  // the same
     safetensors_write(dir + "/train_state.safetensors", t, meta);
 }
 
@@ -285,6 +287,12 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     ts->alive_tokens = meta_int("alive_tokens", 0, BIG);
     ts->last_alive = meta_int("last_alive", -1, sae->D);
     ts->last_eval_samples = meta_int("last_eval_samples", 0, BIG);
+    ts->sparse_from = -1;  // a state saved before --sae-kernels auto existed ran dense
+    for (const auto& kv : st.metadata)
+        if (kv.first == "sparse_from") ts->sparse_from = meta_int("sparse_from", -1, ts->step);
+    if (ts->sparse_from >= 0 && cfg.sae_kernels != "auto")
+        die("'%s': sparse_from %lld is set, but the state was saved with --sae-kernels %s, not auto", path.c_str(), ts->sparse_from,
+            cfg.sae_kernels.c_str());
     // the fields must agree: every update consumes batch x grad_accum rows
     if (ts->rows_consumed != ts->step * cfg.batch * cfg.grad_accum)
         die("'%s': rows_consumed %lld does not match step %lld x batch %d x grad_accum %d", path.c_str(), ts->rows_consumed, ts->step,

@@ -21,14 +21,15 @@ gathers are far slower than the dense matmuls: sparse is for SAEs that are spars
 
 Capacity: the index holds every entry of c, N·D of each kind (int32), so it never overflows and
 needs no host sync: 3 GB at the paper shape (N 8192, D 46080), printed in the memory plan.
-Each feature's rows start at j·N, each row's features at n·D.
+Each feature's rows start at j·N, each row's features at n·D. The backward's partial sums take
+2·D·C floats twice more (0.57 GB there).
 
 Determinism: no atomics. Each count is a warp's ballot and population count in a fixed order;
 every sum runs over its entries in index order, and the warp sums are xor butterflies, which
 leave the same bits in every lane. The same c gives the same index and the same bits.
 
 Built with HOST_EMULATION, the CUDA built-ins come from test/cuda_host_emulation.h, so
-test/test_sae_emulated.cpp checks these kernels against a dense CPU reference without a GPU.
+test/test_sae_sparse_emulated.cpp checks these kernels against a dense CPU reference without a GPU.
 */
 #pragma once
 #include "cuda_common.cuh"
@@ -37,13 +38,19 @@ test/test_sae_emulated.cpp checks these kernels against a dense CPU reference wi
 #define SAE_SPARSE_WARPS 8    // warps per block in every kernel here
 #define SAE_SPARSE_CHUNK 256  // columns of C per pass in the decoder and the backward: 8 per lane, in registers
 
-// the sparse index of one micro-batch's c, device memory the trainer carves (sae_sparse_carve)
+// the sparse index of one micro-batch's c and the backward's scratch, device memory the trainer carves (engine_carve)
 struct SaeSparse {
     int* col_cnt;   // (D) rows with c > 0 per feature
     int* col_rows;  // (D,N) feature j's rows at j·N .. j·N + col_cnt[j], ascending
     float* col_l1;  // (D) Σ|c| per feature
     int* row_cnt;   // (N) features with c > 0 per row
     int* row_cols;  // (N,D) row n's features at n·D .. n·D + row_cnt[n], ascending
+    // the backward's segments (sae_sparse_backward): at most 2·D of them
+    int* seg_ptr;     // (D+1) feature j's segments are seg_ptr[j] .. seg_ptr[j+1]
+    int* seg_info;    // (2) entries per segment, segments in all
+    float* part_dec;  // (2·D, C) each segment's Σ c·dx_hat
+    float* part_enc;  // (2·D, C) each segment's Σ dpre·x
+    float* part_db;   // (2·D) each segment's Σ dpre
 };
 
 // the column pass: warp w of block b owns columns col0 = (b·WARPS + w)·TILE .. +TILE and walks
@@ -222,44 +229,92 @@ void sae_sparse_decoder_forward(floatX* x_hat, const SaeSparse* sp, const floatX
     cudaLaunchCheck();
 }
 
-// The backward: block b owns features j0 = b·WARPS .. +WARPS, a warp each. First each warp makes
-// its feature's dpre over its rows (a dot product per row, summed by a warp butterfly), stores it
-// at dpre_csc[j·N + k] and sums db_enc; then, per chunk of 256 columns of C, it sums dW_dec_norm's
-// row (written coalesced) and dW_enc's column, which the block writes through shared memory, so
-// that each row of dW_enc (C,D) gets WARPS consecutive floats. Every warp runs the same chunks
-// (features past D with no rows), so the block's barriers are met.
+// The backward, balanced over features of any frequency: a trained SAE's densest features fire on
+// a tenth of the tokens or more, and one warp walking such a feature's rows alone would outlast
+// all the others' work. So each feature's rows are cut into segments of SEG entries, a warp each:
+//   plan     (one block) nnz = Σ col_cnt, SEG = max(SAE_SPARSE_SEG, ceil(nnz / D)), each feature's
+//            ceil(cnt / SEG) segments and their exclusive scan seg_ptr; so that the segments never
+//            exceed 2·D (the partials' capacity) at any density
+//   segment  (a warp per segment s of feature j) dpre for its rows, stored at dpre_csc[j·N + k], and
+//            its partial sums: part_db[s], and per chunk of 256 columns part_dec[s,:] (Σ c·dx_hat)
+//            and part_enc[s,:] (Σ dpre·x), written coalesced
+//   finish   (block b: features j0 = b·WARPS .. +WARPS, a warp each) each feature's partials summed
+//            in segment order into db_enc, dW_dec_norm's row, and dW_enc's column, which the block
+//            writes through shared memory so that each row of dW_enc (C,D) gets WARPS consecutive
+//            floats. Every warp runs the same chunks (features past D have no segments), so the
+//            block's barriers are met.
+#define SAE_SPARSE_SEG 32  // entries per segment at the least: a warp's work
+
+// one block of 1024 threads: SEG, seg_ptr (D+1) and the segment count (seg_info = {SEG, total})
+static __global__ void sae_sparse_plan_kernel(int* seg_ptr, int* seg_info, const int* col_cnt, int D) {
+    __shared__ int thread_segs[1024];
+    const int per = (D + blockDim.x - 1) / blockDim.x;  // a contiguous run of features per thread
+    const int lo = min(D, (int)threadIdx.x * per), hi = min(D, lo + per);
+    unsigned long long nnz = 0;
+    for (int j = lo; j < hi; j++) nnz += (unsigned long long)col_cnt[j];
+    nnz = block_reduce_sum(nnz);  // every thread gets the total
+    const unsigned long long seg_min = (nnz + D - 1) / D;
+    const int seg = (int)max((unsigned long long)SAE_SPARSE_SEG, seg_min);  // <= N: fits an int
+    int mine = 0;
+    for (int j = lo; j < hi; j++) mine += (col_cnt[j] + seg - 1) / seg;
+    thread_segs[threadIdx.x] = mine;
+    __syncthreads();
+    if (threadIdx.x == 0) {  // 1024 integer adds in thread order: the exclusive scan of the runs
+        int run = 0;
+        for (int t = 0; t < (int)blockDim.x; t++) {
+            const int here = thread_segs[t];
+            thread_segs[t] = run;
+            run += here;
+        }
+        seg_ptr[D] = run;
+        seg_info[0] = seg;
+        seg_info[1] = run;
+    }
+    __syncthreads();
+    int at = thread_segs[threadIdx.x];
+    for (int j = lo; j < hi; j++) {
+        seg_ptr[j] = at;
+        at += (col_cnt[j] + seg - 1) / seg;
+    }
+}
+
 template <typename floatX>
 __global__ void __launch_bounds__(32 * SAE_SPARSE_WARPS)
-sae_sparse_backward_kernel(float* dW_dec_norm, float* dW_enc, float* db_enc, floatX* dpre_csc, const int* col_cnt,
-                           const int* col_rows, const floatX* c, const floatX* dx_hat, const floatX* x, const floatX* W_dec_norm,
-                           float l1_scale, int N, int C, int D, bool accumulate) {
-    __shared__ float enc_tile[SAE_SPARSE_CHUNK][SAE_SPARSE_WARPS + 1];  // +1: the column writes below spread over banks
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int j0 = blockIdx.x * SAE_SPARSE_WARPS, j = j0 + warp;
-    const int n = j < D ? col_cnt[j] : 0;
+sae_sparse_segment_kernel(float* part_dec, float* part_enc, float* part_db, floatX* dpre_csc, const int* seg_ptr, const int* seg_info,
+                          const int* col_cnt, const int* col_rows, const floatX* c, const floatX* dx_hat, const floatX* x,
+                          const floatX* W_dec_norm, float l1_scale, int N, int C, int D) {
+    const int lane = threadIdx.x % 32;
+    const int s = blockIdx.x * SAE_SPARSE_WARPS + threadIdx.x / 32;
+    if (s >= seg_info[1]) return;  // the whole warp: nothing below waits for the block
+    int lo = 0, hi = D - 1;  // the feature j with seg_ptr[j] <= s < seg_ptr[j + 1]: the last j with seg_ptr[j] <= s
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (seg_ptr[mid] <= s) lo = mid;
+        else hi = mid - 1;
+    }
+    const int j = lo, seg = seg_info[0];
+    const int k0 = (s - seg_ptr[j]) * seg, k1 = min(k0 + seg, col_cnt[j]);
     const int* rows = col_rows + (size_t)j * N;
     floatX* dp = dpre_csc + (size_t)j * N;
+    const floatX* w = W_dec_norm + (size_t)j * C;
     float db = 0.0f;
-    if (j < D) {
-        const floatX* w = W_dec_norm + (size_t)j * C;
-        for (int k = 0; k < n; k++) {
-            const floatX* g = dx_hat + (size_t)rows[k] * C;
-            float dot = 0.0f;
-            for (int col = lane; col < C; col += 32) dot += to_float(g[col]) * to_float(w[col]);
-            dot = warp_reduce_sum(dot);  // the same bits in every lane
-            const floatX dc = from_float<floatX>(dot);  // the dense path stores dc in floatX ...
-            const floatX d = from_float<floatX>(to_float(dc) + l1_scale);  // ... then dpre, c > 0 here
-            if (lane == 0) dp[k] = d;
-            db += to_float(d);
-        }
-        if (lane == 0) db_enc[j] = accumulate ? db_enc[j] + db : db;
+    for (int k = k0; k < k1; k++) {
+        const floatX* g = dx_hat + (size_t)rows[k] * C;
+        float dot = 0.0f;
+        for (int col = lane; col < C; col += 32) dot += to_float(g[col]) * to_float(w[col]);
+        dot = warp_reduce_sum(dot);  // the same bits in every lane
+        const floatX dc = from_float<floatX>(dot);  // the dense path stores dc in floatX ...
+        const floatX d = from_float<floatX>(to_float(dc) + l1_scale);  // ... then dpre, c > 0 here
+        if (lane == 0) dp[k] = d;
+        db += to_float(d);
     }
+    if (lane == 0) part_db[s] = db;
     __syncwarp();  // dp written by lane 0, read by every lane below
     for (int c0 = 0; c0 < C; c0 += SAE_SPARSE_CHUNK) {
         float acc_dec[SAE_SPARSE_CHUNK / 32], acc_enc[SAE_SPARSE_CHUNK / 32];
         #pragma unroll
         for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) { acc_dec[i] = 0.0f; acc_enc[i] = 0.0f; }
-        for (int k = 0; k < n; k++) {
+        for (int k = k0; k < k1; k++) {
             const size_t r = rows[k];
             const float cv = to_float(c[r * D + j]), dv = to_float(dp[k]);
             #pragma unroll
@@ -274,11 +329,41 @@ sae_sparse_backward_kernel(float* dW_dec_norm, float* dW_enc, float* db_enc, flo
         #pragma unroll
         for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) {
             const int col = c0 + lane + 32 * i;
+            if (col < C) {
+                part_dec[(size_t)s * C + col] = acc_dec[i];
+                part_enc[(size_t)s * C + col] = acc_enc[i];
+            }
+        }
+    }
+}
+
+static __global__ void __launch_bounds__(32 * SAE_SPARSE_WARPS)
+sae_sparse_finish_kernel(float* dW_dec_norm, float* dW_enc, float* db_enc, const float* part_dec, const float* part_enc,
+                         const float* part_db, const int* seg_ptr, int C, int D, bool accumulate) {
+    __shared__ float enc_tile[SAE_SPARSE_CHUNK][SAE_SPARSE_WARPS + 1];  // +1: the column writes below spread over banks
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int j0 = blockIdx.x * SAE_SPARSE_WARPS, j = j0 + warp;
+    const int s0 = j < D ? seg_ptr[j] : 0, s1 = j < D ? seg_ptr[j + 1] : 0;
+    if (j < D && lane == 0) {
+        float db = 0.0f;
+        for (int s = s0; s < s1; s++) db += part_db[s];
+        db_enc[j] = accumulate ? db_enc[j] + db : db;
+    }
+    for (int c0 = 0; c0 < C; c0 += SAE_SPARSE_CHUNK) {
+        #pragma unroll
+        for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) {
+            const int col = c0 + lane + 32 * i;
+            float dec = 0.0f, enc = 0.0f;
+            if (col < C)
+                for (int s = s0; s < s1; s++) {
+                    dec += part_dec[(size_t)s * C + col];
+                    enc += part_enc[(size_t)s * C + col];
+                }
             if (j < D && col < C) {
                 float* o = dW_dec_norm + (size_t)j * C + col;
-                *o = accumulate ? *o + acc_dec[i] : acc_dec[i];
+                *o = accumulate ? *o + dec : dec;
             }
-            enc_tile[lane + 32 * i][warp] = acc_enc[i];
+            enc_tile[lane + 32 * i][warp] = enc;
         }
         __syncthreads();
         for (int e = threadIdx.x; e < SAE_SPARSE_CHUNK * SAE_SPARSE_WARPS; e += blockDim.x) {
@@ -294,14 +379,22 @@ sae_sparse_backward_kernel(float* dW_dec_norm, float* dW_enc, float* db_enc, flo
 
 // dW_dec_norm (D,C), dW_enc (C,D), db_enc (D): fp32, overwritten or (accumulate) added to, from
 // dx_hat (N,C), the index sp of c (N,D), x (N,C) and W_dec_norm (D,C). dpre_csc (D,N) floatX is
-// scratch (the dense path's dc buffer). db_dec is not here (bias_grad_colsum).
+// scratch (the dense path's dc buffer), as are sp's segment arrays. db_dec is not here
+// (bias_grad_colsum). No host sync: the segment count stays on the device, and the segment
+// kernel's grid is the capacity, 2·D warps, of which those past the count return at once.
 template <typename floatX>
 void sae_sparse_backward(float* dW_dec_norm, float* dW_enc, float* db_enc, floatX* dpre_csc, const SaeSparse* sp, const floatX* c,
                          const floatX* dx_hat, const floatX* x, const floatX* W_dec_norm, float l1_scale, int N, int C, int D,
                          bool accumulate, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (D == 0) return;
-    sae_sparse_backward_kernel<floatX><<<ceil_div(D, SAE_SPARSE_WARPS), 32 * SAE_SPARSE_WARPS, 0, stream>>>(
-        dW_dec_norm, dW_enc, db_enc, dpre_csc, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm, l1_scale, N, C, D, accumulate);
+    sae_sparse_plan_kernel<<<1, 1024, 0, stream>>>(sp->seg_ptr, sp->seg_info, sp->col_cnt, D);
+    cudaLaunchCheck();
+    sae_sparse_segment_kernel<floatX><<<ceil_div(2 * D, SAE_SPARSE_WARPS), 32 * SAE_SPARSE_WARPS, 0, stream>>>(
+        sp->part_dec, sp->part_enc, sp->part_db, dpre_csc, sp->seg_ptr, sp->seg_info, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm,
+        l1_scale, N, C, D);
+    cudaLaunchCheck();
+    sae_sparse_finish_kernel<<<ceil_div(D, SAE_SPARSE_WARPS), 32 * SAE_SPARSE_WARPS, 0, stream>>>(
+        dW_dec_norm, dW_enc, db_enc, sp->part_dec, sp->part_enc, sp->part_db, sp->seg_ptr, C, D, accumulate);
     cudaLaunchCheck();
 }

@@ -50,7 +50,7 @@ struct TrainConfig {
     std::string attention = "materialized";  // GPU: or flash (llmc/attention.cuh)
     std::string fused_backward = "off";      // GPU: or on (one-pass KL and SAE backward, bf16's DGELU epilogue)
     std::string cuda_graph = "off";          // GPU: or on (each micro-batch one CUDA graph; the same bits)
-    std::string sae_kernels = "dense";       // GPU: or sparse (llmc/sae_sparse.cuh: the SAE's matmuls but the encoder's, over c > 0)
+    std::string sae_kernels = "dense";       // GPU: sparse (llmc/sae_sparse.cuh: the SAE's matmuls but the encoder's, over c > 0) or auto
     int device = 0;
     bool eval_only = false;
     bool overwrite = false;       // a fresh run may replace a run already in --out
@@ -111,6 +111,9 @@ inline void print_usage(const char* prog, bool gpu) {
         printf("                          in cuBLASLt's DGELU epilogue\n");
         printf("  --cuda-graph G          off | on [off until measured faster on a GPU]; on: each micro-batch's kernels are\n");
         printf("                          captured once as a CUDA graph and replayed (the same bits; no phase table)\n");
+        printf("  --sae-kernels K         dense | sparse | auto [dense until sparse has passed on a GPU]; sparse: the decoder and\n");
+        printf("                          the backward run over the entries with c > 0 only (fast at low L0, slow at high L0);\n");
+        printf("                          auto: dense until an update's L0 is at most d_sae/128, sparse from the next one on\n");
         printf("  --device N              CUDA device [0]\n");
     } else {
         printf("  --precision fp32        accepted so command lines carry over to the GPU trainer\n");
@@ -213,8 +216,8 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
     }
     else if (f == "--sae-kernels") {
         c.sae_kernels = v;
-        if (gpu ? (c.sae_kernels != "dense" && c.sae_kernels != "sparse") : c.sae_kernels != "dense")
-            die("--sae-kernels must be %s, got '%s'", gpu ? "dense or sparse" : "dense (the CPU trainer is the dense reference)", v);
+        if (gpu ? (c.sae_kernels != "dense" && c.sae_kernels != "sparse" && c.sae_kernels != "auto") : c.sae_kernels != "dense")
+            die("--sae-kernels must be %s, got '%s'", gpu ? "dense, sparse or auto" : "dense (the CPU trainer is the dense reference)", v);
     }
     else if (f == "--device") {
         if (!gpu) die("--device is for the GPU trainer");

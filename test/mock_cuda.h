@@ -685,6 +685,8 @@ struct SaeSparse {
     float* col_l1;  // (D)
     int* row_cnt;   // (N)
     int* row_cols;  // (N,D) row n's features at n·D, ascending
+    int *seg_ptr, *seg_info;  // the backward's segments (unused here: the loops below are not split)
+    float *part_dec, *part_enc, *part_db;
 };
 
 template <typename floatX>

@@ -103,7 +103,7 @@ def state_mutations(data, rng):
         out.append((f"bit flipped at data byte {pos}", join_safetensors(header, bytes(b))))
     for key, value in [("step", "4junk"), ("step", "-1"), ("rows_consumed", "99999999999999999999"),
                        ("alive_tokens", ""), ("rows_consumed", "3"), ("last_eval_samples", "1000000"), ("batch", "3"),
-                       ("lr", "1"), ("inputs", "0123456789abcdef")]:
+                       ("lr", "1"), ("inputs", "0123456789abcdef"), ("sparse_from", "1"), ("sparse_from", "7")]:
         h = json.loads(json.dumps(header))
         h["__metadata__"][key] = value
         out.append((f"metadata {key} = {value!r}", join_safetensors(h, body)))

@@ -12,11 +12,12 @@ and the shared-memory transpose of dW_enc before a device runs dev/cuda/sae.cu's
 Shapes (N, C, D): N not a multiple of 32 (37, 5), C below, at and past a 256-column chunk and
 not a multiple of 32 (40, 256, 300), D not a multiple of the 16-column tile or of a block's 8
 features, with and without 16-byte packs (1000, 1001, 48); densities 3% and 50%; a row and a
-feature with no c > 0; N = 1.
+feature with no c > 0; N = 1; at N = 100 two features whose rows span several of the backward's
+segments, and D = 3 at full density, where a segment holds more than 32 entries.
 Bounds, each relative to the sum of its terms' magnitudes (the scale of any summation error):
 fp32 sums of at most ~300 terms err by at most ~300·2^-24 = 1.8e-5 of it, so 3e-5; outputs stored
-in floatX may add half an ulp of floatX (and dpre, rounded twice, two), so bf16 allows 2^-8 of the
-value on top. A wrong index, tail or chunk is O(1).
+in floatX may add half an ulp of floatX (x_hat), and dpre, rounded twice, one ulp of dc and two of
+dpre. A wrong index, tail or chunk is O(1).
 */
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
@@ -40,7 +41,9 @@ static void check_sparse(int N, int C, int D, double density, bool accumulate) {
     std::vector<floatX> c(ND), x(NC), dx_hat(NC), W(DC), b_dec(C);
     for (size_t i = 0; i < ND; i++) {
         const int r = (int)(i / D), j = (int)(i % D);
-        const bool on = P(rng) < density && r != N / 2 && j != D / 3;  // row N/2 and feature D/3 never fire
+        // row N/2 and feature D/3 never fire; feature 1 fires on every other row and feature 2 on
+        // two in three, so at N >= 64 their rows span several of the backward's segments
+        const bool on = (j == 1 || (j == 2 && r % 3 != 0) || P(rng) < density) && r != N / 2 && j != D / 3;
         c[i] = from_float<floatX>(on ? 0.05f + P(rng) : 0.0f);
     }
     for (auto& v : x) v = from_float<floatX>(U(rng));
@@ -50,7 +53,10 @@ static void check_sparse(int N, int C, int D, double density, bool accumulate) {
 
     std::vector<int> col_cnt(D, -1), col_rows(ND, -1), row_cnt(N, -1), row_cols(ND, -1);
     std::vector<float> col_l1(D, NAN);
-    SaeSparse sp{col_cnt.data(), col_rows.data(), col_l1.data(), row_cnt.data(), row_cols.data()};
+    std::vector<int> seg_ptr(D + 1, -1), seg_info(2, -1);
+    std::vector<float> part_dec((size_t)2 * D * C, NAN), part_enc((size_t)2 * D * C, NAN), part_db((size_t)2 * D, NAN);
+    SaeSparse sp{col_cnt.data(), col_rows.data(), col_l1.data(), row_cnt.data(), row_cols.data(),
+                 seg_ptr.data(), seg_info.data(), part_dec.data(), part_enc.data(), part_db.data()};
     std::vector<unsigned int> fired(D, 0u);
     fired[D - 1] = 1u;  // preset: set, never cleared
     float l1 = 0.25f, l0 = 3.0f;  // both add to what is there
@@ -118,9 +124,11 @@ static void check_sparse(int N, int C, int D, double density, bool accumulate) {
                 dot += t;
                 mag += fabs(t);
             }
-            const double ref = (double)to_float(from_float<floatX>((float)dot)) + l1_scale;
+            const double dc = to_float(from_float<floatX>((float)dot)), ref = dc + l1_scale;
             dp[k] = to_float(dpre_csc[(size_t)j * N + k]);
-            worst(dpre_err, (fabs(dp[k] - ref) - 2 * ulp_of<floatX>(ref)) / (mag + l1_scale));
+            // the kernel's fp32 dot and this double one may round dc to neighbouring values of floatX
+            // (one ulp of dc), then dpre is rounded (two of dpre, with the reference's own)
+            worst(dpre_err, (fabs(dp[k] - ref) - ulp_of<floatX>(dc) - 2 * ulp_of<floatX>(ref)) / (mag + l1_scale));
             dbr += dp[k];
             dbm += fabs(dp[k]);
         }
@@ -139,10 +147,22 @@ static void check_sparse(int N, int C, int D, double density, bool accumulate) {
         }
     }
     const double l1_err = fabs(l1 - l1_ref) / l1_ref;
+    // the plan: SEG = max(32, ceil(nnz / D)), each feature ceil(cnt / SEG) segments, at most 2·D in all
+    const long long nnz = l0_ref - 3;
+    const int seg = (int)std::max<long long>(SAE_SPARSE_SEG, (nnz + D - 1) / D);
+    int segs = 0, most = 0;
+    size_t plan_bad = seg_info[0] != seg;
+    for (int j = 0; j < D; j++) {
+        plan_bad += seg_ptr[j] != segs;
+        const int n = ((int)want_rows[j].size() + seg - 1) / seg;
+        segs += n;
+        most = std::max(most, n);
+    }
+    plan_bad += seg_ptr[D] != segs || seg_info[1] != segs || segs > 2 * D;
     printf("measured: emulated sparse SAE %s N=%d C=%d D=%d density %.2f%s: index %zu wrong, fired %zu wrong, L0 %.0f (ref %lld), "
-           "L1 %.1e, x_hat %.1e, dpre %.1e, db_enc %.1e, dW_dec_norm %.1e, dW_enc %.1e\n",
+           "L1 %.1e, x_hat %.1e, dpre %.1e, db_enc %.1e, dW_dec_norm %.1e, dW_enc %.1e; %d segments of %d (a feature's most %d), plan %zu wrong\n",
            std::is_same<floatX, float>::value ? "fp32" : "bf16", N, C, D, density, accumulate ? " accumulate" : "", index_bad, fired_bad, l0,
-           l0_ref, l1_err, dec_err, dpre_err, db_err, dWd_err, dWe_err);
+           l0_ref, l1_err, dec_err, dpre_err, db_err, dWd_err, dWe_err, segs, seg, most, plan_bad);
     INFO("N=" << N << " C=" << C << " D=" << D);
     CHECK(index_bad == 0);
     CHECK(fired_bad == 0);
@@ -153,6 +173,7 @@ static void check_sparse(int N, int C, int D, double density, bool accumulate) {
     CHECK(db_err <= 3e-5);
     CHECK(dWd_err <= 3e-5);
     CHECK(dWe_err <= 3e-5);
+    CHECK(plan_bad == 0);
 }
 
 TEST_CASE("the sparse SAE kernels match the dense math in fp32 (emulated on the CPU)", "[sae_sparse]") {
@@ -160,6 +181,8 @@ TEST_CASE("the sparse SAE kernels match the dense math in fp32 (emulated on the 
     check_sparse<float>(37, 300, 1001, 0.03, true);  // scalar loads, C past one chunk
     check_sparse<float>(5, 256, 48, 0.5, true);      // dense-ish, C exactly one chunk
     check_sparse<float>(1, 40, 1001, 0.5, false);
+    check_sparse<float>(100, 40, 64, 0.1, true);  // features 1 and 2 in 2 and 3 segments (SEG 32)
+    check_sparse<float>(100, 40, 3, 1.0, false);  // nnz 198 over D 3: SEG 66, not 32
 }
 
 TEST_CASE("the sparse SAE kernels match the dense math in bf16 (emulated on the CPU)", "[sae_sparse]") {
@@ -167,4 +190,5 @@ TEST_CASE("the sparse SAE kernels match the dense math in bf16 (emulated on the 
     check_sparse<bf16>(37, 300, 1001, 0.03, false);
     check_sparse<bf16>(5, 256, 48, 0.5, false);
     check_sparse<bf16>(33, 40, 1001, 0.5, true);
+    check_sparse<bf16>(100, 300, 64, 0.1, false);
 }

@@ -183,11 +183,39 @@ void sae_sparse_index(SaeSparse* sp, float* l1_sum, float* l0_sum, unsigned int*
     cudaLaunchCheck();
 }
 
-// x_hat (N,C) = c · W_dec_norm + b_dec over each row's features: a warp per row, 8 columns per
-// lane per chunk of 256 (lane + 32·i, so each load of a W_dec_norm row is coalesced). The sum
-// runs over the row's features in ascending order, in fp32; the bias is added last and the
-// result rounded once, as the dense matmul's BIAS epilogue does.
-template <typename floatX>
+// A lane's 8 columns of the chunk of 256 at c0: with VEC consecutive, lane·8 + i, one 16-byte load
+// of bf16 (two of fp32) per row, which needs C % 8 == 0 and 16-byte aligned rows; without, lane + 32·i,
+// a 2- or 4-byte load each (any C). Either way a warp's loads of one row are coalesced.
+static_assert(SAE_SPARSE_CHUNK == 32 * 8, "a chunk is 8 columns per lane");
+template <bool VEC>
+__device__ __forceinline__ int chunk_col(int c0, int lane, int i) { return VEC ? c0 + lane * 8 + i : c0 + lane + 32 * i; }
+
+// v[i] = row[chunk_col(c0, lane, i)], 0 past C
+template <bool VEC, typename floatX>
+__device__ __forceinline__ void load_chunk(float* v, const floatX* row, int c0, int lane, int C) {
+    if (VEC) {
+        constexpr int P = Packed128<floatX>::size;
+        const int col = c0 + lane * 8;
+        #pragma unroll
+        for (int q = 0; q < 8 / P; q++) {
+            Packed128<floatX> pk;
+            if (col < C) pk = load128(row + col + q * P);  // C % 8 == 0: the lane's 8 columns are all in or all out
+            #pragma unroll
+            for (int e = 0; e < P; e++) v[q * P + e] = col < C ? to_float(pk[e]) : 0.0f;
+        }
+    } else {
+        #pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int col = c0 + lane + 32 * i;
+            v[i] = col < C ? to_float(row[col]) : 0.0f;
+        }
+    }
+}
+
+// x_hat (N,C) = c · W_dec_norm + b_dec over each row's features: a warp per row, a chunk of 256
+// columns at a time (chunk_col). The sum runs over the row's features in ascending order, in
+// fp32; the bias is added last and the result rounded once, as the dense matmul's BIAS epilogue does.
+template <typename floatX, bool VEC>
 __global__ void __launch_bounds__(32 * SAE_SPARSE_WARPS)
 sae_sparse_decoder_kernel(floatX* x_hat, const int* row_cnt, const int* row_cols, const floatX* c, const floatX* W_dec_norm,
                           const floatX* b_dec, int N, int C, int D) {
@@ -198,25 +226,28 @@ sae_sparse_decoder_kernel(floatX* x_hat, const int* row_cnt, const int* row_cols
     const int* cols = row_cols + (size_t)row * D;
     const floatX* cr = c + (size_t)row * D;
     for (int c0 = 0; c0 < C; c0 += SAE_SPARSE_CHUNK) {
-        float acc[SAE_SPARSE_CHUNK / 32];
+        float acc[8], w[8];
         #pragma unroll
-        for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) acc[i] = 0.0f;
+        for (int i = 0; i < 8; i++) acc[i] = 0.0f;
         for (int k = 0; k < n; k++) {
             const int j = cols[k];
             const float v = to_float(cr[j]);
-            const floatX* w = W_dec_norm + (size_t)j * C;
+            load_chunk<VEC>(w, W_dec_norm + (size_t)j * C, c0, lane, C);
             #pragma unroll
-            for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) {
-                const int col = c0 + lane + 32 * i;
-                if (col < C) acc[i] += v * to_float(w[col]);
-            }
+            for (int i = 0; i < 8; i++) acc[i] += v * w[i];
         }
         #pragma unroll
-        for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) {
-            const int col = c0 + lane + 32 * i;
+        for (int i = 0; i < 8; i++) {
+            const int col = chunk_col<VEC>(c0, lane, i);
             if (col < C) x_hat[(size_t)row * C + col] = from_float<floatX>(acc[i] + to_float(b_dec[col]));
         }
     }
+}
+
+// the 16-byte path when every row it loads is aligned (cudaMalloc's are; C % 8 keeps the rows so)
+template <typename floatX>
+bool sae_sparse_vec(int C, const void* a, const void* b = nullptr, const void* c = nullptr) {
+    return C % 8 == 0 && is_aligned16(a) && (!b || is_aligned16(b)) && (!c || is_aligned16(c));
 }
 
 template <typename floatX>
@@ -224,8 +255,11 @@ void sae_sparse_decoder_forward(floatX* x_hat, const SaeSparse* sp, const floatX
                                 int N, int C, int D, cudaStream_t stream) {
     NVTX_RANGE_FN();
     if (N == 0) return;
-    sae_sparse_decoder_kernel<floatX><<<ceil_div(N, SAE_SPARSE_WARPS), 32 * SAE_SPARSE_WARPS, 0, stream>>>(
-        x_hat, sp->row_cnt, sp->row_cols, c, W_dec_norm, b_dec, N, C, D);
+    const int grid = ceil_div(N, SAE_SPARSE_WARPS), threads = 32 * SAE_SPARSE_WARPS;
+    if (sae_sparse_vec<floatX>(C, W_dec_norm))
+        sae_sparse_decoder_kernel<floatX, true><<<grid, threads, 0, stream>>>(x_hat, sp->row_cnt, sp->row_cols, c, W_dec_norm, b_dec, N, C, D);
+    else
+        sae_sparse_decoder_kernel<floatX, false><<<grid, threads, 0, stream>>>(x_hat, sp->row_cnt, sp->row_cols, c, W_dec_norm, b_dec, N, C, D);
     cudaLaunchCheck();
 }
 
@@ -278,7 +312,7 @@ static __global__ void sae_sparse_plan_kernel(int* seg_ptr, int* seg_info, const
     }
 }
 
-template <typename floatX>
+template <typename floatX, bool VEC>
 __global__ void __launch_bounds__(32 * SAE_SPARSE_WARPS)
 sae_sparse_segment_kernel(float* part_dec, float* part_enc, float* part_db, floatX* dpre_csc, const int* seg_ptr, const int* seg_info,
                           const int* col_cnt, const int* col_rows, const floatX* c, const floatX* dx_hat, const floatX* x,
@@ -300,8 +334,13 @@ sae_sparse_segment_kernel(float* part_dec, float* part_enc, float* part_db, floa
     float db = 0.0f;
     for (int k = k0; k < k1; k++) {
         const floatX* g = dx_hat + (size_t)rows[k] * C;
-        float dot = 0.0f;
-        for (int col = lane; col < C; col += 32) dot += to_float(g[col]) * to_float(w[col]);
+        float dot = 0.0f, gv[8], wv[8];
+        for (int c0 = 0; c0 < C; c0 += SAE_SPARSE_CHUNK) {
+            load_chunk<VEC>(gv, g, c0, lane, C);
+            load_chunk<VEC>(wv, w, c0, lane, C);
+            #pragma unroll
+            for (int i = 0; i < 8; i++) dot += gv[i] * wv[i];
+        }
         dot = warp_reduce_sum(dot);  // the same bits in every lane
         const floatX dc = from_float<floatX>(dot);  // the dense path stores dc in floatX ...
         const floatX d = from_float<floatX>(to_float(dc) + l1_scale);  // ... then dpre, c > 0 here
@@ -311,24 +350,23 @@ sae_sparse_segment_kernel(float* part_dec, float* part_enc, float* part_db, floa
     if (lane == 0) part_db[s] = db;
     __syncwarp();  // dp written by lane 0, read by every lane below
     for (int c0 = 0; c0 < C; c0 += SAE_SPARSE_CHUNK) {
-        float acc_dec[SAE_SPARSE_CHUNK / 32], acc_enc[SAE_SPARSE_CHUNK / 32];
+        float acc_dec[8], acc_enc[8], gv[8], xv[8];
         #pragma unroll
-        for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) { acc_dec[i] = 0.0f; acc_enc[i] = 0.0f; }
+        for (int i = 0; i < 8; i++) { acc_dec[i] = 0.0f; acc_enc[i] = 0.0f; }
         for (int k = k0; k < k1; k++) {
             const size_t r = rows[k];
             const float cv = to_float(c[r * D + j]), dv = to_float(dp[k]);
+            load_chunk<VEC>(gv, dx_hat + r * C, c0, lane, C);
+            load_chunk<VEC>(xv, x + r * C, c0, lane, C);
             #pragma unroll
-            for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) {
-                const int col = c0 + lane + 32 * i;
-                if (col < C) {
-                    acc_dec[i] += cv * to_float(dx_hat[r * C + col]);
-                    acc_enc[i] += dv * to_float(x[r * C + col]);
-                }
+            for (int i = 0; i < 8; i++) {
+                acc_dec[i] += cv * gv[i];
+                acc_enc[i] += dv * xv[i];
             }
         }
         #pragma unroll
-        for (int i = 0; i < SAE_SPARSE_CHUNK / 32; i++) {
-            const int col = c0 + lane + 32 * i;
+        for (int i = 0; i < 8; i++) {
+            const int col = chunk_col<VEC>(c0, lane, i);
             if (col < C) {
                 part_dec[(size_t)s * C + col] = acc_dec[i];
                 part_enc[(size_t)s * C + col] = acc_enc[i];
@@ -390,9 +428,13 @@ void sae_sparse_backward(float* dW_dec_norm, float* dW_enc, float* db_enc, float
     if (D == 0) return;
     sae_sparse_plan_kernel<<<1, 1024, 0, stream>>>(sp->seg_ptr, sp->seg_info, sp->col_cnt, D);
     cudaLaunchCheck();
-    sae_sparse_segment_kernel<floatX><<<ceil_div(2 * D, SAE_SPARSE_WARPS), 32 * SAE_SPARSE_WARPS, 0, stream>>>(
-        sp->part_dec, sp->part_enc, sp->part_db, dpre_csc, sp->seg_ptr, sp->seg_info, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm,
-        l1_scale, N, C, D);
+    const int grid = ceil_div(2 * D, SAE_SPARSE_WARPS), threads = 32 * SAE_SPARSE_WARPS;
+    if (sae_sparse_vec<floatX>(C, dx_hat, x, W_dec_norm))
+        sae_sparse_segment_kernel<floatX, true><<<grid, threads, 0, stream>>>(sp->part_dec, sp->part_enc, sp->part_db, dpre_csc, sp->seg_ptr,
+            sp->seg_info, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm, l1_scale, N, C, D);
+    else
+        sae_sparse_segment_kernel<floatX, false><<<grid, threads, 0, stream>>>(sp->part_dec, sp->part_enc, sp->part_db, dpre_csc, sp->seg_ptr,
+            sp->seg_info, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm, l1_scale, N, C, D);
     cudaLaunchCheck();
     sae_sparse_finish_kernel<<<ceil_div(D, SAE_SPARSE_WARPS), 32 * SAE_SPARSE_WARPS, 0, stream>>>(
         dW_dec_norm, dW_enc, db_enc, sp->part_dec, sp->part_enc, sp->part_db, sp->seg_ptr, C, D, accumulate);

@@ -833,8 +833,9 @@ bool sae_auto_switch(SaeRun<floatX>* s, long long done, double l0) {
 
 // One micro-batch of the update, number a, after its token upload: the clean pass, then each SAE's
 // micro_step. With --cuda-graph on, from the second update of the process on (the first makes the
-// matmul plans and loads the kernels outside any capture), number a's work is captured once as a
-// CUDA graph and then launched whole: the same kernels with the same arguments (every pointer,
+// matmul plans and loads the kernels outside any capture; after --sae-kernels auto switches, from
+// the second sparse update: e->capture_from), number a's work is captured once as a CUDA graph and
+// then launched whole: the same kernels with the same arguments (every pointer,
 // shape and scale is fixed for the run; the tokens are uploaded to the same buffer before each
 // launch), so the same bits, with one launch instead of hundreds. A graph's phases are not timed.
 template <typename floatX>

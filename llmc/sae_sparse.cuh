@@ -428,7 +428,7 @@ void sae_sparse_backward(float* dW_dec_norm, float* dW_enc, float* db_enc, float
     if (D == 0) return;
     sae_sparse_plan_kernel<<<1, 1024, 0, stream>>>(sp->seg_ptr, sp->seg_info, sp->col_cnt, D);
     cudaLaunchCheck();
-    const int grid = ceil_div(2 * D, SAE_SPARSE_WARPS), threads = 32 * SAE_SPARSE_WARPS;
+    const int grid = (int)ceil_div((size_t)2 * D, (size_t)SAE_SPARSE_WARPS), threads = 32 * SAE_SPARSE_WARPS;  // 2·D may pass INT_MAX
     if (sae_sparse_vec<floatX>(C, dx_hat, x, W_dec_norm))
         sae_sparse_segment_kernel<floatX, true><<<grid, threads, 0, stream>>>(sp->part_dec, sp->part_enc, sp->part_db, dpre_csc, sp->seg_ptr,
             sp->seg_info, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm, l1_scale, N, C, D);

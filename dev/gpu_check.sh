@@ -105,6 +105,7 @@ compare_mode() {  # GPU fp32 and bf16 against the CPU trainer, 30 updates with a
     step "agree_fp32_$tag" 20 python3 dev/compare_runs.py /tmp/cmp_fp32_$tag /tmp/cmp_cpu_$tag --tol 1e-4
     step "agree_bf16_$tag" 20 python3 dev/compare_runs.py /tmp/cmp_bf16_$tag /tmp/cmp_cpu_$tag --tol 5e-2
 }
+median_ms() { grep -o "median [0-9.]* ms" "$LOG/$1.log" 2>/dev/null | awk '{print $2}'; }  # a bench step's median update, from its log
 memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode $1 --precision $2 --out /tmp/san_$1$2; }
 
 # issue 16 (test_gpt2_sae's [odd] and [real] cases, kept out of the test_gpt2_sae step): C 100 with 4
@@ -184,8 +185,8 @@ graph_bench() {
     step bench_e2e_bf16_L6_nograph 100 ./train_gpt2_sae $bench_args $fast --cuda-graph off --out /tmp/bg0
     step bench_e2e_bf16_L6_graph 100 ./train_gpt2_sae $bench_args $fast --cuda-graph on --out /tmp/bg1
     local off on
-    off=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_nograph.log" 2>/dev/null | awk '{print $2}')
-    on=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_graph.log" 2>/dev/null | awk '{print $2}')
+    off=$(median_ms bench_e2e_bf16_L6_nograph)
+    on=$(median_ms bench_e2e_bf16_L6_graph)
     if [ -n "$off" ] && [ -n "$on" ]; then
         awk -v a="$off" -v b="$on" 'BEGIN { printf "measured: e2e L6 bf16 flash+fused, median update %.2f ms with --cuda-graph on against %.2f ms off: %.3fx\n", b, a, a / b }' \
             | tee "$OUT/graph.txt"
@@ -199,8 +200,8 @@ graph_bench() {
 sweep_bench() {
     step bench_sweep4_e2e_bf16_L6 150 ./train_gpt2_sae $bench_args --precision bf16 --max-steps 12 --sweep sweeps/paper_e2e_L6_x4.jsonl --out /tmp/bs
     local single sweep
-    single=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6.log" 2>/dev/null | awk '{print $2}')
-    sweep=$(grep -o "median [0-9.]* ms" "$LOG/bench_sweep4_e2e_bf16_L6.log" 2>/dev/null | awk '{print $2}')
+    single=$(median_ms bench_e2e_bf16_L6)
+    sweep=$(median_ms bench_sweep4_e2e_bf16_L6)
     grep -h "time per step" "$LOG/bench_e2e_bf16_L6.log" "$LOG/bench_sweep4_e2e_bf16_L6.log" 2>/dev/null | tee -a "$OUT/issue13.txt"
     if [ -n "$single" ] && [ -n "$sweep" ]; then
         awk -v a="$single" -v b="$sweep" 'BEGIN { printf "measured: 4-SAE e2e sweep at layer 6: %.2f ms per update against %.2f ms for one SAE: %.2fx per SAE\n", b, a, 4 * a / b }' \
@@ -222,8 +223,8 @@ sparse_checks() {
     step bench_e2e_bf16_L6_l0_dense 100 ./train_gpt2_sae $bench_args $fast --sae-kernels dense --out /tmp/bsd
     step bench_e2e_bf16_L6_l0_sparse 100 ./train_gpt2_sae $bench_args $fast --sae-kernels sparse --out /tmp/bss
     local dense sparse
-    dense=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_l0_dense.log" 2>/dev/null | awk '{print $2}')
-    sparse=$(grep -o "median [0-9.]* ms" "$LOG/bench_e2e_bf16_L6_l0_sparse.log" 2>/dev/null | awk '{print $2}')
+    dense=$(median_ms bench_e2e_bf16_L6_l0_dense)
+    sparse=$(median_ms bench_e2e_bf16_L6_l0_sparse)
     step sae_sparse_racecheck 60 env SAE_SMALL=1 compute-sanitizer --tool racecheck --error-exitcode 9 dev/cuda/sae_sparse 2
     step sae_sparse_memcheck 60 env SAE_SMALL=1 compute-sanitizer --tool memcheck --error-exitcode 9 dev/cuda/sae_sparse 2
     step memcheck_sparse 90 compute-sanitizer --tool memcheck --error-exitcode 9 ./train_gpt2_sae $san_args --mode e2e+ds --precision bf16 \

@@ -364,17 +364,23 @@ TEST_CASE("flash attention: one bf16 pass matches PyTorch and --attention materi
 // backward (llmc/sae_fused.cuh) and, in bf16, the GELU backward in cuBLASLt's DGELU epilogue. Against PyTorch in every mode (bf16) and in fp32; in
 // fp32 the SAE's tensors agree with those of off at 1e-5 (the SAE pass makes the same dpre and db_enc
 // sums, the one-pass KL sums exp in another order); resume bit-exact with it on
-TEST_CASE("--fused-backward on: 10 updates match PyTorch and off, and resume bit-exactly", "[gpu][fused]") {
+// a GPU flag's 10 updates against PyTorch (bf16 in every mode, fp32 e2e+ds), and in fp32 against
+// the run without it at 1e-5: the paths it switches sum the same terms in another order
+static void check_flag_ten_steps(const std::string& flag, const std::string& tag) {
     for (const char* mode : {"local", "e2e", "e2e+ds"})
-        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_fused", "", true);
-    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 --fused-backward on", FP32_STEPS_TOL, "gpu_fp32_fused");
-    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_unfused");
+        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 " + flag, BF16_STEPS_TOL, "gpu_bf16_" + tag, "", true);
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 " + flag, FP32_STEPS_TOL, "gpu_fp32_" + tag);
+    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_without_" + tag);
     for (const char* n : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
-        const double err = rel_err(read_tensor("build/test_out/steps_gpu_fp32_fused_e2e_ds/sae_weights.safetensors", n),
-                                   read_tensor("build/test_out/steps_gpu_fp32_unfused_e2e_ds/sae_weights.safetensors", n));
-        printf("measured: fp32 e2e+ds 10 updates, --fused-backward on against off: %s relative error %.3g (tolerance 1e-5)\n", n, err);
+        const double err = rel_err(read_tensor("build/test_out/steps_gpu_fp32_" + tag + "_e2e_ds/sae_weights.safetensors", n),
+                                   read_tensor("build/test_out/steps_gpu_fp32_without_" + tag + "_e2e_ds/sae_weights.safetensors", n));
+        printf("measured: fp32 e2e+ds 10 updates, %s against without it: %s relative error %.3g (tolerance 1e-5)\n", flag.c_str(), n, err);
         CHECK(err <= 1e-5);
     }
+}
+
+TEST_CASE("--fused-backward on: 10 updates match PyTorch and off, and resume bit-exactly", "[gpu][fused]") {
+    check_flag_ten_steps("--fused-backward on", "fused");
     check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on");
 }
 
@@ -448,16 +454,7 @@ TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash 
 // state saved dense is not resumed sparse ([graph] runs it under a CUDA graph). A fresh SAE fires
 // on about half its features, so these runs index a dense-ish c, rows and features of every count.
 TEST_CASE("--sae-kernels sparse: 10 updates match PyTorch and dense, and resume bit-exactly", "[gpu][sparse]") {
-    for (const char* mode : {"local", "e2e", "e2e+ds"})
-        check_ten_steps("./train_gpt2_sae", mode, "--precision bf16 --sae-kernels sparse", BF16_STEPS_TOL, "gpu_bf16_sparse", "", true);
-    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32 --sae-kernels sparse", FP32_STEPS_TOL, "gpu_fp32_sparse");
-    check_ten_steps("./train_gpt2_sae", "e2e+ds", "--precision fp32", FP32_STEPS_TOL, "gpu_fp32_dense");
-    for (const char* n : {"W_enc", "b_enc", "W_dec", "b_dec"}) {
-        const double err = rel_err(read_tensor("build/test_out/steps_gpu_fp32_sparse_e2e_ds/sae_weights.safetensors", n),
-                                   read_tensor("build/test_out/steps_gpu_fp32_dense_e2e_ds/sae_weights.safetensors", n));
-        printf("measured: fp32 e2e+ds 10 updates, --sae-kernels sparse against dense: %s relative error %.3g (tolerance 1e-5)\n", n, err);
-        CHECK(err <= 1e-5);
-    }
+    check_flag_ten_steps("--sae-kernels sparse", "sparse");
     check_ten_steps("./train_gpt2_sae", "e2e", "--precision bf16 --sae-kernels sparse --fused-backward on", BF16_STEPS_TOL, "gpu_bf16_sparse_fused",
                     "", true);
     check_resume("./train_gpt2_sae", "--precision bf16 --sae-kernels sparse");

@@ -236,10 +236,12 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
             die("'%s' was saved with %s %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
                 kv.first.c_str(), meta(kv.first.c_str()).c_str(), kv.second.c_str());
     std::string attention = "materialized", fused_backward = "off", sae_kernels = "dense";  // a state saved before the flags existed
+    bool has_sparse_from = false;  // the same: it ran dense
     for (const auto& kv : st.metadata) {
         if (kv.first == "attention") attention = kv.second;
         if (kv.first == "fused_backward") fused_backward = kv.second;
         if (kv.first == "sae_kernels") sae_kernels = kv.second;
+        if (kv.first == "sparse_from") has_sparse_from = true;
     }
     if (sae_kernels != cfg.sae_kernels)  // the sparse kernels sum in another order
         die("'%s' was saved with --sae-kernels %s, this run has %s: a resumed run keeps the saved settings (README, --resume)", path.c_str(),
@@ -287,9 +289,7 @@ inline void train_state_load(const std::string& dir, SAE* sae, float* m, float* 
     ts->alive_tokens = meta_int("alive_tokens", 0, BIG);
     ts->last_alive = meta_int("last_alive", -1, sae->D);
     ts->last_eval_samples = meta_int("last_eval_samples", 0, BIG);
-    ts->sparse_from = -1;  // a state saved before --sae-kernels auto existed ran dense
-    for (const auto& kv : st.metadata)
-        if (kv.first == "sparse_from") ts->sparse_from = meta_int("sparse_from", -1, ts->step);
+    ts->sparse_from = has_sparse_from ? meta_int("sparse_from", -1, ts->step) : -1;
     if (ts->sparse_from >= 0 && cfg.sae_kernels != "auto")
         die("'%s': sparse_from %lld is set, but the state was saved with --sae-kernels %s, not auto", path.c_str(), ts->sparse_from,
             cfg.sae_kernels.c_str());

@@ -245,8 +245,7 @@ sae_sparse_decoder_kernel(floatX* x_hat, const int* row_cnt, const int* row_cols
 }
 
 // the 16-byte path when every row it loads is aligned (cudaMalloc's are; C % 8 keeps the rows so)
-template <typename floatX>
-bool sae_sparse_vec(int C, const void* a, const void* b = nullptr, const void* c = nullptr) {
+inline bool sae_sparse_vec(int C, const void* a, const void* b = nullptr, const void* c = nullptr) {
     return C % 8 == 0 && is_aligned16(a) && (!b || is_aligned16(b)) && (!c || is_aligned16(c));
 }
 
@@ -256,7 +255,7 @@ void sae_sparse_decoder_forward(floatX* x_hat, const SaeSparse* sp, const floatX
     NVTX_RANGE_FN();
     if (N == 0) return;
     const int grid = ceil_div(N, SAE_SPARSE_WARPS), threads = 32 * SAE_SPARSE_WARPS;
-    if (sae_sparse_vec<floatX>(C, W_dec_norm))
+    if (sae_sparse_vec(C, W_dec_norm))
         sae_sparse_decoder_kernel<floatX, true><<<grid, threads, 0, stream>>>(x_hat, sp->row_cnt, sp->row_cols, c, W_dec_norm, b_dec, N, C, D);
     else
         sae_sparse_decoder_kernel<floatX, false><<<grid, threads, 0, stream>>>(x_hat, sp->row_cnt, sp->row_cols, c, W_dec_norm, b_dec, N, C, D);
@@ -429,7 +428,7 @@ void sae_sparse_backward(float* dW_dec_norm, float* dW_enc, float* db_enc, float
     sae_sparse_plan_kernel<<<1, 1024, 0, stream>>>(sp->seg_ptr, sp->seg_info, sp->col_cnt, D);
     cudaLaunchCheck();
     const int grid = (int)ceil_div((size_t)2 * D, (size_t)SAE_SPARSE_WARPS), threads = 32 * SAE_SPARSE_WARPS;  // 2·D may pass INT_MAX
-    if (sae_sparse_vec<floatX>(C, dx_hat, x, W_dec_norm))
+    if (sae_sparse_vec(C, dx_hat, x, W_dec_norm))
         sae_sparse_segment_kernel<floatX, true><<<grid, threads, 0, stream>>>(sp->part_dec, sp->part_enc, sp->part_db, dpre_csc, sp->seg_ptr,
             sp->seg_info, sp->col_cnt, sp->col_rows, c, dx_hat, x, W_dec_norm, l1_scale, N, C, D);
     else

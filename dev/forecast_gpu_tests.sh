@@ -11,15 +11,17 @@
 #               train_gpt2_sae_emulated as ./train_gpt2_sae: the device tests run the GPU code
 #               itself, slowly, and catch what the mock's stand-ins cannot (a launcher's arguments,
 #               a kernel's indexing, tiling or synchronisation).
-# Neither is a GPU run: no timing, no memory races, no hardware rounding order (cuBLAS's, mma's).
+# Neither is a GPU run: no timing, no hardware rounding order (cuBLAS's, mma's), and races only as far
+# as the emulation's thread orders expose them ([order] runs the trainer in each: EMU_ORDER).
 # Usage: bash dev/forecast_gpu_tests.sh [--emulated] ["Catch2 test spec"]   e.g. "[odd]"
 # (default spec "~[real]": the real-scale cases run GPT-2 small, ~10 minutes on 2 cores through the
-# mock and far longer emulated; through the mock also "~[graph]": its launchers cannot be captured)
+# mock and far longer emulated; through the mock also "~[graph]~[order]": its launchers cannot be
+# captured, and it has no thread order to vary)
 set -eu
 cd "$(dirname "$0")/.."
 emulated=0
 if [ "${1:-}" = "--emulated" ]; then emulated=1; shift; fi
-if [ $emulated = 1 ]; then spec=${1:-"~[real]"}; else spec=${1:-"~[real]~[graph]"}; fi
+if [ $emulated = 1 ]; then spec=${1:-"~[real]"}; else spec=${1:-"~[real]~[graph]~[order]"}; fi
 if [ $emulated = 1 ]; then
     make -s train_gpt2_sae_emulated build/emu/test_gpt2_sae_emulated train_gpt2_sae_cpu
     F=build/forecast_emu

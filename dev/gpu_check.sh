@@ -17,7 +17,7 @@
 #            standing checks): issue 16's [odd] and [real]; issue 14's [flash] and [fused], the paper-shape e2e L6 bench
 #            as it is and with both fast paths; issue 15's GPU dump against the CPU's; then test_gpt2_sae, GPU vs CPU,
 #            the new kernels' benches and sanitizers, the e2e_sae peer, --cuda-graph on ([graph], its bench against off),
-#            the sweep, then --sae-kernels sparse (sparse_checks). Call it, then at once (the machine
+#            the sweep, then --sae-kernels sparse (sparse_checks), then [order] (the same bits run to run). Call it, then at once (the machine
 #            stays warm for 30 s) CONTINUE=1 with a short BUDGET for what the first call did not reach
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
@@ -114,9 +114,10 @@ memcheck() { step "memcheck_${1/+/_}_$2" 90 compute-sanitizer --tool memcheck --
 # shift, position 0 at norm 3000, SAE at KL 0.05): one pass, the KL with and without the shift, 30
 # updates through dev/compare_runs.py. The measured lines of both go to $OUT/issue16.txt.
 gpu_tests() {
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]~[sparse]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]~[sparse]~[order]"
     step test_sweep 120 ./test_gpt2_sae "[sweep]"
     step test_graph 90 ./test_gpt2_sae "[graph]"
+    step test_order 90 ./test_gpt2_sae "[order]"  # every path's bits run to run: flash, fused, sparse, evals, the dump
     grep -h -E "^measured|passed|failed|FAILED" "$LOG/test_sweep.log" 2>/dev/null | tee "$OUT/issue13.txt"
     printf '%s\n' '{"name": "loc2", "mode": "local", "layer": 2}' '{"name": "e2e0", "mode": "e2e", "layer": 0}' \
         '{"name": "ds1", "mode": "e2e+ds", "layer": 1}' > /tmp/san_sweep.jsonl
@@ -266,7 +267,7 @@ if [ "$stage" = session ]; then  # one device session: the open issues' deciding
     fast_bench
     compare_mode e2e                                        # GPU vs CPU, and the SAE dump_compare reads (issue 15)
     dump_compare
-    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]~[sparse]"
+    step test_gpt2_sae 200 ./test_gpt2_sae "~[odd]~[real]~[flash]~[sweep]~[fused]~[graph]~[sparse]~[order]"
     flash_kernels
     peer_bench
     graph_bench                                             # issue 14: a CUDA graph per micro-batch, if it pays
@@ -274,6 +275,7 @@ if [ "$stage" = session ]; then  # one device session: the open issues' deciding
     gpu_tests                                               # what is left of it: the sweep (issue 13)
     sweep_bench
     sparse_checks                                           # --sae-kernels sparse, no issue's yet
+    step test_order 90 ./test_gpt2_sae "[order]"            # every path's bits run to run
 fi
 if [ "$stage" = sparse ]; then
     sparse_checks

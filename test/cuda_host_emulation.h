@@ -13,7 +13,8 @@ copy per block. Blocks run one after another, except the blocks of a cluster, wh
 (one CPU thread each); cluster.map_shared_rank finds another block's copy of a __shared__
 variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
 (bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
-fragment layouts; cp.async copies land only at the wait that covers them, as on the GPU.
+fragment layouts; a cp.async copy lands at the wait that covers it (or, in one order below, at
+once: the two ends of what the GPU allows).
 llmc/cuda_common.cuh is compiled as it is (bf16, Packed128, the reductions, deterministic_sum,
 the error checks), less its CUDA headers, which come from here. Launchers run as written: the
 Makefile copies each header through test/emulate_launches.pl into build/emu/llmc/, turning
@@ -23,10 +24,16 @@ first (the trainer: device memory, copies and events as a device checks them), e
 below (memset and memcpy on host memory; synchronisation as no-ops). cudaLaunchKernelEx takes a
 cluster dimension. cuBLASLt is one CPU loop, emu_cublaslt_matmul: llmc/matmul.cuh's checks and
 wrappers run as written and call it where they would call cublasLtMatmul.
+EMU_ORDER (emu_order below) picks the order the ready threads, warps and blocks run in: in order,
+last first, or each warp as far ahead of the others as CUDA allows. A kernel that reads another
+thread's write without the barrier between them reads it in one order and misses it in another,
+so make test runs the kernel tests in all four, and test_gpt2_sae's [order] the whole trainer.
+(A block's __shared__ starts with what the previous block on its CPU thread left, undefined on a
+GPU: a read that misses a write there can still find the right bytes.)
 This is an emulation from our reading of CUDA and the PTX ISA, not a GPU run: it catches
 indexing, masking, tiling, fragment-layout, launch-argument and synchronisation-structure mistakes
-before a device sees the kernels, and nothing about timing, memory races or the hardware's
-rounding order in mma and cuBLAS.
+before a device sees the kernels, and the missing barriers that one of the four orders exposes,
+and nothing about timing, the memory model beyond that, or the rounding order of mma and cuBLAS.
 */
 #pragma once
 #ifndef HOST_EMULATION
@@ -89,6 +96,31 @@ struct EmuBlock {
     int cluster_syncs = 0;
 };
 inline thread_local EmuBlock* emu_block = nullptr;
+
+// The order the scheduler runs ready threads in, from EMU_ORDER. CUDA promises no order between
+// threads until they synchronise, so a race-free kernel gives the same bits in every order, while
+// one that reads another thread's write without the barrier between them reads it in one order
+// and misses it in another:
+//   forward        (unset) each round runs every ready thread, in order, to its next wait: a warp
+//                  operation then holds its warp until every thread has had its turn
+//   reverse        the same, last thread first, and a grid's blocks last first
+//   ahead          each warp in turn runs as far as it can (through its warp operations, to a block
+//                  barrier or its end) before the next starts: the warps as far apart as CUDA allows
+//   ahead-reverse  the same, last warp (and lane, and block) first, and each cp.async copy lands at
+//                  once, the earliest it may (in the others, at the wait that covers it, the latest)
+struct EmuOrder { bool reverse, ahead, early_copies; };
+inline EmuOrder emu_order() {
+    static const EmuOrder order = [] {
+        const char* o = getenv("EMU_ORDER");
+        if (!o || !strcmp(o, "forward")) return EmuOrder{false, false, false};
+        if (!strcmp(o, "reverse")) return EmuOrder{true, false, false};
+        if (!strcmp(o, "ahead")) return EmuOrder{false, true, false};
+        if (!strcmp(o, "ahead-reverse")) return EmuOrder{true, true, true};
+        fprintf(stderr, "cuda_host_emulation: EMU_ORDER=%s: expected forward, reverse, ahead or ahead-reverse\n", o);
+        exit(1);
+    }();
+    return order;
+}
 
 // The fibers' stacks, one slot per thread of a block, kept by each CPU thread for its next block.
 // A fiber that has run a kernel to its end waits at its slot's `restart` for the next block's
@@ -156,8 +188,45 @@ inline void emu_fiber_main() {
     }
 }
 
+// The warp of threads lo .. lo + n goes on when its live threads all wait at a warp operation.
+// Returns how many it released.
+inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
+    unsigned waiting = 0, live = 0;
+    for (unsigned t = lo; t < lo + n; t++) {
+        waiting += blk.threads[t].wait == EMU_WARP;
+        live += blk.threads[t].wait != EMU_DONE;
+    }
+    if (waiting == 0 || waiting != live) return 0;
+    for (unsigned t = lo; t < lo + n; t++)
+        if (blk.threads[t].wait == EMU_WARP) blk.threads[t].wait = EMU_RUN;
+    return waiting;
+}
+
+// Runs thread t of the block until it waits or ends (its own frame: nothing here is live across the jumps)
+[[gnu::noinline]] inline void emu_run_thread(EmuBlock& blk, unsigned t, unsigned block_x) {
+    threadIdx = {t % block_x, t / block_x, 0};
+    emu_tid = t;
+    if (!_setjmp(blk.sched)) {  // back here when thread t waits or ends
+        EmuThread& th = blk.threads[t];
+        emu_asan_to_fiber(t);
+        if (!th.started) {
+            th.started = true;
+            if (t < emu_slots.ready) _longjmp(emu_slots.slot[t].restart, 1);
+            static thread_local ucontext_t first;  // setcontext reads it at once
+            getcontext(&first);
+            first.uc_stack.ss_sp = emu_slots.stacks.get() + EmuSlots::stack_size * t;
+            first.uc_stack.ss_size = EmuSlots::stack_size;
+            first.uc_link = nullptr;
+            makecontext(&first, emu_fiber_main, 0);
+            setcontext(&first);
+        }
+        _longjmp(th.resume, 1);
+    }
+    emu_asan_in_sched();
+}
+
 // Runs f as one block of `threads` threads on this CPU thread. The scheduler runs every runnable
-// fiber until it waits, then releases what is complete: a warp whose live threads all wait at a
+// fiber until it waits (in emu_order's order), then releases what is complete: a warp whose live threads all wait at a
 // warp operation, or the block when all its live threads wait at __syncthreads (the cluster: and
 // every other block of the cluster has arrived too).
 // Returns the number of cluster barriers the block passed.
@@ -176,48 +245,28 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
     blk.cluster = cluster;
     emu_block = &blk;
     blockDim = {block.x, block.y, 1};
+    const EmuOrder order = emu_order();
+    const unsigned warps = (threads + 31) / 32;
     for (;;) {
-        for (unsigned t = 0; t < threads; t++) {
-            if (blk.threads[t].wait != EMU_RUN) continue;
-            threadIdx = {t % block.x, t / block.x, 0};
-            emu_tid = t;
-            if (!_setjmp(blk.sched)) {  // back here when thread t waits or ends
-                EmuThread& th = blk.threads[t];
-                emu_asan_to_fiber(t);
-                if (!th.started) {
-                    th.started = true;
-                    if (t < slots.ready) _longjmp(slots.slot[t].restart, 1);
-                    static thread_local ucontext_t first;  // setcontext reads it at once
-                    getcontext(&first);
-                    first.uc_stack.ss_sp = slots.stacks.get() + EmuSlots::stack_size * t;
-                    first.uc_stack.ss_size = EmuSlots::stack_size;
-                    first.uc_link = nullptr;
-                    makecontext(&first, emu_fiber_main, 0);
-                    setcontext(&first);
+        unsigned released = 0;
+        for (unsigned wi = 0; wi < warps; wi++) {
+            const unsigned w = order.reverse ? warps - 1 - wi : wi;
+            const unsigned lo = 32 * w, n = std::min(threads, lo + 32) - lo;
+            do {
+                for (unsigned i = 0; i < n; i++) {
+                    const unsigned t = lo + (order.reverse ? n - 1 - i : i);
+                    if (blk.threads[t].wait == EMU_RUN) emu_run_thread(blk, t, block.x);
                 }
-                _longjmp(th.resume, 1);
-            }
-            emu_asan_in_sched();
+            } while (order.ahead && emu_release_warp(blk, lo, n));  // ahead: on with this warp while it can go on
         }
-        unsigned done = 0, at_block = 0, at_cluster = 0, released = 0;
+        unsigned done = 0, at_block = 0, at_cluster = 0;
         for (const EmuThread& th : blk.threads) {
             done += th.wait == EMU_DONE;
             at_block += th.wait == EMU_BLOCK;
             at_cluster += th.wait == EMU_CLUSTER;
         }
         if (done == threads) break;
-        for (unsigned w = 0; w * 32 < threads; w++) {  // warps
-            unsigned waiting = 0, live = 0;
-            for (unsigned t = 32 * w; t < std::min(threads, 32 * w + 32); t++) {
-                waiting += blk.threads[t].wait == EMU_WARP;
-                live += blk.threads[t].wait != EMU_DONE;
-            }
-            if (waiting > 0 && waiting == live) {
-                for (unsigned t = 32 * w; t < std::min(threads, 32 * w + 32); t++)
-                    if (blk.threads[t].wait == EMU_WARP) blk.threads[t].wait = EMU_RUN;
-                released += waiting;
-            }
-        }
+        for (unsigned w = 0; w < warps; w++) released += emu_release_warp(blk, 32 * w, std::min(threads, 32 * w + 32) - 32 * w);
         if (released) continue;
         if (at_block && at_block + done == threads) {
             if (done) emu_fail("__syncthreads after some of the block's threads returned");
@@ -238,11 +287,13 @@ inline int emu_run_block(EmuDim3 block, const std::function<void()>& f, std::bar
 }
 
 // runs kernel f on a (gx, gy) grid of blocks of `block` (x, y) threads, one block after another
+// (the last first with EMU_ORDER=reverse or ahead-reverse)
 inline void emu_launch(unsigned gx, unsigned gy, EmuDim3 block, const std::function<void()>& f) {
-    for (unsigned y = 0; y < gy; y++)
-        for (unsigned x = 0; x < gx; x++) {
+    const bool reverse = emu_order().reverse;
+    for (unsigned by = 0; by < gy; by++)
+        for (unsigned bx = 0; bx < gx; bx++) {
             gridDim = {gx, gy, 1};
-            blockIdx = {x, y, 0};
+            blockIdx = reverse ? EmuDim3{gx - 1 - bx, gy - 1 - by, 0} : EmuDim3{bx, by, 0};
             emu_run_block(block, f, nullptr);
         }
 }
@@ -614,8 +665,18 @@ inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
     for (int i = 0; i < 4; i++) d[i] = emu_d[tid][i];
 }
 
-// cp.async: a thread's copies wait in its committed groups until cp_async_wait<N> leaves N in flight
-inline void cp_async16(void* smem, const void* gmem, int src_bytes) { emu_block->threads[emu_tid].open.push_back({smem, gmem, src_bytes}); }
+// cp.async: a copy may land any time from its issue to the cp_async_wait<N> that covers it. Here it
+// lands at the wait, the latest (a read before the wait, or before the barrier after the other
+// threads' waits, sees the old bytes), except in EMU_ORDER=ahead-reverse, where it lands at once,
+// the earliest (a copy into a buffer that other warps still read overwrites it under them)
+inline void emu_cp_land(const EmuCopy& cp) {
+    if (cp.bytes) memcpy(cp.dst, cp.src, 16);
+    else memset(cp.dst, 0, 16);
+}
+inline void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    if (emu_order().early_copies) emu_cp_land({smem, gmem, src_bytes});
+    else emu_block->threads[emu_tid].open.push_back({smem, gmem, src_bytes});
+}
 inline void cp_async_commit() {
     EmuThread& me = emu_block->threads[emu_tid];
     me.groups.push_back(me.open);
@@ -624,10 +685,7 @@ inline void cp_async_commit() {
 template <int N> void cp_async_wait() {
     EmuThread& me = emu_block->threads[emu_tid];
     while ((int)me.groups.size() > N) {
-        for (const EmuCopy& cp : me.groups.front()) {
-            if (cp.bytes) memcpy(cp.dst, cp.src, 16);
-            else memset(cp.dst, 0, 16);
-        }
+        for (const EmuCopy& cp : me.groups.front()) emu_cp_land(cp);
         me.groups.erase(me.groups.begin());
     }
 }

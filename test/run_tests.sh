@@ -44,20 +44,26 @@ run cpu_1_thread env OMP_NUM_THREADS=1 ./test_cpu "[steps],[resume],[threads],[s
 run cpu_4_threads env OMP_NUM_THREADS=4 ./test_cpu "[steps],[resume],[threads],[sweep]"
 run gpu_mocked ./test_gpu_mocked  # the GPU trainer's host code on the CPU (test/mock_cuda.h): orchestration, not kernels
 # test_gpt2_sae's own cases through the same mock (dev/forecast_gpu_tests.sh), all but the slow real-scale
-# ones and [graph] (the mock's launchers run at once and cannot be captured): the GPU tests' design and
-# bounds on every submission; not a GPU run (the GPU step below is)
-run gpu_tests_mocked bash dev/forecast_gpu_tests.sh "~[real]~[graph]"
+# ones, [graph] (the mock's launchers run at once and cannot be captured) and [order] (the mock has one
+# order): the GPU tests' design and bounds on every submission; not a GPU run (the GPU step below is)
+run gpu_tests_mocked bash dev/forecast_gpu_tests.sh "~[real]~[graph]~[order]"
 # and again with the GPU code itself: llmc's kernels and launchers as written, emulated on the CPU
 # (test/cuda_host_emulation.h), the trainer as train_gpt2_sae_emulated; ~3 minutes on 2 cores
 run gpu_tests_emulated bash dev/forecast_gpu_tests.sh --emulated "~[real]"
 run tokenizer ./test_tokenizer
 run feature_dump ./test_feature_dump
-run flash_emulated ./test_flash_emulated  # the GPU flash kernels on the CPU, emulated (test/cuda_host_emulation.h)
-run sae_emulated ./test_sae_emulated  # the SAE backward's fused GPU pass on the CPU, emulated
-run sae_sparse_emulated ./test_sae_sparse_emulated  # --sae-kernels sparse's GPU kernels on the CPU against the dense math, emulated
-run kl_emulated ./test_kl_emulated  # the one-pass KL on a thread block cluster, on the CPU, emulated
-run adamw_emulated ./test_adamw_emulated  # Adam(W) and the copies it writes along, on the CPU, emulated
-run feature_dump_emulated ./test_feature_dump_emulated  # the GPU's --dump-features kernels against the CPU's dump, emulated
+# the GPU kernels on the CPU, emulated (test/cuda_host_emulation.h), in each of the emulation's
+# four thread orders: a missing barrier gives wrong numbers in at least one of them
+emulated() {  # name, binary
+    run "$1" "./$2"
+    for order in reverse ahead ahead-reverse; do run "${1}_$order" env EMU_ORDER=$order "./$2"; done
+}
+emulated flash_emulated test_flash_emulated  # flash attention's kernels against the CPU reference
+emulated sae_emulated test_sae_emulated  # the SAE backward's fused pass
+emulated sae_sparse_emulated test_sae_sparse_emulated  # --sae-kernels sparse's kernels against the dense math
+emulated kl_emulated test_kl_emulated  # the one-pass KL on a thread block cluster
+emulated adamw_emulated test_adamw_emulated  # Adam(W) and the copies it writes along
+emulated feature_dump_emulated test_feature_dump_emulated  # the GPU's --dump-features kernels against the CPU's dump
 run report /usr/bin/python3 test/test_report.py -v
 run features_viewer /usr/bin/python3 test/test_features_viewer.py -v
 run pareto /usr/bin/python3 test/test_pareto.py -v

@@ -45,6 +45,8 @@ Tolerances, as max |ours - torch| / max |torch| over a tensor:
   with the same arguments, so every log term, eval, saved tensor and sweep SAE must be the same bits.
 - sparse SAE kernels ([sparse]): --sae-kernels sparse sums the dense path's terms in another
   order, so it is held to the same bounds against PyTorch, and in fp32 to 1e-5 against dense.
+- run to run ([order]): each path (fp32; bf16 with the dump; flash and fused; sparse) the same bits
+  in four runs; emulated, each in another thread order (EMU_ORDER), where a missing barrier shows.
 */
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
@@ -445,6 +447,49 @@ TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash 
     }
     check_graph_same(ds, "--precision bf16 --fused-backward on --sweep " + file, "bf16_sweep");
     check_resume("./train_gpt2_sae", "--precision bf16 --fused-backward on --cuda-graph on");
+}
+
+// The same bits run to run ([order]): each path trained four times, 4 updates, with evals between
+// or the feature dump (its ablation runs the eval passes) after. On a GPU the runs
+// repeat as they are: no atomics, no order left to the scheduler. In the emulation
+// (dev/forecast_gpu_tests.sh --emulated) the second to fourth run in the other EMU_ORDERs
+// (test/cuda_host_emulation.h), so a barrier missing in any kernel they launch changes bits here
+// even where the forward order hides it.
+static void check_same_in_every_order(const std::string& dir, const std::string& extra, const std::string& tag, bool dump) {
+    const std::string root = "build/test_out/order_" + tag;
+    run_cmd("rm -rf " + root);
+    const char* orders[4] = {"forward", "reverse", "ahead", "ahead-reverse"};
+    for (const char* o : orders) {
+        const std::string out = root + "/" + o;
+        const std::string flags = extra + " --max-steps 4" + (dump ? " --dump-tokens 64 --dump-features " + out + "/features" : "");
+        RunResult r = run_cmd(std::string("EMU_ORDER=") + o + " " + trainer_cmd("./train_gpt2_sae", dir, "e2e+ds", out, flags));
+        INFO(o << ": " << r.out);
+        REQUIRE(r.code == 0);
+        if (extra.find("--sae-kernels auto") != std::string::npos) CHECK(r.out.find("run sparse from update 2 on") != std::string::npos);
+    }
+    for (int i = 1; i < 4; i++) {
+        const std::string a = root + "/forward", b = root + "/" + orders[i];
+        check_same_log(a + "/log.jsonl", b + "/log.jsonl", true, 4);
+        for (const char* f : {"/sae_weights.safetensors", "/train_state.safetensors"}) check_same_tensors(a + f, b + f);
+        if (dump)
+            for (const char* f : {"/features/features.safetensors", "/features/ablation.safetensors"}) {
+                INFO(a << f << " against " << b << f);
+                CHECK(run_cmd("cmp " + a + f + " " + b + f).code == 0);
+            }
+    }
+    printf("measured: %s: four runs, every log line, saved tensor%s the same bits\n", tag.c_str(), dump ? " and feature dump" : "");
+    run_cmd("rm -rf " + root);
+}
+
+TEST_CASE("every path gives the same bits run to run (emulated: in every thread and block order)", "[gpu][order]") {
+    const std::string ds = ref_for_mode("e2e+ds");
+    const std::string evals = " --eval-samples 2 --eval-every 8";  // after updates 2 and 4
+    check_same_in_every_order(ds, "--precision fp32" + evals, "fp32", false);
+    check_same_in_every_order(ds, "--precision bf16 --eval-samples 2", "bf16_dump", true);
+    check_same_in_every_order(reference("flash_hs64", FLASH_ARGS), "--precision bf16 --attention flash --fused-backward on" + evals,
+                              "bf16_flash_fused", false);
+    // --sae-kernels auto at L0 ~4 of 1024: dense for update 1, sparse after (no evals: they are dense)
+    check_same_in_every_order(sparse_model(), sparse_args(sparse_model()) + " --precision bf16 --sae-kernels auto", "bf16_auto", false);
 }
 
 // --sae-kernels sparse (llmc/sae_sparse.cuh): the SAE's decoder and backward over the entries with

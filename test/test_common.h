@@ -299,6 +299,12 @@ static void check_same_log(const std::string& a, const std::string& b, bool eval
     }
 }
 
+// two runs' logs (check_same_log) and their export and training state, bit for bit
+static void check_same_run(const std::string& a, const std::string& b, bool evals, size_t min_lines = 10) {
+    check_same_log(a + "/log.jsonl", b + "/log.jsonl", evals, min_lines);
+    for (const char* f : {"/sae_weights.safetensors", "/train_state.safetensors"}) check_same_tensors(a + f, b + f);
+}
+
 static void check_sweep_exact(const std::string& binary, const std::string& extra, const std::string& tag) {
     std::string dir = ref_for_mode("e2e+ds");  // 3 layers: e2e+ds up to layer 1
     std::string root = "build/test_out/sweep_" + tag;
@@ -344,9 +350,8 @@ static void check_sweep_exact(const std::string& binary, const std::string& extr
         REQUIRE(r1.code == 0);
         for (const std::string& run : {root + "/sweep/" + name, root + "/part/" + name}) {
             INFO("SAE " << name << ": " << run << " against " << single);
-            check_same_log(single + "/log.jsonl", run + "/log.jsonl", run == root + "/sweep/" + name);
-            for (const char* f : {"train_state.safetensors", "sae_weights.safetensors", "sparsity.safetensors"})
-                check_same_tensors(single + "/" + f, run + "/" + f);
+            check_same_run(single, run, run == root + "/sweep/" + name);
+            check_same_tensors(single + "/sparsity.safetensors", run + "/sparsity.safetensors");
         }
     }
 }

@@ -422,8 +422,7 @@ static void check_graph_same(const std::string& dir, const std::string& extra, c
     const bool sweep = extra.find("--sweep") != std::string::npos;
     std::vector<std::string> runs = sweep ? std::vector<std::string>{"/loc2", "/e2e0", "/ds1"} : std::vector<std::string>{""};
     for (const std::string& r : runs) {
-        check_same_log(root + "/off" + r + "/log.jsonl", root + "/on" + r + "/log.jsonl", true);
-        for (const char* f : {"/sae_weights.safetensors", "/train_state.safetensors"}) check_same_tensors(root + "/off" + r + f, root + "/on" + r + f);
+        check_same_run(root + "/off" + r, root + "/on" + r, true);
     }
     printf("measured: --cuda-graph on against off, %s: %zu graphs captured, every log line and saved tensor the same bits\n", tag.c_str(), captured);
     run_cmd("rm -rf " + root);
@@ -469,8 +468,7 @@ static void check_same_in_every_order(const std::string& dir, const std::string&
     }
     for (int i = 1; i < 4; i++) {
         const std::string a = root + "/forward", b = root + "/" + orders[i];
-        check_same_log(a + "/log.jsonl", b + "/log.jsonl", true, 4);
-        for (const char* f : {"/sae_weights.safetensors", "/train_state.safetensors"}) check_same_tensors(a + f, b + f);
+        check_same_run(a, b, true, 4);
         if (dump)
             for (const char* f : {"/features/features.safetensors", "/features/ablation.safetensors"}) {
                 INFO(a << f << " against " << b << f);
@@ -554,9 +552,7 @@ TEST_CASE("--sae-kernels sparse: 10 updates match PyTorch and dense, and resume 
         RunResult r = run_cmd(trainer_cmd("./train_gpt2_sae", lo, "e2e+ds", part, args + "--max-steps 10 --resume " + part));
         INFO(r.out);
         REQUIRE(r.code == 0);
-        check_same_log("build/test_out/sparse_l0_auto/log.jsonl", part + "/log.jsonl", false);
-        for (const char* f : {"/sae_weights.safetensors", "/train_state.safetensors"})
-            check_same_tensors("build/test_out/sparse_l0_auto" + std::string(f), part + f);
+        check_same_run("build/test_out/sparse_l0_auto", part, false);
         printf("measured: --sae-kernels auto resumed after update %d: every log line and saved tensor the same bits as straight\n", first);
     }
 

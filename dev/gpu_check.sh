@@ -17,7 +17,7 @@
 #            standing checks): issue 16's [odd] and [real]; issue 14's [flash] and [fused], the paper-shape e2e L6 bench
 #            as it is and with both fast paths; issue 15's GPU dump against the CPU's; then test_gpt2_sae, GPU vs CPU,
 #            the new kernels' benches and sanitizers, the e2e_sae peer, --cuda-graph on ([graph], its bench against off),
-#            the sweep, then --sae-kernels sparse (sparse_checks), then [order] (the same bits run to run). Call it, then at once (the machine
+#            the sweep and [order] (the same bits run to run), then --sae-kernels sparse (sparse_checks). Call it, then at once (the machine
 #            stays warm for 30 s) CONTINUE=1 with a short BUDGET for what the first call did not reach
 #   tests:   GPU tests (issue 16's and issue 13's sweep as steps of their own), the no-flag demo, GPU vs CPU in e2e, and the
 #            GPU's --dump-features against the CPU trainer's (issue 15); about 6 minutes
@@ -275,7 +275,6 @@ if [ "$stage" = session ]; then  # one device session: the open issues' deciding
     gpu_tests                                               # what is left of it: the sweep (issue 13)
     sweep_bench
     sparse_checks                                           # --sae-kernels sparse, no issue's yet
-    step test_order 90 ./test_gpt2_sae "[order]"            # every path's bits run to run
 fi
 if [ "$stage" = sparse ]; then
     sparse_checks

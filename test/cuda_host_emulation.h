@@ -9,7 +9,7 @@ where a CUDA thread would wait for others: __syncthreads waits for the block, a 
 operation (shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster.
 So a warp-collective inside `if (warp == 0)` works as on the GPU, and a barrier some threads never
 reach stops the test with a message instead of hanging. __shared__ is `static thread_local`: one
-copy per block. Blocks run one after another, except the blocks of a cluster, which run together
+copy per block, filled with 0xff bytes at the block's start (emu_shared_poison). Blocks run one after another, except the blocks of a cluster, which run together
 (one CPU thread each); cluster.map_shared_rank finds another block's copy of a __shared__
 variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
 (bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
@@ -28,8 +28,6 @@ EMU_ORDER (emu_order below) picks the order the ready threads, warps and blocks 
 last first, or each warp as far ahead of the others as CUDA allows. A kernel that reads another
 thread's write without the barrier between them reads it in one order and misses it in another,
 so make test runs the kernel tests in all four, and test_gpt2_sae's [order] the whole trainer.
-(A block's __shared__ starts with what the previous block on its CPU thread left, undefined on a
-GPU: a read that misses a write there can still find the right bytes.)
 This is an emulation from our reading of CUDA and the PTX ISA, not a GPU run: it catches
 indexing, masking, tiling, fragment-layout, launch-argument and synchronisation-structure mistakes
 before a device sees the kernels, and the missing barriers that one of the four orders exposes,
@@ -94,8 +92,21 @@ struct EmuBlock {
     const std::function<void()>* kernel = nullptr;
     std::barrier<>* cluster = nullptr;  // the cluster's blocks' barrier, or none
     int cluster_syncs = 0;
+    std::vector<void*> shared_filled;  // the __shared__ variables emu_shared_poison has filled for this block
 };
 inline thread_local EmuBlock* emu_block = nullptr;
+
+// test/emulate_launches.pl puts this after each __shared__ declaration: the first of a block's
+// threads to pass it fills the variable with 0xff bytes (NaN as a float or bf16, -1 as an int). A
+// GPU says nothing of what a block's shared memory holds at its start, and here it would hold what
+// the previous block on this CPU thread left, often the very bytes a missing write would have put
+// there. (No thread can touch the variable before its declaration: it has no name there.)
+inline void emu_shared_poison(void* p, size_t bytes) {
+    std::vector<void*>& filled = emu_block->shared_filled;
+    if (std::find(filled.begin(), filled.end(), p) != filled.end()) return;
+    filled.push_back(p);
+    memset(p, 0xff, bytes);
+}
 
 // The order the scheduler runs ready threads in, from EMU_ORDER. CUDA promises no order between
 // threads until they synchronise, so a race-free kernel gives the same bits in every order, while

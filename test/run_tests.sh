@@ -61,7 +61,7 @@ emulated() {  # name, binary
 emulated flash_emulated test_flash_emulated  # flash attention's kernels against the CPU reference
 emulated sae_emulated test_sae_emulated  # the SAE backward's fused pass
 emulated sae_sparse_emulated test_sae_sparse_emulated  # --sae-kernels sparse's kernels against the dense math
-emulated kl_emulated test_kl_emulated  # the one-pass KL on a thread block cluster
+emulated kl_emulated test_kl_emulated  # the one-pass KL on a thread block cluster, and argmax_agree
 emulated adamw_emulated test_adamw_emulated  # Adam(W) and the copies it writes along
 emulated feature_dump_emulated test_feature_dump_emulated  # the GPU's --dump-features kernels against the CPU's dump
 run report /usr/bin/python3 test/test_report.py -v

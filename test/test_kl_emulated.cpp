@@ -18,6 +18,10 @@ removed or not), the spliced ones close to the clean ones or not.
 Bounds, dev/cuda/kl.cu's: KL within 1e-5 relative + 5e-6; gradient within grad_rtol of |ref|
 (fp32 1e-4, bf16 gradient 8e-3: its rounding) + 1e-5·grad_scale·(p_s + p_c); padding exactly 0. A
 rank's stats in the wrong slot, a missing merge or a pack held twice is O(1).
+
+And argmax_agree (the evals' top-1 agreement, one block of LOGITS_BLOCK_SIZE threads per row)
+against a CPU count, on rows built so that a block reduction that drops a warp's candidate or breaks
+a tie the wrong way counts a different number of them.
 */
 #define CATCH_CONFIG_MAIN
 #include <catch2/catch.hpp>
@@ -126,4 +130,48 @@ TEST_CASE("the one-pass KL on a cluster matches the double reference, bf16 gradi
     check_onepass<float, bf16>(1000, 1024, false, false, 8e-3f);
     check_onepass<bf16, bf16>(50257, 50304, true, true, 8e-3f);    // 2 ranks
     check_onepass<bf16, bf16>(26628, 26632, true, false, 8e-3f);
+}
+
+// argmax_agree (the evals' top-1 agreement) against a CPU count. Each row's maximum sits at a
+// random column, so in any of the block's 32 warps; in some rows the spliced row's maximum moves
+// to another column, in some the clean row's maximum is tied and the first column must win. A
+// block reduction that loses a warp's candidate (a missing barrier, a wrong merge) or takes the
+// last of tied maxima finds the same column in both rows of such a row and counts it as agreeing.
+TEST_CASE("argmax_agree counts the rows whose clean and spliced argmax agree (emulated on the CPU)", "[kl]") {
+    const int N = 24, V = 3001, Vp = 3008;  // V: not a whole number of passes of the block
+    std::mt19937 rng(11);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::uniform_int_distribution<int> column(0, V - 1);
+    std::vector<float> za((size_t)N * Vp), zb((size_t)N * Vp);
+    auto argmax_first = [&](const float* z) {
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (z[v] > z[best]) best = v;
+        return best;
+    };
+    int agree_ref = 0;
+    for (int r = 0; r < N; r++) {
+        float* a = &za[(size_t)r * Vp];
+        float* b = &zb[(size_t)r * Vp];
+        for (int v = 0; v < Vp; v++) a[v] = v < V ? normal(rng) : 100.0f;  // padding: larger than any column, to be skipped
+        const int at = column(rng);
+        int other = column(rng);
+        while (other == at) other = column(rng);
+        a[at] = 10.0f;
+        for (int v = 0; v < Vp; v++) b[v] = a[v];
+        if (r % 3 == 1) {  // the spliced maximum moves elsewhere
+            b[at] = 0.0f;
+            b[other] = 10.0f;
+        } else if (r % 3 == 2) {  // tied in the clean row: the first of the two is its argmax, the spliced row has only the second
+            a[other] = 10.0f;
+            b[std::min(at, other)] = 9.5f;
+            b[std::max(at, other)] = 10.0f;
+        }
+        agree_ref += argmax_first(a) == argmax_first(b);
+    }
+    REQUIRE(agree_ref == N / 3);  // the design: only the rows left alone agree
+    int agree = 5;                // the launcher adds to what is there
+    argmax_agree(&agree, za.data(), zb.data(), N, V, Vp, 0);
+    printf("measured: argmax_agree over %d rows of V %d: %d agree (CPU %d)\n", N, V, agree - 5, agree_ref);
+    CHECK(agree - 5 == agree_ref);
 }

@@ -8,13 +8,16 @@ A block runs on one CPU thread, its CUDA threads (1D or 2D blocks) as fibers tha
 where a CUDA thread would wait for others: __syncthreads waits for the block, a warp-collective
 operation (shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster.
 So a warp-collective inside `if (warp == 0)` works as on the GPU, and a barrier some threads never
-reach stops the test with a message instead of hanging. __shared__ is `static thread_local`: one
-copy per block, filled with 0xff bytes at the block's start (emu_shared_poison). Blocks run one after another, except the blocks of a cluster, which run together
-(one CPU thread each); cluster.map_shared_rank finds another block's copy of a __shared__
-variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
-(bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
-fragment layouts; a cp.async copy lands at the wait that covers it (or, in one order below, at
-once: the two ends of what the GPU allows).
+reach stops the test with a message instead of hanging, as do a warp's lanes meeting at different
+kinds of warp operation and a lane running one its mask leaves out. __shared__ is `static thread_local`: one
+copy per block, filled with 0xff bytes at the block's start (emu_shared_poison). Blocks run one
+after another, except the blocks of a cluster, which run together (one CPU thread each);
+cluster.map_shared_rank finds another block's copy of a __shared__ variable at the same offset
+from that block's thread-local storage. ldmatrix, mma.sync m16n8k16 (bf16 in, fp32 accumulate)
+and cp.async are written from the PTX ISA's definitions of their fragment layouts and address
+rules (16-byte aligned; ldmatrix's rows and cp.async's destination in the block's __shared__
+variables, its source not); a cp.async copy lands at the wait that covers it (or, in one order
+below, at once: the two ends of what the GPU allows).
 llmc/cuda_common.cuh is compiled as it is (bf16, Packed128, the reductions, deterministic_sum,
 the error checks), less its CUDA headers, which come from here. Launchers run as written: the
 Makefile copies each header through test/emulate_launches.pl into build/emu/llmc/, turning
@@ -83,6 +86,7 @@ struct EmuThread {
     jmp_buf resume;  // where it waits
     bool started = false;
     EmuWait wait = EMU_RUN;
+    const char* warp_op = nullptr;  // the warp operation it waits at (EMU_WARP)
     std::vector<std::vector<EmuCopy>> groups;  // cp.async: committed groups in flight, oldest first
     std::vector<EmuCopy> open;                 // cp.async: not yet committed
 };
@@ -92,7 +96,7 @@ struct EmuBlock {
     const std::function<void()>* kernel = nullptr;
     std::barrier<>* cluster = nullptr;  // the cluster's blocks' barrier, or none
     int cluster_syncs = 0;
-    std::vector<void*> shared_filled;  // the __shared__ variables emu_shared_poison has filled for this block
+    std::vector<std::pair<char*, size_t>> shared_filled;  // the __shared__ variables emu_shared_poison has filled for this block
 };
 inline thread_local EmuBlock* emu_block = nullptr;
 
@@ -102,10 +106,16 @@ inline thread_local EmuBlock* emu_block = nullptr;
 // the previous block on this CPU thread left, often the very bytes a missing write would have put
 // there. (No thread can touch the variable before its declaration: it has no name there.)
 inline void emu_shared_poison(void* p, size_t bytes) {
-    std::vector<void*>& filled = emu_block->shared_filled;
-    if (std::find(filled.begin(), filled.end(), p) != filled.end()) return;
-    filled.push_back(p);
+    for (const auto& v : emu_block->shared_filled)
+        if (v.first == p) return;
+    emu_block->shared_filled.push_back({(char*)p, bytes});
     memset(p, 0xff, bytes);
+}
+// whether [p, p + bytes) lies in one of the block's __shared__ variables (declared so far)
+inline bool emu_in_shared(const void* p, size_t bytes) {
+    for (const auto& v : emu_block->shared_filled)
+        if ((const char*)p >= v.first && (const char*)p + bytes <= v.first + v.second) return true;
+    return false;
 }
 
 // The order the scheduler runs ready threads in, from EMU_ORDER. CUDA promises no order between
@@ -183,8 +193,23 @@ inline void emu_wait(EmuWait w) {
     emu_asan_in_fiber();
 }
 inline void __syncthreads() { emu_wait(EMU_BLOCK); }
-inline void emu_syncwarp() { emu_wait(EMU_WARP); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu_syncwarp(); }
+// `op`: which warp operation (a shuffle, ldmatrix, ...): a warp's lanes must all wait at the same kind
+inline void emu_syncwarp(const char* op) {
+    emu_block->threads[emu_tid].warp_op = op;
+    emu_wait(EMU_WARP);
+}
+// a warp operation's mask must name the lane that runs it (PTX ISA: undefined otherwise)
+inline void emu_check_mask(unsigned mask, const char* op) {
+    if (!((mask >> (emu_tid % 32)) & 1)) {
+        char what[96];
+        snprintf(what, sizeof what, "%s: the mask 0x%08x leaves out lane %u, which runs it", op, mask, emu_tid % 32);
+        emu_fail(what);
+    }
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    emu_check_mask(mask, "__syncwarp");
+    emu_syncwarp("__syncwarp");
+}
 
 inline void emu_fiber_main() {
     emu_asan_in_fiber();
@@ -208,6 +233,17 @@ inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
         live += blk.threads[t].wait != EMU_DONE;
     }
     if (waiting == 0 || waiting != live) return 0;
+    const char* op = nullptr;
+    for (unsigned t = lo; t < lo + n; t++)
+        if (blk.threads[t].wait == EMU_WARP) {
+            if (op && strcmp(op, blk.threads[t].warp_op) != 0) {
+                char what[160];
+                snprintf(what, sizeof what, "a warp's lanes wait at different warp operations: lane %u at %s, an earlier one at %s", t % 32,
+                         blk.threads[t].warp_op, op);
+                emu_fail(what);
+            }
+            op = blk.threads[t].warp_op;
+        }
     for (unsigned t = lo; t < lo + n; t++)
         if (blk.threads[t].wait == EMU_WARP) blk.threads[t].wait = EMU_RUN;
     return waiting;
@@ -465,39 +501,50 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
 }
 
 // ----------------------------------------------------------------------------
-// warp shuffles: every lane posts its value, the warp waits, each reads its source lane's
+// warp shuffles: every lane posts its value, the warp waits, each reads its source lane's. The
+// running lane must be in the mask (PTX ISA: undefined otherwise). A lane of the warp that has
+// returned, or that the block does not have, posts nothing: reading it gives the undefined value
+// as 0xff bytes (NaN, -1), and its ballot bit is 0.
 
 inline thread_local uint64_t emu_shfl_buf[1024];
+inline bool emu_lane_live(unsigned lane) {  // in the running warp
+    const unsigned t = emu_tid / 32 * 32 + lane;
+    return t < emu_block->threads.size() && emu_block->threads[t].wait != EMU_DONE;
+}
 template <typename T>
-T emu_shfl(T v, int src_lane) {
+T emu_shfl(unsigned mask, T v, int src_lane) {
     static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value, "a shuffle moves one register or a pair");
+    emu_check_mask(mask, "a warp shuffle");
     memcpy(&emu_shfl_buf[emu_tid], &v, sizeof(T));
-    emu_syncwarp();
+    emu_syncwarp("a shuffle");
     T r;
-    memcpy(&r, &emu_shfl_buf[emu_tid / 32 * 32 + src_lane], sizeof(T));
-    emu_syncwarp();  // nobody posts the next value before every lane has read this one
+    if (emu_lane_live(src_lane)) memcpy(&r, &emu_shfl_buf[emu_tid / 32 * 32 + src_lane], sizeof(T));
+    else memset(&r, 0xff, sizeof(T));
+    emu_syncwarp("a shuffle");  // nobody posts the next value before every lane has read this one
     return r;
 }
-template <typename T> T __shfl_xor_sync(unsigned, T v, int lane_mask) { return emu_shfl(v, (int)(emu_tid % 32) ^ lane_mask); }
-template <typename T> T __shfl_down_sync(unsigned, T v, unsigned delta) {  // a source past lane 31 gives the lane its own value
+template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask) { return emu_shfl(mask, v, (int)(emu_tid % 32) ^ lane_mask); }
+template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta) {  // a source past lane 31 gives the lane its own value
     const int lane = emu_tid % 32, src = lane + (int)delta;
-    return emu_shfl(v, src < 32 ? src : lane);
+    return emu_shfl(mask, v, src < 32 ? src : lane);
 }
 
-template <typename T> T __shfl_up_sync(unsigned, T v, unsigned delta) {  // a source below lane 0 gives the lane its own value
+template <typename T> T __shfl_up_sync(unsigned mask, T v, unsigned delta) {  // a source below lane 0 gives the lane its own value
     const int lane = emu_tid % 32, src = lane - (int)delta;
-    return emu_shfl(v, src >= 0 ? src : lane);
+    return emu_shfl(mask, v, src >= 0 ? src : lane);
 }
-template <typename T> T __shfl_sync(unsigned, T v, int src_lane) { return emu_shfl(v, src_lane & 31); }
-// bit i of the result is lane i's predicate (every lane of the warp takes part)
-inline unsigned __ballot_sync(unsigned, int pred) {
+template <typename T> T __shfl_sync(unsigned mask, T v, int src_lane) { return emu_shfl(mask, v, src_lane & 31); }
+// bit i of the result is lane i's predicate
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+    emu_check_mask(mask, "__ballot_sync");
     const unsigned lane = emu_tid % 32;
     unsigned mine = pred ? 1u << lane : 0u, all = 0;
     emu_shfl_buf[emu_tid] = mine;
-    emu_syncwarp();
-    for (unsigned i = 0; i < 32; i++) all |= (unsigned)emu_shfl_buf[emu_tid / 32 * 32 + i];
-    emu_syncwarp();
-    return all;
+    emu_syncwarp("__ballot_sync");
+    for (unsigned i = 0; i < 32; i++)
+        if (emu_lane_live(i)) all |= (unsigned)emu_shfl_buf[emu_tid / 32 * 32 + i];
+    emu_syncwarp("__ballot_sync");
+    return all & mask;
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
@@ -638,8 +685,11 @@ inline uint32_t pack_bf16x2(float lo, float hi) { return emu_pack(from_float<bf1
 inline thread_local const void* emu_rows[1024];
 inline void emu_ldmatrix(uint32_t* r, const bf16* row, bool trans) {
     const int tid = emu_tid, lane = tid % 32, w = tid / 32;
+    // each row: 8 bf16 of shared memory, 16-byte aligned (PTX ISA, ldmatrix)
+    if ((uintptr_t)row % 16 != 0) emu_fail("ldmatrix: a row address is not 16-byte aligned");
+    if (!emu_in_shared(row, 16)) emu_fail("ldmatrix: a row is not inside one of the block's __shared__ variables");
     emu_rows[tid] = row;
-    emu_syncwarp();
+    emu_syncwarp("ldmatrix");
     for (int i = 0; i < 4; i++) {
         if (!trans) {
             const bf16* p = (const bf16*)emu_rows[w * 32 + 8 * i + lane / 4];
@@ -650,7 +700,7 @@ inline void emu_ldmatrix(uint32_t* r, const bf16* row, bool trans) {
             r[i] = emu_pack(p0[lane / 4], p1[lane / 4]);
         }
     }
-    emu_syncwarp();
+    emu_syncwarp("ldmatrix");
 }
 inline void ldmatrix_x4(uint32_t* r, const bf16* row) { emu_ldmatrix(r, row, false); }
 inline void ldmatrix_x4_trans(uint32_t* r, const bf16* row) { emu_ldmatrix(r, row, true); }
@@ -662,7 +712,7 @@ inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
     const int tid = emu_tid, lane = tid % 32, w = tid / 32;
     for (int i = 0; i < 4; i++) emu_a[tid][i] = a[i];
     for (int i = 0; i < 2; i++) emu_b[tid][i] = b[i];
-    emu_syncwarp();
+    emu_syncwarp("mma");
     auto A = [&](int row, int k) { return to_float(emu_half(emu_a[w * 32 + (row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)], k % 2)); };
     auto B = [&](int k, int n) { return to_float(emu_half(emu_b[w * 32 + n * 4 + (k % 8) / 2][k >= 8], k % 2)); };
     const int g = lane / 4, c = lane % 4;
@@ -672,7 +722,7 @@ inline void mma_16816(float* d, const uint32_t* a, const uint32_t* b) {
         for (int k = 0; k < 16; k++) acc += A(row, k) * B(k, col);
         emu_d[tid][i] = acc;
     }
-    emu_syncwarp();
+    emu_syncwarp("mma");
     for (int i = 0; i < 4; i++) d[i] = emu_d[tid][i];
 }
 
@@ -685,6 +735,11 @@ inline void emu_cp_land(const EmuCopy& cp) {
     else memset(cp.dst, 0, 16);
 }
 inline void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    // both addresses aligned to the copy's 16 bytes (PTX ISA, cp.async); the destination in shared
+    // memory, the source not
+    if ((uintptr_t)smem % 16 != 0 || (uintptr_t)gmem % 16 != 0) emu_fail("cp.async: an address is not 16-byte aligned");
+    if (!emu_in_shared(smem, 16)) emu_fail("cp.async: the destination is not inside one of the block's __shared__ variables");
+    if (emu_in_shared(gmem, 1)) emu_fail("cp.async: the source is in shared memory");
     if (emu_order().early_copies) emu_cp_land({smem, gmem, src_bytes});
     else emu_block->threads[emu_tid].open.push_back({smem, gmem, src_bytes});
 }

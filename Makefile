@@ -127,7 +127,13 @@ test: $(CPU_TARGETS) $(CUDA_TARGETS)
 # -Wmaybe-uninitialized under the sanitizers, hence that one warning off.
 SANITIZE = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -Wno-maybe-uninitialized
 SAN_DIR = build/sanitize
-sanitize: build/emu/train_gpt2_sae.cu $(EMU_HEADERS)
+# the six emulated kernel tests too, at their own shapes (exact-size buffers: a kernel's access past
+# one is reported; UBSan checks the indices into fixed-size __shared__ arrays)
+SAN_EMU_TESTS = $(patsubst %,$(SAN_DIR)/test_%_emulated,flash sae sae_sparse kl adamw feature_dump)
+$(SAN_DIR)/test_%_emulated: test/test_%_emulated.cpp $(EMU_DEPS) llmc/feature_dump.h llmc/schedule.h dev/cuda/feature_dump_checks.h dev/cuda/rand.h
+	@mkdir -p $(SAN_DIR)
+	$(EMU_CXX) $(SANITIZE) $< -o $@
+sanitize: build/emu/train_gpt2_sae.cu $(EMU_HEADERS) $(SAN_EMU_TESTS)
 	mkdir -p $(SAN_DIR)
 	for d in data models scripts test dev llmc; do ln -sfn ../../$$d $(SAN_DIR)/$$d; done
 	$(CXX) $(CXXFLAGS) $(SANITIZE) train_gpt2_sae_cpu.cpp -o $(SAN_DIR)/train_gpt2_sae_cpu
@@ -139,6 +145,7 @@ sanitize: build/emu/train_gpt2_sae.cu $(EMU_HEADERS)
 	$(CXX) $(CXXFLAGS) $(SANITIZE) test/test_gpu_mocked.cpp -o $(SAN_DIR)/test_gpu_mocked
 	$(EMU_TRAINER_CXX) $(SANITIZE) build/emu/train_gpt2_sae.cu -o $(SAN_DIR)/train_gpt2_sae_emulated
 	cd $(SAN_DIR) && ./test_cpu && ./test_tokenizer && ./test_feature_dump && ./test_gpu_mocked
+	cd $(SAN_DIR) && for t in $(notdir $(SAN_EMU_TESTS)); do ./$$t > $$t.log 2>&1 || { tail -40 $$t.log; exit 1; }; done
 	cd $(SAN_DIR) && for run in "odd_e2e_ds --seq-len 17 --eval-samples 2 --eval-every 1" \
 	                            "flash_hs64 --seq-len 80 --eval-samples 0 --attention flash" \
 	                            "e2e_ds --seq-len 8 --eval-samples 2 --eval-every 1 --max-steps 3 --cuda-graph on" \

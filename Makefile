@@ -54,9 +54,10 @@ test_feature_dump: test/test_feature_dump.cpp llmc/feature_dump.h $(HOST_HEADERS
 # test/emulate_launches.pl into build/emu/llmc/ (its <<<...>>> launches rewritten), so the launchers run
 # there as written; C++20 for std::barrier; the kernels' #pragma unroll means nothing to g++; no
 # _FORTIFY_SOURCE, whose longjmp check refuses the jumps between fiber stacks
+# (through a .tmp: a copy the script refuses leaves no stale header behind)
 build/emu/llmc/%.cuh: llmc/%.cuh test/emulate_launches.pl
 	@mkdir -p build/emu/llmc
-	perl -0p test/emulate_launches.pl $< > $@
+	perl -0p test/emulate_launches.pl $< > $@.tmp && mv $@.tmp $@
 EMU_CXX = $(CXX) -O2 -std=c++20 -Wall -Wextra -Werror -Wno-unknown-pragmas -U_FORTIFY_SOURCE -pthread -Ibuild/emu/llmc -Illmc
 EMU_HEADERS = $(patsubst llmc/%,build/emu/llmc/%,$(CUDA_HEADERS))
 EMU_DEPS = test/cuda_host_emulation.h $(EMU_HEADERS) $(HOST_HEADERS)

@@ -9,15 +9,15 @@ where a CUDA thread would wait for others: __syncthreads waits for the block, a 
 operation (shuffle, ldmatrix, mma) for the warp, a cluster barrier for every block of the cluster.
 So a warp-collective inside `if (warp == 0)` works as on the GPU, and a barrier some threads never
 reach stops the test with a message instead of hanging, as do a warp's lanes meeting at different
-kinds of warp operation and a lane running one its mask leaves out. __shared__ is `static thread_local`: one
-copy per block, filled with 0xff bytes at the block's start (emu_shared_poison). Blocks run one
-after another, except the blocks of a cluster, which run together (one CPU thread each);
-cluster.map_shared_rank finds another block's copy of a __shared__ variable at the same offset
-from that block's thread-local storage. ldmatrix, mma.sync m16n8k16 (bf16 in, fp32 accumulate)
-and cp.async are written from the PTX ISA's definitions of their fragment layouts and address
-rules (16-byte aligned; ldmatrix's rows and cp.async's destination in the block's __shared__
-variables, its source not); a cp.async copy lands at the wait that covers it (or, in one order
-below, at once: the two ends of what the GPU allows).
+kinds of warp operation and a lane running one its mask leaves out. __shared__ is
+`static thread_local`: one copy per block, filled with 0xff bytes at the block's start
+(emu_shared_poison). Blocks run one after another, except the blocks of a cluster, which run
+together (one CPU thread each); cluster.map_shared_rank finds another block's copy of a __shared__
+variable at the same offset from that block's thread-local storage. ldmatrix, mma.sync m16n8k16
+(bf16 in, fp32 accumulate) and cp.async are written from the PTX ISA's definitions of their
+fragment layouts and address rules (16-byte aligned; ldmatrix's rows and cp.async's destination
+in the block's __shared__ variables, its source not); a cp.async copy lands at the wait that
+covers it (or, in one order below, at once: the two ends of what the GPU allows).
 llmc/cuda_common.cuh is compiled as it is (bf16, Packed128, the reductions, deterministic_sum,
 the error checks), less its CUDA headers, which come from here. Launchers run as written: the
 Makefile copies each header through test/emulate_launches.pl into build/emu/llmc/, turning

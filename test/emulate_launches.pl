@@ -7,11 +7,13 @@
 # call holds copies of the arguments, as a launch does: a stream capture keeps it for later.
 # Line breaks inside a launch stay where they were: the compiler's line numbers are the header's.
 s/([A-Za-z_]\w*(?:<[^<>;()]*>)?)<<<(.*?)>>>\((.*?)\);/emu_launch_helper($2) = [=] { $1($3); };/gs;
-# After each __shared__ declaration (one that starts a line and ends on it), a call that fills its
-# variables with 0xff bytes when the first thread of a block passes it (NaN as a float or bf16, -1 as
-# an int), as nothing on a GPU says what a block's shared memory holds at its start: a read that no
-# write of this block reached then finds that instead of what the block before it left.
+# After each __shared__ declaration, emu_shared_poison (test/cuda_host_emulation.h) for each variable
+# it declares. A declaration must start a line and end on it: any other use of __shared__ outside a
+# comment stops the copy.
 s{^([ \t]*__shared__[ \t][^;\n]*;)}{$1 . shared_poison_calls($1)}gme;
+for (split /\n/) {
+    die "emulate_launches.pl: a __shared__ declaration not on a line of its own: $_\n" if /^\s*[^\/\s].*\b__shared__\b/ && !/emu_shared_poison/;
+}
 sub shared_poison_calls {
     my $decl = shift;
     $decl =~ s/^\s*__shared__\s+//;

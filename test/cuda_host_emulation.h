@@ -233,7 +233,7 @@ inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
         live += blk.threads[t].wait != EMU_DONE;
     }
     if (waiting == 0 || waiting != live) return 0;
-    const char* op = nullptr;
+    const char* op = nullptr;  // the first waiting lane's: every other one must wait at the same kind
     for (unsigned t = lo; t < lo + n; t++)
         if (blk.threads[t].wait == EMU_WARP) {
             if (op && strcmp(op, blk.threads[t].warp_op) != 0) {
@@ -243,9 +243,8 @@ inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
                 emu_fail(what);
             }
             op = blk.threads[t].warp_op;
+            blk.threads[t].wait = EMU_RUN;
         }
-    for (unsigned t = lo; t < lo + n; t++)
-        if (blk.threads[t].wait == EMU_WARP) blk.threads[t].wait = EMU_RUN;
     return waiting;
 }
 

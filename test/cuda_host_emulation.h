@@ -87,6 +87,7 @@ struct EmuThread {
     bool started = false;
     EmuWait wait = EMU_RUN;
     const char* warp_op = nullptr;  // the warp operation it waits at (EMU_WARP)
+    unsigned warp_mask = 0;         // and that operation's mask
     std::vector<std::vector<EmuCopy>> groups;  // cp.async: committed groups in flight, oldest first
     std::vector<EmuCopy> open;                 // cp.async: not yet committed
 };
@@ -193,9 +194,11 @@ inline void emu_wait(EmuWait w) {
     emu_asan_in_fiber();
 }
 inline void __syncthreads() { emu_wait(EMU_BLOCK); }
-// `op`: which warp operation (a shuffle, ldmatrix, ...): a warp's lanes must all wait at the same kind
-inline void emu_syncwarp(const char* op) {
+// `op`: which warp operation (a shuffle, ldmatrix, ...): a warp's lanes must all wait at the same kind.
+// `mask`: the lanes it names (ldmatrix and mma are .aligned: the whole warp)
+inline void emu_syncwarp(const char* op, unsigned mask = 0xffffffffu) {
     emu_block->threads[emu_tid].warp_op = op;
+    emu_block->threads[emu_tid].warp_mask = mask;
     emu_wait(EMU_WARP);
 }
 // a warp operation's mask must name the lane that runs it (PTX ISA: undefined otherwise)
@@ -208,7 +211,7 @@ inline void emu_check_mask(unsigned mask, const char* op) {
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
     emu_check_mask(mask, "__syncwarp");
-    emu_syncwarp("__syncwarp");
+    emu_syncwarp("__syncwarp", mask);
 }
 
 inline void emu_fiber_main() {
@@ -225,7 +228,8 @@ inline void emu_fiber_main() {
 }
 
 // The warp of threads lo .. lo + n goes on when its live threads all wait at a warp operation.
-// Returns how many it released.
+// Every live lane a waiting lane's mask names must wait there with the same mask (CUDA: undefined
+// otherwise). Returns how many it released.
 inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
     unsigned waiting = 0, live = 0;
     for (unsigned t = lo; t < lo + n; t++) {
@@ -234,6 +238,8 @@ inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
     }
     if (waiting == 0 || waiting != live) return 0;
     const char* op = nullptr;  // the first waiting lane's: every other one must wait at the same kind
+    unsigned mask = 0;
+    bool one_mask = true;
     for (unsigned t = lo; t < lo + n; t++)
         if (blk.threads[t].wait == EMU_WARP) {
             if (op && strcmp(op, blk.threads[t].warp_op) != 0) {
@@ -242,9 +248,22 @@ inline unsigned emu_release_warp(EmuBlock& blk, unsigned lo, unsigned n) {
                          blk.threads[t].warp_op, op);
                 emu_fail(what);
             }
+            one_mask = one_mask && (!op || blk.threads[t].warp_mask == mask);
             op = blk.threads[t].warp_op;
-            blk.threads[t].wait = EMU_RUN;
+            mask = blk.threads[t].warp_mask;
         }
+    for (unsigned t = lo; !one_mask && t < lo + n; t++)  // lanes in groups of their own: each group one mask
+        for (unsigned u = lo; u < lo + n; u++) {
+            const EmuThread &a = blk.threads[t], &b = blk.threads[u];
+            if (a.wait == EMU_WARP && b.wait == EMU_WARP && ((a.warp_mask >> (u % 32)) & 1) && b.warp_mask != a.warp_mask) {
+                char what[160];
+                snprintf(what, sizeof what, "%s: lane %u's mask 0x%08x names lane %u, which runs it with the mask 0x%08x", op, t % 32,
+                         a.warp_mask, u % 32, b.warp_mask);
+                emu_fail(what);
+            }
+        }
+    for (unsigned t = lo; t < lo + n; t++)
+        if (blk.threads[t].wait == EMU_WARP) blk.threads[t].wait = EMU_RUN;
     return waiting;
 }
 
@@ -502,8 +521,8 @@ cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(
 // ----------------------------------------------------------------------------
 // warp shuffles: every lane posts its value, the warp waits, each reads its source lane's. The
 // running lane must be in the mask (PTX ISA: undefined otherwise). A lane of the warp that has
-// returned, or that the block does not have, posts nothing: reading it gives the undefined value
-// as 0xff bytes (NaN, -1), and its ballot bit is 0.
+// returned, or that the block does not have, posts nothing: reading it, or a lane the reader's
+// mask leaves out, gives the undefined value as 0xff bytes (NaN, -1), and its ballot bit is 0.
 
 inline thread_local uint64_t emu_shfl_buf[1024];
 inline bool emu_lane_live(unsigned lane) {  // in the running warp
@@ -515,11 +534,11 @@ T emu_shfl(unsigned mask, T v, int src_lane) {
     static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value, "a shuffle moves one register or a pair");
     emu_check_mask(mask, "a warp shuffle");
     memcpy(&emu_shfl_buf[emu_tid], &v, sizeof(T));
-    emu_syncwarp("a shuffle");
+    emu_syncwarp("a shuffle", mask);
     T r;
-    if (emu_lane_live(src_lane)) memcpy(&r, &emu_shfl_buf[emu_tid / 32 * 32 + src_lane], sizeof(T));
+    if (emu_lane_live(src_lane) && ((mask >> src_lane) & 1)) memcpy(&r, &emu_shfl_buf[emu_tid / 32 * 32 + src_lane], sizeof(T));
     else memset(&r, 0xff, sizeof(T));
-    emu_syncwarp("a shuffle");  // nobody posts the next value before every lane has read this one
+    emu_syncwarp("a shuffle", mask);  // nobody posts the next value before every lane has read this one
     return r;
 }
 template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask) { return emu_shfl(mask, v, (int)(emu_tid % 32) ^ lane_mask); }
@@ -539,10 +558,10 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
     const unsigned lane = emu_tid % 32;
     unsigned mine = pred ? 1u << lane : 0u, all = 0;
     emu_shfl_buf[emu_tid] = mine;
-    emu_syncwarp("__ballot_sync");
+    emu_syncwarp("__ballot_sync", mask);
     for (unsigned i = 0; i < 32; i++)
         if (emu_lane_live(i)) all |= (unsigned)emu_shfl_buf[emu_tid / 32 * 32 + i];
-    emu_syncwarp("__ballot_sync");
+    emu_syncwarp("__ballot_sync", mask);
     return all & mask;
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }

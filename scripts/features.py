@@ -28,7 +28,6 @@ numpy, as report.py does (Debian's /usr/bin/python3 has both). A bad RUN ends wi
 out: anything that needs the model (the dump holds every number shown), and authentication: it
 binds to 127.0.0.1 unless --host says otherwise.
 """
-import argparse
 import html
 import http.server
 import math
@@ -38,7 +37,7 @@ import sys
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import CSS, Dump, ablation_table, die, example_tables, fmt, hist_plot, logit_tables  # noqa: E402
+from report import CSS, ArgParser, Dump, ablation_table, die, example_tables, fmt, hist_plot, logit_tables  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE_SIZE, DEAD_PAGE_SIZE = 100, 500
@@ -245,7 +244,7 @@ def make_handler(dump):
 # ----------------------------------------------------------------------------
 
 def main():
-    ap = argparse.ArgumentParser(description="Any SAE feature of a --dump-features folder on demand: a local server, or one page as a file")
+    ap = ArgParser(description="Any SAE feature of a --dump-features folder on demand: a local server, or one page as a file")
     sub = ap.add_subparsers(dest="cmd", required=True)
     tok_help = "folder with GPT-2's encoder.json (or the file) [this repo's data/gpt2]"
     s = sub.add_parser("serve", help="serve the index and a page per feature")

@@ -19,7 +19,6 @@ Needs Python 3 and numpy, as report.py does (Debian's /usr/bin/python3 has both)
 nothing written. Left out: training curves and features (report.py's page per run), and
 anything interactive.
 """
-import argparse
 import html
 import json
 import math
@@ -35,7 +34,7 @@ def die(msg):
 
 # report.py's CSS, colours and number helpers, so the two pages look alike
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import COLORS, CSS, fmt, nice_ticks  # noqa: E402
+from report import COLORS, CSS, ArgParser, fmt, nice_ticks  # noqa: E402
 
 # more series than report.py's six colours: then four more, then the same ones dashed
 PALETTE = COLORS + ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -295,7 +294,7 @@ def page(runs, saes):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Pareto page of an SAE sweep: L0 and alive features against CE increase")
+    ap = ArgParser(description="Pareto page of an SAE sweep: L0 and alive features against CE increase")
     ap.add_argument("runs", nargs="+", metavar="RUN", help="a sweep folder (sweep.json) or a run folder (cfg.json, log.jsonl)")
     ap.add_argument("--out", help="HTML file to write [RUN/pareto.html for a single sweep folder]")
     args = ap.parse_args()

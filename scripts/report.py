@@ -39,6 +39,14 @@ def die(msg):
     sys.exit(1)
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors end like every other bad input: one "error:" line, exit 1
+    (argparse's own are a usage block and exit 2). features.py and pareto.py use it too."""
+
+    def error(self, message):
+        die(f"{self.prog}: {message}")
+
+
 # ----------------------------------------------------------------------------
 # inputs
 
@@ -48,18 +56,23 @@ def read_log(path):
     if not os.path.isfile(path):
         die(f"--log '{path}' not found")
     train, evals = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                die(f"--log '{path}' line {lineno} is not JSON: {e.msg}")
-            if not isinstance(obj, dict) or not isinstance(obj.get("step"), (int, float)):
-                die(f"--log '{path}' line {lineno} has no numeric 'step'")
-            (evals if obj.get("eval") else train)[int(obj["step"])] = obj
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        die(f"--log '{path}' is not a text file (not UTF-8): not the trainer's log.jsonl?")
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            die(f"--log '{path}' line {lineno} is not JSON: {e.msg}")
+        # a finite step: int() of NaN or infinity would raise
+        if not isinstance(obj, dict) or not isinstance(obj.get("step"), (int, float)) or not math.isfinite(obj["step"]):
+            die(f"--log '{path}' line {lineno} has no numeric 'step'")
+        (evals if obj.get("eval") else train)[int(obj["step"])] = obj
     if not train and not evals:
         die(f"--log '{path}' has no lines")
     return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
@@ -113,13 +126,19 @@ def read_features(folder):
     try:
         with open(jpath, encoding="utf-8") as f:
             meta = json.load(f)
+    except UnicodeDecodeError:
+        die(f"'{jpath}' is not JSON: not UTF-8 text")
     except json.JSONDecodeError as e:
         die(f"'{jpath}' is not JSON: {e.msg}")
+    if not isinstance(meta, dict):
+        die(f"'{jpath}' is not a JSON object")
     for key in ("val_shards", "seq_len"):
         if key not in meta:
             die(f"'{jpath}' lacks '{key}'")
-    if not isinstance(meta["val_shards"], list) or not meta["val_shards"]:
+    if not isinstance(meta["val_shards"], list) or not meta["val_shards"] or not all(isinstance(p, str) for p in meta["val_shards"]):
         die(f"'{jpath}': 'val_shards' must be a non-empty list of paths")
+    if not isinstance(meta.get("cwd", ""), str):
+        die(f"'{jpath}': 'cwd' must be a path")
     spath = os.path.join(folder, "features.safetensors")
     t, _ = read_safetensors(spath)
     for key in ("frequency", "top_values", "top_pos"):
@@ -128,6 +147,9 @@ def read_features(folder):
     freq, vals, pos = t["frequency"].astype(np.float64), t["top_values"], t["top_pos"].astype(np.int64)
     if freq.ndim != 1 or vals.ndim != 2 or vals.shape != pos.shape or vals.shape[0] != freq.shape[0]:
         die(f"'{spath}': expected frequency (D), top_values (D,K), top_pos (D,K); got {freq.shape}, {vals.shape}, {pos.shape}")
+    # frequency is fire_count / tokens: a NaN or a value outside [0, 1] would break the plots' arithmetic
+    if not np.all((freq >= 0) & (freq <= 1)):
+        die(f"'{spath}': 'frequency' must hold fractions in [0, 1], found {freq[~((freq >= 0) & (freq <= 1))][0]}")
     fires = t["fire_count"].astype(np.int64) if "fire_count" in t else None
     return meta, freq, vals, pos, fires
 
@@ -153,10 +175,14 @@ def read_tokenizer(path):
     try:
         with open(epath, encoding="utf-8") as f:
             encoder = json.load(f)
+    except UnicodeDecodeError:
+        die(f"--tokenizer: '{epath}' is not JSON: not UTF-8 text")
     except json.JSONDecodeError as e:
         die(f"--tokenizer: '{epath}' is not JSON: {e.msg}")
-    if not isinstance(encoder, dict) or not encoder:
-        die(f"--tokenizer: '{epath}' is not a GPT-2 encoder.json (a map from token to id)")
+    # ids beyond the shards' uint16 could not be looked up anyway, and would size the table
+    if (not isinstance(encoder, dict) or not encoder
+            or not all(type(i) is int and 0 <= i < 65536 for i in encoder.values())):
+        die(f"--tokenizer: '{epath}' is not a GPT-2 encoder.json (a map from token to an id in 0..65535)")
     byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
     table = [None] * (max(encoder.values()) + 1)
     for tok, i in encoder.items():
@@ -705,7 +731,7 @@ code.tokname { white-space: pre; background: #f2f2f2; border-radius: 2px; paddin
 
 
 def main():
-    ap = argparse.ArgumentParser(description="HTML report of an SAE run: training curves, eval, feature frequencies, feature cards")
+    ap = ArgParser(description="HTML report of an SAE run: training curves, eval, feature frequencies, feature cards")
     ap.add_argument("--log", required=True, help="the run's log.jsonl")
     ap.add_argument("--features", required=True, help="the --dump-features folder (features.safetensors, features.json)")
     ap.add_argument("--tokenizer", required=True, help="folder with GPT-2's encoder.json (or the file)")

@@ -390,6 +390,45 @@ class CliTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("tensor 'hist_counts' has shape [5, 10], expected [5, 58]", r.stderr)
 
+    def expect_error(self, args, fragment):
+        r = self.run_script(*args)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith("error: ") and fragment in lines[0], lines[0])
+
+    def test_wrong_files(self):
+        # features.json or the tokenizer replaced by a binary file, a model's config.json as the tokenizer
+        out = os.path.join(Fixture.tmp, "wrong.html")
+        binary = os.path.join(Fixture.tmp, "model.safetensors")
+        with open(binary, "wb") as f:
+            f.write(struct.pack("<Q", 200) + b'{"wte": {"dtype": "F32"}}' + bytes(range(128, 256)))
+        config = os.path.join(Fixture.tmp, "config.json")
+        with open(config, "w") as f:
+            json.dump({"n_layer": 4, "n_head": 4, "model_type": "gpt2"}, f)
+        self.expect_error(("page", Fixture.run, "1", "--out", out, "--tokenizer", binary), f"--tokenizer: '{binary}' is not JSON")
+        self.expect_error(("page", Fixture.run, "1", "--out", out, "--tokenizer", config),
+                          f"--tokenizer: '{config}' is not a GPT-2 encoder.json")
+        d = os.path.join(Fixture.tmp, "binary_json")
+        write_dump(d, Fixture.shard)
+        shutil.copy(binary, os.path.join(d, "features.json"))
+        self.expect_error(("page", d, "1", "--out", out, "--tokenizer", Fixture.tok), f"'{d}/features.json' is not JSON")
+        self.assertFalse(os.path.exists(out))
+
+    def test_bad_arguments(self):
+        # argparse's errors too are one line and exit 1; --help still prints the usage and exits 0
+        out = os.path.join(Fixture.tmp, "args.html")
+        self.expect_error((), "features.py: the following arguments are required: cmd")
+        self.expect_error(("frob",), "features.py: argument cmd: invalid choice: 'frob'")
+        self.expect_error(("page", Fixture.run, "1"), "features.py page: the following arguments are required: --out")
+        self.expect_error(("serve", Fixture.run, "--port", "x"), "features.py serve: argument --port: invalid int value: 'x'")
+        self.expect_error(("page", Fixture.run, "1", "--out", out, "--bogus"), "features.py: unrecognized arguments: --bogus")
+        self.assertFalse(os.path.exists(out))
+        for args in (("--help",), ("page", "--help")):
+            r = self.run_script(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("usage: features.py", r.stdout)
+
 
 def serve(run, *args):
     """features.py serve RUN on a free port (--port 0: it prints the URL it took) -> (process, url)"""

@@ -278,6 +278,15 @@ class ParetoTest(unittest.TestCase):
         self.expect_error([self.sweep, os.path.join(self.sweep, "e2e_L2_lam5")], "--out FILE is required", None)
         self.expect_error([self.sweep], "not found", os.path.join(self.tmp, "no_such_dir", "p.html"))
 
+    def test_bad_arguments(self):
+        # argparse's errors too are one line and exit 1; --help still prints the usage and exits 0
+        self.expect_error([], "pareto.py: the following arguments are required: RUN", None)
+        out = os.path.join(self.tmp, "args.html")
+        self.expect_error([self.sweep, "--bogus"], "pareto.py: unrecognized arguments: --bogus", out)
+        r = run_pareto(["--help"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("usage: pareto.py", r.stdout)
+
     @unittest.skipUnless(os.access(TRAINER, os.X_OK), "./train_gpt2_sae_cpu not built (make train_gpt2_sae_cpu)")
     def test_real_runs(self):
         # two runs of one update each on the demo model (a few seconds): the page shows what their logs say

@@ -124,11 +124,11 @@ class ReportTest(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     @classmethod
-    def write_features(cls, folder, shards, top_pos=TOP_POS, cwd=None):
+    def write_features(cls, folder, shards, top_pos=TOP_POS, cwd=None, freq=None):
         os.makedirs(folder, exist_ok=True)
         n = len(ROWS) * T
         fires = np.array(FIRE_COUNT, dtype=np.int64)
-        freq = (fires / n).astype(np.float32)
+        freq = (fires / n).astype(np.float32) if freq is None else np.array(freq, dtype=np.float32)
         write_safetensors(os.path.join(folder, "features.safetensors"),
                           [("frequency", freq), ("log10_frequency", np.log10(freq.astype(np.float64) + 1e-10).astype(np.float32)),
                            ("top_values", np.array(TOP_VALUES, dtype=np.float32)), ("top_pos", np.array(top_pos, dtype=np.int64)),
@@ -269,6 +269,40 @@ class ReportTest(unittest.TestCase):
             f.write(raw[:-8])
         self.expect_error(self.run_report(out, features=d), "truncated")
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "bad.html")))
+
+    def test_wrong_files(self):
+        # a binary file (the start of a safetensors file) given as the log, features.json or the tokenizer;
+        # a JSON file that is not an encoder (a model's config.json); a NaN frequency: each named in one line
+        out = ["--out", os.path.join(self.tmp, "wrong.html")]
+        binary = os.path.join(self.tmp, "model.safetensors")
+        with open(binary, "wb") as f:
+            f.write(struct.pack("<Q", 200) + b'{"wte": {"dtype": "F32"}}' + bytes(range(128, 256)))
+        self.expect_error(self.run_report(out, log=binary), f"--log '{binary}' is not a text file")
+        self.expect_error(self.run_report(out, tokenizer=binary), f"--tokenizer: '{binary}' is not JSON")
+        config = os.path.join(self.tmp, "config.json")
+        with open(config, "w") as f:
+            json.dump({"n_layer": 4, "n_head": 4, "model_type": "gpt2"}, f)
+        self.expect_error(self.run_report(out, tokenizer=config), f"--tokenizer: '{config}' is not a GPT-2 encoder.json")
+        d = os.path.join(self.tmp, "dump_binary_json")
+        self.write_features(d, [self.shard])
+        shutil.copy(binary, os.path.join(d, "features.json"))
+        self.expect_error(self.run_report(out, features=d), f"'{d}/features.json' is not JSON")
+        d = os.path.join(self.tmp, "dump_nan")
+        self.write_features(d, [self.shard], freq=[0, 0.5, float("nan"), 0.15625])
+        self.expect_error(self.run_report(out, features=d), "features.safetensors': 'frequency' must hold fractions in [0, 1], found nan")
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "wrong.html")))
+
+    def test_bad_arguments(self):
+        # argparse's errors too are one line and exit 1; --help still prints the usage and exits 0
+        out = ["--out", os.path.join(self.tmp, "args.html")]
+        self.expect_error(self.run_report(out + ["--context", "1.5"]), "report.py: argument --context: invalid int value: '1.5'")
+        self.expect_error(self.run_report(out + ["--bogus"]), "report.py: unrecognized arguments: --bogus")
+        self.expect_error(subprocess.run([sys.executable, REPORT, "--log", self.log], capture_output=True, text=True),
+                          "the following arguments are required: --features, --tokenizer")
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "args.html")))
+        r = subprocess.run([sys.executable, REPORT, "--help"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("usage: report.py", r.stdout)
 
     @unittest.skipUnless(shutil.which("chromium"), "chromium not installed (apt-get install chromium): no screenshot check")
     def test_screenshot(self):

@@ -328,17 +328,20 @@ TEST_CASE("prepare_text reproduces the bundled demo model's tinyshakespeare shar
     REQUIRE(header[2] == 33802);  // floor(0.1 * 338029)
 }
 
+// ./prepare_text -o PREFIX ARGS -> (exit code, what it printed on stderr)
+static std::pair<int, std::string> run_prepare_text(const std::string& prefix, const std::string& args) {
+    std::string err = tmp().file("prepare_err.txt");
+    int rc = std::system(("./prepare_text -o " + prefix + " --encoder " + ENCODER + " --vocab " + VOCAB + " " + args +
+                          " > /dev/null 2> " + err).c_str());
+    std::ifstream f(err);
+    std::string msg((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return std::make_pair(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, msg);
+}
+
 TEST_CASE("prepare_text: bad input gives one line and exit 1, and writes nothing") {
     REQUIRE(access("./prepare_text", X_OK) == 0);
     std::string prefix = tmp().file("bad/out");
-    auto run = [&](const std::string& args) {
-        std::string err = tmp().file("prepare_err.txt");
-        int rc = std::system(("./prepare_text -o " + prefix + " --encoder " + ENCODER + " --vocab " + VOCAB + " " + args +
-                              " > /dev/null 2> " + err).c_str());
-        std::ifstream f(err);
-        std::string msg((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-        return std::make_pair(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, msg);
-    };
+    auto run = [&](const std::string& args) { return run_prepare_text(prefix, args); };
     std::string missing = tmp().file("no_such_text.txt");
     auto [rc1, msg1] = run(missing);
     INFO(msg1);
@@ -370,6 +373,31 @@ TEST_CASE("prepare_text: bad input gives one line and exit 1, and writes nothing
     REQUIRE(msg5.find("could not read '" + folder + "'") != std::string::npos);
 
     REQUIRE(!std::filesystem::exists(tmp().file("bad")));
+}
+
+TEST_CASE("prepare_text: a shard path taken by a folder, or a split leaving a shard of under 2 tokens, leaves nothing") {
+    REQUIRE(access("./prepare_text", X_OK) == 0);
+    std::string in = tmp().file("split_in.txt");
+    write_file(in, "one\n\ntwo\n\n\n\nthree\n");  // 10 tokens
+    // PREFIX_train.bin is a folder: it used to write PREFIX_val.bin and leave PREFIX_train.bin.tmp
+    std::string taken = tmp().file("taken");
+    std::filesystem::create_directories(taken + "/out_train.bin");
+    auto [rc1, msg1] = run_prepare_text(taken + "/out", "--val-fraction 0.5 " + in);
+    INFO(msg1);
+    REQUIRE(rc1 == 1);
+    REQUIRE(msg1.find("'" + taken + "/out_train.bin' is a folder") != std::string::npos);
+    std::vector<std::string> left;
+    for (const auto& e : std::filesystem::directory_iterator(taken)) left.push_back(e.path().filename().string());
+    REQUIRE(left == std::vector<std::string>{"out_train.bin"});
+    // 0.95 of 10 tokens leaves 1 for train; 0.1 gives a val shard of 1; 0.8 gives 8 and 2: fine
+    for (const char* f : {"0.95", "0.1"}) {
+        auto [rc, msg] = run_prepare_text(tmp().file("split/out"), std::string("--val-fraction ") + f + " " + in);
+        INFO(msg);
+        REQUIRE(rc == 1);
+        REQUIRE(msg.find("--val-fraction " + std::string(f) + " of 10 tokens") != std::string::npos);
+        REQUIRE(!std::filesystem::exists(tmp().file("split")));
+    }
+    REQUIRE(run_prepare_text(tmp().file("split/out"), "--val-fraction 0.8 " + in).first == 0);
 }
 
 TEST_CASE("long words: equal to the Python reference, and near-linear time") {

@@ -14,7 +14,10 @@ dropped. The documents of all files, in order, form one token stream whose first
 floor(val_fraction * n) tokens go to PREFIX_val.bin and the rest to PREFIX_train.bin; the cut
 is at a token, not at a document boundary.
 
-Files are written to PATH.tmp and renamed, so an interrupted run leaves no half-written shard.
+Both shards are written to PATH.tmp and renamed only once both are written; a run that fails
+removes what it wrote, so it leaves neither a .tmp nor one shard of the pair. Each shard it
+writes holds at least 2 tokens (a token and the next): a --val-fraction that leaves fewer is
+refused.
 Left out: sharding big corpora into many files (see dev/data/openwebtext.py for that).
 */
 #include "../../llmc/tokenizer.h"
@@ -31,7 +34,15 @@ static void usage() {
     printf("  --vocab PATH            GPT-2 vocab.bpe [data/gpt2/vocab.bpe]\n");
 }
 
-// One llm.c shard: header [20240520, 1, n, 0 ...] (256 int32) then n uint16 tokens.
+// what this run has written and not yet finished: removed when it dies (die() exits, which runs
+// atexit's handlers), so a failed run leaves nothing behind
+static std::vector<std::string> partial;
+static void remove_partial() {
+    for (const std::string& p : partial) remove(p.c_str());
+}
+
+// One llm.c shard: header [20240520, 1, n, 0 ...] (256 int32) then n uint16 tokens, at PATH.tmp
+// (main renames it once both shards are written).
 static void write_shard(const std::string& path, const int* tokens, size_t n) {
     if (n > 0x7FFFFFFF) die("'%s': %zu tokens do not fit one shard's int32 count; split the input", path.c_str(), n);
     int32_t header[256] = {0};
@@ -41,11 +52,11 @@ static void write_shard(const std::string& path, const int* tokens, size_t n) {
     std::vector<uint16_t> buf(n);
     for (size_t i = 0; i < n; i++) buf[i] = (uint16_t)tokens[i];  // < 50257 < 65536, checked by the tokenizer
     std::string tmp = path + ".tmp";
+    partial.push_back(tmp);
     FILE* fp = fopenCheck(tmp.c_str(), "wb");
     fwriteCheck(header, sizeof(int32_t), 256, fp, tmp.c_str());
     fwriteCheck(buf.data(), sizeof(uint16_t), n, fp, tmp.c_str());
     fclose_check(fp, tmp.c_str());
-    rename_check(tmp, path);
 }
 
 int main(int argc, char** argv) {
@@ -96,12 +107,28 @@ int main(int argc, char** argv) {
 
     size_t n_val = (size_t)std::floor(val_fraction * (double)tokens.size());
     size_t n_train = tokens.size() - n_val;
-    if (n_train == 0) die("no tokens left for training: the inputs are empty");
+    if (tokens.empty()) die("no tokens: the inputs are empty");
+    // a shard of one token has no next token to predict; the trainer needs B*T of them (and +1 for the targets)
+    if (n_train < 2 || n_val == 1)
+        die("--val-fraction %g of %zu tokens leaves %zu for val and %zu for train: a shard needs at least 2 tokens", val_fraction,
+            tokens.size(), n_val, n_train);
+    std::string val_path = prefix + "_val.bin", train_path = prefix + "_train.bin";
+    for (const std::string& p : {val_path, train_path, val_path + ".tmp", train_path + ".tmp"})
+        if (dir_exists(p)) die("'%s' is a folder, where -o %s puts a shard: pick another PREFIX", p.c_str(), prefix.c_str());
     size_t slash = prefix.rfind('/');
     if (slash != std::string::npos && slash > 0) make_dir(prefix.substr(0, slash));
-    std::string val_path = prefix + "_val.bin", train_path = prefix + "_train.bin";
+    atexit(remove_partial);
     if (n_val > 0) write_shard(val_path, tokens.data(), n_val);
     write_shard(train_path, tokens.data() + n_val, n_train);
+    // both written: rename them; a renamed one is this run's too until the other is in place
+    partial = {train_path + ".tmp"};
+    if (n_val > 0) {
+        partial.push_back(val_path + ".tmp");
+        rename_check(val_path + ".tmp", val_path);
+        partial.back() = val_path;
+    }
+    rename_check(train_path + ".tmp", train_path);
+    partial.clear();
     if (n_val > 0) printf("wrote %s (%zu tokens)\n", val_path.c_str(), n_val);
     else printf("no val shard: --val-fraction %g of %zu tokens is 0 tokens\n", val_fraction, tokens.size());
     printf("wrote %s (%zu tokens)\n", train_path.c_str(), n_train);

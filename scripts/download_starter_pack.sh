@@ -16,7 +16,8 @@
 #   bash scripts/download_starter_pack.sh
 #
 # Every file is downloaded to FILE.part, checked, then renamed; a failed or interrupted download
-# leaves no partial file, and files already there with the right checksum are not fetched again.
+# leaves no partial file, nor a folder it made and left empty, and files already there with the
+# right checksum are not fetched again. The settings below are checked before any download.
 # Checks: sha256 pinned here for the tokenizer files and for GPT-2 (at a pinned revision of the
 # model repo, so the checksums cannot drift); the parquet file can't be pinned (the dataset has
 # no release), so it is checked against the sha256 and size Hugging Face publishes for it
@@ -56,9 +57,17 @@ die() {
 }
 
 # The .part file being written, or the conversion folder: removed however the script ends
-# (errors, Ctrl-C, kill), so nothing half-written is ever left in data/.
+# (errors, Ctrl-C, kill), so nothing half-written is ever left in data/. On failure, so are the
+# folders this run made and left empty (NEW_DIRS, deepest first; rmdir never removes content).
 PARTIAL=""
-cleanup() { if [ -n "$PARTIAL" ]; then rm -rf "$PARTIAL"; fi; }
+NEW_DIRS=()
+cleanup() {
+    local rc=$?
+    if [ -n "$PARTIAL" ]; then rm -rf "$PARTIAL"; fi
+    if [ "$rc" != 0 ]; then
+        for d in ${NEW_DIRS[@]+"${NEW_DIRS[@]}"}; do rmdir "$d" 2>/dev/null || true; done
+    fi
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -115,15 +124,29 @@ hf_lfs_meta() {  # url -> "sha256 size", or nothing
 }
 
 # ----------------------------------------------------------------------------
-# check the tools first, so nothing fails after a long download
+# check the tools and every setting first, so nothing fails after a long download
 
 command -v curl >/dev/null || die "curl not found (apt-get install curl)"
 command -v sha256sum >/dev/null || die "sha256sum not found (apt-get install coreutils)"
-[[ "$OWT_FILES" =~ ^[0-9]+$ ]] && [ "$OWT_FILES" -le 73 ] || die "OWT_FILES=$OWT_FILES: expected 0..73"
+[[ "$OWT_FILES" =~ ^(0|[1-9][0-9]?)$ ]] && [ "$OWT_FILES" -le 73 ] || die "OWT_FILES=$OWT_FILES: expected 0..73"
+# dev/data/openwebtext.py's range: a shard's token count is an int32
+[[ "$OWT_SHARD_TOKENS" =~ ^[1-9][0-9]{0,9}$ ]] && [ "$OWT_SHARD_TOKENS" -le 2147483647 ] ||
+    die "OWT_SHARD_TOKENS=$OWT_SHARD_TOKENS: expected a whole number of tokens in 1..2147483647"
+[ ! -e "$DATA_DIR" ] || [ -d "$DATA_DIR" ] || die "DATA_DIR=$DATA_DIR is not a folder"
+for url in "$HF_ENDPOINT" "$GPT2_TOKENIZER_URL"; do
+    [[ "$url" =~ ^[A-Za-z][A-Za-z0-9+.-]*:// ]] || die "'$url' (HF_ENDPOINT or GPT2_TOKENIZER_URL) is not a URL: expected scheme://..."
+done
 if [ "$OWT_FILES" -gt 0 ]; then
     "$PYTHON" -c "import numpy, pyarrow" 2>/dev/null ||
         die "the OpenWebText sample needs $PYTHON with numpy and pyarrow: pip install numpy pyarrow, set PYTHON=..., or OWT_FILES=0 to skip it"
 fi
+
+# the folders this run may make that are not there yet, deepest first: removed on failure if left empty
+for d in "$DATA_DIR/openwebtext/parquet" "$DATA_DIR/openwebtext" "$DATA_DIR/gpt2-small" "$DATA_DIR/gpt2"; do
+    [ -e "$d" ] || NEW_DIRS+=("$d")
+done
+d=$DATA_DIR
+while [ ! -e "$d" ]; do NEW_DIRS+=("$d"); d=$(dirname "$d"); done
 
 # a run killed outright (kill -9, power loss) can't clean up: remove what it may have left
 for f in gpt2/encoder.json gpt2/vocab.bpe gpt2-small/config.json gpt2-small/model.safetensors; do

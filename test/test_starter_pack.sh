@@ -2,8 +2,10 @@
 # Offline tests of scripts/download_starter_pack.sh: no network is used. Endpoints point at a
 # closed local port (127.0.0.1:9) or at file:// folders made here, and a dead proxy is set so that
 # even the default URLs cannot reach anything. Checks exit codes, the one-line messages, that no
-# partial file is left (also after a kill mid-download), that files with the right sha256 are
-# kept, and that a wrong sha256 is rejected. Run from the repo root:
+# partial file is left (also after a kill mid-download), nor a folder the run made and left
+# empty (while folders that were there stay), that files with the right sha256 are kept, that a
+# wrong sha256 is rejected, and that bad settings are refused before any download. Run from the
+# repo root:
 #
 #   bash test/test_starter_pack.sh        (ends with a Catch2-style summary line)
 set -u
@@ -37,6 +39,7 @@ check "offline: exit code 1" [ "$rc" = 1 ]
 check "offline: message names the URL" has "error: download failed: $DEAD/gpt-2/encoder.json"
 check "offline: says to check the network" has "Are you online?"
 check "offline: no file left" no_files "$D"
+check "offline: no folder left" [ ! -e "$D" ]
 
 # 2. the default URLs behind a dead proxy
 D=$T/d2
@@ -64,6 +67,7 @@ check "partial success: tokenizer files verified and kept" \
     bash -c "cmp -s '$D/gpt2/encoder.json' '$TOK_SRC/encoder.json' && cmp -s '$D/gpt2/vocab.bpe' '$TOK_SRC/vocab.bpe'"
 check "partial success: no .part left (stale one removed)" no_parts "$D"
 check "partial success: no model file" bash -c "[ ! -e '$D/gpt2-small/model.safetensors' ] && [ ! -e '$D/gpt2-small/config.json' ]"
+check "partial success: the folder that was there stays, emptied of its stale .part" [ -d "$D/gpt2-small" ]
 
 # 5. run again: verified files are not fetched again (the tokenizer URL is now dead too)
 run DATA_DIR="$D" HF_ENDPOINT=$DEAD GPT2_TOKENIZER_URL=$DEAD/gpt-2 PYTHON=true
@@ -94,6 +98,23 @@ wait "$pid"; rc=$?
 check "killed: the download had started" [ "$saw_part" = yes ]
 check "killed: exit non-zero" [ "$rc" != 0 ]
 check "killed: no file left" no_files "$D"
+
+# 8. bad settings are refused before any download (the tokenizer is served, so a download would work),
+# with nothing written; a failed run removes the folders it made, and only those
+for setting in OWT_SHARD_TOKENS=abc OWT_SHARD_TOKENS=0 OWT_SHARD_TOKENS=2147483648 OWT_FILES=74 HF_ENDPOINT=127.0.0.1:9; do
+    D=$T/d8
+    run DATA_DIR="$D" HF_ENDPOINT=$DEAD GPT2_TOKENIZER_URL=file://$(realpath "$TOK_SRC") PYTHON=true "$setting"
+    check "$setting: exit 1 before downloading" bash -c "[ $rc = 1 ] && [ \$(wc -l <'$T/out') = 1 ] && grep -q '^error: .*${setting%%=*}' '$T/out'"
+    check "$setting: nothing written" [ ! -e "$D" ]
+done
+mkdir -p "$T/d8/mine"
+echo keep >"$T/d8/mine/file"
+run DATA_DIR="$T/d8" HF_ENDPOINT=$DEAD GPT2_TOKENIZER_URL=$DEAD/gpt-2 PYTHON=true
+check "failed run: its empty folders removed, what was there kept" \
+    bash -c "[ $rc = 1 ] && [ \"\$(cd '$T/d8' && find . | sort | tr '\n' ' ')\" = '. ./mine ./mine/file ' ]"
+echo notadir >"$T/d9"
+run DATA_DIR="$T/d9" HF_ENDPOINT=$DEAD GPT2_TOKENIZER_URL=$DEAD/gpt-2 PYTHON=true
+check "DATA_DIR a file: refused" bash -c "[ $rc = 1 ] && grep -qF 'error: DATA_DIR=$T/d9 is not a folder' '$T/out'"
 
 if [ "$failures" = 0 ]; then
     echo "All tests passed ($cases assertions in $cases test cases)"

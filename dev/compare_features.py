@@ -19,25 +19,21 @@ Prints one "measured" line per tensor group and exits 1 when a bound fails:
   contexts    context_first identical; where the example's position agrees in both: NaN at the
               same places, values within one F16 rounding (2^-10 relative) plus tol of the scale
   ablation    the same features; effects within 1e-5 absolute plus 1%
-The new tensors are skipped, saying so, when either dump predates them. Needs numpy only.
+The new tensors are skipped, saying so, when either dump predates them. Needs numpy only
+(Debian's /usr/bin/python3 has it). A bad input ends with one "error:" line and exit code 1.
 """
-import argparse
-import json
-import struct
+import math
+import os
 import sys
 
 import numpy as np
 
-DT = {"F32": np.float32, "I64": np.int64, "I32": np.int32, "F16": np.float16}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from report import ArgParser, die, read_safetensors  # noqa: E402  (the repo's numpy safetensors reader)
 
 
 def read(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], dtype=DT[v["dtype"]]).reshape(v["shape"])
-            for k, v in header.items() if k != "__metadata__"}
+    return read_safetensors(path)[0]
 
 
 def rel_err(a, b):
@@ -46,12 +42,22 @@ def rel_err(a, b):
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = ArgParser()
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--tol", type=float, default=1e-4)
     args = p.parse_args()
+    if not 0 <= args.tol < math.inf:  # NaN fails this too
+        die(f"--tol must be a finite number >= 0, got {args.tol}")
+    for dump in (args.a, args.b):
+        if not os.path.isdir(dump):
+            die(f"'{dump}' is not a folder (a --dump-features folder: features.safetensors)")
     a, b = read(args.a + "/features.safetensors"), read(args.b + "/features.safetensors")
+    for k in sorted(set(a) | set(b)):  # the comparisons below index and compare them slot by slot
+        if k in ("top_values", "top_pos") and (k not in a or k not in b):
+            die(f"tensor '{k}' is missing from one of the two features.safetensors")
+        if k in a and k in b and a[k].shape != b[k].shape:
+            die(f"tensor '{k}' has shape {list(a[k].shape)} in '{args.a}' and {list(b[k].shape)} in '{args.b}'")
     tol, ok = args.tol, True
 
     def verdict(name, good, line):
@@ -114,11 +120,11 @@ def main():
     # the ablation effects (ablation.safetensors, when both dumps have one): the same features, and
     # effects within 1e-5 absolute plus 1% (each is a difference of two KL or CE means that carry the
     # two trainers' ~1e-6 relative difference, and the GPU's per-batch sums are fp32)
-    try:
-        xa, xb = read(args.a + "/ablation.safetensors"), read(args.b + "/ablation.safetensors")
-    except FileNotFoundError:
+    pa, pb = args.a + "/ablation.safetensors", args.b + "/ablation.safetensors"
+    if not (os.path.isfile(pa) and os.path.isfile(pb)):
         print(f"measured {'ablation':<10} skipped: a dump without ablation.safetensors")
     else:
+        xa, xb = read(pa), read(pb)
         same = xa["features"].shape == xb["features"].shape and bool((xa["features"] == xb["features"]).all())
         worst = 0.0
         if same:

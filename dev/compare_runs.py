@@ -13,30 +13,43 @@ sqrt(v), so an element whose gradient is ~0 on one side and a rounding-level ~1e
 still moves by ~lr per step on one side only. After 30 updates a few such elements of W_enc
 differ by ~1e-3 of max|W_enc| between any two fp32 implementations (measured: the CPU trainer
 against PyTorch, 30 updates, max 6.3e-4, Frobenius 5.4e-6, log terms <= 9e-6), so the max
-measures how many features sit at the ReLU threshold, not the arithmetic. Needs numpy only.
+measures how many features sit at the ReLU threshold, not the arithmetic. Needs numpy only
+(Debian's /usr/bin/python3 has it). A bad input ends with one "error:" line and exit code 1.
 """
-import argparse
 import json
+import math
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from report import read_safetensors  # noqa: E402  (the repo's numpy safetensors reader)
+from report import ArgParser, die, read_safetensors  # noqa: E402  (the repo's numpy safetensors reader)
 
 
 def read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip() and "eval" not in json.loads(line)]
+    """-> the training lines of a JSON-lines log (not the eval lines)"""
+    if not os.path.isfile(path):
+        die(f"'{path}' not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        die(f"'{path}' is not a JSON-lines log: {e}")
+    return [x for x in lines if isinstance(x, dict) and "eval" not in x]
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = ArgParser()
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--tol", type=float, default=1e-4)
     args = p.parse_args()
+    if not 0 <= args.tol < math.inf:  # NaN fails this too
+        die(f"--tol must be a finite number >= 0, got {args.tol}")
+    for run in (args.a, args.b):
+        if not os.path.isdir(run):
+            die(f"'{run}' is not a folder (a run's --out folder: log.jsonl, sae_weights.safetensors)")
     worst = 0.0
     la, lb = read_log(os.path.join(args.a, "log.jsonl")), read_log(os.path.join(args.b, "log.jsonl"))
     if len(la) != len(lb):
@@ -51,6 +64,8 @@ def main():
     sa = {k: v.astype(np.float64) for k, v in read_safetensors(os.path.join(args.a, "sae_weights.safetensors"))[0].items()}
     sb = {k: v.astype(np.float64) for k, v in read_safetensors(os.path.join(args.b, "sae_weights.safetensors"))[0].items()}
     for k in ["W_enc", "b_enc", "W_dec", "b_dec"]:
+        if k not in sa or k not in sb or sa[k].shape != sb[k].shape:
+            die(f"tensor '{k}' is missing from or of another shape in one of the two sae_weights.safetensors")
         frob = np.linalg.norm(sa[k] - sb[k]) / max(np.linalg.norm(sb[k]), 1e-30)
         mx = np.abs(sa[k] - sb[k]).max() / max(np.abs(sb[k]).max(), 1e-30)
         worst = max(worst, frob)

@@ -26,6 +26,9 @@ the shift of W_U by its mean row (gpt2_shift_unembed), from a CPU emulation of t
 bf16 storage (fp32 arithmetic, every activation the engine stores in bf16 rounded to bf16, the
 logits kept in fp32 as the engine keeps them): an estimate of
 what test_gpt2_sae measures on the GPU, not a measurement of it.
+
+Needs torch and numpy (Debian's /usr/bin/python3 has both). A bad flag ends with one "error:"
+line and exit code 1, before anything is written.
 """
 import argparse
 import math
@@ -153,8 +156,16 @@ def print_scales(w, tokens, cfg):
           " ".join(f"L{i}: {a:.0f}/{b:.1f}" for i, (a, b) in enumerate(norms)))
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one "error:" line and exit 1 (not a usage block and exit 2)"""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p = ArgParser(description=__doc__.split("\n")[1])
     p.add_argument("--out", required=True)
     p.add_argument("--n-layer", type=int, default=12)
     p.add_argument("--n-head", type=int, default=12)
@@ -178,8 +189,19 @@ def main():
     a = p.parse_args()
     g = torch.Generator().manual_seed(a.seed)
     C, V = a.d_model, a.vocab
+    # the ranges the trainers' loader accepts (llmc/gpt2_load.h); V also has to fit the uint16 token shards
+    for flag, value, lo, hi in (("--n-layer", a.n_layer, 1, 4096), ("--n-head", a.n_head, 1, 65536), ("--d-model", C, 1, 65536),
+                                ("--vocab", V, 1, 65536), ("--max-t", a.max_t, 1, 1 << 24), ("--train-tokens", a.train_tokens, 1, 2**31 - 1),
+                                ("--val-tokens", a.val_tokens, 1, 2**31 - 1), ("--dict-size", a.dict_size, 0, 2**31 - 1),
+                                ("--calib-rows", a.calib_rows, 1, 2**31 - 1), ("--calib-seq-len", a.calib_seq_len, 1, 2**31 - 1)):
+        if not lo <= value <= hi:
+            p.error(f"{flag} must be in {lo}..{hi}, got {value}")
+    if not 0 < a.target_kl < math.inf:
+        p.error(f"--target-kl must be a positive number, got {a.target_kl}")
     if a.d_model % a.n_head:
-        p.error("--d-model must be divisible by --n-head")
+        p.error(f"--d-model {a.d_model} must be divisible by --n-head {a.n_head}")
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        p.error(f"--out '{a.out}' is a file, not a folder")
     if a.real_scale:
         a.layer = a.n_layer // 2 if a.layer < 0 else a.layer
         a.dict_size = a.dict_size or 60 * C

@@ -18,7 +18,9 @@ the dump lacks; on the full one, each card's logit effects, histogram bars, top 
 examples with every context token shaded by its activation, and ablation effect, exactly; the
 eval table, the SVG plots, the dead count, and that nothing is fetched from a network. Bad
 inputs must give one "error:" line and exit code 1. If Debian's chromium is installed, the page
-is also rendered to build/test_out/report_test.png (skipped without it).
+is also rendered to build/test_out/report_test.png (skipped without it). DevToolsTest checks the
+same of the dev tools that read these files with report.py's reader (dev/compare_runs.py,
+dev/compare_features.py) and of dev/make_random_gpt2.py's flags.
 """
 import json
 import os
@@ -36,6 +38,9 @@ import test_features_viewer as viewer  # its synthetic full dump (this folder is
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT = os.path.join(ROOT, "scripts", "report.py")
+COMPARE_RUNS = os.path.join(ROOT, "dev", "compare_runs.py")
+COMPARE_FEATURES = os.path.join(ROOT, "dev", "compare_features.py")
+MAKE_RANDOM_GPT2 = os.path.join(ROOT, "dev", "make_random_gpt2.py")
 
 # token id -> its spelling in encoder.json (GPT-2's byte-to-unicode map: Ġ is a space, Ċ a newline,
 # "Ã©" the two bytes of é)
@@ -416,6 +421,74 @@ class CardsTest(unittest.TestCase):
         self.assertNotIn("Not in this dump", self.html)
         for bad in ("http://", "https://", "<script", "<link", "src=", "href="):
             self.assertNotIn(bad, self.html)
+
+
+class DevToolsTest(unittest.TestCase):
+    """dev/compare_runs.py and dev/compare_features.py on two copies of one run and of one dump (they agree,
+    so exit 0), then bad folders and bad --tol; dev/make_random_gpt2.py's flags out of the loaders' ranges"""
+
+    @classmethod
+    def setUpClass(cls):
+        viewer.Fixture.build()
+        cls.tmp = tempfile.mkdtemp(prefix="test_dev_tools_")
+        cls.run_dir = os.path.join(cls.tmp, "run")
+        os.makedirs(cls.run_dir)
+        with open(os.path.join(cls.run_dir, "log.jsonl"), "w") as f:
+            f.write("".join(json.dumps(l) + "\n" for l in log_lines()))
+        rng = np.random.default_rng(0)
+        write_safetensors(os.path.join(cls.run_dir, "sae_weights.safetensors"),
+                          [(k, rng.standard_normal(shape).astype(np.float32))
+                           for k, shape in (("W_enc", (4, 8)), ("b_enc", (8,)), ("W_dec", (8, 4)), ("b_dec", (4,)))], {})
+        cls.dump = os.path.join(viewer.Fixture.run, "features")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        shutil.rmtree(viewer.Fixture.tmp, ignore_errors=True)
+        viewer.Fixture.tmp = None
+
+    def run_tool(self, script, *args):
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=120)
+
+    def expect_error(self, r, fragment):
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertTrue(lines[0].startswith("error: ") and fragment in lines[0], lines[0])
+
+    def test_compare_runs(self):
+        r = self.run_tool(COMPARE_RUNS, self.run_dir, self.run_dir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("worst 0.000e+00 (tol 0.0001): OK", r.stdout)
+        nope = os.path.join(self.tmp, "nope")
+        self.expect_error(self.run_tool(COMPARE_RUNS, nope, self.run_dir), f"'{nope}' is not a folder")
+        for tol in ("-1", "nan", "inf"):
+            self.expect_error(self.run_tool(COMPARE_RUNS, self.run_dir, self.run_dir, "--tol", tol), "--tol must be a finite number >= 0")
+        self.expect_error(self.run_tool(COMPARE_RUNS, self.run_dir, self.run_dir, "--tol", "x"), "argument --tol: invalid float value: 'x'")
+        self.expect_error(self.run_tool(COMPARE_RUNS, self.run_dir), "the following arguments are required: b")
+        empty = os.path.join(self.tmp, "empty_run")
+        os.makedirs(empty, exist_ok=True)
+        self.expect_error(self.run_tool(COMPARE_RUNS, empty, self.run_dir), f"'{empty}/log.jsonl' not found")
+
+    def test_compare_features(self):
+        r = self.run_tool(COMPARE_FEATURES, self.dump, self.dump)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("OK (tol 0.0001)", r.stdout)
+        nope = os.path.join(self.tmp, "nope")
+        self.expect_error(self.run_tool(COMPARE_FEATURES, self.dump, nope), f"'{nope}' is not a folder")
+        self.expect_error(self.run_tool(COMPARE_FEATURES, self.tmp, self.dump), f"'{self.tmp}/features.safetensors' not found")
+        for tol in ("-1", "nan"):
+            self.expect_error(self.run_tool(COMPARE_FEATURES, self.dump, self.dump, "--tol", tol), "--tol must be a finite number >= 0")
+
+    def test_make_random_gpt2_flags(self):
+        out = os.path.join(self.tmp, "model")
+        for args, fragment in ((["--n-layer", "-1"], "--n-layer must be in 1..4096, got -1"),
+                               (["--vocab", "70000"], "--vocab must be in 1..65536, got 70000"),
+                               (["--n-head", "5", "--d-model", "16"], "--d-model 16 must be divisible by --n-head 5"),
+                               (["--n-head", "0"], "--n-head must be in 1..65536, got 0"),
+                               (["--n-layer", "1.5"], "argument --n-layer: invalid int value: '1.5'")):
+            self.expect_error(self.run_tool(MAKE_RANDOM_GPT2, "--out", out, *args), fragment)
+            self.assertFalse(os.path.exists(out), args)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ int main(int argc, char** argv) {
     }
     if (prefix.empty()) die("-o PREFIX is required (see ./prepare_text --help)");
     if (inputs.empty()) die("no input text files given (see ./prepare_text --help)");
+    // before the tokenising, which takes a while on a big corpus
+    std::string val_path = prefix + "_val.bin", train_path = prefix + "_train.bin";
+    for (const std::string& p : {val_path, train_path, val_path + ".tmp", train_path + ".tmp"})
+        if (dir_exists(p)) die("'%s' is a folder, where -o %s puts a shard: pick another PREFIX", p.c_str(), prefix.c_str());
 
     Tokenizer tok;
     tokenizer_load(&tok, encoder.c_str(), vocab.c_str());
@@ -112,9 +116,6 @@ int main(int argc, char** argv) {
     if (n_train < 2 || n_val == 1)
         die("--val-fraction %g of %zu tokens leaves %zu for val and %zu for train: a shard needs at least 2 tokens", val_fraction,
             tokens.size(), n_val, n_train);
-    std::string val_path = prefix + "_val.bin", train_path = prefix + "_train.bin";
-    for (const std::string& p : {val_path, train_path, val_path + ".tmp", train_path + ".tmp"})
-        if (dir_exists(p)) die("'%s' is a folder, where -o %s puts a shard: pick another PREFIX", p.c_str(), prefix.c_str());
     size_t slash = prefix.rfind('/');
     if (slash != std::string::npos && slash > 0) make_dir(prefix.substr(0, slash));
     atexit(remove_partial);

@@ -118,25 +118,36 @@ inline void save_set_recover(const std::string& dir) {
     remove_file_dir(dir + "/.save.tmp");
 }
 
-// The log cut back to a saved step: the lines of updates <= step (an eval at a step comes before
-// that step's save), then the resumed run appends. A line a kill left half-written goes too.
-inline void log_cut_to_step(const std::string& path, const std::string& from, long long step) {
-    if (!file_exists(from)) return;
-    std::string text = read_text_file(from), kept;
+// The log's lines up to a saved step (an eval at a step comes before that step's save), which the
+// resumed run's log starts from. Only a last line a kill left half-written (no newline) is
+// dropped; any other line that is not a log line means the file is not this run's log, or is
+// damaged, and the run is refused before the file is changed.
+inline std::string log_lines_to_step(const std::string& path, long long step) {
+    std::string text = read_text_file(path), kept;
+    bool past = false;
     size_t pos = 0;
-    while (pos < text.size()) {
+    for (long long line_no = 1; pos < text.size(); line_no++) {
         size_t nl = text.find('\n', pos);
-        if (nl == std::string::npos) break;  // no newline: a half-written last line
-        std::string line = text.substr(pos, nl - pos);
+        std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
         JsonValue v;
         long long s = 0;
-        if (!json_parse(line, v) || !json_integer(v.get("step"), 0, 1LL << 50, &s) || s > step) break;
-        kept += line + "\n";
-        pos = nl + 1;
+        bool half_written = nl == std::string::npos && line[0] == '{';
+        if (half_written) break;
+        if (!json_parse(line, v) || !json_integer(v.get("step"), 0, 1LL << 50, &s))
+            die("the log '%s' line %lld is not a line of a training log (a JSON object with a \"step\"): resume with the run's own "
+                "log, or a --log that does not exist yet (the file is left as it is)", path.c_str(), line_no);
+        past = past || s > step;
+        if (!past) kept += line + "\n";
+        pos = nl == std::string::npos ? text.size() : nl + 1;
     }
+    return kept;
+}
+
+// the log, written whole (history: its lines so far) through a .tmp; the run then appends
+inline void log_write(const std::string& path, const std::string& history) {
     std::string tmp = path + ".tmp";
     FILE* fp = fopenCheck(tmp.c_str(), "w");
-    fwriteCheck(kept.data(), 1, kept.size(), fp, tmp.c_str());
+    fwriteCheck(history.data(), 1, history.size(), fp, tmp.c_str());
     fclose_check(fp, tmp.c_str());
     rename_check(tmp, path);
 }
@@ -150,54 +161,88 @@ inline bool folder_holds_run(const TrainConfig& cfg) {
 }
 
 // a run already in --out is continued only with --resume, replaced only with --overwrite
-inline void refuse_or_clear_run(const TrainConfig& cfg, const std::string& top) {
-    if (!cfg.resume.empty() || !folder_holds_run(cfg)) return;
+inline void refuse_run(const TrainConfig& cfg, const std::string& top) {
+    if (!cfg.resume.empty() || cfg.overwrite || !folder_holds_run(cfg)) return;
     std::string own_log = cfg.log.empty() || cfg.log == cfg.out + "/log.jsonl" ? "" : " (or --log " + cfg.log + " exists)";
-    if (!cfg.overwrite)
-        die("--out %s already holds a run%s: --resume %s continues it, --overwrite starts over there, or choose another --out",
-            top.c_str(), own_log.c_str(), top.c_str());
+    die("--out %s already holds a run%s: --resume %s continues it, --overwrite starts over there, or choose another --out",
+        top.c_str(), own_log.c_str(), top.c_str());
+}
+
+// --overwrite: the run in --out goes (after refuse_run and every other check has passed)
+inline void clear_run(const TrainConfig& cfg) {
+    if (!cfg.overwrite || !cfg.resume.empty() || !folder_holds_run(cfg)) return;
     for (const char* f : RUN_FILES) unlink((cfg.out + "/" + f).c_str());
     unlink((cfg.out + "/sweep.json").c_str());
     remove_file_dir(cfg.out + "/.save.ready");
 }
 
-// Before a sweep's first step (run_begin then follows for each SAE): OUT checked as a whole
-// before anything is written, a save interrupted by a kill finished, and OUT/sweep.json written.
-inline void sweep_begin(const TrainConfig& raw, const std::vector<TrainConfig>& runs, const std::vector<int>& d_sae) {
+// The paths a run writes, checked before anything is: --out and --dump-features can be made as
+// folders, and --log is not a folder and lies in a folder that exists (or in --out, made with it)
+inline void check_output_paths(const TrainConfig& cfg) {
+    check_dir_creatable("--out", cfg.out);
+    if (!cfg.dump_features.empty()) check_dir_creatable("--dump-features", cfg.dump_features);
+    if (dir_exists(cfg.log)) die("--log %s is a folder, not a file", cfg.log.c_str());
+    std::string folder = parent_dir(cfg.log);
+    if (folder != cfg.out && !dir_exists(folder)) die("--log %s: the folder '%s' does not exist", cfg.log.c_str(), folder.c_str());
+}
+
+// Before a sweep's SAEs are checked (run_check), nothing written: OUT as a whole, and with
+// --resume its OUT/sweep.json against the sweep file (a save a kill interrupted finished first)
+inline void sweep_check(const TrainConfig& raw, const std::vector<TrainConfig>& runs) {
     TrainConfig top = raw;
     top.log.clear();  // a sweep's logs are its SAEs' (OUT/NAME/log.jsonl)
-    refuse_or_clear_run(top, raw.out);
-    for (const TrainConfig& c : runs) refuse_or_clear_run(c, raw.out);
+    refuse_run(top, raw.out);
+    for (const TrainConfig& c : runs) refuse_run(c, raw.out);
     if (!raw.resume.empty()) {
         save_set_recover(raw.resume);
         sweep_check_resume(raw.resume, runs);
     }
+}
+
+// After every check (sweep_check, then run_check for each SAE; run_begin then follows for each):
+// a run replaced by --overwrite cleared, a save interrupted by a kill finished, and OUT/sweep.json written.
+inline void sweep_begin(const TrainConfig& raw, const std::vector<TrainConfig>& runs, const std::vector<int>& d_sae) {
+    TrainConfig top = raw;
+    top.log.clear();
+    clear_run(top);
+    for (const TrainConfig& c : runs) clear_run(c);
     make_dir(raw.out);
     save_set_recover(raw.out);
     sweep_json_write(raw.out, runs, d_sae);
 }
 
-// Before the first step: the output folder (refuse_or_clear_run), --resume's state (SAE
-// parameters and Adam moments into sae, m, v on the host; the data position into the training
-// loader; the log cut back to the saved step) and the log.
-inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m, float* v, RunData* d, const std::string& model_source) {
-    refuse_or_clear_run(cfg, cfg.out);
+// Before anything is written, for one SAE: its output paths, its folder (refuse_run), and with
+// --resume the saved state (SAE parameters and Adam moments into sae, m, v on the host; the data
+// position into the training loader) and the log's lines up to the saved step (into *history).
+inline void run_check(RunState* run, const TrainConfig& cfg, SAE* sae, float* m, float* v, RunData* d, const std::string& model_source,
+                      std::string* history) {
+    check_output_paths(cfg);
+    refuse_run(cfg, cfg.out);
     if (cfg.name.empty() && !cfg.resume.empty() && file_exists(cfg.resume + "/sweep.json"))
         die("--resume %s holds a sweep: give its --sweep FILE too", cfg.resume.c_str());
-    make_dir(cfg.out);
-    save_set_recover(cfg.out);
     run->ts.alive_fired.assign(sae->D, 0.0f);
     if (!cfg.eval_only) {
         std::vector<std::string> inputs = {model_source};
         for (const Shard& sh : d->train.shards) inputs.push_back(sh.path);
         run->ts.inputs = inputs_fingerprint(inputs);
     }
+    if (cfg.resume.empty()) return;
+    save_set_recover(cfg.resume);  // a save a kill interrupted: finished, so the newest state is read
+    train_state_load(cfg.resume, sae, m, v, &run->ts, cfg);
+    d->train.rows_consumed = run->ts.rows_consumed;
+    // an existing --log is this run's log (--log may change between resumes), so it must read as one
+    std::string from = file_exists(cfg.log) ? cfg.log : cfg.resume + "/log.jsonl";
+    if (file_exists(from)) *history = log_lines_to_step(from, cfg.eval_only ? (1LL << 50) : run->ts.step);
+}
+
+// After every check: the output folder (a run --overwrite replaces cleared), the log (with
+// --resume, cut back to the saved step: history) opened, the schedule.
+inline void run_begin(RunState* run, const TrainConfig& cfg, const std::string& history, const std::string& model_source) {
+    clear_run(cfg);
+    make_dir(cfg.out);
+    save_set_recover(cfg.out);
     if (!cfg.resume.empty()) {
-        if (cfg.resume != cfg.out) save_set_recover(cfg.resume);
-        train_state_load(cfg.resume, sae, m, v, &run->ts, cfg);
-        d->train.rows_consumed = run->ts.rows_consumed;
-        if (!cfg.eval_only)
-            log_cut_to_step(cfg.log, file_exists(cfg.log) ? cfg.log : cfg.resume + "/log.jsonl", run->ts.step);
+        if (!cfg.eval_only) log_write(cfg.log, history);
         printf("resumed from %s at step %lld\n", cfg.resume.c_str(), run->ts.step);
     }
     run->start_step = run->ts.step;
@@ -208,26 +253,35 @@ inline void run_begin(RunState* run, const TrainConfig& cfg, SAE* sae, float* m,
 }
 
 // Before the first step, for every SAE of the run (either trainer's SaeRun, its adam_m and adam_v
-// sized): a sweep's folder (sweep_begin), then each SAE's run_begin, its alive flags from the
-// state; a sweep's SAEs resume from one step. Returns their RunStates, for step_end and run_end.
+// sized): first every check, with nothing written (sweep_check, run_check: the output paths, the
+// folders, each SAE's saved state and log; a sweep's SAEs resume from one step), then the writes
+// (sweep_begin, run_begin), each SAE's alive flags from the state. Returns their RunStates, for
+// step_end and run_end.
 template <typename Saes>
 inline std::vector<RunState*> runs_begin(Saes& saes, const TrainConfig& raw, const std::vector<int>& d_sae, RunData* d,
                                          const std::string& model_source) {
-    if (!raw.sweep.empty()) {
-        std::vector<TrainConfig> cfgs;
-        for (auto& s : saes) cfgs.push_back(s.cfg);
-        sweep_begin(raw, cfgs, d_sae);
-    }
-    std::vector<RunState*> runs;
-    for (auto& s : saes) {
+    std::vector<TrainConfig> cfgs;
+    for (auto& s : saes) cfgs.push_back(s.cfg);
+    if (!raw.sweep.empty()) sweep_check(raw, cfgs);
+    std::vector<std::string> histories(saes.size());
+    for (size_t i = 0; i < saes.size(); i++) {
+        auto& s = saes[i];
         die_context() = sweep_context(s.cfg);
-        run_begin(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), d, model_source);
+        run_check(&s.run, s.cfg, &s.sae, s.adam_m.data(), s.adam_v.data(), d, model_source, &histories[i]);
         die_context().clear();
-        s.fired = s.run.ts.alive_fired;
-        runs.push_back(&s.run);
         if (s.run.ts.step != saes[0].run.ts.step)
             die("--resume %s: SAE %s was saved at step %lld and %s at step %lld: a sweep's SAEs are saved together", raw.resume.c_str(),
                 s.cfg.name.c_str(), s.run.ts.step, saes[0].cfg.name.c_str(), saes[0].run.ts.step);
+    }
+    if (!raw.sweep.empty()) sweep_begin(raw, cfgs, d_sae);
+    std::vector<RunState*> runs;
+    for (size_t i = 0; i < saes.size(); i++) {
+        auto& s = saes[i];
+        die_context() = sweep_context(s.cfg);
+        run_begin(&s.run, s.cfg, histories[i], model_source);
+        die_context().clear();
+        s.fired = s.run.ts.alive_fired;
+        runs.push_back(&s.run);
     }
     return runs;
 }

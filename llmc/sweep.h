@@ -4,7 +4,7 @@
     {"name": "e2e_l1.5", "mode": "e2e", "sparsity_coeff": 1.5}
     {"name": "local_l6", "mode": "local", "layer": 3, "dict_size": 2048, "init_seed": 7}
 
-Keys: name (required, [A-Za-z0-9_.-]+, unique, not starting with '.'), layer, mode,
+Keys: name (required, [A-Za-z0-9_.-]+, at most 255 long, unique, not starting with '.'), layer, mode,
 sparsity_coeff, kl_coeff, mse_coeff, ds_coeff, dict_size or dict_ratio (not both), init_seed,
 init_sae. A key a line leaves out takes the run's flag, or the line's mode's default, exactly as a
 single run with those flags would; a line's value goes through the same range check as its flag.
@@ -82,6 +82,8 @@ inline std::vector<TrainConfig> sweep_configs(const TrainConfig& raw, bool gpu) 
             if (key == "name") {
                 if (kv.second.kind != JsonValue::STRING || !sweep_name_ok(kv.second.str))
                     die("\"name\" must be a string of letters, digits, '_', '.' and '-', not starting with '.'");
+                if (kv.second.str.size() > 255)  // OUT/NAME is a folder: one path part, at most 255 bytes
+                    die("\"name\" is %zu characters long: it names a folder, at most 255", kv.second.str.size());
                 c.name = kv.second.str;
                 continue;
             }

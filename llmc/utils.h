@@ -86,6 +86,37 @@ inline void make_dir(const std::string& dir) {
     }
 }
 
+// the folder part of a path: "." for a bare name, "/" for a file in the root
+inline std::string parent_dir(const std::string& path) {
+    size_t slash = path.find_last_of('/');
+    if (slash == std::string::npos) return ".";
+    return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// A folder the run makes later (--out, --dump-features), checked before anything is written: it is
+// a folder already, or the first of its parts that is missing can be made. That part is made and
+// removed at once: access() says yes to root in /proc and on a read-only mount, mkdir does not.
+inline void check_dir_creatable(const char* flag, const std::string& dir) {
+    std::string d = dir, missing;
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    while (true) {
+        struct stat st;
+        if (stat(d.c_str(), &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) die("%s %s: '%s' is a file, not a folder", flag, dir.c_str(), d.c_str());
+            break;
+        }
+        if (errno != ENOENT) die("%s %s: '%s': %s", flag, dir.c_str(), d.c_str(), strerror(errno));
+        missing = d;
+        d = parent_dir(d);
+    }
+    if (missing.empty()) {
+        if (access(d.c_str(), W_OK) != 0) die("%s %s: the folder is not writable: %s", flag, dir.c_str(), strerror(errno));
+        return;
+    }
+    if (mkdir(missing.c_str(), 0755) != 0) die("%s %s: could not create '%s': %s", flag, dir.c_str(), missing.c_str(), strerror(errno));
+    rmdir(missing.c_str());
+}
+
 // Test hook for the kill-and-resume tests: with SAE_KILL_AT_FILE_OP=k in the environment, the
 // process kills itself (SIGKILL, as a crash or an OOM kill would) at the k-th file write or rename
 // of the run, so a test can stop a save at every point of it. Unset, it does nothing.

@@ -152,6 +152,13 @@ inline void gpt2_shift_unembed(GPT2* model) {
     model->unembed_mean.assign(mean.begin(), mean.end());  // the feature dump adds its effect back (logit effects)
 }
 
+// A NaN or Inf in the weights would only show as a NaN loss at the first step, after the run has
+// started writing: each tensor is checked as it is read (one pass, ~0.1 s for GPT-2 small)
+inline void gpt2_check_finite(const std::string& path, const std::string& name, const float* x, size_t n) {
+    long long bad = first_non_finite(x, n);
+    if (bad >= 0) die("'%s': tensor '%s' holds a non-finite value (NaN or Inf) at index %lld", path.c_str(), name.c_str(), bad);
+}
+
 // n_head from a config.json beside the weights, if there is one
 inline int read_n_head_from_config(const std::string& weights_path, int C) {
     std::string dir = weights_path.substr(0, weights_path.find_last_of('/') == std::string::npos ? 0 : weights_path.find_last_of('/') + 1);
@@ -197,31 +204,38 @@ inline void gpt2_load_hf_safetensors(GPT2* model, const std::string& path) {
     model->source = path;
     int64_t V = c.vocab_size, C = c.channels, L = c.num_layers;
     GPT2Weights& w = model->params;
-    safetensors_read(&st, prefix + "wte.weight", {V, C}, w.wte);
-    safetensors_read(&st, prefix + "wpe.weight", {(int64_t)c.max_seq_len, C}, w.wpe);
+    auto read = [&](const std::string& name, const std::vector<int64_t>& shape, float* dst) {
+        safetensors_read(&st, name, shape, dst);
+        size_t n = 1;
+        for (int64_t d : shape) n *= (size_t)d;
+        gpt2_check_finite(path, name, dst, n);
+    };
+    read(prefix + "wte.weight", {V, C}, w.wte);
+    read(prefix + "wpe.weight", {(int64_t)c.max_seq_len, C}, w.wpe);
     // Conv1D [in, out] -> our [out, in]
     auto read_transposed = [&](const std::string& name, int64_t in, int64_t out, float* dst) {
         std::vector<float> tmp = safetensors_read_vec(&st, name, {in, out});
+        gpt2_check_finite(path, name, tmp.data(), tmp.size());
         for (int64_t i = 0; i < in; i++)
             for (int64_t o = 0; o < out; o++) dst[o * in + i] = tmp[i * out + o];
     };
     for (int64_t l = 0; l < L; l++) {
         std::string h = prefix + "h." + std::to_string(l) + ".";
-        safetensors_read(&st, h + "ln_1.weight", {C}, w.ln1w + l * C);
-        safetensors_read(&st, h + "ln_1.bias", {C}, w.ln1b + l * C);
+        read(h + "ln_1.weight", {C}, w.ln1w + l * C);
+        read(h + "ln_1.bias", {C}, w.ln1b + l * C);
         read_transposed(h + "attn.c_attn.weight", C, 3 * C, w.qkvw + l * 3 * C * C);
-        safetensors_read(&st, h + "attn.c_attn.bias", {3 * C}, w.qkvb + l * 3 * C);
+        read(h + "attn.c_attn.bias", {3 * C}, w.qkvb + l * 3 * C);
         read_transposed(h + "attn.c_proj.weight", C, C, w.attprojw + l * C * C);
-        safetensors_read(&st, h + "attn.c_proj.bias", {C}, w.attprojb + l * C);
-        safetensors_read(&st, h + "ln_2.weight", {C}, w.ln2w + l * C);
-        safetensors_read(&st, h + "ln_2.bias", {C}, w.ln2b + l * C);
+        read(h + "attn.c_proj.bias", {C}, w.attprojb + l * C);
+        read(h + "ln_2.weight", {C}, w.ln2w + l * C);
+        read(h + "ln_2.bias", {C}, w.ln2b + l * C);
         read_transposed(h + "mlp.c_fc.weight", C, 4 * C, w.fcw + l * 4 * C * C);
-        safetensors_read(&st, h + "mlp.c_fc.bias", {4 * C}, w.fcb + l * 4 * C);
+        read(h + "mlp.c_fc.bias", {4 * C}, w.fcb + l * 4 * C);
         read_transposed(h + "mlp.c_proj.weight", 4 * C, C, w.fcprojw + l * C * 4 * C);
-        safetensors_read(&st, h + "mlp.c_proj.bias", {C}, w.fcprojb + l * C);
+        read(h + "mlp.c_proj.bias", {C}, w.fcprojb + l * C);
     }
-    safetensors_read(&st, prefix + "ln_f.weight", {C}, w.lnfw);
-    safetensors_read(&st, prefix + "ln_f.bias", {C}, w.lnfb);
+    read(prefix + "ln_f.weight", {C}, w.lnfw);
+    read(prefix + "ln_f.bias", {C}, w.lnfb);
     memcpy(w.wte_unembed, w.wte, (size_t)V * C * sizeof(float));
 }
 
@@ -257,6 +271,8 @@ inline void gpt2_load_llmc_bin(GPT2* model, const std::string& path) {
         model->params.qkvw, model->params.qkvb, model->params.attprojw, model->params.attprojb, model->params.ln2w,
         model->params.ln2b, model->params.fcw, model->params.fcb, model->params.fcprojw, model->params.fcprojb,
         model->params.lnfw, model->params.lnfb};
+    const char* names[NUM_PARAMETER_TENSORS - 1] = {"wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w",
+                                                    "ln2b", "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb"};  // llm.c's names
     std::vector<uint16_t> buf;
     std::vector<float> fbuf;
     for (int i = 0; i < NUM_PARAMETER_TENSORS - 1; i++) {
@@ -273,6 +289,7 @@ inline void gpt2_load_llmc_bin(GPT2* model, const std::string& path) {
             freadCheck(fbuf.data(), 4, n, fp, path.c_str());
             memcpy(dst[i], fbuf.data(), keep * sizeof(float));
         }
+        gpt2_check_finite(path, names[i], dst[i], keep);
     }
     fclose(fp);
     memcpy(model->params.wte_unembed, model->params.wte, V * C * sizeof(float));
@@ -284,6 +301,8 @@ inline void gpt2_load(GPT2* model, const std::string& path_in, bool shift_unembe
     std::string path = path_in;
     struct stat st;
     if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) path += "/model.safetensors";
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+        die("model file '%s' is not a regular file (pass --model the weights' file or the folder holding model.safetensors)", path.c_str());
     if (!file_exists(path))
         die("model file '%s' not found (run scripts/download_starter_pack.sh for GPT-2 small, or pass --model PATH)", path.c_str());
     FILE* fp = fopenCheck(path.c_str(), "rb");

@@ -46,6 +46,13 @@ inline int planned_d_sae(const TrainConfig& cfg, const GPT2Config& mc) {
         if (!we || we->shape.size() != 2 || we->shape[1] < 1 || we->shape[1] > (1LL << 30))
             die("'%s': W_enc is missing or not [d_in, d_sae] with 1 <= d_sae <= 2^30", path.c_str());
         D = (int)we->shape[1];
+        // the SAE's shape is --init-sae's: a --dict-size or --dict-ratio that asks for another is refused, not ignored
+        bool size_given = std::find(cfg.given.begin(), cfg.given.end(), "--dict-size") != cfg.given.end() ||
+                          std::find(cfg.given.begin(), cfg.given.end(), "--dict-ratio") != cfg.given.end();
+        if (size_given && config_d_sae(cfg, mc.channels) != D)
+            die("%s asks for d_sae %d, but --init-sae %s holds an SAE of d_sae %d: leave %s out with --init-sae",
+                cfg.dict_size > 0 ? "--dict-size" : "--dict-ratio", config_d_sae(cfg, mc.channels), cfg.init_sae.c_str(), D,
+                cfg.dict_size > 0 ? "--dict-size" : "--dict-ratio");
     }
     die_context().clear();
     return D;

@@ -96,6 +96,7 @@ inline std::vector<TrainConfig> sweep_configs(const TrainConfig& raw, bool gpu) 
             for (const auto& other : v.members)
                 if (&other != &kv && other.first == key) die("key \"%s\" appears twice", key.c_str());
             set_flag(c, flag, sweep_value_text(key, kv.second).c_str(), gpu);
+            c.given.push_back(flag);  // as if on the command line (planned_d_sae refuses a size --init-sae does not have)
             has_size = has_size || key == "dict_size";
             has_ratio = has_ratio || key == "dict_ratio";
         }

@@ -88,6 +88,8 @@ inline void dataloader_init(DataLoader* dl, const std::string& pattern, const ch
     dl->rows_consumed = 0; dl->perm_epoch = -1; dl->wrapped_warned = false;
     dl->total_tokens = 0;
     for (const std::string& path : glob_files(pattern, flag)) {
+        if (!file_exists(path)) die("%s '%s': '%s' is not a regular file (a folder?): give the token shards, e.g. DIR/*.bin", flag,
+                                    pattern.c_str(), path.c_str());
         Shard s;
         shard_open(&s, path, vocab_size);
         s.first_token = dl->total_tokens;

@@ -4,6 +4,7 @@ values per mode, SPEC §1 and §5), range checks that name the flag, and the con
 A coefficient the mode does not use is accepted and ignored.
 */
 #pragma once
+#include <ctype.h>
 #include <math.h>
 #include <string>
 #include <vector>
@@ -127,8 +128,8 @@ inline void print_usage(const char* prog, bool gpu) {
 inline long long parse_int_flag(const char* flag, const char* s, long long lo, long long hi) {
     char* end = nullptr;
     errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end != '\0') die("%s expects an integer, got '%s'", flag, s);
+    long long v = strtoll(s, &end, 10);  // it skips leading spaces: those are refused as trailing ones are
+    if (errno || end == s || *end != '\0' || isspace((unsigned char)s[0])) die("%s expects an integer, got '%s'", flag, s);
     if (v < lo || v > hi) die("%s %lld is out of range [%lld, %lld]", flag, v, lo, hi);
     return v;
 }
@@ -137,7 +138,7 @@ inline double parse_float_flag(const char* flag, const char* s, double lo, doubl
     char* end = nullptr;
     errno = 0;
     double v = strtod(s, &end);
-    if (errno || end == s || *end != '\0' || !isfinite(v)) die("%s expects a finite number, got '%s'", flag, s);
+    if (errno || end == s || *end != '\0' || isspace((unsigned char)s[0]) || !isfinite(v)) die("%s expects a finite number, got '%s'", flag, s);
     if (v < lo || v > hi) die("%s %g is out of range [%g, %g]", flag, v, lo, hi);
     return v;
 }
@@ -172,7 +173,10 @@ inline void set_flag(TrainConfig& c, const std::string& f, const char* v, bool g
         if (c.seq_len < 2) die("--seq-len %d: rows need at least 2 tokens (the eval's CE predicts each next token)", c.seq_len);
     }
     else if (f == "--grad-accum") c.grad_accum = (int)parse_int_flag(fl, v, 1, 1 << 20);
-    else if (f == "--lr") c.lr = parse_float_flag(fl, v, 0, 10);
+    else if (f == "--lr") {  // 0 would train nothing
+        c.lr = parse_float_flag(fl, v, 0, 10);
+        if (c.lr == 0) die("--lr must be greater than 0, got '%s'", v);
+    }
     else if (f == "--warmup-samples") c.warmup_samples = parse_int_flag(fl, v, 0, BIG);
     else if (f == "--min-lr-factor") c.min_lr_factor = parse_float_flag(fl, v, 0, 1);
     else if (f == "--max-grad-norm") c.max_grad_norm = parse_float_flag(fl, v, 1e-12, 1e12);

@@ -8,7 +8,9 @@ loaders must refuse: truncated files, corrupt safetensors headers (lengths, JSON
 dtypes, duplicate or missing tensors, trailing bytes), token shards with a bad magic, version or
 count and tokens past the vocabulary, SAEs of the wrong shape or with NaN, training states with a
 changed byte, value or metadata field, and llm.c checkpoints with hostile headers. Each one must end
-the trainer with exit code 1, one line naming the file, and no file written. The seed is printed;
+the trainer with exit code 1, one line naming the file, and no file written. Then bad output paths,
+logs and states met by --resume, --overwrite, --log, --dump-features and --sweep: refused in one
+line before anything is written or deleted. The seed is printed;
 SAE_CORRUPT_SEED=N repeats a run.
 
 Run from the repo root after `make train_gpt2_sae_cpu`, with a python that has torch (for the
@@ -73,6 +75,14 @@ def model_mutations(data, rng):
     h = json.loads(json.dumps(header))
     del h[name]
     out.append((f"{name} missing", join_safetensors(h, body)))
+    # a NaN and an Inf among the weights: caught at load, not as a NaN loss after the run has begun writing
+    t = header[name]
+    bits = {"F32": [struct.pack("<f", float("nan")), struct.pack("<f", float("inf"))],
+            "F16": [struct.pack("<H", 0x7e00), struct.pack("<H", 0x7c00)],
+            "BF16": [struct.pack("<H", 0x7fc0), struct.pack("<H", 0x7f80)]}[t["dtype"]]
+    for what, value in zip(["NaN", "Inf"], bits):
+        at = t["data_offsets"][0] + len(value) * rng.randrange((t["data_offsets"][1] - t["data_offsets"][0]) // len(value))
+        out.append((f"{what} in {name} at data byte {at}", data[:len(data) - len(body)] + body[:at] + value + body[at + len(value):]))
     # a duplicate name: two entries under one key, written by hand (json.dumps cannot)
     text = json.dumps(header)
     dup = text[:-1] + ", " + json.dumps(name) + ": " + json.dumps(header[name]) + "}"
@@ -110,6 +120,22 @@ def state_mutations(data, rng):
     h = json.loads(json.dumps(header))
     del h["__metadata__"]["step"]
     out.append(("metadata step missing", join_safetensors(h, body)))
+    return out
+
+
+def tree(path):
+    """every folder and file under path, with the files' bytes; None if path does not exist"""
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isdir(path):
+        with open(path, "rb") as f:
+            return f.read()
+    out = {}
+    for d, _, names in os.walk(path):
+        out[os.path.relpath(d, path) + "/"] = None
+        for n in names:
+            with open(os.path.join(d, n), "rb") as f:
+                out[os.path.relpath(os.path.join(d, n), path)] = f.read()
     return out
 
 
@@ -167,7 +193,11 @@ class CorruptInputsTest(unittest.TestCase):
     def test_models(self):
         with open(self.ref + "/model.safetensors", "rb") as f:
             cases = model_mutations(f.read(), self.rng)
-        self.check_refused(cases, lambda i: os.path.join(self.tmp, f"model{i}.safetensors"),
+        # beside the config.json that gives n_head (d_model 32 does not), so a file is read as far as its weights
+        models = os.path.join(self.tmp, "models")
+        os.makedirs(models, exist_ok=True)
+        shutil.copy(self.ref + "/config.json", models)
+        self.check_refused(cases, lambda i: os.path.join(models, f"model{i}.safetensors"),
                            lambda p, out: self.files(**{"--model": p}))
 
     def test_llmc_checkpoints(self):
@@ -212,6 +242,95 @@ class CorruptInputsTest(unittest.TestCase):
             os.makedirs(d, exist_ok=True)
             return os.path.join(d, "train_state.safetensors")
         self.check_refused(cases, write_state, lambda p, out: self.files() + ["--resume", os.path.dirname(p), "--max-steps", "4"])
+
+
+    # A run checks every output path, folder, saved state and log before it writes anything: a
+    # refused run leaves every file and folder as it was (no --out made, no run deleted by
+    # --overwrite, no log cut, no sweep.json).
+    def setUp(self):
+        self.w = tempfile.mkdtemp(dir=self.tmp)
+
+    def copy_saved(self, name="run"):
+        shutil.copytree(self.saved, os.path.join(self.w, name))
+        return os.path.join(self.w, name)
+
+    def run_trainer(self, extra):
+        return subprocess.run([TRAINER] + self.base + self.files() + extra, capture_output=True, text=True)
+
+    def assert_refused(self, extra, named, paths):
+        """the trainer with extra flags: exit 1, one line holding `named`, and every path in `paths` as it was"""
+        before = {p: tree(p) for p in paths}
+        r = self.run_trainer(extra)
+        msg = f"{extra}: exit {r.returncode}\n{r.stdout}{r.stderr}"
+        self.assertEqual(r.returncode, 1, msg)
+        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 1, msg)
+        self.assertTrue(lines[0].startswith("error: "), msg)
+        self.assertIn(named, lines[0], msg)
+        for p in paths:
+            self.assertTrue(tree(p) == before[p], f"{p} was changed: {msg}")
+
+    def test_resume_with_a_log_that_is_not_a_log(self):
+        run, victim = self.copy_saved(), os.path.join(self.w, "victim.txt")
+        with open(victim, "w") as f:
+            f.write("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+        self.assert_refused(["--resume", run, "--out", run, "--max-steps", "4", "--log", victim], "victim.txt' line 1", [run, victim])
+
+    def test_resume_with_a_damaged_log_line(self):
+        run = self.copy_saved()
+        log = os.path.join(run, "log.jsonl")
+        with open(log) as f:
+            lines = f.read().splitlines(keepends=True)
+        self.assertGreaterEqual(len(lines), 3)
+        for i in (0, 1):  # the first line, and one between two good ones
+            damaged = lines[:i] + ["X" + lines[i][1:]] + lines[i + 1:]
+            with open(log, "w") as f:
+                f.write("".join(damaged))
+            self.assert_refused(["--resume", run, "--out", run, "--max-steps", "4"], f"log.jsonl' line {i + 1} ", [run])
+        # a last line a kill left half-written (no newline) is the one line dropped
+        with open(log, "w") as f:
+            f.write("".join(lines) + '{"step": 3, "lr')
+        r = self.run_trainer(["--resume", run, "--out", run, "--max-steps", "4"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(log) as f:
+            steps = [json.loads(l)["step"] for l in f.read().splitlines() if "eval" not in json.loads(l)]
+        self.assertEqual(steps, [1, 2, 3, 4])
+
+    def test_overwrite_deletes_nothing_when_an_output_path_is_bad(self):
+        run, afile = self.copy_saved(), os.path.join(self.w, "afile")
+        open(afile, "w").close()
+        self.assert_refused(["--out", run, "--overwrite", "--log", os.path.join(self.w, "nodir", "l")], "--log", [run])
+        self.assert_refused(["--out", run, "--overwrite", "--log", run], "--log", [run])  # a folder
+        self.assert_refused(["--out", run, "--overwrite", "--dump-features", afile], "--dump-features", [run, afile])
+
+    def test_dump_features_is_checked_before_training(self):
+        out, afile = os.path.join(self.w, "o"), os.path.join(self.w, "afile")
+        open(afile, "w").close()
+        for dump in (afile, os.path.join(afile, "x")):
+            self.assert_refused(["--out", out, "--dump-features", dump], "--dump-features", [out, afile])
+            self.assert_refused(["--out", out, "--dump-features", dump, "--eval-only", "--init-sae", self.ref + "/init_sae"],
+                                "--dump-features", [out, afile])
+
+    def test_a_refused_run_makes_no_out_folder(self):
+        out, src = os.path.join(self.w, "o"), self.copy_saved("src")
+        self.assert_refused(["--out", out, "--resume", os.path.join(self.w, "nope")], "no training state there", [out])
+        self.assert_refused(["--out", out, "--resume", src, "--max-steps", "4", "--lr", "2e-3"], "was saved with lr", [out, src])
+        self.assert_refused(["--out", out, "--log", os.path.join(self.w, "nodir", "x.jsonl")], "--log", [out])
+        os.truncate(os.path.join(src, "train_state.safetensors"), 1000)
+        self.assert_refused(["--out", out, "--resume", src, "--max-steps", "4"], "train_state.safetensors", [out, src])
+
+    def test_a_refused_sweep_writes_nothing(self):
+        sweep, long_name, out = os.path.join(self.w, "ok.jsonl"), os.path.join(self.w, "long.jsonl"), os.path.join(self.w, "o")
+        with open(sweep, "w") as f:
+            f.write('{"name": "a", "mode": "local"}\n{"name": "b"}\n')
+        with open(long_name, "w") as f:
+            f.write(json.dumps({"name": "a" * 300}) + "\n")
+        self.assert_refused(["--sweep", long_name, "--out", out], "long.jsonl line 1: \"name\" is 300 characters long", [out])
+        first = os.path.join(self.w, "first")
+        r = self.run_trainer(["--sweep", sweep, "--out", first])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        os.truncate(os.path.join(first, "b", "train_state.safetensors"), 1000)
+        self.assert_refused(["--sweep", sweep, "--resume", first, "--out", out, "--max-steps", "4"], "line 2: ", [out, first])
 
 
 if __name__ == "__main__":

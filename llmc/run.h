@@ -138,8 +138,7 @@ inline std::string log_lines_to_step(const std::string& path, long long step) {
         std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
         JsonValue v;
         long long s = 0;
-        bool half_written = nl == std::string::npos && line[0] == '{';
-        if (half_written) break;
+        if (nl == std::string::npos && line[0] == '{') break;  // no newline: a half-written last line
         if (!json_parse(line, v) || !json_integer(v.get("step"), 0, 1LL << 50, &s))
             die("the log '%s' line %lld is not a line of a training log (a JSON object with a \"step\"): resume with the run's own "
                 "log, or a --log that does not exist yet (the file is left as it is)", path.c_str(), line_no);

@@ -440,7 +440,7 @@ TEST_CASE("--cuda-graph on: the same bits as off (evals between, a sweep, flash 
     const std::string file = "build/test_out/graph_sweep.jsonl";
     {
         std::ofstream f(file);
-        f << "{\"name\": \"loc2\", \"mode\": \"local\", \"layer\": 2, \"dict_size\": 48, \"init_seed\": 5}\n"
+        f << "{\"name\": \"loc2\", \"mode\": \"local\", \"layer\": 2, \"init_seed\": 5}\n"  // d_sae: --init-sae's
           << "{\"name\": \"e2e0\", \"mode\": \"e2e\", \"layer\": 0, \"init_seed\": 7}\n"
           << "{\"name\": \"ds1\", \"mode\": \"e2e+ds\", \"layer\": 1}\n";
     }
